@@ -1,0 +1,141 @@
+//! Wiring: bind the data and admin listeners, serve them, and shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::proxy::record::LogSink;
+use crate::server::{self, ConnOptions};
+
+/// Overrides for tests and the demo.
+pub struct StartOptions {
+    /// Bind the data plane here instead of `server.listen` (e.g. `127.0.0.1:0`).
+    pub listen: Option<SocketAddr>,
+    /// Bind the admin plane here instead of `server.admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+    pub log_sink: LogSink,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { listen: None, admin_listen: None, log_sink: LogSink::Stdout }
+    }
+}
+
+/// A running gateway.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop_data: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    data_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The config is unusable (exit code 1).
+    Config(String),
+    /// The environment failed us, e.g. a port in use (exit code 2).
+    Runtime(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) | Self::Runtime(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The admin plane may leave loopback only behind a token (SPEC §8).
+pub fn check_admin_exposure(admin: SocketAddr, source: &std::path::Path) -> Result<(), String> {
+    let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    if !admin.ip().is_loopback() && token.is_none() {
+        return Err(format!(
+            "{}: server.admin_listen: {admin} is not a loopback address; set TIDEGATE_ADMIN_TOKEN to expose the admin plane",
+            source.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Prepares `config`, binds both listeners and starts serving.
+pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartError> {
+    let server_cfg = config.server.clone();
+    let admin = opts.admin_listen.unwrap_or(server_cfg.admin_listen);
+    check_admin_exposure(admin, &config.source).map_err(StartError::Config)?;
+    let gateway = Gateway::new(config, opts.log_sink).map_err(StartError::Config)?;
+    let data_listener = bind(opts.listen.unwrap_or(server_cfg.listen)).await?;
+    let admin_listener = bind(admin).await?;
+    let data_addr = data_listener.local_addr().map_err(|e| StartError::Runtime(e.to_string()))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| StartError::Runtime(e.to_string()))?;
+    let conn = ConnOptions {
+        header_read_timeout: server_cfg.header_read_timeout,
+        grace: server_cfg.shutdown_grace,
+    };
+    let (stop_data, rx_data) = watch::channel(false);
+    let (stop_admin, rx_admin) = watch::channel(false);
+    let data_task = tokio::spawn(server::serve(
+        data_listener,
+        server::data_plane(gateway.clone()),
+        conn,
+        rx_data,
+    ));
+    let admin_conn = ConnOptions { grace: std::time::Duration::from_secs(1), ..conn };
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        server::admin::admin_plane(gateway.clone()),
+        admin_conn,
+        rx_admin,
+    ));
+    Ok(Running { data_addr, admin_addr, gateway, stop_data, stop_admin, data_task, admin_task })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
+}
+
+impl Running {
+    /// Graceful shutdown: readiness fails at once, the data listener stops accepting, in-flight
+    /// requests and streams drain up to `server.shutdown_grace`, then the admin plane stops.
+    pub async fn shutdown(self) {
+        self.gateway.start_draining();
+        let _ = self.stop_data.send(true);
+        let _ = self.data_task.await;
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

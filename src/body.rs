@@ -1,0 +1,186 @@
+//! Response and upstream body types, and bounded body reading.
+//!
+//! [`Body`] is the one response body type of the data plane: a whole buffer, or a channel fed by
+//! a task that forwards a stream. Dropping a channel body (the client went away) closes the
+//! channel, which the forwarding task notices and turns into an upstream cancel.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+/// Boxed error used across body boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body or handler that broke; hyper closes the connection. A concrete type rather
+/// than `BoxError` keeps hyper's connection futures free of higher-ranked lifetime trouble.
+#[derive(Debug)]
+pub struct Broken(pub String);
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Broken {}
+
+/// The data plane's response body.
+pub struct Body {
+    kind: Kind,
+    /// Keeps the load-shedding permit alive until the body is finished or dropped, so a long
+    /// stream counts against `max_concurrent_requests` for as long as it runs.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+    /// The mock provider's body served over HTTP (`tidegate mock-provider`), which can break.
+    Mock(crate::providers::mock::MockBody),
+}
+
+impl Body {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)), _permit: None }
+    }
+
+    pub fn empty() -> Self {
+        Self { kind: Kind::Full(None), _permit: None }
+    }
+
+    /// A body fed chunk by chunk through `rx`; it ends when every sender is dropped.
+    pub fn channel(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self { kind: Kind::Channel(rx), _permit: None }
+    }
+
+    pub fn mock(body: crate::providers::mock::MockBody) -> Self {
+        Self { kind: Kind::Mock(body), _permit: None }
+    }
+
+    pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        self._permit = permit;
+        self
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = Broken;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Broken>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Kind::Mock(m) => Pin::new(m).poll_frame(cx).map_err(|e| Broken(e.to_string())),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(&self.kind, Kind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Channel(_) | Kind::Mock(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Why a bounded read stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// More than the limit arrived.
+    TooLarge,
+    /// The body errored (client reset, upstream cut).
+    Broken(String),
+    /// The read did not finish in time.
+    TimedOut,
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_limited<B>(mut body: Pin<&mut B>, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
+        if total > limit {
+            return Err(ReadError::TooLarge);
+        }
+        // The common case is one frame: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// After a 413, reads and discards what the client keeps sending, up to `bound` bytes or `time`,
+/// so the client reads our response instead of a connection reset.
+pub async fn drain<B>(mut body: Pin<&mut B>, bound: usize, time: Duration)
+where
+    B: HttpBody<Data = Bytes>,
+{
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(time, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                seen += d.len();
+                if seen > bound {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn limited_read_accepts_at_limit_and_refuses_over() {
+        let mut a = Full::new(Bytes::from_static(b"12345"));
+        let ok = read_limited(Pin::new(&mut a), 5).await;
+        assert_eq!(ok.unwrap(), Bytes::from_static(b"12345"));
+        let mut b = Full::new(Bytes::from_static(b"123456"));
+        let over = read_limited(Pin::new(&mut b), 5).await;
+        assert!(matches!(over, Err(ReadError::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn channel_body_ends_when_senders_drop() {
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        drop(tx);
+        let got = Body::channel(rx).collect().await.unwrap().to_bytes();
+        assert_eq!(got, Bytes::from_static(b"a"));
+    }
+}

@@ -1,0 +1,261 @@
+//! Configuration: the runtime types a loaded config file becomes, and how it is loaded.
+//!
+//! Loading is two steps (after TensorZero's `load()`): `raw.rs` deserializes the YAML with
+//! unknown keys denied and the key path tracked, then `validate.rs` applies defaults and
+//! cross-field rules and produces these types, which have no "filled in later" options.
+//! Every error names the file, the key path and what was expected.
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// A config file that failed to load: which file, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path (`routes.chat.targets[1].provider`); empty for whole-file errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One loaded, validated config version.
+#[derive(Debug)]
+pub struct Config {
+    /// `v-` + the first 12 hex digits of the SHA-256 of the file's content.
+    pub version: String,
+    pub label: Option<String>,
+    /// Where it was read from.
+    pub source: PathBuf,
+    pub server: Server,
+    pub logging: Logging,
+    pub providers: BTreeMap<String, Arc<ProviderSpec>>,
+    pub models: BTreeMap<String, ModelInfo>,
+    /// Routes sorted by name.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// `server:` — static settings; changing them needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Data plane address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin plane address (metrics, probes, admin API). Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted, in bytes. Default 8 MiB.
+    pub max_body_bytes: usize,
+    /// Requests (and streams) in flight before new ones are shed with 503. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// How long SIGTERM waits for in-flight requests and streams. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Time a client has to send the request headers. Default 10 s.
+    pub header_read_timeout: Duration,
+}
+
+/// `logging:` — the per-request log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logging {
+    /// Fraction of successful requests logged (failures always are). Default 1.0.
+    pub sample_rate: f64,
+    /// Log prompts and completions. Default false.
+    pub content: bool,
+}
+
+/// Provider kinds (`providers.*.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    OpenAiCompatible,
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::OpenAiCompatible => "openai_compatible",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+/// Where a provider's API key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    None,
+    Env(String),
+    File(PathBuf),
+}
+
+/// `providers.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// As the provider's own SDK takes it (OpenAI-style with `/v1`). Empty for `mock`.
+    pub base_url: String,
+    pub key: KeySource,
+    /// Extra CA certificates (PEM) trusted besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accepts a trailing assistant message as a prefix to continue (used by stream resume).
+    pub supports_prefill: bool,
+}
+
+/// `models.<name>`: prices in USD per million tokens and the context window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    /// Context window in tokens.
+    pub context: Option<u64>,
+    /// Largest output the model can produce, in tokens.
+    pub max_output: Option<u64>,
+}
+
+/// One step of a route's fallback chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub provider: String,
+    pub model: String,
+}
+
+/// `routes.<name>.timeouts` (all durations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (+TLS) connect. Default 2 s.
+    pub connect: Duration,
+    /// Until the first content byte (stream: first content delta). Default 60 s.
+    pub first_token: Duration,
+    /// Longest gap between stream events. Default 30 s.
+    pub idle: Duration,
+    /// One whole attempt. Default 300 s.
+    pub attempt: Duration,
+    /// The whole request, all attempts included; hard. Default 600 s.
+    pub total: Duration,
+}
+
+/// `routes.<name>.retries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Extra tries on the same target after a retryable failure. Default 1.
+    pub per_target: u32,
+    /// Cap on attempts across the whole route. Default 3.
+    pub total: u32,
+    /// Base of the jittered exponential backoff between tries. Default 50 ms.
+    pub backoff: Duration,
+    /// Longest upstream `Retry-After` honoured on the same target. Default 2 s.
+    pub max_retry_after: Duration,
+}
+
+/// `routes.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub match_models: Vec<String>,
+    pub default: bool,
+    pub targets: Vec<Target>,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    pub drop_unsupported_params: bool,
+}
+
+/// `v-` + 12 hex digits of the SHA-256 of `content`.
+pub fn version_of(content: &[u8]) -> String {
+    let digest = Sha256::digest(content);
+    let mut s = String::with_capacity(14);
+    s.push_str("v-");
+    for b in &digest[..6] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let content = std::fs::read(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            path: String::new(),
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::from_bytes(path, &content)
+    }
+
+    /// Validates config text as if read from `path`.
+    pub fn from_bytes(path: &Path, content: &[u8]) -> Result<Config, ConfigError> {
+        validate::load(path, content)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.binary_search_by(|r| r.name.as_str().cmp(name)).ok().map(|i| &self.routes[i])
+    }
+
+    /// A readable summary for `tidegate check`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("version {}", self.version);
+        if let Some(l) = &self.label {
+            out.push_str(&format!(" (label {l:?})"));
+        }
+        out.push_str(&format!(
+            "\nserver: listen {} admin {} max_body {} B, max_concurrent {}\n",
+            self.server.listen,
+            self.server.admin_listen,
+            self.server.max_body_bytes,
+            self.server.max_concurrent_requests
+        ));
+        out.push_str("providers:\n");
+        for p in self.providers.values() {
+            let url = if p.base_url.is_empty() { "(in-process)" } else { p.base_url.as_str() };
+            out.push_str(&format!("  {:<14} {:<18} {url}\n", p.name, p.kind.as_str()));
+        }
+        out.push_str("routes:\n");
+        for r in &self.routes {
+            let mut flags = Vec::new();
+            if r.default {
+                flags.push("default".to_owned());
+            }
+            if !r.match_models.is_empty() {
+                flags.push(format!("models {}", r.match_models.join(", ")));
+            }
+            out.push_str(&format!("  {}{}\n", r.name, fmt_flags(&flags)));
+            for (i, t) in r.targets.iter().enumerate() {
+                out.push_str(&format!("    {}. {}/{}\n", i + 1, t.provider, t.model));
+            }
+            let t = &r.timeouts;
+            out.push_str(&format!(
+                "    timeouts: connect {:?} first_token {:?} idle {:?} attempt {:?} total {:?}\n",
+                t.connect, t.first_token, t.idle, t.attempt, t.total
+            ));
+            let rt = &r.retries;
+            out.push_str(&format!(
+                "    retries: per_target {} total {} backoff {:?} max_retry_after {:?}\n",
+                rt.per_target, rt.total, rt.backoff, rt.max_retry_after
+            ));
+        }
+        out
+    }
+}
+
+fn fmt_flags(flags: &[String]) -> String {
+    if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join("; ")) }
+}

@@ -1,0 +1,108 @@
+//! The config file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys, so a typo is a load error naming its path rather than a
+//! silently ignored setting. Defaults and cross-field rules live in `validate.rs`, which turns
+//! these into the runtime types of `config.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{HumanDuration, HumanSize};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Optional human label for this version (travels as `x-tidegate-config-label`).
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub logging: RawLogging,
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    pub routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: Option<HumanSize>,
+    pub max_concurrent_requests: Option<u32>,
+    pub shutdown_grace: Option<HumanDuration>,
+    pub header_read_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub sample_rate: Option<f64>,
+    pub content: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub supports_prefill: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+    pub context: Option<u64>,
+    pub max_output: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub match_models: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub retries: RawRetries,
+    #[serde(default)]
+    pub drop_unsupported_params: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<HumanDuration>,
+    pub first_token: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
+    pub attempt: Option<HumanDuration>,
+    pub total: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub per_target: Option<u32>,
+    pub total: Option<u32>,
+    pub backoff: Option<HumanDuration>,
+    pub max_retry_after: Option<HumanDuration>,
+}

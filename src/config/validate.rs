@@ -1,0 +1,372 @@
+//! Raw config to runtime config: defaults, cross-references and range checks, each failure
+//! naming its key path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawProvider, RawRoute, RawServer};
+use super::{
+    Config, ConfigError, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec, Retries, Route,
+    Server, Target, Timeouts, version_of,
+};
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_owned(), path: path.into(), message: message.into() }
+    }
+}
+
+pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
+    let cx = Ctx { file };
+    let text = std::str::from_utf8(content).map_err(|_| cx.err("", "file is not valid UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(cx.err("", "file is empty"));
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        cx.err(path, e.into_inner().to_string())
+    })?;
+
+    let server = server(&cx, raw.server)?;
+    let logging = Logging {
+        sample_rate: raw.logging.sample_rate.unwrap_or(1.0),
+        content: raw.logging.content.unwrap_or(false),
+    };
+    if !(0.0..=1.0).contains(&logging.sample_rate) {
+        return Err(cx.err("logging.sample_rate", "expected a number from 0 to 1"));
+    }
+
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.providers {
+        let spec = provider(&cx, &name, p)?;
+        providers.insert(name, Arc::new(spec));
+    }
+    if providers.is_empty() {
+        return Err(cx.err("providers", "expected at least one provider"));
+    }
+
+    let mut models = BTreeMap::new();
+    for (name, m) in raw.models {
+        let path = format!("models.{name}");
+        for (k, v) in
+            [("input", Some(m.input)), ("output", Some(m.output)), ("cached_input", m.cached_input)]
+        {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(cx.err(
+                    format!("{path}.{k}"),
+                    "expected a non-negative price in USD per million tokens",
+                ));
+            }
+        }
+        models.insert(
+            name,
+            ModelInfo {
+                input_per_mtok: m.input,
+                output_per_mtok: m.output,
+                cached_input_per_mtok: m.cached_input,
+                context: m.context,
+                max_output: m.max_output,
+            },
+        );
+    }
+
+    let routes = routes(&cx, raw.routes, &providers)?;
+    Ok(Config {
+        version: version_of(content),
+        label: raw.label,
+        source: file.to_owned(),
+        server,
+        logging,
+        providers,
+        models,
+        routes,
+    })
+}
+
+fn addr(
+    cx: &Ctx<'_>,
+    path: &str,
+    v: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_owned());
+    s.parse().map_err(|_| cx.err(path, format!("expected an address like {default}, got {s:?}")))
+}
+
+fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
+    let max_body = s.max_body_bytes.map_or(8 << 20, |v| v.0);
+    if max_body == 0 || max_body > (1 << 30) {
+        return Err(cx.err("server.max_body_bytes", "expected a size from 1B to 1GiB"));
+    }
+    let max_conc = s.max_concurrent_requests.unwrap_or(1024);
+    if max_conc == 0 {
+        return Err(cx.err("server.max_concurrent_requests", "expected at least 1"));
+    }
+    Ok(Server {
+        listen: addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?,
+        admin_listen: addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?,
+        max_body_bytes: max_body as usize,
+        max_concurrent_requests: max_conc as usize,
+        shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+    })
+}
+
+fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, ConfigError> {
+    let path = format!("providers.{name}");
+    check_name(cx, &path, name)?;
+    let kind = match p.kind.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        "openai_compatible" => ProviderKind::OpenAiCompatible,
+        "mock" => ProviderKind::Mock,
+        "anthropic" => {
+            return Err(cx.err(
+                format!("{path}.kind"),
+                "kind \"anthropic\" is not supported by this build yet",
+            ));
+        }
+        other => {
+            return Err(cx.err(
+                format!("{path}.kind"),
+                format!(
+                    "unknown provider kind {other:?}; expected openai, openai_compatible or mock"
+                ),
+            ));
+        }
+    };
+    let key = match (p.api_key_env, p.api_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(cx.err(&path, "set api_key_env or api_key_file, not both"));
+        }
+        (Some(e), None) => KeySource::Env(e),
+        (None, Some(f)) => KeySource::File(PathBuf::from(f)),
+        (None, None) => KeySource::None,
+    };
+    let base_url = match (kind, p.base_url) {
+        (ProviderKind::Mock, None) => String::new(),
+        (ProviderKind::Mock, Some(_)) => {
+            return Err(cx.err(format!("{path}.base_url"), "a mock provider runs in-process and takes no base_url; point an openai_compatible provider at `tidegate mock-provider` instead"));
+        }
+        (ProviderKind::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
+        (ProviderKind::OpenAiCompatible, None) => {
+            return Err(cx.err(
+                format!("{path}.base_url"),
+                "expected a base URL like http://127.0.0.1:8000/v1",
+            ));
+        }
+        (_, Some(u)) => {
+            let u = u.trim_end_matches('/').to_owned();
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some());
+            if !ok {
+                return Err(cx.err(
+                    format!("{path}.base_url"),
+                    format!("expected an http:// or https:// URL, got {u:?}"),
+                ));
+            }
+            u
+        }
+    };
+    if kind == ProviderKind::OpenAi && p.supports_prefill == Some(true) {
+        return Err(cx.err(
+            format!("{path}.supports_prefill"),
+            "the OpenAI API does not continue a trailing assistant message",
+        ));
+    }
+    Ok(ProviderSpec {
+        name: name.to_owned(),
+        kind,
+        base_url,
+        key,
+        ca_file: p.ca_file.map(PathBuf::from),
+        supports_prefill: p.supports_prefill.unwrap_or(kind == ProviderKind::Mock),
+    })
+}
+
+/// Names appear in URL paths and metric labels: keep them to a safe alphabet.
+fn check_name(cx: &Ctx<'_>, path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(cx.err(path, format!("name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")))
+    }
+}
+
+fn routes(
+    cx: &Ctx<'_>,
+    raw: BTreeMap<String, RawRoute>,
+    providers: &BTreeMap<String, Arc<ProviderSpec>>,
+) -> Result<Vec<Arc<Route>>, ConfigError> {
+    if raw.is_empty() {
+        return Err(cx.err("routes", "expected at least one route"));
+    }
+    let defined = providers.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+    let mut claimed: HashMap<String, String> = HashMap::new();
+    let mut default_route: Option<String> = None;
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, r) in raw {
+        let path = format!("routes.{name}");
+        check_name(cx, &path, &name)?;
+        if r.targets.is_empty() {
+            return Err(cx.err(format!("{path}.targets"), "expected at least one target"));
+        }
+        let mut targets = Vec::with_capacity(r.targets.len());
+        for (i, t) in r.targets.into_iter().enumerate() {
+            let tpath = format!("{path}.targets[{i}]");
+            let Some(provider) = t.provider else {
+                return Err(cx.err(tpath, "expected `provider` (and `model`)"));
+            };
+            if !providers.contains_key(&provider) {
+                return Err(cx.err(
+                    format!("{tpath}.provider"),
+                    format!("unknown provider {provider:?}; defined: {defined}"),
+                ));
+            }
+            let model = match t.model {
+                Some(m) if !m.trim().is_empty() => m,
+                _ => {
+                    return Err(
+                        cx.err(format!("{tpath}.model"), "expected the upstream model name")
+                    );
+                }
+            };
+            targets.push(Target { provider, model });
+        }
+        for m in &r.match_models {
+            if let Some(other) = claimed.insert(m.clone(), name.clone()) {
+                return Err(cx.err(
+                    format!("{path}.match_models"),
+                    format!("model {m:?} is already matched by route {other:?}"),
+                ));
+            }
+        }
+        if r.default
+            && let Some(other) = default_route.replace(name.clone())
+        {
+            return Err(cx.err(
+                format!("{path}.default"),
+                format!("route {other:?} is already the default"),
+            ));
+        }
+        let timeouts = timeouts(cx, &path, &r.timeouts)?;
+        let retries = Retries {
+            per_target: r.retries.per_target.unwrap_or(1),
+            total: r.retries.total.unwrap_or(3),
+            backoff: r.retries.backoff.map_or(Duration::from_millis(50), |d| d.0),
+            max_retry_after: r.retries.max_retry_after.map_or(Duration::from_secs(2), |d| d.0),
+        };
+        if retries.total == 0 {
+            return Err(cx.err(format!("{path}.retries.total"), "expected at least 1 attempt"));
+        }
+        out.push(Arc::new(Route {
+            name,
+            match_models: r.match_models,
+            default: r.default,
+            targets,
+            timeouts,
+            retries,
+            drop_unsupported_params: r.drop_unsupported_params,
+        }));
+    }
+    Ok(out)
+}
+
+fn timeouts(
+    cx: &Ctx<'_>,
+    path: &str,
+    t: &super::raw::RawTimeouts,
+) -> Result<Timeouts, ConfigError> {
+    let get =
+        |v: Option<super::units::HumanDuration>, d: u64| v.map_or(Duration::from_secs(d), |x| x.0);
+    let out = Timeouts {
+        connect: get(t.connect, 2),
+        first_token: get(t.first_token, 60),
+        idle: get(t.idle, 30),
+        attempt: get(t.attempt, 300),
+        total: get(t.total, 600),
+    };
+    for (k, v) in [
+        ("connect", out.connect),
+        ("first_token", out.first_token),
+        ("idle", out.idle),
+        ("attempt", out.attempt),
+        ("total", out.total),
+    ] {
+        if v.is_zero() {
+            return Err(cx.err(format!("{path}.timeouts.{k}"), "expected a duration above zero"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(s: &str) -> Result<Config, ConfigError> {
+        load(Path::new("t.yaml"), s.as_bytes())
+    }
+
+    const MIN: &str = "providers:\n  sim: {kind: mock}\nroutes:\n  chat:\n    targets: [{provider: sim, model: ok}]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load_str(MIN).unwrap();
+        assert!(c.version.starts_with("v-") && c.version.len() == 14);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.routes[0].timeouts.total, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_provider_names_path_and_defined() {
+        let e = load_str(&MIN.replace("provider: sim", "provider: opnai")).unwrap_err();
+        assert_eq!(e.path, "routes.chat.targets[0].provider");
+        assert_eq!(
+            e.to_string(),
+            "t.yaml: routes.chat.targets[0].provider: unknown provider \"opnai\"; defined: sim"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_path() {
+        let e = load_str(&MIN.replace("targets:", "timeout: 1s\n    targets:")).unwrap_err();
+        assert_eq!(e.path, "routes.chat.timeout");
+        assert!(e.message.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_path() {
+        let e = load_str(&MIN.replace("targets:", "timeouts: {total: 3 sec}\n    targets:"))
+            .unwrap_err();
+        assert_eq!(e.path, "routes.chat.timeouts.total");
+    }
+
+    #[test]
+    fn duplicate_match_model_is_rejected() {
+        let s = "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n  b:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n";
+        let e = load_str(s).unwrap_err();
+        assert_eq!(e.path, "routes.b.match_models");
+    }
+
+    #[test]
+    fn label_changes_version() {
+        let a = load_str(MIN).unwrap();
+        let b = load_str(&format!("label: x\n{MIN}")).unwrap();
+        assert_ne!(a.version, b.version);
+        assert_eq!(b.label.as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,303 @@
+//! Gateway errors and the one place they become HTTP responses.
+//!
+//! Every error the gateway itself originates is a [`GatewayError`] carrying an [`ErrorCode`]
+//! (the SPEC's public code), a human message and, where there is one, the offending `param`.
+//! [`GatewayError::into_response`] renders it in the dialect of the front door the client used,
+//! so an OpenAI SDK gets `{"error":{...}}` and an Anthropic SDK gets `{"type":"error",...}`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::Body;
+
+/// The client's wire dialect, chosen by the front door it called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
+    OpenAi,
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+/// The SPEC's error codes (§3). The string form is public interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    ModelNotFound,
+    Unauthorized,
+    RequestTooLarge,
+    InputTokensExceeded,
+    CostCeilingExceeded,
+    BudgetExhausted,
+    RateLimited,
+    IdempotencyKeyReused,
+    IdempotencyInFlight,
+    ContractViolation,
+    UpstreamUnavailable,
+    DeadlineExceeded,
+    Overloaded,
+    /// No endpoint at this path (404).
+    NotFound,
+    /// The endpoint exists but not for this method (405).
+    MethodNotAllowed,
+}
+
+impl ErrorCode {
+    /// The public code string (`x-tidegate-error-code`, `error.code`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::ModelNotFound => "model_not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::RequestTooLarge => "request_too_large",
+            Self::InputTokensExceeded => "input_tokens_exceeded",
+            Self::CostCeilingExceeded => "cost_ceiling_exceeded",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::RateLimited => "rate_limited",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyInFlight => "idempotency_in_flight",
+            Self::ContractViolation => "contract_violation",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Overloaded => "overloaded",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// HTTP status for this code (SPEC §3 table).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest | Self::InputTokensExceeded | Self::CostCeilingExceeded => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BudgetExhausted | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyInFlight => StatusCode::CONFLICT,
+            Self::ContractViolation | Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// OpenAI-style `error.type`.
+    fn openai_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest
+            | Self::InputTokensExceeded
+            | Self::CostCeilingExceeded
+            | Self::IdempotencyKeyReused
+            | Self::IdempotencyInFlight
+            | Self::RequestTooLarge
+            | Self::ModelNotFound
+            | Self::NotFound
+            | Self::MethodNotAllowed => "invalid_request_error",
+            Self::Unauthorized => "authentication_error",
+            Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",
+            Self::ContractViolation | Self::UpstreamUnavailable => "upstream_error",
+            Self::DeadlineExceeded => "timeout",
+            Self::Overloaded => "overloaded_error",
+        }
+    }
+
+    /// Anthropic-style `error.type` (SPEC §3 table, in brackets).
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest
+            | Self::InputTokensExceeded
+            | Self::CostCeilingExceeded
+            | Self::IdempotencyKeyReused
+            | Self::IdempotencyInFlight => "invalid_request_error",
+            Self::ModelNotFound | Self::NotFound => "not_found_error",
+            Self::MethodNotAllowed => "invalid_request_error",
+            Self::Unauthorized => "authentication_error",
+            Self::RequestTooLarge => "request_too_large",
+            Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",
+            Self::ContractViolation | Self::UpstreamUnavailable | Self::DeadlineExceeded => {
+                "api_error"
+            }
+            Self::Overloaded => "overloaded_error",
+        }
+    }
+
+    /// Whether the client may retry: only these carry `x-should-retry: true` (SPEC §3).
+    fn client_may_retry(self) -> bool {
+        matches!(
+            self,
+            Self::IdempotencyInFlight
+                | Self::BudgetExhausted
+                | Self::RateLimited
+                | Self::Overloaded
+        )
+    }
+}
+
+/// An error originated by the gateway (not an upstream answer passed through).
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The offending field or header, when there is one.
+    pub param: Option<String>,
+    /// Sent as `Retry-After` (whole seconds, rounded up) on retryable codes.
+    pub retry_after: Option<Duration>,
+}
+
+impl GatewayError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), param: None, retry_after: None }
+    }
+
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self { param: param.map(str::to_owned), ..Self::new(ErrorCode::InvalidRequest, message) }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The JSON body in the given dialect.
+    pub fn body(&self, dialect: Dialect) -> Bytes {
+        let json = match dialect {
+            Dialect::OpenAi => serde_json::to_vec(&OpenAiEnvelope {
+                error: OpenAiError {
+                    message: &self.message,
+                    kind: self.code.openai_type(),
+                    param: self.param.as_deref(),
+                    code: self.code.as_str(),
+                },
+            }),
+            Dialect::Anthropic => serde_json::to_vec(&AnthropicEnvelope {
+                kind: "error",
+                error: AnthropicError {
+                    kind: self.code.anthropic_type(),
+                    message: &format!("[{}] {}", self.code.as_str(), self.message),
+                },
+            }),
+        };
+        // Serializing these plain structs cannot fail; fall back to a fixed body regardless.
+        Bytes::from(json.unwrap_or_else(|_| br#"{"error":{"message":"internal error"}}"#.to_vec()))
+    }
+
+    /// The one error-to-response mapping.
+    pub fn into_response(self, dialect: Dialect) -> Response<Body> {
+        let mut resp = Response::new(Body::full(self.body(dialect)));
+        *resp.status_mut() = self.code.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert("x-tidegate-error-code", HeaderValue::from_static(self.code.as_str()));
+        if self.code.client_may_retry() {
+            h.insert("x-should-retry", HeaderValue::from_static("true"));
+            let secs =
+                self.retry_after.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        } else {
+            h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if self.code == ErrorCode::RequestTooLarge {
+            // The client may still be sending: close after the response is flushed.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// The error as one SSE event, for failures after the commit point.
+    pub fn sse_event(&self, dialect: Dialect) -> Bytes {
+        let body = self.body(dialect);
+        let mut out = Vec::with_capacity(body.len() + 24);
+        match dialect {
+            Dialect::OpenAi => out.extend_from_slice(b"data: "),
+            Dialect::Anthropic => out.extend_from_slice(b"event: error\ndata: "),
+        }
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[derive(Serialize)]
+struct OpenAiEnvelope<'a> {
+    error: OpenAiError<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+#[derive(Serialize)]
+struct AnthropicEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape_has_code_type_param() {
+        let e = GatewayError::invalid("bad", Some("stream"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "stream");
+        assert_eq!(v["error"]["message"], "bad");
+    }
+
+    #[test]
+    fn anthropic_shape_prefixes_code() {
+        let e = GatewayError::new(ErrorCode::BudgetExhausted, "spent");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["message"], "[budget_exhausted] spent");
+    }
+
+    #[test]
+    fn retry_hints_follow_the_spec() {
+        let r =
+            GatewayError::new(ErrorCode::UpstreamUnavailable, "x").into_response(Dialect::OpenAi);
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        assert!(r.headers().get("retry-after").is_none());
+        let r = GatewayError::new(ErrorCode::Overloaded, "x")
+            .with_retry_after(Duration::from_millis(1500))
+            .into_response(Dialect::OpenAi);
+        assert_eq!(r.headers()["x-should-retry"], "true");
+        assert_eq!(r.headers()["retry-after"], "2");
+    }
+}

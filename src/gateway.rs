@@ -1,0 +1,91 @@
+//! The gateway's shared state: the active config snapshot (swapped atomically), metrics, the
+//! load-shedding limiter and the draining flag.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::providers::mock::MockStats;
+use crate::proxy::record::LogSink;
+use crate::runtime::{Shared, Snapshot};
+
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub shared: Shared,
+    /// `server.max_concurrent_requests` permits; a request that finds none is shed with 503.
+    pub limiter: Arc<Semaphore>,
+    pub log_sink: Arc<LogSink>,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// Prepares `config` and builds the gateway around it.
+    pub fn new(config: Config, log_sink: LogSink) -> Result<Arc<Self>, String> {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Shared::default();
+        let permits = config.server.max_concurrent_requests;
+        let snap = Snapshot::prepare(config, &shared, &metrics)?;
+        let gw = Arc::new(Self {
+            current: ArcSwap::from_pointee(snap),
+            metrics,
+            shared,
+            limiter: Arc::new(Semaphore::new(permits)),
+            log_sink: Arc::new(log_sink),
+            draining: AtomicBool::new(false),
+        });
+        gw.mark_active(None);
+        Ok(gw)
+    }
+
+    /// The active snapshot; a request holds it to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Prepares `config` without activating it.
+    pub fn prepare(&self, config: Config) -> Result<Snapshot, String> {
+        Snapshot::prepare(config, &self.shared, &self.metrics)
+    }
+
+    /// Activates a prepared snapshot atomically; in-flight requests keep the one they hold.
+    pub fn install(&self, snap: Snapshot) {
+        let old = self.current.swap(Arc::new(snap));
+        self.mark_active(Some(&old));
+    }
+
+    fn mark_active(&self, old: Option<&Snapshot>) {
+        let m = &self.metrics;
+        if let Some(old) = old {
+            let _ = m.config_info.remove_label_values(&[
+                &old.config.version,
+                old.config.label.as_deref().unwrap_or(""),
+            ]);
+        }
+        let snap = self.snapshot();
+        m.config_info
+            .with_label_values(&[&snap.config.version, snap.config.label.as_deref().unwrap_or("")])
+            .set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.config_last_success.set(now);
+    }
+
+    /// Counters of the in-process mock provider named `provider`.
+    pub fn mock_stats(&self, provider: &str) -> Arc<MockStats> {
+        self.shared.mock_stats(provider)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,159 @@
+//! The `tidegate` command line. Thin: parse arguments, set up logging, call into the library.
+//! Exit codes: 0 ok, 1 invalid input or config (a missing file too), 2 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tidegate::app::{self, StartError, StartOptions};
+use tidegate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tidegate", version, about = "A transparent LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file. Default: $TIDEGATE_CONFIG, else config/tidegate.yaml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State directory (pins); overrides state.dir and $TIDEGATE_STATE_DIR.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a config file and print its routes.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the gateway in-process on the mock provider and show scripted traffic.
+    Demo,
+    /// Serve the mock provider's behaviours over HTTP (OpenAI wire format).
+    MockProvider {
+        /// Address to listen on, e.g. 127.0.0.1:9999.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("TIDEGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidegate: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, state_dir } => {
+                init_tracing();
+                serve(config, state_dir).await
+            }
+            Command::Check { config } => check(&config),
+            Command::Demo => tidegate::demo::run().await,
+            Command::MockProvider { listen } => {
+                init_tracing();
+                mock_provider(listen).await
+            }
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn check(path: &std::path::Path) -> u8 {
+    match Config::load(path) {
+        Ok(c) => {
+            print!("{}: ok\n{}", path.display(), c.summary());
+            for p in c.providers.values() {
+                if let Err(e) = tidegate::providers::resolve_key(&p.key) {
+                    println!(
+                        "warning: providers.{}: {e} (serve will refuse to start without it)",
+                        p.name
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, _state_dir: Option<PathBuf>) -> u8 {
+    let path = config
+        .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let version = cfg.version.clone();
+    let running = match app::start(cfg, StartOptions::default()).await {
+        Ok(r) => r,
+        Err(StartError::Config(e)) => {
+            eprintln!("{e}");
+            return 1;
+        }
+        Err(StartError::Runtime(e)) => {
+            eprintln!("tidegate: {e}");
+            return 2;
+        }
+    };
+    tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
+    app::termination().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    0
+}
+
+async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tidegate: cannot listen on {listen}: {e}");
+            return 2;
+        }
+    };
+    let addr = listener.local_addr().map_or(listen, |a| a);
+    tracing::info!(%addr, "mock provider serving (OpenAI wire format at /v1, counters at /mock/stats)");
+    let stats = std::sync::Arc::default();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let opts = tidegate::server::ConnOptions {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        grace: std::time::Duration::from_secs(5),
+    };
+    let task = tokio::spawn(tidegate::server::serve(
+        listener,
+        tidegate::server::mock::mock_plane(stats),
+        opts,
+        rx,
+    ));
+    app::termination().await;
+    let _ = tx.send(true);
+    let _ = task.await;
+    0
+}

@@ -1,0 +1,185 @@
+//! Upstream providers: how an attempt's bytes reach a model API and come back.
+//!
+//! A [`Provider`] is one configured account: its spec, its credential and its transport, either
+//! a pooled hyper client (rustls, keep-alive, `TCP_NODELAY`) or the in-process mock. Both return
+//! an ordinary `http::Response` with an [`UpstreamBody`], so everything above this module parses
+//! one wire format the same way whatever carried it.
+
+pub mod client;
+pub mod mock;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::body::BoxError;
+use crate::config::{KeySource, ProviderKind, ProviderSpec};
+pub use client::HttpClient;
+
+/// A provider credential; never printed.
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Resolves a key source now (env var or file), naming what is missing.
+pub fn resolve_key(src: &KeySource) -> Result<Option<Secret>, String> {
+    match src {
+        KeySource::None => Ok(None),
+        KeySource::Env(name) => match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().into()))),
+            _ => Err(format!("environment variable {name} is not set")),
+        },
+        KeySource::File(path) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().into()))),
+            Ok(_) => Err(format!("key file {} is empty", path.display())),
+            Err(e) => Err(format!("cannot read key file {}: {e}", path.display())),
+        },
+    }
+}
+
+/// The body of an upstream response, whatever transport carried it.
+pub enum UpstreamBody {
+    Http(Incoming),
+    Mock(mock::MockBody),
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Mock(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+}
+
+/// A transport failure before any response.
+#[derive(Debug, Clone)]
+pub enum SendError {
+    /// The TCP/TLS connection could not be made (includes the connect timeout).
+    Connect(String),
+    /// The connection broke before the response headers.
+    Reset(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect error: {e}"),
+            Self::Reset(e) => write!(f, "connection reset before headers: {e}"),
+        }
+    }
+}
+
+enum Transport {
+    Http { base: String },
+    Mock(Arc<mock::MockStats>),
+}
+
+/// One configured provider, ready to send.
+pub struct Provider {
+    pub spec: Arc<ProviderSpec>,
+    key: Option<Secret>,
+    transport: Transport,
+}
+
+impl Provider {
+    /// Builds a provider; `mock_stats` is reused across reloads so counters persist.
+    pub fn new(
+        spec: Arc<ProviderSpec>,
+        key: Option<Secret>,
+        mock_stats: Option<Arc<mock::MockStats>>,
+    ) -> Self {
+        let transport = match spec.kind {
+            ProviderKind::Mock => Transport::Mock(mock_stats.unwrap_or_default()),
+            _ => Transport::Http { base: spec.base_url.clone() },
+        };
+        Self { spec, key, transport }
+    }
+
+    /// The mock's counters, for a `kind: mock` provider.
+    pub fn mock_stats(&self) -> Option<&Arc<mock::MockStats>> {
+        match &self.transport {
+            Transport::Mock(s) => Some(s),
+            Transport::Http { .. } => None,
+        }
+    }
+
+    /// The credential, for redacting echoes of it from upstream error text.
+    pub fn key(&self) -> Option<&Secret> {
+        self.key.as_ref()
+    }
+
+    /// POSTs `body` to `path` (relative to the base URL, e.g. `/chat/completions`).
+    pub async fn send(
+        &self,
+        client: &HttpClient,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        match &self.transport {
+            Transport::Mock(stats) => match mock::respond(stats, path, &body).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Mock)),
+                Err(mock::Reset) => Err(SendError::Reset("mock reset".into())),
+            },
+            Transport::Http { base } => {
+                let mut uri = String::with_capacity(base.len() + path.len());
+                uri.push_str(base);
+                uri.push_str(path);
+                let mut req = Request::post(uri)
+                    .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .header(
+                        header::USER_AGENT,
+                        HeaderValue::from_static(concat!("tidegate/", env!("CARGO_PKG_VERSION"))),
+                    )
+                    .body(Full::new(body))
+                    .map_err(|e| SendError::Connect(format!("bad upstream URL: {e}")))?;
+                if let Some(key) = &self.key
+                    && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                {
+                    v.set_sensitive(true);
+                    req.headers_mut().insert(header::AUTHORIZATION, v);
+                }
+                match client.request(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::Http)),
+                    Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
+                    Err(e) => Err(SendError::Reset(error_chain(&e))),
+                }
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,428 @@
+//! The data plane: OpenAI-compatible front door, route selection, and serving a request through
+//! the route's targets.
+
+pub mod attempt;
+pub mod classify;
+pub mod failover;
+pub mod forward;
+pub mod peek;
+pub mod record;
+pub mod request;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::body::{Body, ReadError, drain, read_limited};
+use crate::error::{Dialect, ErrorCode, GatewayError};
+use crate::gateway::Gateway;
+use crate::runtime::{RouteRuntime, Snapshot};
+use attempt::{Endpoint, Opened};
+use failover::{Failed, Plan, Served};
+use forward::Forward;
+use record::RequestRecord;
+use request::{ChatRequest, EmbeddingsRequest};
+
+/// What the path asks for, after any `/r/{route}` prefix.
+enum Call<'a> {
+    Chat,
+    Embeddings,
+    Models,
+    Model(&'a str),
+}
+
+/// Splits `/r/{route}/v1/...` into the route and the API path.
+fn split_route_prefix(path: &str) -> (Option<&str>, &str) {
+    if let Some(rest) = path.strip_prefix("/r/") {
+        // The API path keeps its leading slash: it starts where the route name ends.
+        let end = rest.find('/').unwrap_or(rest.len());
+        return (Some(&rest[..end]), &rest[end..]);
+    }
+    (None, path)
+}
+
+fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError> {
+    let call = match path {
+        "/v1/chat/completions" => (Method::POST, Call::Chat),
+        "/v1/embeddings" => (Method::POST, Call::Embeddings),
+        "/v1/models" => (Method::GET, Call::Models),
+        p => match p.strip_prefix("/v1/models/") {
+            Some(id) if !id.is_empty() => (Method::GET, Call::Model(id)),
+            _ => {
+                return Err(GatewayError::new(
+                    ErrorCode::NotFound,
+                    format!("no endpoint at {path}"),
+                ));
+            }
+        },
+    };
+    if *method != call.0 {
+        return Err(GatewayError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{path} accepts {} only", call.0),
+        ));
+    }
+    Ok(call.1)
+}
+
+/// Request id: the client's if it is a sane header value, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_owned();
+    }
+    format!("tg-{:032x}", fastrand::u128(..))
+}
+
+/// `x-stainless-read-timeout` (seconds, from the OpenAI and Anthropic SDKs): the client gives up
+/// after this, so working longer is waste.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let s = headers.get("x-stainless-read-timeout")?.to_str().ok()?.trim().parse::<f64>().ok()?;
+    (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)))
+}
+
+impl Gateway {
+    /// Serves one data-plane request. Never fails: every error becomes a response here.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let snap = self.snapshot();
+        let rid = request_id(req.headers());
+        let mut rec = RequestRecord::new(
+            self.metrics.clone(),
+            self.log_sink.clone(),
+            rid.clone(),
+            snap.config.version.clone(),
+            snap.config.logging.sample_rate,
+        );
+        let mut resp = match self.dispatch(req, &snap, &mut rec).await {
+            Ok(r) => r,
+            Err(e) => {
+                rec.outcome = outcome_of(e.code);
+                rec.status = e.code.status().as_u16();
+                rec.error = Some(e.message.clone());
+                e.into_response(Dialect::OpenAi)
+            }
+        };
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            h.insert("x-request-id", v);
+        }
+        h.insert("x-tidegate-config-version", snap.version_header.clone());
+        if let Some(l) = &snap.label_header {
+            h.insert("x-tidegate-config-label", l.clone());
+        }
+        resp
+    }
+
+    async fn dispatch<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        snap: &Arc<Snapshot>,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, body) = req.into_parts();
+        let (path_route, api_path) = split_route_prefix(parts.uri.path());
+        let call = resolve(&parts.method, api_path)?;
+        let header_route = match parts.headers.get("x-tidegate-route") {
+            Some(v) => Some(v.to_str().map_err(|_| {
+                GatewayError::invalid(
+                    "x-tidegate-route is not valid ASCII",
+                    Some("x-tidegate-route"),
+                )
+            })?),
+            None => None,
+        };
+        match call {
+            Call::Models => return Ok(models_list(snap)),
+            Call::Model(id) => return model_one(snap, id),
+            Call::Chat | Call::Embeddings => {}
+        }
+        let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
+            GatewayError::new(
+                ErrorCode::Overloaded,
+                "tidegate is at its concurrency limit; retry shortly",
+            )
+            .with_retry_after(Duration::from_secs(1))
+        })?;
+        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+            let ok = ct
+                .to_str()
+                .is_ok_and(|s| s.trim_start().to_ascii_lowercase().starts_with("application/json"));
+            if !ok {
+                return Err(GatewayError::invalid(
+                    "content-type must be application/json",
+                    Some("content-type"),
+                ));
+            }
+        }
+        let limit = snap.config.server.max_body_bytes;
+        let mut body = std::pin::pin!(body);
+        let bytes = match read_limited(body.as_mut(), limit).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
+                // Read what the client is still sending (bounded) so it sees the 413, not a reset.
+                drain(body.as_mut(), limit.saturating_mul(4).min(64 << 20), Duration::from_secs(5))
+                    .await;
+                return Err(GatewayError::new(
+                    ErrorCode::RequestTooLarge,
+                    format!("request body exceeds the {limit}-byte limit"),
+                ));
+            }
+            Err(ReadError::Broken(e)) => {
+                return Err(GatewayError::invalid(
+                    format!("could not read the request body: {e}"),
+                    None,
+                ));
+            }
+            Err(ReadError::TimedOut) => {
+                return Err(GatewayError::invalid("the request body did not arrive in time", None));
+            }
+        };
+        let deadline_cap = client_timeout(&parts.headers);
+        let resp = match call {
+            Call::Chat => {
+                let chat = ChatRequest::parse(&bytes)?;
+                let route = snap.select(header_route, path_route, chat.model.as_deref())?;
+                rec.set_route(&route.route.name);
+                rec.stream = chat.stream;
+                self.serve_chat(snap, route, &chat, deadline_cap, rec).await
+            }
+            _ => {
+                let emb = EmbeddingsRequest::parse(&bytes)?;
+                let route = snap.select(header_route, path_route, emb.model.as_deref())?;
+                rec.set_route(&route.route.name);
+                self.serve_embeddings(snap, route, &emb, deadline_cap, rec).await
+            }
+        };
+        resp.map(|r| r.map(|b| b.with_permit(Some(permit))))
+    }
+
+    async fn serve_chat(
+        self: &Arc<Self>,
+        snap: &Arc<Snapshot>,
+        route: &RouteRuntime,
+        chat: &ChatRequest<'_>,
+        deadline_cap: Option<Duration>,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        let stream_options =
+            if chat.stream { Some(stream_options_with_usage(chat)?) } else { None };
+        let body_for = |t: &crate::runtime::TargetRuntime| -> Bytes {
+            let model = serde_json::to_string(&t.target.model).unwrap_or_default();
+            let mut replace: Vec<(&str, &str)> = vec![("model", model.as_str())];
+            if let Some(so) = &stream_options {
+                replace.push(("stream_options", so.as_str()));
+            }
+            Bytes::from(chat.obj.write(&replace, &[]))
+        };
+        let deadline = deadline_for(route, rec.start, deadline_cap);
+        let plan = Plan {
+            config: &snap.config,
+            route,
+            endpoint: Endpoint::Chat,
+            stream: chat.stream,
+            deadline,
+            body_for,
+        };
+        let served = match plan.run(rec).await {
+            Ok(s) => s,
+            Err(f) => return failed(f, rec),
+        };
+        self.respond(route, served, chat.include_usage, deadline, rec)
+    }
+
+    async fn serve_embeddings(
+        self: &Arc<Self>,
+        snap: &Arc<Snapshot>,
+        route: &RouteRuntime,
+        emb: &EmbeddingsRequest<'_>,
+        deadline_cap: Option<Duration>,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        let body_for = |t: &crate::runtime::TargetRuntime| -> Bytes {
+            let model = serde_json::to_string(&t.target.model).unwrap_or_default();
+            Bytes::from(emb.obj.write(&[("model", model.as_str())], &[]))
+        };
+        let deadline = deadline_for(route, rec.start, deadline_cap);
+        let plan = Plan {
+            config: &snap.config,
+            route,
+            endpoint: Endpoint::Embeddings,
+            stream: false,
+            deadline,
+            body_for,
+        };
+        match plan.run(rec).await {
+            Ok(served) => self.respond(route, served, false, deadline, rec),
+            Err(f) => failed(f, rec),
+        }
+    }
+
+    /// Turns the winning attempt into the client's response.
+    fn respond(
+        self: &Arc<Self>,
+        route: &RouteRuntime,
+        served: Served,
+        include_usage: bool,
+        deadline: Instant,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        let t = &route.targets[served.target];
+        rec.served_by = Some((t.target.provider.clone(), t.target.model.clone()));
+        rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
+        let mut builder = Response::builder()
+            .header("x-tidegate-route", route.name_header.clone())
+            .header("x-tidegate-provider", t.provider_header.clone())
+            .header("x-tidegate-model", t.model_header.clone())
+            .header("x-tidegate-attempts", served.attempts);
+        if let Some(reason) = served.fallback_reason {
+            rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
+            if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
+                builder = builder.header("x-tidegate-fallback", v);
+            }
+        }
+        match served.opened {
+            Opened::Complete { body, usage, finish } => {
+                rec.usage = usage;
+                rec.finish = finish;
+                rec.status = 200;
+                builder
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::full(body))
+                    .map_err(|e| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string()))
+            }
+            Opened::Stream(stream) => {
+                let (tx, rx) = mpsc::channel(16);
+                let idle = route.route.timeouts.idle;
+                let mut taken = RequestRecord::new(
+                    self.metrics.clone(),
+                    self.log_sink.clone(),
+                    String::new(),
+                    String::new(),
+                    1.0,
+                );
+                std::mem::swap(&mut taken, rec);
+                // The placeholder left behind must not count as a request of its own.
+                rec.silence();
+                tokio::spawn(
+                    Forward {
+                        stream,
+                        tx,
+                        rec: taken,
+                        deadline,
+                        idle,
+                        include_usage,
+                        dialect: Dialect::OpenAi,
+                    }
+                    .run(),
+                );
+                builder
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .header(header::CACHE_CONTROL, "no-cache")
+                    .header("x-accel-buffering", "no")
+                    .body(Body::channel(rx))
+                    .map_err(|e| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string()))
+            }
+        }
+    }
+}
+
+/// The client's `stream_options` with `include_usage: true` set, so usage is always accounted.
+fn stream_options_with_usage(chat: &ChatRequest<'_>) -> Result<String, GatewayError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = match chat.obj.get("stream_options") {
+        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map_err(|_| {
+            GatewayError::invalid("`stream_options` must be an object", Some("stream_options"))
+        })?,
+        _ => serde_json::Map::new(),
+    };
+    map.insert("include_usage".into(), serde_json::Value::Bool(true));
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
+fn deadline_for(route: &RouteRuntime, start: Instant, cap: Option<Duration>) -> Instant {
+    let total = cap.map_or(route.route.timeouts.total, |c| c.min(route.route.timeouts.total));
+    start + total
+}
+
+/// A failed plan as the client's answer: a gateway error, or the upstream's own refusal.
+fn failed(f: Failed, rec: &mut RequestRecord) -> Result<Response<Body>, GatewayError> {
+    match f {
+        Failed::Gateway(e) => Err(e),
+        Failed::Passthrough(p) => {
+            rec.outcome = "client_error";
+            rec.status = p.status.as_u16();
+            let mut resp = Response::new(Body::full(p.body));
+            *resp.status_mut() = p.status;
+            *resp.headers_mut() = p.headers;
+            if let Some(route) = &rec.route
+                && let Ok(v) = HeaderValue::from_str(route)
+            {
+                resp.headers_mut().insert("x-tidegate-route", v);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+fn outcome_of(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest
+        | ErrorCode::RequestTooLarge
+        | ErrorCode::InputTokensExceeded
+        | ErrorCode::CostCeilingExceeded
+        | ErrorCode::IdempotencyKeyReused
+        | ErrorCode::MethodNotAllowed => "invalid",
+        ErrorCode::ModelNotFound | ErrorCode::NotFound => "not_found",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::BudgetExhausted
+        | ErrorCode::RateLimited
+        | ErrorCode::Overloaded
+        | ErrorCode::IdempotencyInFlight => "rejected",
+        ErrorCode::ContractViolation | ErrorCode::UpstreamUnavailable => "upstream_error",
+        ErrorCode::DeadlineExceeded => "timeout",
+    }
+}
+
+fn models_list(snap: &Snapshot) -> Response<Body> {
+    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let data: Vec<serde_json::Value> = snap
+        .config
+        .routes
+        .iter()
+        .map(|r| serde_json::json!({"id": r.name, "object": "model", "created": created, "owned_by": "tidegate"}))
+        .collect();
+    json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
+}
+
+fn model_one(snap: &Snapshot, id: &str) -> Result<Response<Body>, GatewayError> {
+    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match snap.route_by_name(id) {
+        Some(r) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"id": r.route.name, "object": "model", "created": created, "owned_by": "tidegate"}),
+        )),
+        None => Err(GatewayError::new(ErrorCode::ModelNotFound, format!("no route named {id:?}"))
+            .with_param("model")),
+    }
+}
+
+pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

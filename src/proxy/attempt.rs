@@ -1,0 +1,303 @@
+//! One upstream attempt, up to the commit point.
+//!
+//! A non-stream attempt ends with the whole body read and checked. A stream attempt ends at the
+//! first event the client must see as answer content (text, tool call, refusal, finish reason,
+//! or `[DONE]`); the events before it are held, not sent, so a stream that stalls, errors or is
+//! cut before any content can still fail over without the client noticing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::time::{Instant, timeout_at};
+
+use super::classify::{self, AttemptFailure, Next};
+use super::peek::{self, BodyPeek, ChunkPeek, Usage};
+use crate::config::Timeouts;
+use crate::providers::{SendError, UpstreamBody};
+use crate::runtime::TargetRuntime;
+use crate::sse;
+
+/// The API an attempt calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/chat/completions",
+            Self::Embeddings => "/embeddings",
+        }
+    }
+}
+
+/// Upstream answers larger than this are treated as broken rather than buffered.
+const MAX_UPSTREAM_BODY: usize = 64 << 20;
+/// Error bodies are only read this far.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// A successful attempt.
+pub enum Opened {
+    Complete { body: Bytes, usage: Option<Usage>, finish: Option<String> },
+    Stream(OpenStream),
+}
+
+/// A stream at its commit point.
+pub struct OpenStream {
+    pub body: UpstreamBody,
+    pub decoder: sse::Decoder,
+    /// Payloads (`data:` contents) received so far, in order, including the committing one.
+    pub held: Vec<Bytes>,
+    pub usage: Option<Usage>,
+    pub finish: Option<String>,
+    /// `[DONE]` already arrived.
+    pub done: bool,
+}
+
+/// Per-attempt inputs.
+pub struct Attempt<'a> {
+    pub target: &'a TargetRuntime,
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    pub stream: bool,
+    pub timeouts: &'a Timeouts,
+    /// The request's overall deadline.
+    pub deadline: Instant,
+}
+
+/// Time accounting the caller folds into the request record.
+#[derive(Default)]
+pub struct Waited {
+    pub upstream: Duration,
+    pub first_token: Option<Duration>,
+}
+
+impl Attempt<'_> {
+    fn timeout_failure(&self, now: Instant, phase: &'static str) -> AttemptFailure {
+        let mut f = AttemptFailure::retry(phase, format!("no answer within the {phase} limit"));
+        f.deadline = now >= self.deadline;
+        f
+    }
+
+    pub async fn run(&self, waited: &mut Waited) -> Result<Opened, AttemptFailure> {
+        let start = Instant::now();
+        let attempt_end = (start + self.timeouts.attempt).min(self.deadline);
+        let first_token_end = (start + self.timeouts.first_token).min(attempt_end);
+        let phase = |end: Instant| {
+            if end == first_token_end { "timeout_first_token" } else { "timeout_attempt" }
+        };
+
+        let sent = timeout_at(
+            first_token_end,
+            self.target.provider.send(&self.target.client, self.endpoint.path(), self.body.clone()),
+        )
+        .await;
+        waited.upstream += start.elapsed();
+        let resp = match sent {
+            Err(_) => return Err(self.timeout_failure(Instant::now(), phase(first_token_end))),
+            Ok(Err(SendError::Connect(e))) => return Err(AttemptFailure::retry("connect", e)),
+            Ok(Err(SendError::Reset(e))) => return Err(AttemptFailure::retry("reset", e)),
+            Ok(Ok(r)) => r,
+        };
+        let (parts, mut body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let t = Instant::now();
+            let bytes = read_body(&mut body, MAX_ERROR_BODY, attempt_end).await.unwrap_or_default();
+            waited.upstream += t.elapsed();
+            return Err(classify::from_status(parts.status, &parts.headers, bytes));
+        }
+        let ct = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let is_sse = ct.starts_with("text/event-stream");
+        let is_json = ct.starts_with("application/json");
+        if self.stream && is_sse {
+            return self.open_stream(body, start, first_token_end, attempt_end, waited).await;
+        }
+        if !is_json {
+            return Err(AttemptFailure::retry(
+                "content_type",
+                format!("unexpected content-type {ct:?}"),
+            ));
+        }
+        // A JSON answer to a stream request is an error object, or a provider ignoring `stream`.
+        let t = Instant::now();
+        let read =
+            read_first_then_rest(&mut body, MAX_UPSTREAM_BODY, first_token_end, attempt_end).await;
+        waited.upstream += t.elapsed();
+        let bytes = match read {
+            Ok(b) => b,
+            Err(ReadFail::Timeout(end)) => {
+                return Err(self.timeout_failure(Instant::now(), phase(end)));
+            }
+            Err(ReadFail::Broken(e)) => return Err(AttemptFailure::retry("reset", e)),
+            Err(ReadFail::TooLarge) => {
+                return Err(AttemptFailure::retry("malformed", "upstream body too large"));
+            }
+        };
+        waited.first_token = Some(start.elapsed());
+        match peek::body(&bytes, self.endpoint == Endpoint::Embeddings) {
+            None if bytes.is_empty() => {
+                Err(AttemptFailure::retry("malformed", "empty upstream body"))
+            }
+            None => Err(AttemptFailure::retry("malformed", "upstream body is not a valid answer")),
+            Some(BodyPeek::Error(m)) => {
+                Err(AttemptFailure::retry("error_body", format!("200 with an error body: {m}")))
+            }
+            Some(BodyPeek::Ok { .. }) if self.stream => {
+                Err(AttemptFailure::retry("content_type", "a JSON answer to a stream request"))
+            }
+            Some(BodyPeek::Ok { usage, finish }) => {
+                Ok(Opened::Complete { body: bytes, usage, finish })
+            }
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        mut body: UpstreamBody,
+        start: Instant,
+        first_token_end: Instant,
+        attempt_end: Instant,
+        waited: &mut Waited,
+    ) -> Result<Opened, AttemptFailure> {
+        let mut decoder = sse::Decoder::default();
+        let mut held: Vec<Bytes> = Vec::with_capacity(4);
+        let mut usage = None;
+        loop {
+            while let Some(ev) = decoder
+                .next_event()
+                .map_err(|e| AttemptFailure::retry("malformed", e.to_string()))?
+            {
+                if ev.event.as_deref() == Some("error") {
+                    return Err(AttemptFailure::retry(
+                        "error_event",
+                        String::from_utf8_lossy(&ev.data).into_owned(),
+                    ));
+                }
+                match peek::chunk(&ev.data) {
+                    None => {
+                        return Err(AttemptFailure::retry(
+                            "malformed",
+                            "a stream event that is not a chat chunk",
+                        ));
+                    }
+                    Some(ChunkPeek::Error(m)) => {
+                        return Err(AttemptFailure::retry("error_event", m));
+                    }
+                    Some(ChunkPeek::Done) => {
+                        waited.first_token = Some(start.elapsed());
+                        return Ok(Opened::Stream(OpenStream {
+                            body,
+                            decoder,
+                            held,
+                            usage,
+                            finish: None,
+                            done: true,
+                        }));
+                    }
+                    Some(ChunkPeek::Chunk { content, finish, usage: u, .. }) => {
+                        usage = u.or(usage);
+                        held.push(ev.data);
+                        if content {
+                            waited.first_token = Some(start.elapsed());
+                            return Ok(Opened::Stream(OpenStream {
+                                body,
+                                decoder,
+                                held,
+                                usage,
+                                finish,
+                                done: false,
+                            }));
+                        }
+                    }
+                }
+            }
+            let idle_end = (Instant::now() + self.timeouts.idle).min(first_token_end);
+            let t = Instant::now();
+            let frame = timeout_at(idle_end, body.frame()).await;
+            waited.upstream += t.elapsed();
+            match frame {
+                Err(_) => {
+                    let reason = if idle_end < first_token_end {
+                        "timeout_idle"
+                    } else if first_token_end < attempt_end {
+                        "timeout_first_token"
+                    } else {
+                        "timeout_attempt"
+                    };
+                    return Err(self.timeout_failure(Instant::now(), reason));
+                }
+                Ok(None) => {
+                    return Err(AttemptFailure::retry("cut", "stream ended before any content"));
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(AttemptFailure::retry(
+                        "cut",
+                        format!("stream broke before any content: {e}"),
+                    ));
+                }
+                Ok(Some(Ok(f))) => {
+                    if let Ok(data) = f.into_data() {
+                        decoder.feed(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum ReadFail {
+    Timeout(Instant),
+    Broken(String),
+    TooLarge,
+}
+
+/// Reads a body: the first frame by `first_end`, the rest by `end`.
+async fn read_first_then_rest(
+    body: &mut UpstreamBody,
+    limit: usize,
+    first_end: Instant,
+    end: Instant,
+) -> Result<Bytes, ReadFail> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut first: Option<Bytes> = None;
+    let mut deadline = first_end;
+    loop {
+        let frame = match timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ReadFail::Timeout(deadline)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ReadFail::Broken(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        deadline = end;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + first.as_ref().map_or(0, Bytes::len) + data.len() > limit {
+            return Err(ReadFail::TooLarge);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(buf)))
+}
+
+async fn read_body(body: &mut UpstreamBody, limit: usize, end: Instant) -> Option<Bytes> {
+    read_first_then_rest(body, limit, end, end).await.ok()
+}
+
+/// Whether a failure should end the request now rather than try elsewhere.
+pub fn is_final(f: &AttemptFailure) -> bool {
+    f.next == Next::Stop || f.deadline
+}

@@ -1,0 +1,233 @@
+//! The failover loop: a route's targets in order, bounded retries on each, until one answers
+//! or the attempt cap or the deadline is reached (SPEC §5).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{Instant, sleep_until};
+
+use super::attempt::{Attempt, Endpoint, Opened, Waited, is_final};
+use super::classify::{AttemptFailure, Next, Passthrough};
+use super::record::{AttemptLog, RequestRecord};
+use crate::config::Config;
+use crate::error::{ErrorCode, GatewayError};
+use crate::runtime::{RouteRuntime, TargetRuntime};
+
+/// The attempt that answered.
+pub struct Served {
+    pub target: usize,
+    pub opened: Opened,
+    /// Attempts made, the winner included.
+    pub attempts: u32,
+    /// Why the first target did not serve, when a later one did.
+    pub fallback_reason: Option<&'static str>,
+}
+
+/// Why no target answered.
+pub enum Failed {
+    Gateway(GatewayError),
+    /// The upstream refused the request itself: its answer goes to the client as it came.
+    Passthrough(Passthrough),
+}
+
+/// Inputs of one run of the loop.
+pub struct Plan<'a, F> {
+    pub config: &'a Config,
+    pub route: &'a RouteRuntime,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    pub deadline: Instant,
+    /// The upstream body for a target.
+    pub body_for: F,
+}
+
+/// Jittered exponential backoff: `base * 2^try`, uniformly in its upper half.
+fn backoff(base: Duration, tries: u32) -> Duration {
+    let full = base.saturating_mul(1u32 << tries.min(16));
+    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+}
+
+fn context_of(config: &Config, t: &TargetRuntime) -> Option<u64> {
+    config.models.get(&t.target.model).and_then(|m| m.context)
+}
+
+impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
+    pub async fn run(&self, rec: &mut RequestRecord) -> Result<Served, Failed> {
+        let route = &self.route.route;
+        let retries = route.retries;
+        let mut attempts = 0u32;
+        let mut first_reason: Option<&'static str> = None;
+        // After a context-length failure: only targets with a larger (or unknown) window.
+        let mut min_context: Option<u64> = None;
+        let mut failures: Vec<String> = Vec::new();
+        'targets: for (ti, t) in self.route.targets.iter().enumerate() {
+            if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
+                && ctx <= floor
+            {
+                failures.push(format!(
+                    "{}/{}: skipped (context window {ctx} not larger than {floor})",
+                    t.target.provider, t.target.model
+                ));
+                continue;
+            }
+            let body = (self.body_for)(t);
+            let mut tries = 0u32;
+            loop {
+                if attempts >= retries.total {
+                    break 'targets;
+                }
+                attempts += 1;
+                let attempt = Attempt {
+                    target: t,
+                    endpoint: self.endpoint,
+                    body: body.clone(),
+                    stream: self.stream,
+                    timeouts: &route.timeouts,
+                    deadline: self.deadline,
+                };
+                let mut waited = Waited::default();
+                let started = Instant::now();
+                let result = attempt.run(&mut waited).await;
+                rec.upstream_wait += waited.upstream;
+                let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
+                if let Some(ft) = waited.first_token {
+                    rec.metrics().ttft.with_label_values(&[p, m]).observe(ft.as_secs_f64());
+                }
+                let f = match result {
+                    Ok(opened) => {
+                        rec.attempt(log(t, "ok", "ok", Some(200), String::new(), started));
+                        return Ok(Served {
+                            target: ti,
+                            opened,
+                            attempts,
+                            fallback_reason: if ti > 0 { first_reason } else { None },
+                        });
+                    }
+                    Err(f) => f,
+                };
+                rec.attempt(log(t, "error", f.reason, f.status, redact(&f.detail, t), started));
+                first_reason.get_or_insert(f.reason);
+                failures.push(describe(t, &f));
+                if f.next == Next::NextTarget && f.reason == "auth" {
+                    tracing::error!(
+                        provider = p,
+                        model = m,
+                        "upstream rejected our credentials (status {:?}): check the provider's key",
+                        f.status
+                    );
+                }
+                if is_final(&f) {
+                    return Err(self.final_failure(f, &failures, t));
+                }
+                match f.next {
+                    // `Stop` already returned through `is_final`.
+                    Next::Stop | Next::NextTarget => continue 'targets,
+                    Next::ContextLength => {
+                        let floor = context_of(self.config, t).unwrap_or(0);
+                        min_context = Some(min_context.map_or(floor, |m| m.max(floor)));
+                        continue 'targets;
+                    }
+                    Next::Retry => {
+                        if tries >= retries.per_target {
+                            continue 'targets;
+                        }
+                        let delay = match f.retry_after {
+                            Some(ra) if ra > retries.max_retry_after => continue 'targets,
+                            Some(ra) => ra,
+                            None => backoff(retries.backoff, tries),
+                        };
+                        let wake = Instant::now() + delay;
+                        if wake >= self.deadline {
+                            continue 'targets;
+                        }
+                        rec.metrics().retries.with_label_values(&[&route.name, p, f.reason]).inc();
+                        let slept = Instant::now();
+                        sleep_until(wake).await;
+                        // Backoff is waiting on the upstream's recovery, not gateway work.
+                        rec.upstream_wait += slept.elapsed();
+                        tries += 1;
+                    }
+                }
+            }
+        }
+        let code = if Instant::now() >= self.deadline {
+            ErrorCode::DeadlineExceeded
+        } else {
+            ErrorCode::UpstreamUnavailable
+        };
+        Err(Failed::Gateway(all_failed(code, &route.name, &failures)))
+    }
+
+    fn final_failure(&self, f: AttemptFailure, failures: &[String], t: &TargetRuntime) -> Failed {
+        if f.deadline {
+            return Failed::Gateway(all_failed(
+                ErrorCode::DeadlineExceeded,
+                &self.route.route.name,
+                failures,
+            ));
+        }
+        match f.passthrough {
+            Some(mut p) => {
+                p.body = redact_bytes(p.body, t);
+                Failed::Passthrough(p)
+            }
+            None => {
+                Failed::Gateway(GatewayError::new(ErrorCode::UpstreamUnavailable, describe(t, &f)))
+            }
+        }
+    }
+}
+
+fn log(
+    t: &TargetRuntime,
+    outcome: &'static str,
+    reason: &'static str,
+    status: Option<u16>,
+    detail: String,
+    started: Instant,
+) -> AttemptLog {
+    AttemptLog {
+        provider: t.target.provider.clone(),
+        model: t.target.model.clone(),
+        outcome,
+        reason,
+        status,
+        detail,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+fn describe(t: &TargetRuntime, f: &AttemptFailure) -> String {
+    let status = f.status.map(|s| format!(" (status {s})")).unwrap_or_default();
+    format!("{}/{}: {}{status}", t.target.provider, t.target.model, f.reason)
+}
+
+fn all_failed(code: ErrorCode, route: &str, failures: &[String]) -> GatewayError {
+    let what = if code == ErrorCode::DeadlineExceeded {
+        "the route's total deadline passed"
+    } else {
+        "every target failed"
+    };
+    let list =
+        if failures.is_empty() { "no attempt was made".to_owned() } else { failures.join("; ") };
+    GatewayError::new(code, format!("route {route:?}: {what}: {list}"))
+}
+
+/// Removes any echo of the provider's key from upstream text.
+fn redact(text: &str, t: &TargetRuntime) -> String {
+    match t.provider.key() {
+        Some(k) if k.expose().len() >= 8 && text.contains(k.expose()) => {
+            text.replace(k.expose(), "[redacted]")
+        }
+        _ => text.to_owned(),
+    }
+}
+
+fn redact_bytes(body: Bytes, t: &TargetRuntime) -> Bytes {
+    match (t.provider.key(), std::str::from_utf8(&body)) {
+        (Some(k), Ok(s)) if k.expose().len() >= 8 && s.contains(k.expose()) => {
+            Bytes::from(s.replace(k.expose(), "[redacted]"))
+        }
+        _ => body,
+    }
+}

@@ -1,0 +1,232 @@
+//! The per-request record: timings, attempts, usage and outcome, emitted once as metrics and one
+//! structured log line when the record is dropped. Dropping is the end of the request wherever
+//! it ends: the handler returning, a stream task finishing, or a client disconnect cancelling
+//! either, so cancelled work is still accounted.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::peek::Usage;
+use crate::metrics::Metrics;
+
+/// Where per-request log lines go. They are the access log, one JSON object a line, kept apart
+/// from the diagnostics that `tracing` writes to stderr.
+pub enum LogSink {
+    Stdout,
+    Discard,
+    /// Kept in memory (tests, the demo).
+    Capture(Mutex<Vec<String>>),
+}
+
+impl LogSink {
+    fn write(&self, line: String) {
+        match self {
+            Self::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n"));
+            }
+            Self::Discard => {}
+            Self::Capture(v) => {
+                v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line)
+            }
+        }
+    }
+
+    /// Captured lines, for a `Capture` sink.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Capture(v) => v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One upstream attempt, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptLog {
+    pub provider: String,
+    pub model: String,
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub duration_ms: f64,
+}
+
+/// Everything known about one request, filled in as it runs.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    sink: Arc<LogSink>,
+    pub request_id: String,
+    pub version: String,
+    pub route: Option<String>,
+    pub stream: bool,
+    pub start: Instant,
+    /// Time spent waiting on upstream sockets.
+    pub upstream_wait: Duration,
+    /// Time spent waiting for the client to take stream bytes.
+    pub client_wait: Duration,
+    pub attempts: Vec<AttemptLog>,
+    /// `(provider, model)` of the target that answered.
+    pub served_by: Option<(String, String)>,
+    pub usage: Option<Usage>,
+    pub finish: Option<String>,
+    /// Final outcome label; stays `aborted` if the request is dropped unfinished.
+    pub outcome: &'static str,
+    pub status: u16,
+    pub error: Option<String>,
+    pub sample_rate: f64,
+    inflight_route: Option<String>,
+    silent: bool,
+}
+
+impl RequestRecord {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        sink: Arc<LogSink>,
+        request_id: String,
+        version: String,
+        sample_rate: f64,
+    ) -> Self {
+        Self {
+            metrics,
+            sink,
+            request_id,
+            version,
+            route: None,
+            stream: false,
+            start: Instant::now(),
+            upstream_wait: Duration::ZERO,
+            client_wait: Duration::ZERO,
+            attempts: Vec::new(),
+            served_by: None,
+            usage: None,
+            finish: None,
+            outcome: "aborted",
+            status: 499,
+            error: None,
+            sample_rate,
+            inflight_route: None,
+            silent: false,
+        }
+    }
+
+    /// Sets the route and counts the request in flight on it until the record drops.
+    pub fn set_route(&mut self, route: &str) {
+        self.route = Some(route.to_owned());
+        self.metrics.inflight.with_label_values(&[route]).inc();
+        self.inflight_route = Some(route.to_owned());
+    }
+
+    /// Makes this record emit nothing (a placeholder left behind when the real one moves).
+    pub fn silence(&mut self) {
+        self.silent = true;
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Records one attempt in the log and its metrics.
+    pub fn attempt(&mut self, log: AttemptLog) {
+        let m = &self.metrics;
+        let (p, model) = (log.provider.as_str(), log.model.as_str());
+        m.upstream_attempts.with_label_values(&[p, model, log.outcome, log.reason]).inc();
+        m.upstream_duration.with_label_values(&[p, model]).observe(log.duration_ms / 1000.0);
+        self.attempts.push(log);
+    }
+
+    fn emit(&mut self) {
+        if self.silent {
+            return;
+        }
+        let total = self.start.elapsed();
+        let route = self.route.as_deref().unwrap_or("");
+        let m = &self.metrics;
+        m.requests.with_label_values(&[route, self.outcome, &self.version]).inc();
+        if let Some(r) = self.inflight_route.take() {
+            m.inflight.with_label_values(&[&r]).dec();
+        }
+        let overhead = total.saturating_sub(self.upstream_wait).saturating_sub(self.client_wait);
+        if self.route.is_some() {
+            m.request_duration.with_label_values(&[route]).observe(total.as_secs_f64());
+            m.overhead.with_label_values(&[route]).observe(overhead.as_secs_f64());
+        }
+        if let (Some((p, model)), Some(u)) = (&self.served_by, self.usage) {
+            for (ty, n) in
+                [("input", u.input), ("output", u.output), ("cached_input", u.cached_input)]
+            {
+                if n > 0 {
+                    m.tokens.with_label_values(&[route, p, model, ty]).inc_by(n);
+                }
+            }
+            if self.finish.as_deref() == Some("length") {
+                m.truncations.with_label_values(&[route, p, model]).inc();
+            }
+        }
+        let ok = matches!(self.outcome, "ok" | "fallback");
+        if ok && self.sample_rate < 1.0 && fastrand::f64() >= self.sample_rate {
+            return;
+        }
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let line = LogLine {
+            ts,
+            request_id: &self.request_id,
+            route,
+            config_version: &self.version,
+            outcome: self.outcome,
+            status: self.status,
+            stream: self.stream,
+            provider: self.served_by.as_ref().map(|s| s.0.as_str()),
+            model: self.served_by.as_ref().map(|s| s.1.as_str()),
+            attempts: &self.attempts,
+            input_tokens: self.usage.map(|u| u.input),
+            output_tokens: self.usage.map(|u| u.output),
+            cached_input_tokens: self.usage.map(|u| u.cached_input),
+            finish_reason: self.finish.as_deref(),
+            truncated: self.finish.as_deref() == Some("length"),
+            duration_ms: total.as_secs_f64() * 1000.0,
+            overhead_ms: overhead.as_secs_f64() * 1000.0,
+            error: self.error.as_deref(),
+        };
+        if let Ok(json) = serde_json::to_string(&line) {
+            self.sink.write(json);
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
+
+#[derive(Serialize)]
+struct LogLine<'a> {
+    ts: f64,
+    request_id: &'a str,
+    route: &'a str,
+    config_version: &'a str,
+    outcome: &'static str,
+    status: u16,
+    stream: bool,
+    provider: Option<&'a str>,
+    model: Option<&'a str>,
+    attempts: &'a [AttemptLog],
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cached_input_tokens: Option<u64>,
+    finish_reason: Option<&'a str>,
+    truncated: bool,
+    duration_ms: f64,
+    overhead_ms: f64,
+    error: Option<&'a str>,
+}

@@ -1,0 +1,189 @@
+//! A prepared config: the validated [`Config`] plus everything built from it (providers with
+//! their credentials, upstream clients, route lookups, header values, metric handles).
+//!
+//! Preparing is the fallible step; swapping a prepared [`Snapshot`] in is infallible and atomic
+//! (`arc-swap`). A request loads one snapshot at its start and uses it to the end, so in-flight
+//! requests and streams finish on the version they started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use http::HeaderValue;
+
+use crate::config::{Config, Route, Target};
+use crate::error::{ErrorCode, GatewayError};
+use crate::metrics::Metrics;
+use crate::providers::client::ClientCache;
+use crate::providers::mock::MockStats;
+use crate::providers::{HttpClient, Provider, resolve_key};
+
+/// State that outlives config versions: connection pools and mock counters.
+#[derive(Default)]
+pub struct Shared {
+    pub clients: ClientCache,
+    mock_stats: Mutex<HashMap<String, Arc<MockStats>>>,
+}
+
+impl Shared {
+    /// The counters of the mock provider named `provider` (created on first use).
+    pub fn mock_stats(&self, provider: &str) -> Arc<MockStats> {
+        let mut m = self.mock_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(provider.to_owned()).or_default().clone()
+    }
+}
+
+/// One target, ready to call.
+pub struct TargetRuntime {
+    pub target: Target,
+    pub provider: Arc<Provider>,
+    pub client: HttpClient,
+    pub model_header: HeaderValue,
+    pub provider_header: HeaderValue,
+}
+
+/// One route, ready to serve.
+pub struct RouteRuntime {
+    pub route: Arc<Route>,
+    pub targets: Vec<TargetRuntime>,
+    pub name_header: HeaderValue,
+}
+
+/// Everything a request needs from one config version.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub routes: Vec<RouteRuntime>,
+    by_name: HashMap<String, usize>,
+    by_model: HashMap<String, usize>,
+    default: Option<usize>,
+    pub version_header: HeaderValue,
+    pub label_header: Option<HeaderValue>,
+    pub loaded_at: SystemTime,
+}
+
+fn header(s: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(s).map_err(|_| format!("{s:?} cannot be sent as a header value"))
+}
+
+impl Snapshot {
+    /// Builds providers, clients and lookups for `config`. Fails on anything that would make a
+    /// request fail for configuration reasons (a missing key, an unreadable CA file).
+    pub fn prepare(config: Config, shared: &Shared, metrics: &Metrics) -> Result<Snapshot, String> {
+        let mut providers: BTreeMap<String, Arc<Provider>> = BTreeMap::new();
+        for (name, spec) in &config.providers {
+            let key = resolve_key(&spec.key).map_err(|e| format!("providers.{name}: {e}"))?;
+            let stats =
+                (spec.kind == crate::config::ProviderKind::Mock).then(|| shared.mock_stats(name));
+            providers.insert(name.clone(), Arc::new(Provider::new(spec.clone(), key, stats)));
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let (mut by_name, mut by_model, mut default) = (HashMap::new(), HashMap::new(), None);
+        for (i, route) in config.routes.iter().enumerate() {
+            let mut targets = Vec::with_capacity(route.targets.len());
+            for t in &route.targets {
+                let provider = providers.get(&t.provider).cloned().ok_or_else(|| {
+                    format!("routes.{}: unknown provider {:?}", route.name, t.provider)
+                })?;
+                let client = shared
+                    .clients
+                    .get(route.timeouts.connect, provider.spec.ca_file.as_deref())
+                    .map_err(|e| format!("providers.{}: {e}", t.provider))?;
+                targets.push(TargetRuntime {
+                    model_header: header(&t.model)?,
+                    provider_header: header(&t.provider)?,
+                    target: t.clone(),
+                    provider,
+                    client,
+                });
+            }
+            by_name.insert(route.name.clone(), i);
+            for m in &route.match_models {
+                by_model.insert(m.clone(), i);
+            }
+            if route.default {
+                default = Some(i);
+            }
+            routes.push(RouteRuntime {
+                name_header: header(&route.name)?,
+                route: route.clone(),
+                targets,
+            });
+        }
+        let snap = Snapshot {
+            version_header: header(&config.version)?,
+            label_header: config.label.as_deref().map(header).transpose()?,
+            config: Arc::new(config),
+            routes,
+            by_name,
+            by_model,
+            default,
+            loaded_at: SystemTime::now(),
+        };
+        snap.preregister(metrics);
+        Ok(snap)
+    }
+
+    /// Creates the series of every configured route and target so they read zero, not absent.
+    fn preregister(&self, m: &Metrics) {
+        let v = self.config.version.as_str();
+        for r in &self.routes {
+            let name = r.route.name.as_str();
+            m.requests.with_label_values(&[name, "ok", v]);
+            m.inflight.with_label_values(&[name]);
+            m.request_duration.with_label_values(&[name]);
+            m.overhead.with_label_values(&[name]);
+            for t in &r.targets {
+                let (p, model) = (t.target.provider.as_str(), t.target.model.as_str());
+                m.upstream_attempts.with_label_values(&[p, model, "ok", "ok"]);
+                m.upstream_duration.with_label_values(&[p, model]);
+                m.ttft.with_label_values(&[p, model]);
+                for ty in ["input", "output", "cached_input"] {
+                    m.tokens.with_label_values(&[name, p, model, ty]);
+                }
+            }
+        }
+    }
+
+    /// Route selection (SPEC §3), first match wins: header, path prefix, model equal to a route
+    /// name, model listed in `match_models`, the default route.
+    pub fn select(
+        &self,
+        header: Option<&str>,
+        path_route: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<&RouteRuntime, GatewayError> {
+        let fixed = header
+            .map(|h| (h, "header x-tidegate-route"))
+            .or(path_route.map(|p| (p, "path /r/{route}")));
+        if let Some((name, via)) = fixed {
+            return self.by_name.get(name).map(|&i| &self.routes[i]).ok_or_else(|| {
+                GatewayError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("no route named {name:?} (from {via})"),
+                )
+                .with_param(if via.starts_with("header") {
+                    "x-tidegate-route"
+                } else {
+                    "path"
+                })
+            });
+        }
+        let found = model
+            .and_then(|m| self.by_name.get(m).or_else(|| self.by_model.get(m)))
+            .copied()
+            .or(self.default);
+        found.map(|i| &self.routes[i]).ok_or_else(|| {
+            let msg = match model {
+                Some(m) => {
+                    format!("the model {m:?} matches no route and there is no default route")
+                }
+                None => "no model given and there is no default route".to_owned(),
+            };
+            GatewayError::new(ErrorCode::ModelNotFound, msg).with_param("model")
+        })
+    }
+
+    pub fn route_by_name(&self, name: &str) -> Option<&RouteRuntime> {
+        self.by_name.get(name).map(|&i| &self.routes[i])
+    }
+}

@@ -1,0 +1,52 @@
+//! The admin plane: `/metrics`, `/healthz` (process alive), `/readyz` (config loaded and not
+//! draining; never provider health, since a sidecar's readiness gates its whole pod).
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::Handled;
+use crate::body::Body;
+use crate::gateway::Gateway;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Answers one admin request.
+pub fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Body::full(gw.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if gw.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The admin handler for [`super::serve`].
+pub fn admin_plane(
+    gw: Arc<Gateway>,
+) -> impl Fn(Request<Incoming>) -> Handled<Body> + Clone + Send + Sync + 'static {
+    move |req| {
+        let gw = gw.clone();
+        Box::pin(async move { Ok(handle(&gw, &req)) })
+    }
+}
