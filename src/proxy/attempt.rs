@@ -133,7 +133,9 @@ impl Attempt<'_> {
             Err(ReadFail::Timeout(end)) => {
                 return Err(self.timeout_failure(Instant::now(), phase(end)));
             }
-            Err(ReadFail::Broken(e)) => return Err(AttemptFailure::retry("reset", e)),
+            Err(ReadFail::Broken(e)) => {
+                return Err(AttemptFailure::retry("cut", format!("body broke: {e}")));
+            }
             Err(ReadFail::TooLarge) => {
                 return Err(AttemptFailure::retry("malformed", "upstream body too large"));
             }

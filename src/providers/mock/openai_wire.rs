@@ -204,15 +204,30 @@ pub(crate) fn chat(req: &Value, b: &Behaviour) -> Script {
     {
         o.remove("usage");
     }
+    let text = body.to_string();
+    if b.cut.is_some() || b.stall.is_some() {
+        // A non-stream answer that breaks (or stops) half-way through its body.
+        let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+        let end = if b.cut.is_some() { Step::Cut } else { Step::Stall };
+        return Script {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            steps: vec![Step::Sleep(b.ttft), Step::Send(half), Step::Sleep(FLUSH), end],
+        };
+    }
     Script {
         status: 200,
         headers: vec![
             ("content-type", "application/json".into()),
             ("x-request-id", "req_mock".into()),
         ],
-        steps: vec![Step::Sleep(b.ttft), Step::Send(Bytes::from(body.to_string()))],
+        steps: vec![Step::Sleep(b.ttft), Step::Send(Bytes::from(text))],
     }
 }
+
+/// A pause before a deliberate cut, so an HTTP server flushes what was sent before it breaks
+/// the connection (hyper drops unflushed frames when a body errors).
+const FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn chunk(id: &str, model: &Value, delta: Value, finish: Option<&str>) -> Bytes {
     let c = json!({
@@ -237,6 +252,7 @@ fn stream(
     for (i, p) in pieces.iter().enumerate() {
         let sent = i as u32;
         if b.cut == Some(sent) {
+            steps.push(Step::Sleep(FLUSH));
             steps.push(Step::Cut);
             return sse_script(steps);
         }
@@ -256,6 +272,7 @@ fn stream(
     }
     let n = pieces.len() as u32;
     if b.cut.is_some_and(|c| c >= n) {
+        steps.push(Step::Sleep(FLUSH));
         steps.push(Step::Cut);
         return sse_script(steps);
     }

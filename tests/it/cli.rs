@@ -1,0 +1,55 @@
+//! The `tidegate` binary: `check` output and exit codes.
+
+use std::process::Command;
+
+fn tidegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    for path in ["config/demo.yaml", "config/tidegate.yaml"] {
+        let out = tidegate().args(["check", "--config", path]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("version v-"), "{stdout}");
+        assert!(stdout.contains("routes:"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_reports_path_aware_errors_with_exit_1() {
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "providers:\n  openai: {kind: mock}\nroutes:\n  ticket-summary:\n    targets:\n      - {provider: openai, model: a}\n      - {provider: opnai, model: b}\n").unwrap();
+    let out = tidegate().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "routes.ticket-summary.targets[1].provider: unknown provider \"opnai\"; defined: openai"
+        ),
+        "{err}"
+    );
+    let missing =
+        tidegate().args(["check", "--config", "/nonexistent/tidegate.yaml"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_runs_and_prints_a_table() {
+    let out = tidegate().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "plain chat",
+        "streamed chat",
+        "fallback target;reason=status_5xx",
+        "error invalid_request",
+        "error model_not_found",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}

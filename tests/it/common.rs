@@ -1,0 +1,129 @@
+//! Test helpers: build a gateway from YAML, call it in-process, start it on real sockets.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tidegate::app::{self, Running, StartOptions};
+use tidegate::config::Config;
+use tidegate::gateway::Gateway;
+use tidegate::proxy::record::LogSink;
+
+pub fn config(yaml: &str) -> Config {
+    Config::from_bytes(Path::new("test.yaml"), yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn gateway(yaml: &str) -> Arc<Gateway> {
+    Gateway::new(config(yaml), LogSink::Capture(Default::default())).unwrap()
+}
+
+/// A response read to its end.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, k: &str) -> &str {
+        self.headers.get(k).map_or("", |v| v.to_str().unwrap())
+    }
+    /// The `data:` payloads of an SSE body.
+    pub fn events(&self) -> Vec<String> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+    /// The concatenated `delta.content` of an OpenAI stream.
+    pub fn stream_text(&self) -> String {
+        self.events()
+            .iter()
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .filter_map(|v| {
+                v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()).map(str::to_owned)
+            })
+            .collect()
+    }
+    /// Asserts the SPEC's OpenAI error shape and returns the code.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let code =
+            v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code: {v}")).to_owned();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        assert_eq!(self.header("x-tidegate-error-code"), code);
+        code
+    }
+}
+
+pub async fn call_with(gw: &Arc<Gateway>, req: Request<Full<Bytes>>) -> Got {
+    let resp = gw.handle(req).await;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Got { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn post(gw: &Arc<Gateway>, path: &str, body: &str) -> Got {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    call_with(gw, req).await
+}
+
+pub async fn get(gw: &Arc<Gateway>, path: &str) -> Got {
+    call_with(gw, Request::get(path).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub fn chat(model: &str) -> String {
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Hello there"}}]}}"#)
+}
+
+pub fn chat_stream(model: &str) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"Hello there"}}]}}"#
+    )
+}
+
+/// Starts the gateway on loopback sockets with ephemeral ports.
+pub async fn start(yaml: &str) -> Running {
+    let opts = StartOptions {
+        listen: Some(([127, 0, 0, 1], 0).into()),
+        admin_listen: Some(([127, 0, 0, 1], 0).into()),
+        log_sink: LogSink::Capture(Default::default()),
+    };
+    app::start(config(yaml), opts).await.unwrap()
+}
+
+/// A one-target config on the in-process mock with the given route options.
+pub fn single(model: &str, route_extra: &str) -> String {
+    format!(
+        "providers:\n  sim: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"{model}\"}}]\n{route_extra}"
+    )
+}
+
+/// A primary and a backup on two mock providers.
+pub fn pair(primary: &str, backup: &str, route_extra: &str) -> String {
+    format!(
+        "providers:\n  sim: {{kind: mock}}\n  backup: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets:\n      - {{provider: sim, model: \"{primary}\"}}\n      - {{provider: backup, model: \"{backup}\"}}\n{route_extra}"
+    )
+}
+
+/// The value of one metric series in the Prometheus text, 0 when absent.
+pub fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,211 @@
+//! Route selection, non-stream answers, headers, models and embeddings.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::common::*;
+
+const ROUTES: &str = r#"
+label: matrix
+providers:
+  sim: {kind: mock}
+routes:
+  alpha:
+    match_models: [gpt-4o-mini, shared-name]
+    targets: [{provider: sim, model: "alpha-upstream"}]
+  beta:
+    targets: [{provider: sim, model: "beta-upstream"}]
+  fallback:
+    default: true
+    targets: [{provider: sim, model: "default-upstream"}]
+"#;
+
+async fn routed(
+    gw: &std::sync::Arc<tidegate::gateway::Gateway>,
+    path: &str,
+    header: Option<&str>,
+    model: &str,
+) -> Got {
+    let mut b = Request::post(path).header("content-type", "application/json");
+    if let Some(h) = header {
+        b = b.header("x-tidegate-route", h);
+    }
+    call_with(gw, b.body(Full::new(Bytes::from(chat(model)))).unwrap()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_selection_matrix() {
+    let gw = gateway(ROUTES);
+    let cases: &[(&str, Option<&str>, &str, &str)] = &[
+        // header beats everything
+        ("/v1/chat/completions", Some("beta"), "gpt-4o-mini", "beta"),
+        // header beats path
+        ("/r/alpha/v1/chat/completions", Some("beta"), "x", "beta"),
+        // path prefix beats model
+        ("/r/beta/v1/chat/completions", None, "gpt-4o-mini", "beta"),
+        // model equal to a route name
+        ("/v1/chat/completions", None, "beta", "beta"),
+        // model listed in match_models
+        ("/v1/chat/completions", None, "gpt-4o-mini", "alpha"),
+        ("/v1/chat/completions", None, "shared-name", "alpha"),
+        // nothing matches: the default route
+        ("/v1/chat/completions", None, "some-other-model", "fallback"),
+    ];
+    for (path, header, model, want) in cases {
+        let got = routed(&gw, path, *header, model).await;
+        assert_eq!(got.status, 200, "{path} {header:?} {model}: {}", got.text());
+        assert_eq!(got.header("x-tidegate-route"), *want, "{path} {header:?} {model}");
+        // The body names the upstream model that answered, not the client's alias.
+        assert_eq!(got.json()["model"], format!("{want}-upstream").replace("fallback", "default"));
+    }
+    for (path, header) in
+        [("/v1/chat/completions", Some("nope")), ("/r/nope/v1/chat/completions", None)]
+    {
+        let got = routed(&gw, path, header, "gpt-4o-mini").await;
+        assert_eq!(got.status, 404, "{path} {header:?}");
+        assert_eq!(got.error_code(), "model_not_found");
+        assert_eq!(got.header("x-should-retry"), "false");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_default_route_is_model_not_found() {
+    let gw = gateway(&ROUTES.replace("    default: true\n", ""));
+    let got = post(&gw, "/v1/chat/completions", &chat("unknown-model")).await;
+    assert_eq!(got.status, 404);
+    assert_eq!(got.error_code(), "model_not_found");
+    assert_eq!(got.json()["error"]["param"], "model");
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_stream_answer_and_headers() {
+    let gw = gateway(ROUTES);
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-request-id", "client-id-123")
+        .header("authorization", "Bearer sk-client-secret")
+        .body(Full::new(Bytes::from(chat("gpt-4o-mini"))))
+        .unwrap();
+    let got = call_with(&gw, req).await;
+    assert_eq!(got.status, 200);
+    let v = got.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "alpha-upstream");
+    assert_eq!(v["choices"][0]["message"]["content"], "The tide rises and the");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    assert_eq!(got.header("x-request-id"), "client-id-123");
+    assert_eq!(got.header("x-tidegate-config-version"), gw.snapshot().config.version);
+    assert_eq!(got.header("x-tidegate-config-label"), "matrix");
+    assert_eq!(got.header("x-tidegate-route"), "alpha");
+    assert_eq!(got.header("x-tidegate-provider"), "sim");
+    assert_eq!(got.header("x-tidegate-model"), "alpha-upstream");
+    assert_eq!(got.header("x-tidegate-attempts"), "1");
+    // The client's credential appears nowhere in the access log.
+    let logs = gw.log_sink.lines().join("\n");
+    assert!(logs.contains("client-id-123"), "{logs}");
+    assert!(!logs.contains("sk-client-secret"));
+    assert!(!logs.contains("Hello there"), "prompts are not logged by default");
+}
+
+#[tokio::test(start_paused = true)]
+async fn generated_request_ids_are_unique() {
+    let gw = gateway(ROUTES);
+    let a = post(&gw, "/v1/chat/completions", &chat("beta")).await;
+    let b = post(&gw, "/v1/chat/completions", &chat("beta")).await;
+    assert!(a.header("x-request-id").starts_with("tg-"));
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_fields_pass_through_untouched() {
+    // The echo mock answers with the last user message, proving the body reached it; the
+    // mock would reject the request if the extra fields broke the JSON.
+    let gw = gateway(&single("echo+echo", ""));
+    let body = r#"{"model":"x","messages":[{"role":"user","content":"keep my fields"}],"x_vendor":{"a":[1,{"b":null}]},"seed":7}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["choices"][0]["message"]["content"], "keep my fields");
+}
+
+#[tokio::test(start_paused = true)]
+async fn models_list_and_one() {
+    let gw = gateway(ROUTES);
+    let got = get(&gw, "/v1/models").await;
+    assert_eq!(got.status, 200);
+    let ids: Vec<String> = got.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["alpha", "beta", "fallback"]);
+    let one = get(&gw, "/v1/models/beta").await;
+    assert_eq!(one.json()["id"], "beta");
+    assert_eq!(one.json()["object"], "model");
+    let missing = get(&gw, "/v1/models/gpt-5").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "model_not_found");
+    let via_prefix = get(&gw, "/r/beta/v1/models").await;
+    assert_eq!(via_prefix.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn embeddings_route_and_fail_over() {
+    let gw = gateway(&pair("e1+status=500", "e2", ""));
+    let got = post(
+        &gw,
+        "/v1/embeddings",
+        r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"base64"}"#,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let v = got.json();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["model"], "e2");
+    assert_eq!(got.header("x-tidegate-fallback"), "target;reason=status_5xx");
+    let bad = post(&gw, "/v1/embeddings", r#"{"model":"m"}"#).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["param"], "input");
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_requests_tokens_and_attempts() {
+    let gw = gateway(&single("m", ""));
+    for _ in 0..3 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    }
+    let v = gw.snapshot().config.version.clone();
+    assert_eq!(
+        metric(
+            &gw,
+            &format!(
+                "tidegate_requests_total{{config_version=\"{v}\",outcome=\"ok\",route=\"r\"}}"
+            )
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_tokens_total{model=\"m\",provider=\"sim\",route=\"r\",type=\"output\"}"
+        ),
+        15.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_upstream_attempts_total{model=\"m\",outcome=\"ok\",provider=\"sim\",reason=\"ok\"}"
+        ),
+        3.0
+    );
+    assert_eq!(metric(&gw, "tidegate_inflight_requests{route=\"r\"}"), 0.0);
+    assert_eq!(metric(&gw, &format!("tidegate_config_info{{label=\"\",version=\"{v}\"}}")), 1.0);
+    assert_eq!(metric(&gw, "tidegate_overhead_seconds_count{route=\"r\"}"), 3.0);
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    assert!(text.contains("tidegate_time_to_first_token_seconds_bucket"), "{text}");
+    // A client-sent model name never becomes a label value.
+    assert!(!text.contains("model=\"x\""));
+}

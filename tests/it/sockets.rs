@@ -1,0 +1,232 @@
+//! End-to-end over real loopback sockets: the gateway in front of `mock-provider` over HTTP,
+//! disconnects, oversize bodies, load shedding, slow clients, the admin plane and draining.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tidegate::providers::mock::MockStats;
+use tidegate::server::{self, ConnOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::*;
+
+async fn mock_server() -> (SocketAddr, Arc<MockStats>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats: Arc<MockStats> = Arc::default();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx); // serve until the test process ends
+    let opts =
+        ConnOptions { header_read_timeout: Duration::from_secs(5), grace: Duration::from_secs(1) };
+    tokio::spawn(server::serve(listener, server::mock::mock_plane(stats.clone()), opts, rx));
+    (addr, stats)
+}
+
+fn http_pair(mock: SocketAddr, primary: &str, backup: &str) -> String {
+    format!(
+        "providers:\n  remote: {{kind: openai_compatible, base_url: \"http://{mock}/v1\"}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets:\n      - {{provider: remote, model: \"{primary}\"}}\n      - {{provider: remote, model: \"{backup}\"}}\n"
+    )
+}
+
+async fn send(addr: SocketAddr, path: &str, body: &str) -> Got {
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let req = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.map(|b| b.to_bytes()).unwrap_or_default(),
+    }
+}
+
+#[tokio::test]
+async fn through_http_mock_provider_plain_stream_and_faults() {
+    let (mock, stats) = mock_server().await;
+    let gw = start(&http_pair(mock, "p+reset", "b+chunks=4")).await;
+    let got = send(gw.data_addr, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-fallback"), "target;reason=reset");
+    assert_eq!(got.json()["model"], "b+chunks=4");
+    let got = send(gw.data_addr, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), "The tide rises and");
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(stats.get("p+reset").calls, 2);
+    gw.shutdown().await;
+
+    // A cut after content over a real connection: error event, no [DONE].
+    let gw = start(&http_pair(mock, "p+chunks=5+cut=2", "b")).await;
+    let got = send(gw.data_addr, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), "The tide");
+    assert!(got.events().last().unwrap().contains("upstream_unavailable"));
+    assert!(!got.text().contains("[DONE]"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_over_sockets_cancels_upstream_within_a_second() {
+    let (mock, stats) = mock_server().await;
+    let gw = start(&http_pair(mock, "p+chunks=50+stall=2", "b")).await;
+    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    let body = chat_stream("x");
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("tide") {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(sock);
+    let t0 = std::time::Instant::now();
+    while stats.get("p+chunks=50+stall=2").cancels == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "upstream still open 1 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_body_gets_its_413_while_the_client_keeps_sending() {
+    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
+    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    let total = 4 << 20;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {total}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = sock.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 << 10];
+        let mut sent = 0;
+        while sent < total {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    });
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut resp)).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("request_too_large"));
+    writer.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_shedding_answers_503_fast() {
+    let gw = start(&format!(
+        "server: {{max_concurrent_requests: 1}}\n{}",
+        single("m+chunks=9+stall=1", "")
+    ))
+    .await;
+    let addr = gw.data_addr;
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .body(Full::new(Bytes::from(chat_stream("x"))))
+        .unwrap();
+    let held = client.request(req).await.unwrap();
+    assert_eq!(held.status(), 200);
+    let got = send(addr, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.error_code(), "overloaded");
+    assert_eq!(got.header("x-should-retry"), "true");
+    assert_eq!(got.header("retry-after"), "1");
+    drop(held);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let gw = start(&format!("server: {{header_read_timeout: 200ms}}\n{}", single("m", ""))).await;
+    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection with unfinished headers was not closed");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_plane_probes_and_metrics() {
+    let gw = start(&single("m", "")).await;
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/nope", 404)] {
+        let resp = client
+            .request(
+                Request::get(format!("http://{}{path}", gw.admin_addr))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{path}");
+        if path == "/metrics" {
+            let text =
+                String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+                    .unwrap();
+            for family in [
+                "tidegate_requests_total",
+                "tidegate_overhead_seconds",
+                "tidegate_config_info",
+                "tidegate_inflight_requests",
+            ] {
+                assert!(text.contains(family), "{family} missing");
+            }
+        }
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_stream_and_fails_readiness() {
+    let gw = start(&format!(
+        "server: {{shutdown_grace: 10s}}\n{}",
+        single("m+chunks=10+delay=100ms", "")
+    ))
+    .await;
+    let (data, admin) = (gw.data_addr, gw.admin_addr);
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let req = Request::post(format!("http://{data}/v1/chat/completions"))
+        .body(Full::new(Bytes::from(chat_stream("x"))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let reader =
+        tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
+    let gateway = gw.gateway.clone();
+    let drain = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(gateway.is_draining());
+    let ready = client
+        .request(
+            Request::get(format!("http://{admin}/readyz")).body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        TcpStream::connect(data).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let body = reader.await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    drain.await.unwrap();
+}
