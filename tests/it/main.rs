@@ -1,5 +1,8 @@
 //! The one integration-test binary (loopback only). Modules by capability.
 
+// Test helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 mod bad_input;
