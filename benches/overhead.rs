@@ -1,1 +1,347 @@
-fn main() {}
+//! End-to-end overhead: the same requests sent directly to a minimal upstream and through a
+//! `tidegate serve` child process in front of it, in the same run, interleaved in rounds so
+//! machine noise hits both alike. Reports p50/p99 latency, requests/s, the added latency and
+//! the throughput ratio, and tidegate's peak RSS (VmHWM of the child).
+//!
+//! `cargo bench --bench overhead`. Environment knobs:
+//! - `OVERHEAD_SECS`: seconds per measured phase per round (default 2), three rounds each.
+//! - `OVERHEAD_ROUTES`: comma-separated gateway routes to measure (default `plain`); see
+//!   `ROUTES` below for the variants.
+//! - `OVERHEAD_PROXY=nginx`: measure an nginx reverse proxy (keep-alive upstream, no
+//!   buffering) in tidegate's place, as a reference for what any proxy hop costs here.
+//! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
+//! - `OVERHEAD_GATEWAY_THREADS`: tokio worker threads of the tidegate child.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+const CHUNKS: usize = 20;
+
+/// Gateway route variants (all in one config, selected by `/r/{route}` in the request path).
+const ROUTES: &str = r#"
+  plain:
+    targets: [{provider: up, model: bench-model}]
+"#;
+
+fn completion() -> Bytes {
+    Bytes::from_static(br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"The tide rises and the gate holds steady."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#)
+}
+
+fn chunk(delta: &str, finish: Option<&str>) -> Bytes {
+    let finish = finish.map_or("null".to_owned(), |f| format!("\"{f}\""));
+    Bytes::from(format!(
+        "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+    ))
+}
+
+/// The minimal upstream: a fixed completion, or a 20-chunk stream sent chunk by chunk.
+async fn upstream(
+    req: Request<Incoming>,
+) -> Result<
+    Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
+    std::convert::Infallible,
+> {
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let text = std::str::from_utf8(&body).unwrap_or("");
+    if !text.contains("\"stream\":true") {
+        let r = Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(completion()).boxed())
+            .unwrap();
+        return Ok(r);
+    }
+    let include_usage = text.contains("\"include_usage\":true");
+    let mut frames = vec![chunk(r#"{"role":"assistant","content":""}"#, None)];
+    for i in 0..CHUNKS {
+        frames.push(chunk(&format!("{{\"content\":\"w{i} \"}}"), None));
+    }
+    frames.push(chunk("{}", Some("stop")));
+    if include_usage {
+        frames.push(Bytes::from_static(b"data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":20,\"total_tokens\":32}}\n\n"));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let stream =
+        futures_util::stream::iter(frames.into_iter().map(|b| Ok(hyper::body::Frame::data(b))));
+    let r = Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(http_body_util::StreamBody::new(stream).boxed())
+        .unwrap();
+    Ok(r)
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service_fn(upstream))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_gateway(upstream: SocketAddr) -> Gateway {
+    let (data, admin) = (free_port(), free_port());
+    let config = format!(
+        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\nroutes:{ROUTES}"
+    );
+    let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("TIDEGATE_LOG", "warn")
+        .envs(std::env::var("OVERHEAD_GATEWAY_THREADS").ok().map(|n| ("TOKIO_WORKER_THREADS", n)))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Built before waiting, so a failed start still kills and reaps the child (Drop).
+    let gw = Gateway { child, addr: format!("127.0.0.1:{data}").parse().unwrap() };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+            return gw;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("tidegate did not start");
+}
+
+/// An nginx reverse proxy in tidegate's place (reference runs only).
+async fn start_nginx(upstream: SocketAddr) -> Gateway {
+    let data = free_port();
+    let dir = std::env::temp_dir().join(format!("tidegate-bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  upstream up {{ server {upstream}; keepalive 256; }}\n  server {{\n    listen 127.0.0.1:{data};\n    tcp_nodelay on;\n    location /r/plain/ {{ proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(Gateway { child, addr: format!("127.0.0.1:{data}").parse().unwrap() }).await
+}
+
+/// Waits until the proxy accepts connections; a proxy that never does is killed and reaped
+/// (Gateway's Drop) by the panic.
+async fn wait_ready(gw: Gateway) -> Gateway {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+            return gw;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy under test did not start");
+}
+
+/// Any proxy binary taking `LISTEN UPSTREAM` arguments (reference runs only).
+async fn start_exec(bin: &str, upstream: SocketAddr) -> Gateway {
+    let data = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{data}").parse().unwrap();
+    let gw = Gateway {
+        child: Command::new(bin).arg(addr.to_string()).arg(upstream.to_string()).spawn().unwrap(),
+        addr,
+    };
+    wait_ready(gw).await
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Runs `conc` workers sending requests back to back for `secs`; returns latencies in µs.
+async fn load(
+    client: &HttpClient,
+    url: &str,
+    body: &Bytes,
+    conc: usize,
+    secs: f64,
+) -> (Vec<f64>, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, url, body, stop) =
+            (client.clone(), url.to_owned(), body.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let req = Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let resp = client.request(req).await.unwrap();
+                assert!(resp.status().is_success(), "status {}", resp.status());
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(!bytes.is_empty());
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rps = all.len() as f64 / elapsed;
+    (all, rps)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    rps: f64,
+}
+
+fn stats(mut lat: Vec<f64>, rps_sum: f64, rounds: usize) -> Stats {
+    lat.sort_by(f64::total_cmp);
+    Stats { p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), rps: rps_sum / rounds as f64 }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let secs: f64 = std::env::var("OVERHEAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let routes: Vec<String> = std::env::var("OVERHEAD_ROUTES")
+        .unwrap_or_else(|_| "plain".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let rounds = 3;
+    let up = start_upstream().await;
+    let gw = match std::env::var("OVERHEAD_PROXY").as_deref() {
+        Ok("nginx") => start_nginx(up).await,
+        Ok(other) if other.starts_with("exec:") => start_exec(&other[5..], up).await,
+        _ => start_gateway(up).await,
+    };
+    let client: HttpClient =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build({
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c
+        });
+    let non_stream = Bytes::from_static(br#"{"model":"bench-model","messages":[{"role":"user","content":"Summarize this ticket in one line please."}],"max_tokens":64}"#);
+    let stream = Bytes::from_static(br#"{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Summarize this ticket in one line please."}],"max_tokens":64}"#);
+    println!(
+        "overhead benchmark: {rounds} rounds x {secs}s per phase, upstream {up}, tidegate pid {}",
+        gw.child.id()
+    );
+    println!(
+        "{:<10} {:<7} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>7}",
+        "route",
+        "mode",
+        "conc",
+        "dir p50",
+        "dir p99",
+        "dir rps",
+        "tg p50",
+        "tg p99",
+        "tg rps",
+        "add p50",
+        "add p99",
+        "ratio"
+    );
+    for route in &routes {
+        for (mode, body) in [("json", &non_stream), ("stream", &stream)] {
+            for conc in [1usize, 64] {
+                // Warm both paths (connection pools, caches).
+                let direct_url = format!("http://{up}/v1/chat/completions");
+                let gw_url = format!("http://{}/r/{route}/v1/chat/completions", gw.addr);
+                load(&client, &direct_url, body, conc, 0.3).await;
+                load(&client, &gw_url, body, conc, 0.3).await;
+                let (mut d_lat, mut g_lat, mut d_rps, mut g_rps) =
+                    (Vec::new(), Vec::new(), 0.0, 0.0);
+                for _ in 0..rounds {
+                    let (l, r) = load(&client, &direct_url, body, conc, secs).await;
+                    d_lat.extend(l);
+                    d_rps += r;
+                    let (l, r) = load(&client, &gw_url, body, conc, secs).await;
+                    g_lat.extend(l);
+                    g_rps += r;
+                }
+                let d = stats(d_lat, d_rps, rounds);
+                let g = stats(g_lat, g_rps, rounds);
+                println!(
+                    "{:<10} {:<7} {:>4} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>6.2}x",
+                    route,
+                    mode,
+                    conc,
+                    d.p50,
+                    d.p99,
+                    d.rps,
+                    g.p50,
+                    g.p99,
+                    g.rps,
+                    g.p50 - d.p50,
+                    g.p99 - d.p99,
+                    g.rps / d.rps
+                );
+            }
+        }
+    }
+    println!("tidegate peak RSS (VmHWM): {:.1} MiB", peak_rss_kib(gw.child.id()) as f64 / 1024.0);
+}

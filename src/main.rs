@@ -54,6 +54,7 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Worker threads default to the cores available; TOKIO_WORKER_THREADS overrides.
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

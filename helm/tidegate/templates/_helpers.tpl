@@ -163,7 +163,7 @@ Call with (dict "entry" $entry "what" "providerKeys.env[0]" "root" $).
 {{- fail (printf "server.shutdownGrace %q: expected one number and a unit (ms, s, m or h), e.g. 30s" $d) }}
 {{- end }}
 {{- $num := regexFind "^[0-9]+" $d }}
-{{- $n := int64 $num }}
+{{- $n := regexReplaceAll "^0+([0-9])" $num "${1}" | int64 }}
 {{- $unit := trimPrefix $num $d }}
 {{- if eq $unit "ms" }}
 {{- div (add $n 999) 1000 }}
@@ -213,7 +213,7 @@ The gateway config file (YAML). server.listen / admin_listen / shutdown_grace co
 {{- end }}
 {{- end }}
 {{- $_ := set $server "listen" (include "tidegate.hostPort" (list (include "tidegate.listenAddress" .) $v.server.port)) }}
-{{- $_ := set $server "admin_listen" (printf "0.0.0.0:%d" (int $v.server.adminPort)) }}
+{{- $_ := set $server "admin_listen" (include "tidegate.hostPort" (list $v.server.adminListenAddress $v.server.adminPort)) }}
 {{- $_ := set $server "shutdown_grace" (toString $v.server.shutdownGrace) }}
 {{- $_ := set $cfg "server" $server }}
 {{- with $c.state }}
@@ -260,6 +260,10 @@ Checks across values that a schema cannot express. Renders nothing; fails with a
 {{- end }}
 {{- if and (eq $v.mode "deployment") (hasPrefix "127." (include "tidegate.listenAddress" .)) }}
 {{- fail "server.listenAddress is a loopback address in deployment mode: the Service could not reach the data plane" }}
+{{- end }}
+{{- $admin := toString $v.server.adminListenAddress }}
+{{- if or (hasPrefix "127." $admin) (has $admin (list "::1" "[::1]" "localhost" "")) }}
+{{- fail (printf "server.adminListenAddress %q: kubelet probes connect to the pod IP, so the admin plane cannot bind loopback" $admin) }}
 {{- end }}
 {{- if eq (int $v.server.port) (int $v.server.adminPort) }}
 {{- fail "server.port and server.adminPort must differ" }}

@@ -1,0 +1,108 @@
+"""The official `openai` Python SDK against tidegate by base-URL swap (config/demo.yaml)."""
+
+import asyncio
+
+import openai
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Summarize ticket 42"}]
+ANSWER = "The tide rises and the gate holds steady while every model call"
+
+
+def client(gw, **kw):
+    # Any api key works: tidegate never forwards the client's credential.
+    return openai.OpenAI(base_url=gw.base + "/v1", api_key="sk-client-key", **kw)
+
+
+def test_non_stream(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    resp = raw.parse()
+    assert resp.choices[0].message.content == ANSWER
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.model == "gpt-4o-mini+chunks=12+delay=2ms"  # the upstream model that answered
+    assert resp.usage.completion_tokens == 12
+    assert resp.usage.prompt_tokens > 0
+    assert raw.headers["x-tidegate-route"] == "chat"
+    assert raw.headers["x-tidegate-config-version"].startswith("v-")
+    assert raw.headers["x-request-id"]
+
+
+def test_stream_with_include_usage(gateway):
+    stream = client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ANSWER
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 12
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+
+
+def test_stream_without_usage_has_no_usage_chunk(gateway):
+    chunks = list(client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+
+
+def test_models_list_and_retrieve(gateway):
+    c = client(gateway)
+    ids = sorted(m.id for m in c.models.list())
+    assert ids == ["chat", "down", "echo", "embeddings", "flaky"]
+    assert c.models.retrieve("echo").id == "echo"
+
+
+def test_embeddings_default_base64_request(gateway):
+    # The SDK asks for base64 unless told otherwise and decodes only strings: floats are fine.
+    resp = client(gateway).embeddings.create(model="text-embedding-3-small", input=["tide", "gate"])
+    assert len(resp.data) == 2
+    assert len(resp.data[0].embedding) == 8
+    assert all(isinstance(x, float) for x in resp.data[0].embedding)
+
+
+def test_unknown_model_is_not_found(gateway):
+    with pytest.raises(openai.NotFoundError) as e:
+        client(gateway).chat.completions.create(model="gpt-9-ultra", messages=MESSAGES)
+    assert e.value.code == "model_not_found"
+    assert e.value.response.headers["x-should-retry"] == "false"
+
+
+def test_bad_request_is_bad_request(gateway):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, max_completion_tokens=5)
+    assert e.value.param == "max_tokens"
+
+
+def test_failover_is_visible(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(model="flaky", messages=MESSAGES)
+    assert raw.headers["x-tidegate-fallback"].startswith("target;reason=status_5xx")
+    assert raw.headers["x-tidegate-provider"] == "backup"
+    assert raw.parse().model == "backup-mini"
+
+
+def test_terminal_502_is_not_retried_by_the_sdk(gateway):
+    series = 'tidegate_upstream_attempts_total{model="primary+status=503",outcome="error",provider="sim",reason="status_5xx"}'
+    before = gateway.metric(series)
+    with pytest.raises(openai.InternalServerError) as e:
+        client(gateway, max_retries=2).chat.completions.create(model="down", messages=MESSAGES)
+    assert e.value.status_code == 502
+    assert e.value.code == "upstream_unavailable"
+    # One logical call, exactly the attempts tidegate decided: one on the primary.
+    assert gateway.metric(series) - before == 1
+
+
+def test_async_client(gateway):
+    async def run():
+        c = openai.AsyncOpenAI(base_url=gateway.base + "/v1", api_key="x")
+        resp = await c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "async works"}])
+        stream = await c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        text = "".join([ch.choices[0].delta.content or "" async for ch in stream])
+        with pytest.raises(openai.NotFoundError):
+            await c.chat.completions.create(model="nope", messages=MESSAGES)
+        await c.close()
+        return resp.choices[0].message.content, text
+
+    content, text = asyncio.run(run())
+    assert content == "async works"
+    assert text == ANSWER
