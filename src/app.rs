@@ -1,6 +1,8 @@
-//! Wiring: bind the data and admin listeners, serve them, and shut down gracefully.
+//! Wiring: bind the data and admin listeners, start the config reloader, serve, and shut down
+//! gracefully.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -8,9 +10,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::reload::{Reloader, triggers};
 use crate::gateway::Gateway;
 use crate::proxy::record::LogSink;
+use crate::server::admin::config_api::ConfigApi;
 use crate::server::{self, ConnOptions};
+use crate::state::PinStore;
+
+/// Where the pin is persisted.
+#[derive(Debug, Clone, Default)]
+pub enum StateDir {
+    /// `state.dir` from the config (default `/var/lib/tidegate`).
+    #[default]
+    FromConfig,
+    /// `--state-dir` / `$TIDEGATE_STATE_DIR`, or a test's temp directory.
+    At(PathBuf),
+    /// Nothing persisted (tests, the demo).
+    InMemory,
+}
 
 /// Overrides for tests and the demo.
 pub struct StartOptions {
@@ -19,11 +36,24 @@ pub struct StartOptions {
     /// Bind the admin plane here instead of `server.admin_listen`.
     pub admin_listen: Option<SocketAddr>,
     pub log_sink: LogSink,
+    pub state_dir: StateDir,
+    /// Token `/admin/*` requires. `None` reads `$TIDEGATE_ADMIN_TOKEN` (unset or empty: open).
+    pub admin_token: Option<String>,
+    /// Watch the config file, listen for SIGHUP and check every 5 s. Off for configs that do
+    /// not come from a file (tests, the demo); `Running::reloader` still works on demand.
+    pub watch: bool,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { listen: None, admin_listen: None, log_sink: LogSink::Stdout }
+        Self {
+            listen: None,
+            admin_listen: None,
+            log_sink: LogSink::Stdout,
+            state_dir: StateDir::FromConfig,
+            admin_token: None,
+            watch: true,
+        }
     }
 }
 
@@ -32,6 +62,10 @@ pub struct Running {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// Reload, pin, unpin, rollback on demand.
+    pub reloader: Arc<Reloader>,
+    stop_reload: watch::Sender<bool>,
+    reload_task: Option<JoinHandle<()>>,
     stop_data: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     data_task: JoinHandle<()>,
@@ -55,9 +89,17 @@ impl std::fmt::Display for StartError {
     }
 }
 
+/// The admin token: the option if given, else `$TIDEGATE_ADMIN_TOKEN`; empty means none.
+pub fn admin_token(option: Option<String>) -> Option<String> {
+    option.or_else(|| std::env::var("TIDEGATE_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty())
+}
+
 /// The admin plane may leave loopback only behind a token (SPEC §8).
-pub fn check_admin_exposure(admin: SocketAddr, source: &std::path::Path) -> Result<(), String> {
-    let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+pub fn check_admin_exposure(
+    admin: SocketAddr,
+    token: Option<&str>,
+    source: &std::path::Path,
+) -> Result<(), String> {
     if !admin.ip().is_loopback() && token.is_none() {
         return Err(format!(
             "{}: server.admin_listen: {admin} is not a loopback address; set TIDEGATE_ADMIN_TOKEN to expose the admin plane",
@@ -71,8 +113,15 @@ pub fn check_admin_exposure(admin: SocketAddr, source: &std::path::Path) -> Resu
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartError> {
     let server_cfg = config.server.clone();
     let admin = opts.admin_listen.unwrap_or(server_cfg.admin_listen);
-    check_admin_exposure(admin, &config.source).map_err(StartError::Config)?;
-    let gateway = Gateway::new(config, opts.log_sink).map_err(StartError::Config)?;
+    let token = admin_token(opts.admin_token);
+    check_admin_exposure(admin, token.as_deref(), &config.source).map_err(StartError::Config)?;
+    let store = match opts.state_dir {
+        StateDir::FromConfig => PinStore::open(&config.state.dir),
+        StateDir::At(dir) => PinStore::open(&dir),
+        StateDir::InMemory => PinStore::in_memory(),
+    };
+    let (gateway, reloader) =
+        Reloader::boot(config, store, opts.log_sink).map_err(StartError::Config)?;
     let data_listener = bind(opts.listen.unwrap_or(server_cfg.listen)).await?;
     let admin_listener = bind(admin).await?;
     let data_addr = data_listener.local_addr().map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -92,11 +141,27 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     let admin_conn = ConnOptions { grace: std::time::Duration::from_secs(1), ..conn };
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        server::admin::admin_plane(gateway.clone()),
+        server::admin::admin_plane(
+            gateway.clone(),
+            Arc::new(ConfigApi::new(reloader.clone(), token)),
+        ),
         admin_conn,
         rx_admin,
     ));
-    Ok(Running { data_addr, admin_addr, gateway, stop_data, stop_admin, data_task, admin_task })
+    let (stop_reload, rx_reload) = watch::channel(false);
+    let reload_task = opts.watch.then(|| triggers::spawn(reloader.clone(), rx_reload));
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        gateway,
+        reloader,
+        stop_reload,
+        reload_task,
+        stop_data,
+        stop_admin,
+        data_task,
+        admin_task,
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -110,6 +175,10 @@ impl Running {
     /// requests and streams drain up to `server.shutdown_grace`, then the admin plane stops.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
+        let _ = self.stop_reload.send(true);
+        if let Some(t) = self.reload_task {
+            let _ = t.await;
+        }
         let _ = self.stop_data.send(true);
         let _ = self.data_task.await;
         let _ = self.stop_admin.send(true);

@@ -6,6 +6,7 @@
 //! Every error names the file, the key path and what was expected.
 
 pub mod raw;
+pub mod reload;
 pub mod units;
 mod validate;
 
@@ -46,7 +47,10 @@ pub struct Config {
     pub label: Option<String>,
     /// Where it was read from.
     pub source: PathBuf,
+    /// The file's bytes as read (kept so a version can be re-activated or persisted with a pin).
+    pub content: Arc<[u8]>,
     pub server: Server,
+    pub state: StateConfig,
     pub logging: Logging,
     pub providers: BTreeMap<String, Arc<ProviderSpec>>,
     pub models: BTreeMap<String, ModelInfo>,
@@ -69,6 +73,21 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Time a client has to send the request headers. Default 10 s.
     pub header_read_timeout: Duration,
+}
+
+/// `state:` — static; changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// Directory that keeps the pin and the pinned version's content. Default
+    /// `/var/lib/tidegate`; `--state-dir` and `$TIDEGATE_STATE_DIR` override it.
+    pub dir: PathBuf,
+}
+
+/// `state.backend`. Only `memory` for now (`redis` comes later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateBackend {
+    Memory,
 }
 
 /// `logging:` — the per-request log line.

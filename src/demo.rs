@@ -83,6 +83,9 @@ pub async fn run() -> u8 {
         listen: Some(([127, 0, 0, 1], 0).into()),
         admin_listen: Some(([127, 0, 0, 1], 0).into()),
         log_sink: LogSink::Capture(Default::default()),
+        state_dir: app::StateDir::InMemory,
+        admin_token: None,
+        watch: false,
     };
     let running = match app::start(config, opts).await {
         Ok(r) => r,

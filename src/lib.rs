@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod body;
+pub mod cli_config;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -17,3 +18,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod sse;
+pub mod state;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidegate::app::{self, StartError, StartOptions};
+use tidegate::app::{self, StartError, StartOptions, StateDir};
+use tidegate::cli_config::{self, Action};
 use tidegate::config::Config;
 
 #[derive(Parser)]
@@ -31,6 +32,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show or change the config lifecycle (pin, unpin, rollback) through the admin API.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+        /// Admin plane URL.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Bearer token for /admin. Default: $TIDEGATE_ADMIN_TOKEN.
+        #[arg(long, global = true)]
+        token: Option<String>,
+    },
     /// Run the gateway in-process on the mock provider and show scripted traffic.
     Demo,
     /// Serve the mock provider's behaviours over HTTP (OpenAI wire format).
@@ -39,6 +51,19 @@ enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Active version, pin, candidates, last reload error, history.
+    Status,
+    /// Freeze the rollout on VERSION (default: the active one); a unique prefix of 6+ hex
+    /// digits or a unique label works too.
+    Pin { version: Option<String> },
+    /// Lift the pin and activate the newest valid candidate.
+    Unpin,
+    /// Activate the previous version and pin it.
+    Rollback,
 }
 
 fn init_tracing() {
@@ -69,6 +94,16 @@ fn main() -> ExitCode {
                 serve(config, state_dir).await
             }
             Command::Check { config } => check(&config),
+            Command::Config { action, admin, token } => {
+                let action = match action {
+                    ConfigAction::Status => Action::Status,
+                    ConfigAction::Pin { version } => Action::Pin(version),
+                    ConfigAction::Unpin => Action::Unpin,
+                    ConfigAction::Rollback => Action::Rollback,
+                };
+                let token = token.or_else(|| std::env::var("TIDEGATE_ADMIN_TOKEN").ok());
+                cli_config::run(action, &admin, token).await
+            }
             Command::Demo => tidegate::demo::run().await,
             Command::MockProvider { listen } => {
                 init_tracing();
@@ -100,7 +135,7 @@ fn check(path: &std::path::Path) -> u8 {
     }
 }
 
-async fn serve(config: Option<PathBuf>, _state_dir: Option<PathBuf>) -> u8 {
+async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     let path = config
         .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
@@ -111,8 +146,13 @@ async fn serve(config: Option<PathBuf>, _state_dir: Option<PathBuf>) -> u8 {
             return 1;
         }
     };
-    let version = cfg.version.clone();
-    let running = match app::start(cfg, StartOptions::default()).await {
+    let state_dir = state_dir
+        .or_else(|| {
+            std::env::var_os("TIDEGATE_STATE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from)
+        })
+        .map_or(StateDir::FromConfig, StateDir::At);
+    let opts = StartOptions { state_dir, ..StartOptions::default() };
+    let running = match app::start(cfg, opts).await {
         Ok(r) => r,
         Err(StartError::Config(e)) => {
             eprintln!("{e}");
@@ -123,6 +163,7 @@ async fn serve(config: Option<PathBuf>, _state_dir: Option<PathBuf>) -> u8 {
             return 2;
         }
     };
+    let version = running.gateway.snapshot().config.version.clone();
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
     app::termination().await;
     tracing::info!("shutting down: draining in-flight requests");

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub logging: RawLogging,
+    #[serde(default)]
+    pub state: RawState,
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -35,6 +37,18 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<u32>,
     pub shutdown_grace: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
+}
+
+/// `state:` — where the pin (and later budgets, idempotency records) is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `memory` (the default; `dir` keeps the pin). `redis` is reserved for a later release.
+    pub backend: Option<String>,
+    /// Directory for the pin and the pinned version's content. Default `/var/lib/tidegate`.
+    pub dir: Option<String>,
+    /// Redis URL, for `backend: redis` (not supported yet; accepted here so the error says so).
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawProvider, RawRoute, RawServer};
+use super::raw::{RawConfig, RawProvider, RawRoute, RawServer, RawState};
 use super::{
     Config, ConfigError, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec, Retries, Route,
-    Server, Target, Timeouts, version_of,
+    Server, StateBackend, StateConfig, Target, Timeouts, version_of,
 };
 
 struct Ctx<'a> {
@@ -37,6 +37,7 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     })?;
 
     let server = server(&cx, raw.server)?;
+    let state = state(&cx, raw.state)?;
     let logging = Logging {
         sample_rate: raw.logging.sample_rate.unwrap_or(1.0),
         content: raw.logging.content.unwrap_or(false),
@@ -86,12 +87,41 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         version: version_of(content),
         label: raw.label,
         source: file.to_owned(),
+        content: Arc::from(content),
         server,
+        state,
         logging,
         providers,
         models,
         routes,
     })
+}
+
+fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
+    match s.backend.as_deref().unwrap_or("memory") {
+        "memory" => {}
+        "redis" => {
+            return Err(
+                cx.err("state.backend", "backend \"redis\" is not supported yet; use \"memory\"")
+            );
+        }
+        other => {
+            return Err(
+                cx.err("state.backend", format!("unknown backend {other:?}; expected \"memory\""))
+            );
+        }
+    }
+    if s.url.is_some() {
+        return Err(cx.err("state.url", "only used with backend \"redis\""));
+    }
+    let dir = match s.dir {
+        Some(d) if d.trim().is_empty() => {
+            return Err(cx.err("state.dir", "expected a directory path"));
+        }
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from("/var/lib/tidegate"),
+    };
+    Ok(StateConfig { backend: StateBackend::Memory, dir })
 }
 
 fn addr(
@@ -322,6 +352,19 @@ mod tests {
     }
 
     const MIN: &str = "providers:\n  sim: {kind: mock}\nroutes:\n  chat:\n    targets: [{provider: sim, model: ok}]\n";
+
+    #[test]
+    fn state_defaults_and_rejects_redis() {
+        let c = load_str(MIN).unwrap();
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/tidegate"));
+        assert_eq!(&*c.content, MIN.as_bytes());
+        let e =
+            load_str(&format!("state: {{backend: redis, url: \"redis://x\"}}\n{MIN}")).unwrap_err();
+        assert_eq!(e.path, "state.backend");
+        assert!(e.message.contains("not supported yet"), "{e}");
+        let c = load_str(&format!("state: {{dir: /tmp/x}}\n{MIN}")).unwrap();
+        assert_eq!(c.state.dir, PathBuf::from("/tmp/x"));
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -1,5 +1,8 @@
 //! The admin plane: `/metrics`, `/healthz` (process alive), `/readyz` (config loaded and not
-//! draining; never provider health, since a sidecar's readiness gates its whole pod).
+//! draining; never provider health, since a sidecar's readiness gates its whole pod), and the
+//! config lifecycle API under `/admin` (`config_api.rs`), the only part behind the admin token.
+
+pub mod config_api;
 
 use std::sync::Arc;
 
@@ -44,9 +47,17 @@ pub fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
 /// The admin handler for [`super::serve`].
 pub fn admin_plane(
     gw: Arc<Gateway>,
+    api: Arc<config_api::ConfigApi>,
 ) -> impl Fn(Request<Incoming>) -> Handled<Body> + Clone + Send + Sync + 'static {
     move |req| {
         let gw = gw.clone();
-        Box::pin(async move { Ok(handle(&gw, &req)) })
+        let api = api.clone();
+        Box::pin(async move {
+            let p = req.uri().path();
+            if p == "/admin" || p.starts_with("/admin/") {
+                return Ok(api.handle(req).await);
+            }
+            Ok(handle(&gw, &req))
+        })
     }
 }

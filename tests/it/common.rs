@@ -102,6 +102,9 @@ pub async fn start(yaml: &str) -> Running {
         listen: Some(([127, 0, 0, 1], 0).into()),
         admin_listen: Some(([127, 0, 0, 1], 0).into()),
         log_sink: LogSink::Capture(Default::default()),
+        state_dir: app::StateDir::InMemory,
+        admin_token: Some(String::new()),
+        watch: false,
     };
     app::start(config(yaml), opts).await.unwrap()
 }

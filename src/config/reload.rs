@@ -1,0 +1,399 @@
+//! The config lifecycle (SPEC §8): reload a changed file, keep a history of versions, and the
+//! pin state machine (pin, unpin, rollback) with the pin persisted in the state directory.
+//!
+//! Every activation is "prepare, then swap": the file is parsed, validated and prepared
+//! ([`Gateway::prepare`] builds clients and lookups) before [`Gateway::install`] swaps it in
+//! atomically. Anything that fails before the swap leaves the running version alone. Requests
+//! hold the snapshot they started with, so in-flight work finishes on its version.
+//!
+//! All operations run under one mutex, on a blocking thread (they read files and build clients);
+//! the async entry points hand them to `spawn_blocking`. What triggers a reload (directory watch,
+//! SIGHUP, a periodic check) lives in `reload/triggers.rs`.
+
+mod history;
+pub mod triggers;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub use history::{ConfigDoc, OpError, Outcome, StateInfo, Trigger, VersionInfo};
+use history::{History, resolve};
+
+use super::{Config, Server, StateConfig, version_of};
+use crate::gateway::Gateway;
+use crate::proxy::record::LogSink;
+use crate::state::{PinRecord, PinStore};
+
+/// Versions kept in the history (the active one is never dropped).
+pub const HISTORY_LEN: usize = 10;
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The file holds the version last looked at: nothing to do.
+    Unchanged,
+    Applied(String),
+    /// Valid, but pinned: listed as a candidate.
+    Deferred(String),
+    Rejected(String),
+}
+
+/// Owns the config lifecycle of one [`Gateway`].
+pub struct Reloader {
+    gw: Arc<Gateway>,
+    /// The config file as given on the command line: never canonicalized, so a kubelet
+    /// `..data` symlink swap is followed on every read.
+    path: PathBuf,
+    store: PinStore,
+    /// Static settings of the running process; a new version that changes them needs a restart.
+    boot_static: (Server, StateConfig),
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    history: History,
+    pinned: bool,
+    /// Version (or read error) of the file content last looked at, so an unchanged file costs
+    /// one read and one hash.
+    last_seen: String,
+    last_error: Option<String>,
+    restart_required: Option<String>,
+    persist_warning: Option<String>,
+}
+
+impl Reloader {
+    /// Builds the gateway for `file` (read from the config path) and its reloader. A pin
+    /// persisted in `store` wins: its version is served even when the file has changed since,
+    /// and the file's version becomes a candidate.
+    pub fn boot(
+        file: Config,
+        store: PinStore,
+        log_sink: LogSink,
+    ) -> Result<(Arc<Gateway>, Arc<Reloader>), String> {
+        let path = file.source.clone();
+        let boot_static = (file.server.clone(), file.state.clone());
+        let file_info = VersionInfo::of(&file, Trigger::Startup, Outcome::Applied);
+        let file_version = file.version.clone();
+        let mut notes = Vec::new();
+        let stored = store.load().unwrap_or_else(|e| {
+            notes.push(format!("persisted pin ignored: {e}"));
+            None
+        });
+        let gw = Gateway::new(file, log_sink)?;
+        let mut history = History::new(file_info, HISTORY_LEN);
+        let mut pinned = false;
+        if let Some(pin) = stored {
+            match Config::from_bytes(&pin.record.source, &pin.content) {
+                Ok(cfg) if cfg.version == file_version => pinned = true,
+                Ok(cfg) => {
+                    let info = VersionInfo::of(&cfg, Trigger::State, Outcome::Restored);
+                    match gw.prepare(cfg) {
+                        Ok(snap) => {
+                            gw.install(snap);
+                            history.restore_pinned(info);
+                            pinned = true;
+                        }
+                        Err(e) => notes.push(format!("persisted pin ignored: {e}")),
+                    }
+                }
+                Err(e) => notes.push(format!("persisted pin ignored: {e}")),
+            }
+        }
+        for n in &notes {
+            tracing::warn!("{n}");
+        }
+        let m = &gw.metrics;
+        for r in ["applied", "rejected", "deferred"] {
+            m.config_reloads.with_label_values(&[r]);
+        }
+        m.config_pinned.set(i64::from(pinned));
+        let active = gw.snapshot();
+        if pinned {
+            tracing::info!(version = %active.config.version, "config pinned (restored from the state dir)");
+        }
+        let reloader = Arc::new(Reloader {
+            gw: gw.clone(),
+            path,
+            store,
+            boot_static,
+            inner: Mutex::new(Inner {
+                history,
+                pinned,
+                last_seen: file_version,
+                last_error: (!notes.is_empty()).then(|| notes.join("; ")),
+                restart_required: None,
+                persist_warning: None,
+            }),
+        });
+        Ok((gw, reloader))
+    }
+
+    /// The config file path, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-reads the config file now (what a watch event, SIGHUP or the periodic check does).
+    pub async fn reload_now(self: &Arc<Self>) -> ReloadResult {
+        self.reload_with(Trigger::Admin).await
+    }
+
+    pub(crate) async fn reload_with(self: &Arc<Self>, trigger: Trigger) -> ReloadResult {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.reload_blocking(trigger))
+            .await
+            .unwrap_or_else(|e| ReloadResult::Rejected(format!("reload task failed: {e}")))
+    }
+
+    /// The `/admin/config` document.
+    pub fn status(&self) -> ConfigDoc {
+        self.doc(&self.lock())
+    }
+
+    /// Pins `version` (default: the active one), activating it first if it is not active.
+    pub async fn pin(self: &Arc<Self>, version: Option<String>) -> Result<ConfigDoc, OpError> {
+        let me = self.clone();
+        run_blocking(move || me.pin_blocking(version.as_deref())).await
+    }
+
+    /// Unpins and activates the newest valid candidate, if any.
+    pub async fn unpin(self: &Arc<Self>) -> Result<ConfigDoc, OpError> {
+        let me = self.clone();
+        run_blocking(move || me.unpin_blocking()).await
+    }
+
+    /// Activates the version active before the current one, and pins it.
+    pub async fn rollback(self: &Arc<Self>) -> Result<ConfigDoc, OpError> {
+        let me = self.clone();
+        run_blocking(move || me.rollback_blocking()).await
+    }
+
+    fn reload_blocking(&self, trigger: Trigger) -> ReloadResult {
+        let mut inner = self.lock();
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("{}: cannot read config file: {e}", self.path.display());
+                if inner.last_seen == msg {
+                    return ReloadResult::Unchanged;
+                }
+                inner.last_seen = msg.clone();
+                return self.reject(&mut inner, None, msg, trigger);
+            }
+        };
+        let version = version_of(&bytes);
+        if inner.last_seen == version {
+            return ReloadResult::Unchanged;
+        }
+        inner.last_seen = version.clone();
+        if inner.history.active == version {
+            return ReloadResult::Unchanged;
+        }
+        let cfg = match Config::from_bytes(&self.path, &bytes) {
+            Ok(c) => c,
+            Err(e) => return self.reject(&mut inner, Some(version), e.to_string(), trigger),
+        };
+        let m = &self.gw.metrics;
+        if inner.pinned {
+            let info = VersionInfo::of(&cfg, trigger, Outcome::Deferred);
+            // Prepare and drop: a candidate should be as ready to activate as a reload would be.
+            if let Err(e) = self.gw.prepare(cfg) {
+                return self.reject(&mut inner, Some(version), e, trigger);
+            }
+            tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), "config candidate (pinned: not activated)");
+            inner.history.push(info);
+            inner.history.add_candidate(&version);
+            inner.last_error = None;
+            m.config_reloads.with_label_values(&["deferred"]).inc();
+            return ReloadResult::Deferred(version);
+        }
+        let info = VersionInfo::of(&cfg, trigger, Outcome::Applied);
+        let restart = self.static_changes(&cfg);
+        match self.gw.prepare(cfg) {
+            Ok(snap) => self.gw.install(snap),
+            Err(e) => return self.reject(&mut inner, Some(version), e, trigger),
+        }
+        tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), ?trigger, "config applied");
+        if let Some(r) = &restart {
+            tracing::warn!("{r}");
+        }
+        inner.restart_required = restart;
+        inner.history.push(info);
+        inner.history.active = version.clone();
+        inner.last_error = None;
+        m.config_reloads.with_label_values(&["applied"]).inc();
+        ReloadResult::Applied(version)
+    }
+
+    fn reject(
+        &self,
+        inner: &mut Inner,
+        version: Option<String>,
+        msg: String,
+        trigger: Trigger,
+    ) -> ReloadResult {
+        tracing::error!(error = %msg, ?trigger, "config rejected; keeping the running version");
+        if let Some(v) = version {
+            inner.history.push(VersionInfo::rejected(v, &self.path, trigger));
+        }
+        inner.last_error = Some(msg.clone());
+        self.gw.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+        ReloadResult::Rejected(msg)
+    }
+
+    /// Names the static keys (`server.*`, `state.*`) that differ from the running process.
+    fn static_changes(&self, cfg: &Config) -> Option<String> {
+        let (s, st) = &self.boot_static;
+        let n = &cfg.server;
+        let mut keys = Vec::new();
+        for (k, changed) in [
+            ("server.listen", s.listen != n.listen),
+            ("server.admin_listen", s.admin_listen != n.admin_listen),
+            ("server.max_body_bytes", s.max_body_bytes != n.max_body_bytes),
+            (
+                "server.max_concurrent_requests",
+                s.max_concurrent_requests != n.max_concurrent_requests,
+            ),
+            ("server.shutdown_grace", s.shutdown_grace != n.shutdown_grace),
+            ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
+            ("state", *st != cfg.state),
+        ] {
+            if changed {
+                keys.push(k);
+            }
+        }
+        (!keys.is_empty()).then(|| {
+            format!(
+                "{} changed in {}: static settings take effect after a restart; the rest is active",
+                keys.join(", "),
+                cfg.version
+            )
+        })
+    }
+
+    /// Re-parses, prepares and installs a version from the history.
+    fn activate(&self, inner: &mut Inner, version: &str, outcome: Outcome) -> Result<(), OpError> {
+        let entry = inner.history.get(version).ok_or_else(|| OpError::not_found(version))?;
+        let Some(content) = entry.content.clone() else {
+            return Err(OpError::bad_request(format!(
+                "{version} was rejected; it cannot be activated"
+            )));
+        };
+        let cfg = Config::from_bytes(&entry.source_path, &content)
+            .map_err(|e| OpError::conflict("invalid_version", e.to_string()))?;
+        let restart = self.static_changes(&cfg);
+        let snap = self.gw.prepare(cfg).map_err(|e| OpError::conflict("prepare_failed", e))?;
+        self.gw.install(snap);
+        inner.restart_required = restart;
+        inner.history.mark_active(version, outcome);
+        tracing::info!(%version, ?outcome, "config activated");
+        Ok(())
+    }
+
+    fn set_pinned(&self, inner: &mut Inner, pinned: bool) {
+        inner.pinned = pinned;
+        self.gw.metrics.config_pinned.set(i64::from(pinned));
+        let res = if pinned {
+            let snap = self.gw.snapshot();
+            let c = &snap.config;
+            let rec = PinRecord {
+                version: c.version.clone(),
+                label: c.label.clone(),
+                source: c.source.clone(),
+            };
+            self.store.save(&rec, &c.content)
+        } else {
+            self.store.clear()
+        };
+        inner.persist_warning = res.err().map(|e| {
+            let w = format!("pin state not persisted: {e}");
+            tracing::warn!("{w}");
+            w
+        });
+    }
+
+    fn pin_blocking(&self, version: Option<&str>) -> Result<ConfigDoc, OpError> {
+        let mut inner = self.lock();
+        let target = match version {
+            None => inner.history.active.clone(),
+            Some(v) => resolve(&inner.history, v)?,
+        };
+        if target != inner.history.active {
+            self.activate(&mut inner, &target, Outcome::Pinned)?;
+        }
+        inner.history.remove_candidate(&target);
+        self.set_pinned(&mut inner, true);
+        tracing::info!(version = %target, "config pinned");
+        Ok(self.doc(&inner))
+    }
+
+    fn unpin_blocking(&self) -> Result<ConfigDoc, OpError> {
+        let mut inner = self.lock();
+        if !inner.pinned {
+            return Ok(self.doc(&inner));
+        }
+        self.set_pinned(&mut inner, false);
+        let candidates = inner.history.take_candidates();
+        tracing::info!("config unpinned");
+        if let Some(newest) = candidates.first() {
+            if let Err(e) = self.activate(&mut inner, newest, Outcome::Applied) {
+                inner.last_error =
+                    Some(format!("unpin: candidate {newest} not activated: {}", e.message));
+            }
+        }
+        Ok(self.doc(&inner))
+    }
+
+    fn rollback_blocking(&self) -> Result<ConfigDoc, OpError> {
+        let mut inner = self.lock();
+        let prev = inner.history.previous().ok_or_else(|| {
+            OpError::conflict("no_previous_version", "no previous version to roll back to")
+        })?;
+        self.activate(&mut inner, &prev, Outcome::RolledBack)?;
+        inner.history.remove_candidate(&prev);
+        self.set_pinned(&mut inner, true);
+        tracing::warn!(version = %prev, "config rolled back and pinned");
+        Ok(self.doc(&inner))
+    }
+
+    fn doc(&self, inner: &Inner) -> ConfigDoc {
+        let snap = self.gw.snapshot();
+        let active =
+            inner.history.get(&snap.config.version).cloned().unwrap_or_else(|| {
+                VersionInfo::of(&snap.config, Trigger::Startup, Outcome::Applied)
+            });
+        let warning = [self.store.warning(), inner.persist_warning.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        ConfigDoc {
+            active,
+            pinned: inner.pinned,
+            candidates: inner.history.candidates(),
+            history: inner.history.entries(),
+            last_error: inner.last_error.clone(),
+            restart_required: inner.restart_required.clone(),
+            state: StateInfo {
+                dir: self.store.dir().map(|d| d.display().to_string()),
+                persistent: self.store.dir().is_some() && inner.persist_warning.is_none(),
+                warning: (!warning.is_empty()).then(|| warning.join("; ")),
+            },
+        }
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, OpError> + Send + 'static,
+) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(OpError::internal(format!("admin operation failed: {e}"))))
+}
