@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod config_lifecycle;
 mod core_api;
 mod hostile_upstream;
 mod sockets;
