@@ -12,7 +12,7 @@ pub mod request;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -101,7 +101,7 @@ impl Gateway {
             self.metrics.clone(),
             self.log_sink.clone(),
             rid.clone(),
-            snap.config.version.clone(),
+            snap.version.clone(),
             snap.config.logging.sample_rate,
         );
         let mut resp = match self.dispatch(req, &snap, &mut rec).await {
@@ -197,14 +197,14 @@ impl Gateway {
             Call::Chat => {
                 let chat = ChatRequest::parse(&bytes)?;
                 let route = snap.select(header_route, path_route, chat.model.as_deref())?;
-                rec.set_route(&route.route.name);
+                rec.set_route(&route.series);
                 rec.stream = chat.stream;
                 self.serve_chat(snap, route, &chat, deadline_cap, rec).await
             }
             _ => {
                 let emb = EmbeddingsRequest::parse(&bytes)?;
                 let route = snap.select(header_route, path_route, emb.model.as_deref())?;
-                rec.set_route(&route.route.name);
+                rec.set_route(&route.series);
                 self.serve_embeddings(snap, route, &emb, deadline_cap, rec).await
             }
         };
@@ -282,7 +282,7 @@ impl Gateway {
         rec: &mut RequestRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let t = &route.targets[served.target];
-        rec.served_by = Some((t.target.provider.clone(), t.target.model.clone()));
+        rec.served_by = Some(t.series.clone());
         rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
         let mut builder = Response::builder()
             .header("x-tidegate-route", route.name_header.clone())
@@ -308,16 +308,7 @@ impl Gateway {
             Opened::Stream(stream) => {
                 let (tx, rx) = mpsc::channel(16);
                 let idle = route.route.timeouts.idle;
-                let mut taken = RequestRecord::new(
-                    self.metrics.clone(),
-                    self.log_sink.clone(),
-                    String::new(),
-                    String::new(),
-                    1.0,
-                );
-                std::mem::swap(&mut taken, rec);
-                // The placeholder left behind must not count as a request of its own.
-                rec.silence();
+                let taken = rec.take();
                 tokio::spawn(
                     Forward {
                         stream,
@@ -327,6 +318,7 @@ impl Gateway {
                         idle,
                         include_usage,
                         dialect: Dialect::OpenAi,
+                        out: BytesMut::with_capacity(4096),
                     }
                     .run(),
                 );
@@ -369,7 +361,7 @@ fn failed(f: Failed, rec: &mut RequestRecord) -> Result<Response<Body>, GatewayE
             *resp.status_mut() = p.status;
             *resp.headers_mut() = p.headers;
             if let Some(route) = &rec.route
-                && let Ok(v) = HeaderValue::from_str(route)
+                && let Ok(v) = HeaderValue::from_str(&route.name)
             {
                 resp.headers_mut().insert("x-tidegate-route", v);
             }

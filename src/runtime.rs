@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use http::HeaderValue;
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::{Config, Route, Target};
 use crate::error::{ErrorCode, GatewayError};
@@ -33,6 +34,31 @@ impl Shared {
     }
 }
 
+/// The metric series of one route, resolved once per config version so the request path
+/// never hashes label strings.
+pub struct RouteSeries {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub ok: IntCounter,
+    pub fallback: IntCounter,
+    pub duration: Histogram,
+    pub overhead: Histogram,
+    pub inflight: IntGauge,
+}
+
+/// The metric series of one target of one route.
+pub struct TargetSeries {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+    pub attempts_ok: IntCounter,
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    pub input_tokens: IntCounter,
+    pub output_tokens: IntCounter,
+    pub cached_tokens: IntCounter,
+    pub truncations: IntCounter,
+}
+
 /// One target, ready to call.
 pub struct TargetRuntime {
     pub target: Target,
@@ -40,6 +66,7 @@ pub struct TargetRuntime {
     pub client: HttpClient,
     pub model_header: HeaderValue,
     pub provider_header: HeaderValue,
+    pub series: Arc<TargetSeries>,
 }
 
 /// One route, ready to serve.
@@ -47,11 +74,14 @@ pub struct RouteRuntime {
     pub route: Arc<Route>,
     pub targets: Vec<TargetRuntime>,
     pub name_header: HeaderValue,
+    pub series: Arc<RouteSeries>,
 }
 
 /// Everything a request needs from one config version.
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// `config.version`, shared cheaply with every request record.
+    pub version: Arc<str>,
     pub routes: Vec<RouteRuntime>,
     by_name: HashMap<String, usize>,
     by_model: HashMap<String, usize>,
@@ -59,6 +89,34 @@ pub struct Snapshot {
     pub version_header: HeaderValue,
     pub label_header: Option<HeaderValue>,
     pub loaded_at: SystemTime,
+}
+
+/// Resolving the series also creates them, so dashboards see zeros rather than gaps.
+fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
+    RouteSeries {
+        name: route.into(),
+        version: version.clone(),
+        ok: m.requests.with_label_values(&[route, "ok", version]),
+        fallback: m.requests.with_label_values(&[route, "fallback", version]),
+        duration: m.request_duration.with_label_values(&[route]),
+        overhead: m.overhead.with_label_values(&[route]),
+        inflight: m.inflight.with_label_values(&[route]),
+    }
+}
+
+fn target_series(m: &Metrics, route: &str, t: &Target) -> TargetSeries {
+    let (p, model) = (t.provider.as_str(), t.model.as_str());
+    TargetSeries {
+        provider: p.into(),
+        model: model.into(),
+        attempts_ok: m.upstream_attempts.with_label_values(&[p, model, "ok", "ok"]),
+        duration: m.upstream_duration.with_label_values(&[p, model]),
+        ttft: m.ttft.with_label_values(&[p, model]),
+        input_tokens: m.tokens.with_label_values(&[route, p, model, "input"]),
+        output_tokens: m.tokens.with_label_values(&[route, p, model, "output"]),
+        cached_tokens: m.tokens.with_label_values(&[route, p, model, "cached_input"]),
+        truncations: m.truncations.with_label_values(&[route, p, model]),
+    }
 }
 
 fn header(s: &str) -> Result<HeaderValue, String> {
@@ -76,6 +134,7 @@ impl Snapshot {
                 (spec.kind == crate::config::ProviderKind::Mock).then(|| shared.mock_stats(name));
             providers.insert(name.clone(), Arc::new(Provider::new(spec.clone(), key, stats)));
         }
+        let version: Arc<str> = config.version.as_str().into();
         let mut routes = Vec::with_capacity(config.routes.len());
         let (mut by_name, mut by_model, mut default) = (HashMap::new(), HashMap::new(), None);
         for (i, route) in config.routes.iter().enumerate() {
@@ -91,6 +150,7 @@ impl Snapshot {
                 targets.push(TargetRuntime {
                     model_header: header(&t.model)?,
                     provider_header: header(&t.provider)?,
+                    series: Arc::new(target_series(metrics, &route.name, t)),
                     target: t.clone(),
                     provider,
                     client,
@@ -105,11 +165,13 @@ impl Snapshot {
             }
             routes.push(RouteRuntime {
                 name_header: header(&route.name)?,
+                series: Arc::new(route_series(metrics, &route.name, &version)),
                 route: route.clone(),
                 targets,
             });
         }
         let snap = Snapshot {
+            version,
             version_header: header(&config.version)?,
             label_header: config.label.as_deref().map(header).transpose()?,
             config: Arc::new(config),
@@ -119,29 +181,7 @@ impl Snapshot {
             default,
             loaded_at: SystemTime::now(),
         };
-        snap.preregister(metrics);
         Ok(snap)
-    }
-
-    /// Creates the series of every configured route and target so they read zero, not absent.
-    fn preregister(&self, m: &Metrics) {
-        let v = self.config.version.as_str();
-        for r in &self.routes {
-            let name = r.route.name.as_str();
-            m.requests.with_label_values(&[name, "ok", v]);
-            m.inflight.with_label_values(&[name]);
-            m.request_duration.with_label_values(&[name]);
-            m.overhead.with_label_values(&[name]);
-            for t in &r.targets {
-                let (p, model) = (t.target.provider.as_str(), t.target.model.as_str());
-                m.upstream_attempts.with_label_values(&[p, model, "ok", "ok"]);
-                m.upstream_duration.with_label_values(&[p, model]);
-                m.ttft.with_label_values(&[p, model]);
-                for ty in ["input", "output", "cached_input"] {
-                    m.tokens.with_label_values(&[name, p, model, ty]);
-                }
-            }
-        }
     }
 
     /// Route selection (SPEC §3), first match wins: header, path prefix, model equal to a route

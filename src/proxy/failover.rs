@@ -91,11 +91,14 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
                 rec.upstream_wait += waited.upstream;
                 let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
                 if let Some(ft) = waited.first_token {
-                    rec.metrics().ttft.with_label_values(&[p, m]).observe(ft.as_secs_f64());
+                    t.series.ttft.observe(ft.as_secs_f64());
                 }
                 let f = match result {
                     Ok(opened) => {
-                        rec.attempt(log(t, "ok", "ok", Some(200), String::new(), started));
+                        rec.attempt(
+                            &t.series,
+                            log(t, "ok", "ok", Some(200), String::new(), started),
+                        );
                         return Ok(Served {
                             target: ti,
                             opened,
@@ -105,7 +108,10 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
                     }
                     Err(f) => f,
                 };
-                rec.attempt(log(t, "error", f.reason, f.status, redact(&f.detail, t), started));
+                rec.attempt(
+                    &t.series,
+                    log(t, "error", f.reason, f.status, redact(&f.detail, t), started),
+                );
                 first_reason.get_or_insert(f.reason);
                 failures.push(describe(t, &f));
                 if f.next == Next::NextTarget && f.reason == "auth" {
@@ -187,8 +193,8 @@ fn log(
     started: Instant,
 ) -> AttemptLog {
     AttemptLog {
-        provider: t.target.provider.clone(),
-        model: t.target.model.clone(),
+        provider: t.series.provider.clone(),
+        model: t.series.model.clone(),
         outcome,
         reason,
         status,

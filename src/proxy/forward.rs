@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
@@ -29,6 +29,9 @@ pub struct Forward {
     /// The client asked for the usage chunk.
     pub include_usage: bool,
     pub dialect: Dialect,
+    /// Events decoded from one upstream read, sent to the client as one chunk: one wake and
+    /// one write instead of one per event, with no added delay.
+    pub out: BytesMut,
 }
 
 enum End {
@@ -40,7 +43,7 @@ enum End {
 impl Forward {
     pub async fn run(mut self) {
         let end = self.pump().await;
-        let route = self.rec.route.clone().unwrap_or_default();
+        let route = self.rec.route_name().to_owned();
         match end {
             End::Complete => {
                 self.rec.outcome = if self.rec.outcome == "fallback" { "fallback" } else { "ok" };
@@ -67,40 +70,46 @@ impl Forward {
                 );
                 self.rec.error = Some(msg.clone());
                 let err = GatewayError::new(code, msg);
-                let _ = self.tx.send(err.sse_event(self.dialect)).await;
+                // What the upstream sent before failing still reaches the client, then the error.
+                self.out.extend_from_slice(&err.sse_event(self.dialect));
+                self.flush().await;
             }
         }
     }
 
-    /// Sends one chunk; false if the client is gone.
-    async fn send(&mut self, bytes: Bytes) -> bool {
+    /// Sends what is queued; false if the client is gone.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
         let t = Instant::now();
-        let ok = self.tx.send(bytes).await.is_ok();
+        let ok = self.tx.send(self.out.split().freeze()).await.is_ok();
         self.rec.client_wait += t.elapsed();
         ok
     }
 
-    /// Forwards one payload unless it is the usage chunk the client did not ask for.
-    async fn forward(&mut self, payload: &[u8], usage_only: bool) -> bool {
+    /// Queues one payload unless it is the usage chunk the client did not ask for.
+    fn queue(&mut self, payload: &[u8], usage_only: bool) {
         if usage_only && !self.include_usage {
-            return true;
+            return;
         }
-        self.send(sse::encode_data(payload)).await
+        self.out.extend_from_slice(b"data: ");
+        self.out.extend_from_slice(payload);
+        self.out.extend_from_slice(b"\n\n");
     }
 
     async fn finish(&mut self) -> End {
         self.rec.usage = self.stream.usage.or(self.rec.usage);
         self.rec.finish = self.stream.finish.clone();
-        if self.send(Bytes::from_static(sse::DONE)).await { End::Complete } else { End::ClientGone }
+        self.out.extend_from_slice(sse::DONE);
+        if self.flush().await { End::Complete } else { End::ClientGone }
     }
 
     async fn pump(&mut self) -> End {
         for payload in std::mem::take(&mut self.stream.held) {
             let usage_only =
                 matches!(peek::chunk(&payload), Some(ChunkPeek::Chunk { usage_only: true, .. }));
-            if !self.forward(&payload, usage_only).await {
-                return End::ClientGone;
-            }
+            self.queue(&payload, usage_only);
         }
         if self.stream.done {
             return self.finish().await;
@@ -132,11 +141,12 @@ impl Forward {
                         if finish.is_some() {
                             self.stream.finish = finish;
                         }
-                        if !self.forward(&ev.data, usage_only).await {
-                            return End::ClientGone;
-                        }
+                        self.queue(&ev.data, usage_only);
                     }
                 }
+            }
+            if !self.flush().await {
+                return End::ClientGone;
             }
             let wait_end = (Instant::now() + self.idle).min(self.deadline);
             let t = Instant::now();

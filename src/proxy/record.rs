@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::peek::Usage;
 use crate::metrics::Metrics;
+use crate::runtime::{RouteSeries, TargetSeries};
 
 /// Where per-request log lines go. They are the access log, one JSON object a line, kept apart
 /// from the diagnostics that `tracing` writes to stderr.
@@ -48,8 +49,8 @@ impl LogSink {
 /// One upstream attempt, as logged.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptLog {
-    pub provider: String,
-    pub model: String,
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
     pub outcome: &'static str,
     pub reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,8 +65,9 @@ pub struct RequestRecord {
     metrics: Arc<Metrics>,
     sink: Arc<LogSink>,
     pub request_id: String,
-    pub version: String,
-    pub route: Option<String>,
+    pub version: Arc<str>,
+    /// The selected route's metric series (and name), once selected.
+    pub route: Option<Arc<RouteSeries>>,
     pub stream: bool,
     pub start: Instant,
     /// Time spent waiting on upstream sockets.
@@ -73,8 +75,8 @@ pub struct RequestRecord {
     /// Time spent waiting for the client to take stream bytes.
     pub client_wait: Duration,
     pub attempts: Vec<AttemptLog>,
-    /// `(provider, model)` of the target that answered.
-    pub served_by: Option<(String, String)>,
+    /// The target that answered.
+    pub served_by: Option<Arc<TargetSeries>>,
     pub usage: Option<Usage>,
     pub finish: Option<String>,
     /// Final outcome label; stays `aborted` if the request is dropped unfinished.
@@ -82,7 +84,6 @@ pub struct RequestRecord {
     pub status: u16,
     pub error: Option<String>,
     pub sample_rate: f64,
-    inflight_route: Option<String>,
     silent: bool,
 }
 
@@ -91,7 +92,7 @@ impl RequestRecord {
         metrics: Arc<Metrics>,
         sink: Arc<LogSink>,
         request_id: String,
-        version: String,
+        version: Arc<str>,
         sample_rate: f64,
     ) -> Self {
         Self {
@@ -112,21 +113,32 @@ impl RequestRecord {
             status: 499,
             error: None,
             sample_rate,
-            inflight_route: None,
             silent: false,
         }
     }
 
     /// Sets the route and counts the request in flight on it until the record drops.
-    pub fn set_route(&mut self, route: &str) {
-        self.route = Some(route.to_owned());
-        self.metrics.inflight.with_label_values(&[route]).inc();
-        self.inflight_route = Some(route.to_owned());
+    pub fn set_route(&mut self, route: &Arc<RouteSeries>) {
+        route.inflight.inc();
+        self.route = Some(route.clone());
     }
 
-    /// Makes this record emit nothing (a placeholder left behind when the real one moves).
-    pub fn silence(&mut self) {
-        self.silent = true;
+    /// The route's name, or "" before one is selected.
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| &r.name)
+    }
+
+    /// Moves the record out (to a stream task), leaving a placeholder that emits nothing.
+    pub fn take(&mut self) -> RequestRecord {
+        let mut placeholder = RequestRecord::new(
+            self.metrics.clone(),
+            self.sink.clone(),
+            String::new(),
+            self.version.clone(),
+            1.0,
+        );
+        placeholder.silent = true;
+        std::mem::replace(self, placeholder)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -134,11 +146,14 @@ impl RequestRecord {
     }
 
     /// Records one attempt in the log and its metrics.
-    pub fn attempt(&mut self, log: AttemptLog) {
-        let m = &self.metrics;
-        let (p, model) = (log.provider.as_str(), log.model.as_str());
-        m.upstream_attempts.with_label_values(&[p, model, log.outcome, log.reason]).inc();
-        m.upstream_duration.with_label_values(&[p, model]).observe(log.duration_ms / 1000.0);
+    pub fn attempt(&mut self, series: &TargetSeries, log: AttemptLog) {
+        if log.outcome == "ok" {
+            series.attempts_ok.inc();
+        } else {
+            let labels = [&*log.provider, &*log.model, log.outcome, log.reason];
+            self.metrics.upstream_attempts.with_label_values(&labels).inc();
+        }
+        series.duration.observe(log.duration_ms / 1000.0);
         self.attempts.push(log);
     }
 
@@ -147,27 +162,26 @@ impl RequestRecord {
             return;
         }
         let total = self.start.elapsed();
-        let route = self.route.as_deref().unwrap_or("");
-        let m = &self.metrics;
-        m.requests.with_label_values(&[route, self.outcome, &self.version]).inc();
-        if let Some(r) = self.inflight_route.take() {
-            m.inflight.with_label_values(&[&r]).dec();
-        }
         let overhead = total.saturating_sub(self.upstream_wait).saturating_sub(self.client_wait);
-        if self.route.is_some() {
-            m.request_duration.with_label_values(&[route]).observe(total.as_secs_f64());
-            m.overhead.with_label_values(&[route]).observe(overhead.as_secs_f64());
-        }
-        if let (Some((p, model)), Some(u)) = (&self.served_by, self.usage) {
-            for (ty, n) in
-                [("input", u.input), ("output", u.output), ("cached_input", u.cached_input)]
-            {
-                if n > 0 {
-                    m.tokens.with_label_values(&[route, p, model, ty]).inc_by(n);
-                }
+        match (&self.route, self.outcome) {
+            (Some(r), "ok") => r.ok.inc(),
+            (Some(r), "fallback") => r.fallback.inc(),
+            (r, outcome) => {
+                let name = r.as_ref().map_or("", |r| &r.name);
+                self.metrics.requests.with_label_values(&[name, outcome, &self.version]).inc();
             }
+        }
+        if let Some(r) = &self.route {
+            r.inflight.dec();
+            r.duration.observe(total.as_secs_f64());
+            r.overhead.observe(overhead.as_secs_f64());
+        }
+        if let (Some(t), Some(u)) = (&self.served_by, self.usage) {
+            t.input_tokens.inc_by(u.input);
+            t.output_tokens.inc_by(u.output);
+            t.cached_tokens.inc_by(u.cached_input);
             if self.finish.as_deref() == Some("length") {
-                m.truncations.with_label_values(&[route, p, model]).inc();
+                t.truncations.inc();
             }
         }
         let ok = matches!(self.outcome, "ok" | "fallback");
@@ -180,13 +194,13 @@ impl RequestRecord {
         let line = LogLine {
             ts,
             request_id: &self.request_id,
-            route,
+            route: self.route_name(),
             config_version: &self.version,
             outcome: self.outcome,
             status: self.status,
             stream: self.stream,
-            provider: self.served_by.as_ref().map(|s| s.0.as_str()),
-            model: self.served_by.as_ref().map(|s| s.1.as_str()),
+            provider: self.served_by.as_ref().map(|s| &*s.provider),
+            model: self.served_by.as_ref().map(|s| &*s.model),
             attempts: &self.attempts,
             input_tokens: self.usage.map(|u| u.input),
             output_tokens: self.usage.map(|u| u.output),
