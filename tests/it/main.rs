@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod config_lifecycle;
 mod core_api;
+mod drain;
 mod hostile_upstream;
 mod sockets;
 mod streaming;

@@ -1,0 +1,88 @@
+//! SIGTERM on a real `tidegate serve` process: readiness fails at once, new connections are
+//! refused, the stream in flight completes, and the process exits 0 (the Kubernetes contract).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+#[expect(clippy::disallowed_methods, reason = "a synchronous test polling another process")]
+fn sigterm_drains_a_stream_then_exits_zero() {
+    let (data, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("tidegate-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("tidegate.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, shutdown_grace: 20s}}\nproviders:\n  sim: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"m+chunks=15+delay=100ms\"}}]\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "tidegate never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A 1.5 s stream in flight...
+    let mut stream = TcpStream::connect(("127.0.0.1", data)).unwrap();
+    let body = r#"{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    write!(stream, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 64];
+    let n = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    // ...then SIGTERM.
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let t1 = Instant::now();
+    loop {
+        match http_get(admin, "/readyz") {
+            Some(r) if r.starts_with("HTTP/1.1 503") => break,
+            _ => {
+                assert!(
+                    t1.elapsed() < Duration::from_secs(5),
+                    "/readyz did not fail during the drain"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", data)).is_err(),
+        "a new connection was accepted while draining"
+    );
+
+    // The stream still completes, with its [DONE].
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    assert!(!rest.contains("\"error\""), "{rest}");
+
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
