@@ -57,7 +57,7 @@ pub async fn run(action: Action, admin: &str, token: Option<String>) -> u8 {
         }
     };
     let sent = tokio::time::timeout(Duration::from_secs(30), async {
-        let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok::<_, String>((status, bytes))
@@ -97,6 +97,18 @@ pub async fn run(action: Action, admin: &str, token: Option<String>) -> u8 {
             2
         }
     }
+}
+
+/// `e: cause: cause`, since hyper's top-level message alone ("client error (Connect)") does
+/// not say what went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    out
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {

@@ -213,6 +213,7 @@ impl Reloader {
             inner.history.add_candidate(&version);
             inner.last_error = None;
             m.config_reloads.with_label_values(&["deferred"]).inc();
+            m.config_last_success.set(unix_now());
             return ReloadResult::Deferred(version);
         }
         let info = VersionInfo::of(&cfg, trigger, Outcome::Applied);
@@ -388,6 +389,12 @@ impl Reloader {
             },
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn run_blocking<T: Send + 'static>(
