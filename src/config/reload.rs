@@ -195,6 +195,11 @@ impl Reloader {
         }
         inner.last_seen = version.clone();
         if inner.history.active == version {
+            // The file is back on the active version: candidates seen before are stale, and
+            // unpin must not activate one the file no longer asks for.
+            if !inner.history.take_candidates().is_empty() {
+                tracing::info!(%version, "config file is back on the active version; candidates dropped");
+            }
             return ReloadResult::Unchanged;
         }
         let cfg = match Config::from_bytes(&self.path, &bytes) {

@@ -172,10 +172,12 @@ async fn swaps_under_load_fail_nothing() {
     }
     done.store(true, Ordering::SeqCst);
     let mut total = 0;
+    let mut versions_seen = std::collections::HashSet::new();
     let log = log.lock().unwrap().clone();
     for w in workers {
         for s in w.await.unwrap() {
             total += 1;
+            versions_seen.insert(s.version.clone());
             let k = log.iter().position(|e| e.0 == s.version).unwrap_or_else(|| {
                 panic!("unknown version {:?}", s.version);
             });
@@ -188,6 +190,12 @@ async fn swaps_under_load_fail_nothing() {
         }
     }
     assert!(total >= 2000, "only {total} requests");
+    // Traffic really ran across the swaps, not only before or after them.
+    assert!(versions_seen.len() >= 15, "answers came from only {} versions", versions_seen.len());
+    eprintln!(
+        "swaps under load: {total} requests over 20 swaps from {} versions, none failed",
+        versions_seen.len()
+    );
     for s in slow_streams {
         let (old, got) = s.await.unwrap();
         assert_eq!(got.status, 200);
@@ -342,6 +350,26 @@ async fn pin_unpin_rollback_and_restart() {
     let r = start_file(&path, StateDir::At(state), "", false).await;
     assert_eq!(active(&r), v3);
     assert!(!r.reloader.status().pinned);
+    r.shutdown().await;
+}
+
+/// While pinned, a file that goes back to the active version drops the stale candidates, so
+/// unpin keeps what the file asks for.
+#[tokio::test]
+async fn file_back_on_the_active_version_drops_candidates() {
+    let dir = TempDir::new("revert");
+    let path = dir.join("tidegate.yaml");
+    let (y1, y2) = (versioned("one", "a"), versioned("two", "b"));
+    std::fs::write(&path, &y1).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    r.reloader.pin(None).await.unwrap();
+    std::fs::write(&path, &y2).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Deferred(version_of(&y2)));
+    std::fs::write(&path, &y1).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    assert!(r.reloader.status().candidates.is_empty());
+    let doc = r.reloader.unpin().await.unwrap();
+    assert_eq!((doc.pinned, doc.active.version), (false, version_of(&y1)));
     r.shutdown().await;
 }
 
