@@ -149,7 +149,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
         rx_admin,
     ));
     let (stop_reload, rx_reload) = watch::channel(false);
-    let reload_task = opts.watch.then(|| triggers::spawn(reloader.clone(), rx_reload));
+    let reload_task =
+        if opts.watch { Some(triggers::spawn(reloader.clone(), rx_reload).await) } else { None };
     Ok(Running {
         data_addr,
         admin_addr,

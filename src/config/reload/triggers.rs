@@ -25,20 +25,20 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 /// The safety-net check.
 pub const PERIODIC: Duration = Duration::from_secs(5);
 
-/// Runs the triggers until `stop` turns true. The watch and the signal handler are in place
-/// when this returns.
-pub fn spawn(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Starts the triggers, which run until `stop` turns true. When this returns, the watch and
+/// the signal handler are in place and the file has been checked once more (it may have
+/// changed between the first load and the watch starting).
+pub async fn spawn(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let watcher = start_watcher(reloader.path(), tx);
     let mut hup = hangup();
+    reloader.reload_with(Trigger::Periodic).await;
     tokio::spawn(async move {
         // Kept alive for as long as the loop runs; dropping it ends the watch.
         let _watcher = watcher;
         let mut tick = tokio::time::interval(PERIODIC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        // The file may have changed between the first load and the watch starting.
-        reloader.reload_with(Trigger::Watch).await;
         loop {
             let trigger = tokio::select! {
                 Some(()) = rx.recv() => {

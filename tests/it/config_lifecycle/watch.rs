@@ -89,9 +89,8 @@ async fn sighup_reloads() {
     std::fs::write(&real, versioned("hup-0", "a")).unwrap();
     let path = dir.join("conf/tidegate.yaml");
     symlink(&real, &path).unwrap();
+    // The signal handler is installed when start returns.
     let r = start_file(&path, StateDir::InMemory, "", true).await;
-    // Let the trigger task install its signal handler.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let yaml = versioned("hup-1", "b");
     std::fs::write(&real, &yaml).unwrap();
     let pid = std::process::id().to_string();
