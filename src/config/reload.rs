@@ -11,6 +11,7 @@
 //! SIGHUP, a periodic check) lives in `reload/triggers.rs`.
 
 mod history;
+mod static_keys;
 pub mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ impl Reloader {
             return ReloadResult::Deferred(version);
         }
         let info = VersionInfo::of(&cfg, trigger, Outcome::Applied);
-        let restart = self.static_changes(&cfg);
+        let restart = static_keys::changes(&self.boot_static, &cfg);
         match self.gw.prepare(cfg) {
             Ok(snap) => self.gw.install(snap),
             Err(e) => return self.reject(&mut inner, Some(version), e, trigger),
@@ -255,36 +256,6 @@ impl Reloader {
         ReloadResult::Rejected(msg)
     }
 
-    /// Names the static keys (`server.*`, `state.*`) that differ from the running process.
-    fn static_changes(&self, cfg: &Config) -> Option<String> {
-        let (s, st) = &self.boot_static;
-        let n = &cfg.server;
-        let mut keys = Vec::new();
-        for (k, changed) in [
-            ("server.listen", s.listen != n.listen),
-            ("server.admin_listen", s.admin_listen != n.admin_listen),
-            ("server.max_body_bytes", s.max_body_bytes != n.max_body_bytes),
-            (
-                "server.max_concurrent_requests",
-                s.max_concurrent_requests != n.max_concurrent_requests,
-            ),
-            ("server.shutdown_grace", s.shutdown_grace != n.shutdown_grace),
-            ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
-            ("state", *st != cfg.state),
-        ] {
-            if changed {
-                keys.push(k);
-            }
-        }
-        (!keys.is_empty()).then(|| {
-            format!(
-                "{} changed in {}: static settings take effect after a restart; the rest is active",
-                keys.join(", "),
-                cfg.version
-            )
-        })
-    }
-
     /// Re-parses, prepares and installs a version from the history.
     fn activate(&self, inner: &mut Inner, version: &str, outcome: Outcome) -> Result<(), OpError> {
         let entry = inner.history.get(version).ok_or_else(|| OpError::not_found(version))?;
@@ -295,7 +266,7 @@ impl Reloader {
         };
         let cfg = Config::from_bytes(&entry.source_path, &content)
             .map_err(|e| OpError::conflict("invalid_version", e.to_string()))?;
-        let restart = self.static_changes(&cfg);
+        let restart = static_keys::changes(&self.boot_static, &cfg);
         let snap = self.gw.prepare(cfg).map_err(|e| OpError::conflict("prepare_failed", e))?;
         self.gw.install(snap);
         inner.restart_required = restart;

@@ -226,6 +226,11 @@ async fn bad_files_keep_the_running_version() {
             "routes.r.targets[0].provider: unknown provider \"c\"",
         ),
         (half.to_owned(), "tidegate.yaml"),
+        // Valid, but preparing it fails (its key cannot be read): rejected before the swap.
+        (
+            good.replace("  b: {kind: mock}", "  b: {kind: openai_compatible, base_url: \"http://127.0.0.1:1/v1\", api_key_file: /nonexistent/tidegate-key}").replace("provider: a", "provider: b"),
+            "key file",
+        ),
     ];
     for (n, (text, want)) in cases.iter().enumerate() {
         std::fs::write(&path, text).unwrap();

@@ -1,0 +1,29 @@
+//! Static settings (`server.*`, `state`) are bound once at startup; a reload that changes them
+//! applies everything else and says which keys need a restart.
+
+use crate::config::{Config, Server, StateConfig};
+
+/// Names the static keys of `cfg` that differ from the running process's, if any.
+pub(super) fn changes(running: &(Server, StateConfig), cfg: &Config) -> Option<String> {
+    let (s, st) = running;
+    let n = &cfg.server;
+    let keys: Vec<&str> = [
+        ("server.listen", s.listen != n.listen),
+        ("server.admin_listen", s.admin_listen != n.admin_listen),
+        ("server.max_body_bytes", s.max_body_bytes != n.max_body_bytes),
+        ("server.max_concurrent_requests", s.max_concurrent_requests != n.max_concurrent_requests),
+        ("server.shutdown_grace", s.shutdown_grace != n.shutdown_grace),
+        ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
+        ("state", *st != cfg.state),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect();
+    (!keys.is_empty()).then(|| {
+        format!(
+            "{} changed in {}: static settings take effect after a restart; the rest is active",
+            keys.join(", "),
+            cfg.version
+        )
+    })
+}
