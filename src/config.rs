@@ -104,7 +104,17 @@ pub struct Logging {
 pub enum ProviderKind {
     OpenAi,
     OpenAiCompatible,
+    Anthropic,
     Mock,
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI chat completions (`/chat/completions`, `data:` chunks, `[DONE]`).
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`, named events, `message_stop`).
+    Anthropic,
 }
 
 impl ProviderKind {
@@ -112,6 +122,7 @@ impl ProviderKind {
         match self {
             Self::OpenAi => "openai",
             Self::OpenAiCompatible => "openai_compatible",
+            Self::Anthropic => "anthropic",
             Self::Mock => "mock",
         }
     }
@@ -130,6 +141,8 @@ pub enum KeySource {
 pub struct ProviderSpec {
     pub name: String,
     pub kind: ProviderKind,
+    /// The wire format: Anthropic for `anthropic` (and `mock` with `api: anthropic`).
+    pub wire: Wire,
     /// As the provider's own SDK takes it (OpenAI-style with `/v1`). Empty for `mock`.
     pub base_url: String,
     pub key: KeySource,

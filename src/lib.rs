@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod translate;

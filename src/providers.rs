@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::body::BoxError;
-use crate::config::{KeySource, ProviderKind, ProviderSpec};
+use crate::config::{KeySource, ProviderKind, ProviderSpec, Wire};
 pub use client::HttpClient;
 
 /// A provider credential; never printed.
@@ -98,10 +98,15 @@ enum Transport {
     Mock(Arc<mock::MockStats>),
 }
 
+/// The Messages API version tidegate speaks (the Anthropic SDKs send the same).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// One configured provider, ready to send.
 pub struct Provider {
     pub spec: Arc<ProviderSpec>,
     key: Option<Secret>,
+    /// The credential header, built once: `Authorization: Bearer` or Anthropic's `x-api-key`.
+    auth: Option<(HeaderName, HeaderValue)>,
     transport: Transport,
 }
 
@@ -116,7 +121,16 @@ impl Provider {
             ProviderKind::Mock => Transport::Mock(mock_stats.unwrap_or_default()),
             _ => Transport::Http { base: spec.base_url.clone() },
         };
-        Self { spec, key, transport }
+        let auth = key.as_ref().and_then(|k| {
+            let (name, value) = match spec.wire {
+                Wire::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", k.expose())),
+                Wire::Anthropic => (HeaderName::from_static("x-api-key"), k.expose().to_owned()),
+            };
+            let mut v = HeaderValue::from_str(&value).ok()?;
+            v.set_sensitive(true);
+            Some((name, v))
+        });
+        Self { spec, key, auth, transport }
     }
 
     /// The mock's counters, for a `kind: mock` provider.
@@ -156,11 +170,12 @@ impl Provider {
                     )
                     .body(Full::new(body))
                     .map_err(|e| SendError::Connect(format!("bad upstream URL: {e}")))?;
-                if let Some(key) = &self.key
-                    && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                {
-                    v.set_sensitive(true);
-                    req.headers_mut().insert(header::AUTHORIZATION, v);
+                if let Some((name, value)) = &self.auth {
+                    req.headers_mut().insert(name.clone(), value.clone());
+                }
+                if self.spec.wire == Wire::Anthropic {
+                    req.headers_mut()
+                        .insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
                 }
                 match client.request(req).await {
                     Ok(resp) => Ok(resp.map(UpstreamBody::Http)),

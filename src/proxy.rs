@@ -1,35 +1,37 @@
 //! The data plane: OpenAI-compatible front door, route selection, and serving a request through
 //! the route's targets.
 
+pub mod ask;
 pub mod attempt;
 pub mod classify;
+pub mod emit;
 pub mod failover;
 pub mod forward;
 pub mod peek;
 pub mod record;
 pub mod request;
+mod respond;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::body::{Body, ReadError, drain, read_limited};
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::{RouteRuntime, Snapshot};
-use attempt::{Endpoint, Opened};
-use failover::{Failed, Plan, Served};
-use forward::Forward;
+use ask::{Ask, Prepared};
+use failover::Plan;
 use record::RequestRecord;
-use request::{ChatRequest, EmbeddingsRequest};
+use request::{ChatRequest, EmbeddingsRequest, MessagesRequest};
 
 /// What the path asks for, after any `/r/{route}` prefix.
 enum Call<'a> {
     Chat,
+    Messages,
     Embeddings,
     Models,
     Model(&'a str),
@@ -48,6 +50,7 @@ fn split_route_prefix(path: &str) -> (Option<&str>, &str) {
 fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError> {
     let call = match path {
         "/v1/chat/completions" => (Method::POST, Call::Chat),
+        "/v1/messages" => (Method::POST, Call::Messages),
         "/v1/embeddings" => (Method::POST, Call::Embeddings),
         "/v1/models" => (Method::GET, Call::Models),
         p => match p.strip_prefix("/v1/models/") {
@@ -97,6 +100,11 @@ impl Gateway {
     {
         let snap = self.snapshot();
         let rid = request_id(req.headers());
+        let dialect = if split_route_prefix(req.uri().path()).1 == "/v1/messages" {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        };
         let mut rec = RequestRecord::new(
             self.metrics.clone(),
             self.log_sink.clone(),
@@ -110,7 +118,7 @@ impl Gateway {
                 rec.outcome = outcome_of(e.code);
                 rec.status = e.code.status().as_u16();
                 rec.error = Some(e.message.clone());
-                e.into_response(Dialect::OpenAi)
+                e.into_response(dialect)
             }
         };
         let h = resp.headers_mut();
@@ -149,7 +157,7 @@ impl Gateway {
         match call {
             Call::Models => return Ok(models_list(snap)),
             Call::Model(id) => return model_one(snap, id),
-            Call::Chat | Call::Embeddings => {}
+            Call::Chat | Call::Messages | Call::Embeddings => {}
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
             GatewayError::new(
@@ -193,181 +201,49 @@ impl Gateway {
             }
         };
         let deadline_cap = client_timeout(&parts.headers);
-        let resp = match call {
-            Call::Chat => {
-                let chat = ChatRequest::parse(&bytes)?;
-                let route = snap.select(header_route, path_route, chat.model.as_deref())?;
-                rec.set_route(&route.series);
-                rec.stream = chat.stream;
-                self.serve_chat(snap, route, &chat, deadline_cap, rec).await
-            }
-            _ => {
-                let emb = EmbeddingsRequest::parse(&bytes)?;
-                let route = snap.select(header_route, path_route, emb.model.as_deref())?;
-                rec.set_route(&route.series);
-                self.serve_embeddings(snap, route, &emb, deadline_cap, rec).await
-            }
+        let ask = match call {
+            Call::Chat => Ask::Chat(ChatRequest::parse(&bytes)?),
+            Call::Messages => Ask::Messages(MessagesRequest::parse(&bytes)?),
+            _ => Ask::Embeddings(EmbeddingsRequest::parse(&bytes)?),
         };
+        let ask = Prepared::new(ask, &bytes)?;
+        let route = snap.select(header_route, path_route, ask.model())?;
+        rec.set_route(&route.series);
+        rec.stream = ask.stream();
+        let resp = self.serve(snap, route, &ask, deadline_cap, rec).await;
         resp.map(|r| r.map(|b| b.with_permit(Some(permit))))
     }
 
-    async fn serve_chat(
+    async fn serve(
         self: &Arc<Self>,
         snap: &Arc<Snapshot>,
         route: &RouteRuntime,
-        chat: &ChatRequest<'_>,
+        ask: &Prepared<'_>,
         deadline_cap: Option<Duration>,
         rec: &mut RequestRecord,
     ) -> Result<Response<Body>, GatewayError> {
-        let stream_options =
-            if chat.stream { Some(stream_options_with_usage(chat)?) } else { None };
-        let body_for = |t: &crate::runtime::TargetRuntime| -> Bytes {
-            let model = serde_json::to_string(&t.target.model).unwrap_or_default();
-            let mut replace: Vec<(&str, &str)> = vec![("model", model.as_str())];
-            if let Some(so) = &stream_options {
-                replace.push(("stream_options", so.as_str()));
-            }
-            Bytes::from(chat.obj.write(&replace, &[]))
-        };
+        let drop_unsupported = route.route.drop_unsupported_params;
         let deadline = deadline_for(route, rec.start, deadline_cap);
         let plan = Plan {
             config: &snap.config,
             route,
-            endpoint: Endpoint::Chat,
-            stream: chat.stream,
+            endpoint: ask.endpoint(),
+            stream: ask.stream(),
             deadline,
-            body_for,
-        };
-        let served = match plan.run(rec).await {
-            Ok(s) => s,
-            Err(f) => return failed(f, rec),
-        };
-        self.respond(route, served, chat.include_usage, deadline, rec)
-    }
-
-    async fn serve_embeddings(
-        self: &Arc<Self>,
-        snap: &Arc<Snapshot>,
-        route: &RouteRuntime,
-        emb: &EmbeddingsRequest<'_>,
-        deadline_cap: Option<Duration>,
-        rec: &mut RequestRecord,
-    ) -> Result<Response<Body>, GatewayError> {
-        let body_for = |t: &crate::runtime::TargetRuntime| -> Bytes {
-            let model = serde_json::to_string(&t.target.model).unwrap_or_default();
-            Bytes::from(emb.obj.write(&[("model", model.as_str())], &[]))
-        };
-        let deadline = deadline_for(route, rec.start, deadline_cap);
-        let plan = Plan {
-            config: &snap.config,
-            route,
-            endpoint: Endpoint::Embeddings,
-            stream: false,
-            deadline,
-            body_for,
+            body_for: |t: &crate::runtime::TargetRuntime| {
+                ask.body_for(t, &snap.config, drop_unsupported)
+            },
         };
         match plan.run(rec).await {
-            Ok(served) => self.respond(route, served, false, deadline, rec),
-            Err(f) => failed(f, rec),
+            Ok(served) => self.respond(route, served, ask, deadline, rec),
+            Err(f) => respond::failed(f, ask.dialect(), rec),
         }
     }
-
-    /// Turns the winning attempt into the client's response.
-    fn respond(
-        self: &Arc<Self>,
-        route: &RouteRuntime,
-        served: Served,
-        include_usage: bool,
-        deadline: Instant,
-        rec: &mut RequestRecord,
-    ) -> Result<Response<Body>, GatewayError> {
-        let t = &route.targets[served.target];
-        rec.served_by = Some(t.series.clone());
-        rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
-        let mut builder = Response::builder()
-            .header("x-tidegate-route", route.name_header.clone())
-            .header("x-tidegate-provider", t.provider_header.clone())
-            .header("x-tidegate-model", t.model_header.clone())
-            .header("x-tidegate-attempts", served.attempts);
-        if let Some(reason) = served.fallback_reason {
-            rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
-            if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                builder = builder.header("x-tidegate-fallback", v);
-            }
-        }
-        match served.opened {
-            Opened::Complete { body, usage, finish } => {
-                rec.usage = usage;
-                rec.finish = finish;
-                rec.status = 200;
-                builder
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::full(body))
-                    .map_err(|e| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string()))
-            }
-            Opened::Stream(stream) => {
-                let (tx, rx) = mpsc::channel(16);
-                let idle = route.route.timeouts.idle;
-                let taken = rec.take();
-                tokio::spawn(
-                    Forward {
-                        stream,
-                        tx,
-                        rec: taken,
-                        deadline,
-                        idle,
-                        include_usage,
-                        dialect: Dialect::OpenAi,
-                        out: BytesMut::with_capacity(4096),
-                    }
-                    .run(),
-                );
-                builder
-                    .header(header::CONTENT_TYPE, "text/event-stream")
-                    .header(header::CACHE_CONTROL, "no-cache")
-                    .header("x-accel-buffering", "no")
-                    .body(Body::channel(rx))
-                    .map_err(|e| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string()))
-            }
-        }
-    }
-}
-
-/// The client's `stream_options` with `include_usage: true` set, so usage is always accounted.
-fn stream_options_with_usage(chat: &ChatRequest<'_>) -> Result<String, GatewayError> {
-    let mut map: serde_json::Map<String, serde_json::Value> = match chat.obj.get("stream_options") {
-        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map_err(|_| {
-            GatewayError::invalid("`stream_options` must be an object", Some("stream_options"))
-        })?,
-        _ => serde_json::Map::new(),
-    };
-    map.insert("include_usage".into(), serde_json::Value::Bool(true));
-    Ok(serde_json::Value::Object(map).to_string())
 }
 
 fn deadline_for(route: &RouteRuntime, start: Instant, cap: Option<Duration>) -> Instant {
     let total = cap.map_or(route.route.timeouts.total, |c| c.min(route.route.timeouts.total));
     start + total
-}
-
-/// A failed plan as the client's answer: a gateway error, or the upstream's own refusal.
-fn failed(f: Failed, rec: &mut RequestRecord) -> Result<Response<Body>, GatewayError> {
-    match f {
-        Failed::Gateway(e) => Err(e),
-        Failed::Passthrough(p) => {
-            rec.outcome = "client_error";
-            rec.status = p.status.as_u16();
-            let mut resp = Response::new(Body::full(p.body));
-            *resp.status_mut() = p.status;
-            *resp.headers_mut() = p.headers;
-            if let Some(route) = &rec.route
-                && let Ok(v) = HeaderValue::from_str(&route.name)
-            {
-                resp.headers_mut().insert("x-tidegate-route", v);
-            }
-            Ok(resp)
-        }
-    }
 }
 
 fn outcome_of(code: ErrorCode) -> &'static str {

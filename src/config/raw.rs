@@ -67,6 +67,8 @@ pub struct RawProvider {
     pub api_key_file: Option<String>,
     pub ca_file: Option<String>,
     pub supports_prefill: Option<bool>,
+    /// `mock` only: the wire format it speaks (`openai` or `anthropic`).
+    pub api: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

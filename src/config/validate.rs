@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawProvider, RawRoute, RawServer, RawState};
 use super::{
     Config, ConfigError, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec, Retries, Route,
-    Server, StateBackend, StateConfig, Target, Timeouts, version_of,
+    Server, StateBackend, StateConfig, Target, Timeouts, Wire, version_of,
 };
 
 struct Ctx<'a> {
@@ -160,18 +160,31 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
         "openai" => ProviderKind::OpenAi,
         "openai_compatible" => ProviderKind::OpenAiCompatible,
         "mock" => ProviderKind::Mock,
-        "anthropic" => {
-            return Err(cx.err(
-                format!("{path}.kind"),
-                "kind \"anthropic\" is not supported by this build yet",
-            ));
-        }
+        "anthropic" => ProviderKind::Anthropic,
         other => {
             return Err(cx.err(
                 format!("{path}.kind"),
                 format!(
-                    "unknown provider kind {other:?}; expected openai, openai_compatible or mock"
+                    "unknown provider kind {other:?}; expected openai, openai_compatible, anthropic or mock"
                 ),
+            ));
+        }
+    };
+    let wire = match (kind, p.api.as_deref()) {
+        (ProviderKind::Anthropic, None) => Wire::Anthropic,
+        (ProviderKind::Mock, None | Some("openai")) => Wire::OpenAi,
+        (ProviderKind::Mock, Some("anthropic")) => Wire::Anthropic,
+        (ProviderKind::Mock, Some(other)) => {
+            return Err(cx.err(
+                format!("{path}.api"),
+                format!("expected openai or anthropic, got {other:?}"),
+            ));
+        }
+        (_, None) => Wire::OpenAi,
+        (_, Some(_)) => {
+            return Err(cx.err(
+                format!("{path}.api"),
+                "only a mock provider takes `api`; the kind sets the wire format",
             ));
         }
     };
@@ -189,6 +202,7 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
             return Err(cx.err(format!("{path}.base_url"), "a mock provider runs in-process and takes no base_url; point an openai_compatible provider at `tidegate mock-provider` instead"));
         }
         (ProviderKind::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
+        (ProviderKind::Anthropic, None) => "https://api.anthropic.com".to_owned(),
         (ProviderKind::OpenAiCompatible, None) => {
             return Err(cx.err(
                 format!("{path}.base_url"),
@@ -220,7 +234,10 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
         base_url,
         key,
         ca_file: p.ca_file.map(PathBuf::from),
-        supports_prefill: p.supports_prefill.unwrap_or(kind == ProviderKind::Mock),
+        supports_prefill: p
+            .supports_prefill
+            .unwrap_or(matches!(kind, ProviderKind::Mock | ProviderKind::Anthropic)),
+        wire,
     })
 }
 

@@ -7,6 +7,7 @@
 //! completions) let tests assert "2 retries = 3 calls" and "a client disconnect cancelled the
 //! upstream".
 
+mod anthropic_wire;
 pub mod behaviour;
 mod openai_wire;
 
@@ -159,9 +160,11 @@ pub async fn respond(
     }
     guard.armed = false;
     drop(guard);
-    let script = match path {
+    // Relative to the API root: OpenAI-style bases end in /v1, Anthropic's do not.
+    let script = match path.strip_prefix("/v1").unwrap_or(path) {
         "/chat/completions" => openai_wire::chat(&req, &b),
         "/embeddings" => openai_wire::embeddings(&req, &b),
+        "/messages" => anthropic_wire::messages(&req, &b),
         _ => {
             return Ok(openai_wire::error(
                 404,

@@ -15,7 +15,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::classify::{self, AttemptFailure, Next};
 use super::peek::{self, BodyPeek, ChunkPeek, Usage};
-use crate::config::Timeouts;
+use crate::config::{Timeouts, Wire};
 use crate::providers::{SendError, UpstreamBody};
 use crate::runtime::TargetRuntime;
 use crate::sse;
@@ -28,11 +28,26 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "/chat/completions",
-            Self::Embeddings => "/embeddings",
+    /// The upstream path for a provider of `wire`, relative to its base URL; `None` if that
+    /// wire has no such API.
+    pub fn path(self, wire: Wire) -> Option<&'static str> {
+        match (self, wire) {
+            (Self::Chat, Wire::OpenAi) => Some("/chat/completions"),
+            (Self::Chat, Wire::Anthropic) => Some("/v1/messages"),
+            (Self::Embeddings, Wire::OpenAi) => Some("/embeddings"),
+            (Self::Embeddings, Wire::Anthropic) => None,
         }
+    }
+}
+
+/// One stream event of either wire: classify it for the commit point and usage.
+pub fn classify(wire: Wire, name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
+    match wire {
+        Wire::OpenAi if name == Some("error") => {
+            Some(ChunkPeek::Error(String::from_utf8_lossy(data).into_owned()))
+        }
+        Wire::OpenAi => peek::chunk(data),
+        Wire::Anthropic => peek::anthropic_event(name, data),
     }
 }
 
@@ -51,8 +66,8 @@ pub enum Opened {
 pub struct OpenStream {
     pub body: UpstreamBody,
     pub decoder: sse::Decoder,
-    /// Payloads (`data:` contents) received so far, in order, including the committing one.
-    pub held: Vec<Bytes>,
+    /// Events (name, data) received so far, in order, including the committing one.
+    pub held: Vec<(Option<String>, Bytes)>,
     pub usage: Option<Usage>,
     pub finish: Option<String>,
     /// `[DONE]` already arrived.
@@ -92,9 +107,17 @@ impl Attempt<'_> {
             if end == first_token_end { "timeout_first_token" } else { "timeout_attempt" }
         };
 
+        let wire = self.target.provider.spec.wire;
+        let Some(path) = self.endpoint.path(wire) else {
+            return Err(AttemptFailure::new(
+                Next::NextTarget,
+                "unsupported",
+                "this provider has no such API",
+            ));
+        };
         let sent = timeout_at(
             first_token_end,
-            self.target.provider.send(&self.target.client, self.endpoint.path(), self.body.clone()),
+            self.target.provider.send(&self.target.client, path, self.body.clone()),
         )
         .await;
         waited.upstream += start.elapsed();
@@ -141,7 +164,11 @@ impl Attempt<'_> {
             }
         };
         waited.first_token = Some(start.elapsed());
-        match peek::body(&bytes, self.endpoint == Endpoint::Embeddings) {
+        let peeked = match wire {
+            Wire::OpenAi => peek::body(&bytes, self.endpoint == Endpoint::Embeddings),
+            Wire::Anthropic => peek::anthropic_body(&bytes),
+        };
+        match peeked {
             None if bytes.is_empty() => {
                 Err(AttemptFailure::retry("malformed", "empty upstream body"))
             }
@@ -167,20 +194,15 @@ impl Attempt<'_> {
         waited: &mut Waited,
     ) -> Result<Opened, AttemptFailure> {
         let mut decoder = sse::Decoder::default();
-        let mut held: Vec<Bytes> = Vec::with_capacity(4);
+        let wire = self.target.provider.spec.wire;
+        let mut held: Vec<(Option<String>, Bytes)> = Vec::with_capacity(4);
         let mut usage = None;
         loop {
             while let Some(ev) = decoder
                 .next_event()
                 .map_err(|e| AttemptFailure::retry("malformed", e.to_string()))?
             {
-                if ev.event.as_deref() == Some("error") {
-                    return Err(AttemptFailure::retry(
-                        "error_event",
-                        String::from_utf8_lossy(&ev.data).into_owned(),
-                    ));
-                }
-                match peek::chunk(&ev.data) {
+                match classify(wire, ev.event.as_deref(), &ev.data) {
                     None => {
                         return Err(AttemptFailure::retry(
                             "malformed",
@@ -192,6 +214,7 @@ impl Attempt<'_> {
                     }
                     Some(ChunkPeek::Done) => {
                         waited.first_token = Some(start.elapsed());
+                        held.push((ev.event, ev.data));
                         return Ok(Opened::Stream(OpenStream {
                             body,
                             decoder,
@@ -202,8 +225,8 @@ impl Attempt<'_> {
                         }));
                     }
                     Some(ChunkPeek::Chunk { content, finish, usage: u, .. }) => {
-                        usage = u.or(usage);
-                        held.push(ev.data);
+                        usage = peek::merge_usage(usage, u);
+                        held.push((ev.event, ev.data));
                         if content {
                             waited.first_token = Some(start.elapsed());
                             return Ok(Opened::Stream(OpenStream {

@@ -9,9 +9,10 @@ use tokio::time::{Instant, sleep_until};
 use super::attempt::{Attempt, Endpoint, Opened, Waited, is_final};
 use super::classify::{AttemptFailure, Next, Passthrough};
 use super::record::{AttemptLog, RequestRecord};
-use crate::config::Config;
+use crate::config::{Config, Wire};
 use crate::error::{ErrorCode, GatewayError};
 use crate::runtime::{RouteRuntime, TargetRuntime};
+use crate::translate::TranslateError;
 
 /// The attempt that answered.
 pub struct Served {
@@ -26,8 +27,9 @@ pub struct Served {
 /// Why no target answered.
 pub enum Failed {
     Gateway(GatewayError),
-    /// The upstream refused the request itself: its answer goes to the client as it came.
-    Passthrough(Passthrough),
+    /// The upstream refused the request itself: its answer goes to the client (converted to
+    /// the client's dialect if the upstream's wire differs).
+    Passthrough(Passthrough, Wire),
 }
 
 /// Inputs of one run of the loop.
@@ -51,7 +53,7 @@ fn context_of(config: &Config, t: &TargetRuntime) -> Option<u64> {
     config.models.get(&t.target.model).and_then(|m| m.context)
 }
 
-impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
+impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     pub async fn run(&self, rec: &mut RequestRecord) -> Result<Served, Failed> {
         let route = &self.route.route;
         let retries = route.retries;
@@ -60,6 +62,7 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
         // After a context-length failure: only targets with a larger (or unknown) window.
         let mut min_context: Option<u64> = None;
         let mut failures: Vec<String> = Vec::new();
+        let mut untranslatable: Option<TranslateError> = None;
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
             if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
                 && ctx <= floor
@@ -70,7 +73,18 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
                 ));
                 continue;
             }
-            let body = (self.body_for)(t);
+            let body = match (self.body_for)(t) {
+                Ok(b) => b,
+                Err(e) => {
+                    // This target cannot express the request; another target might.
+                    failures.push(format!(
+                        "{}/{}: untranslatable ({})",
+                        t.target.provider, t.target.model, e
+                    ));
+                    untranslatable.get_or_insert(e);
+                    continue;
+                }
+            };
             let mut tries = 0u32;
             loop {
                 if attempts >= retries.total {
@@ -156,6 +170,12 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
                 }
             }
         }
+        if attempts == 0
+            && let Some(e) = untranslatable
+        {
+            // No target could take the request at all: the request is the problem (SPEC §3).
+            return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
+        }
         let code = if Instant::now() >= self.deadline {
             ErrorCode::DeadlineExceeded
         } else {
@@ -175,7 +195,7 @@ impl<F: Fn(&TargetRuntime) -> Bytes> Plan<'_, F> {
         match f.passthrough {
             Some(mut p) => {
                 p.body = redact_bytes(p.body, t);
-                Failed::Passthrough(p)
+                Failed::Passthrough(p, t.provider.spec.wire)
             }
             None => {
                 Failed::Gateway(GatewayError::new(ErrorCode::UpstreamUnavailable, describe(t, &f)))

@@ -14,11 +14,12 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
-use super::attempt::OpenStream;
+use super::attempt::{self, OpenStream};
+use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
+use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
-use crate::sse;
 
 pub struct Forward {
     pub stream: OpenStream,
@@ -26,8 +27,10 @@ pub struct Forward {
     pub rec: RequestRecord,
     pub deadline: Instant,
     pub idle: Duration,
-    /// The client asked for the usage chunk.
-    pub include_usage: bool,
+    /// The upstream's wire format.
+    pub wire: Wire,
+    /// Turns upstream events into the client's dialect.
+    pub emitter: Emitter,
     pub dialect: Dialect,
     /// Events decoded from one upstream read, sent to the client as one chunk: one wake and
     /// one write instead of one per event, with no added delay.
@@ -88,31 +91,54 @@ impl Forward {
         ok
     }
 
-    /// Queues one payload unless it is the usage chunk the client did not ask for.
-    fn queue(&mut self, payload: &[u8], usage_only: bool) {
-        if usage_only && !self.include_usage {
-            return;
+    /// Turns one upstream event into client bytes, updating usage and finish reason.
+    fn queue(&mut self, name: Option<&str>, data: &[u8]) -> Result<bool, End> {
+        let peeked = attempt::classify(self.wire, name, data);
+        let done = match peeked {
+            None => {
+                return Err(upstream(
+                    "malformed",
+                    "a stream event that is not a valid chunk".into(),
+                ));
+            }
+            Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
+            Some(ChunkPeek::Done) => true,
+            Some(ChunkPeek::Chunk { finish, usage, usage_only, .. }) => {
+                self.stream.usage = peek::merge_usage(self.stream.usage, usage);
+                self.rec.usage = self.stream.usage;
+                if finish.is_some() {
+                    self.stream.finish = finish;
+                }
+                self.emitter
+                    .event(name, data, usage_only, &mut self.out)
+                    .map_err(|e| upstream("error_event", e.0))?;
+                false
+            }
+        };
+        if done {
+            self.emitter
+                .event(name, data, false, &mut self.out)
+                .map_err(|e| upstream("error_event", e.0))?;
         }
-        self.out.extend_from_slice(b"data: ");
-        self.out.extend_from_slice(payload);
-        self.out.extend_from_slice(b"\n\n");
+        Ok(done)
     }
 
-    async fn finish(&mut self) -> End {
+    async fn finish(&mut self, upstream_sent_stop: bool) -> End {
         self.rec.usage = self.stream.usage.or(self.rec.usage);
         self.rec.finish = self.stream.finish.clone();
-        self.out.extend_from_slice(sse::DONE);
+        if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {
+            return upstream("malformed", e.0);
+        }
         if self.flush().await { End::Complete } else { End::ClientGone }
     }
 
     async fn pump(&mut self) -> End {
-        for payload in std::mem::take(&mut self.stream.held) {
-            let usage_only =
-                matches!(peek::chunk(&payload), Some(ChunkPeek::Chunk { usage_only: true, .. }));
-            self.queue(&payload, usage_only);
-        }
-        if self.stream.done {
-            return self.finish().await;
+        for (name, data) in std::mem::take(&mut self.stream.held) {
+            match self.queue(name.as_deref(), &data) {
+                Ok(true) => return self.finish(true).await,
+                Ok(false) => {}
+                Err(end) => return end,
+            }
         }
         loop {
             loop {
@@ -121,28 +147,10 @@ impl Forward {
                     Ok(None) => break,
                     Err(e) => return upstream("malformed", e.to_string()),
                 };
-                if ev.event.as_deref() == Some("error") {
-                    return upstream("error_event", String::from_utf8_lossy(&ev.data).into_owned());
-                }
-                match peek::chunk(&ev.data) {
-                    None => {
-                        return upstream(
-                            "malformed",
-                            "a stream event that is not a chat chunk".into(),
-                        );
-                    }
-                    Some(ChunkPeek::Error(m)) => return upstream("error_event", m),
-                    Some(ChunkPeek::Done) => return self.finish().await,
-                    Some(ChunkPeek::Chunk { finish, usage, usage_only, .. }) => {
-                        if usage.is_some() {
-                            self.stream.usage = usage;
-                            self.rec.usage = usage;
-                        }
-                        if finish.is_some() {
-                            self.stream.finish = finish;
-                        }
-                        self.queue(&ev.data, usage_only);
-                    }
+                match self.queue(ev.event.as_deref(), &ev.data) {
+                    Ok(true) => return self.finish(true).await,
+                    Ok(false) => {}
+                    Err(end) => return end,
                 }
             }
             if !self.flush().await {
@@ -167,7 +175,7 @@ impl Forward {
                 Err(_) => return upstream("timeout_idle", format!("no event for {:?}", self.idle)),
                 // A stream that ends after its finish reason is complete; `[DONE]` is only a
                 // terminator, so tidegate supplies it.
-                Ok(None) if self.stream.finish.is_some() => return self.finish().await,
+                Ok(None) if self.stream.finish.is_some() => return self.finish(false).await,
                 Ok(None) => {
                     return upstream("cut", "the stream ended before the answer finished".into());
                 }

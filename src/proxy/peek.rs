@@ -219,3 +219,198 @@ mod tests {
         assert_eq!(body(br#"{"data":{}}"#, true), None);
     }
 }
+
+#[derive(Deserialize)]
+struct AnthropicUsageWire {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsageWire {
+    /// In tidegate's terms: input includes cache reads and writes (Anthropic's excludes them).
+    fn usage(&self) -> Usage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        Usage {
+            input: self.input_tokens.unwrap_or(0)
+                + cached
+                + self.cache_creation_input_tokens.unwrap_or(0),
+            output: self.output_tokens.unwrap_or(0),
+            cached_input: cached,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AnthropicEventWire<'a> {
+    #[serde(default, borrow)]
+    message: Option<AnthropicMessageWire<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<AnthropicDeltaWire<'a>>,
+    #[serde(default, borrow)]
+    content_block: Option<AnthropicBlockWire<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsageWire>,
+    #[serde(default, borrow)]
+    error: Option<ErrorWire<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessageWire<'a> {
+    #[serde(default)]
+    usage: Option<AnthropicUsageWire>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDeltaWire<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicBlockWire<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
+
+/// Classifies one Anthropic stream event. Usage in `message_delta` is cumulative output only;
+/// the caller merges it with the input counts of `message_start`. `None`: malformed.
+pub fn anthropic_event(name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
+    let w: AnthropicEventWire<'_> = serde_json::from_slice(data).ok()?;
+    let chunk = |content, finish: Option<String>, usage| {
+        Some(ChunkPeek::Chunk { content, finish, usage, usage_only: false })
+    };
+    match name.unwrap_or("") {
+        "error" => Some(ChunkPeek::Error(
+            w.error
+                .and_then(|e| e.message.map(Cow::into_owned))
+                .unwrap_or_else(|| "upstream stream error".into()),
+        )),
+        "message_stop" => Some(ChunkPeek::Done),
+        "message_start" => chunk(false, None, w.message?.usage.map(|u| u.usage())),
+        "content_block_start" => {
+            let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| k == "tool_use");
+            chunk(tool, None, None)
+        }
+        "content_block_delta" => {
+            let d = w.delta?;
+            let content = d.text.is_some_and(|t| !t.is_empty())
+                || d.partial_json.is_some()
+                || d.kind.is_some_and(|k| k == "input_json_delta");
+            chunk(content, None, None)
+        }
+        "message_delta" => {
+            let finish = w.delta.and_then(|d| d.stop_reason).map(Cow::into_owned);
+            chunk(finish.is_some(), finish, w.usage.map(|u| u.usage()))
+        }
+        // ping, content_block_stop, and event types added later: nothing the client waits for.
+        _ => chunk(false, None, None),
+    }
+}
+
+/// Parses an Anthropic Messages answer; `None` if it is not one.
+pub fn anthropic_body(data: &[u8]) -> Option<BodyPeek> {
+    let w: AnthropicEventWire<'_> = serde_json::from_slice(data).ok()?;
+    if let Some(e) = w.error {
+        return Some(BodyPeek::Error(
+            e.message.map_or_else(|| "upstream error".to_owned(), Cow::into_owned),
+        ));
+    }
+    // The message is the top-level object: re-read it as one.
+    let m: AnthropicMessageWire<'_> = serde_json::from_slice(data).ok()?;
+    if m.kind.as_deref() != Some("message") {
+        return None;
+    }
+    Some(BodyPeek::Ok {
+        usage: m.usage.map(|u| u.usage()),
+        finish: m.stop_reason.map(Cow::into_owned),
+    })
+}
+
+/// Folds a new usage report into what was seen: zero fields keep earlier values (Anthropic's
+/// `message_delta` reports output only; its counts are cumulative, so the latest wins).
+pub fn merge_usage(old: Option<Usage>, new: Option<Usage>) -> Option<Usage> {
+    match (old, new) {
+        (Some(o), Some(n)) => Some(Usage {
+            input: if n.input > 0 { n.input } else { o.input },
+            output: if n.output > 0 { n.output } else { o.output },
+            cached_input: if n.cached_input > 0 { n.cached_input } else { o.cached_input },
+        }),
+        (o, n) => n.or(o),
+    }
+}
+
+#[cfg(test)]
+mod anthropic_tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_events() {
+        let start = anthropic_event(Some("message_start"), br#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}}"#);
+        assert_eq!(
+            start,
+            Some(ChunkPeek::Chunk {
+                content: false,
+                finish: None,
+                usage: Some(Usage { input: 15, output: 1, cached_input: 5 }),
+                usage_only: false
+            })
+        );
+        let text = anthropic_event(Some("content_block_delta"), br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#);
+        assert!(matches!(text, Some(ChunkPeek::Chunk { content: true, .. })));
+        let delta = anthropic_event(Some("message_delta"), br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#);
+        assert!(
+            matches!(delta, Some(ChunkPeek::Chunk { content: true, finish: Some(ref f), .. }) if f == "end_turn")
+        );
+        assert_eq!(
+            anthropic_event(Some("message_stop"), br#"{"type":"message_stop"}"#),
+            Some(ChunkPeek::Done)
+        );
+        assert!(
+            matches!(anthropic_event(Some("error"), br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#), Some(ChunkPeek::Error(m)) if m == "Overloaded")
+        );
+        assert!(matches!(
+            anthropic_event(Some("brand_new_event"), b"{}"),
+            Some(ChunkPeek::Chunk { content: false, .. })
+        ));
+        assert_eq!(anthropic_event(Some("message_start"), b"{\"type\":"), None);
+        // Cumulative usage: the latest output count wins, input from message_start stays.
+        let merged = merge_usage(
+            Some(Usage { input: 15, output: 1, cached_input: 5 }),
+            Some(Usage { input: 0, output: 7, cached_input: 0 }),
+        );
+        assert_eq!(merged, Some(Usage { input: 15, output: 7, cached_input: 5 }));
+    }
+
+    #[test]
+    fn anthropic_bodies() {
+        let ok = anthropic_body(br#"{"type":"message","content":[],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":4}}"#);
+        assert_eq!(
+            ok,
+            Some(BodyPeek::Ok {
+                usage: Some(Usage { input: 3, output: 4, cached_input: 0 }),
+                finish: Some("end_turn".into())
+            })
+        );
+        assert!(matches!(
+            anthropic_body(br#"{"type":"error","error":{"type":"api_error","message":"x"}}"#),
+            Some(BodyPeek::Error(_))
+        ));
+        assert_eq!(anthropic_body(br#"{"choices":[]}"#), None);
+    }
+}

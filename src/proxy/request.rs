@@ -294,3 +294,42 @@ mod tests {
         assert_eq!(e.code, crate::error::ErrorCode::InvalidRequest);
     }
 }
+
+/// What tidegate reads from an Anthropic Messages request (`/v1/messages`).
+#[derive(Debug)]
+pub struct MessagesRequest<'a> {
+    pub obj: RawObject<'a>,
+    pub model: Option<Cow<'a, str>>,
+    pub stream: bool,
+    pub max_tokens: u64,
+}
+
+impl<'a> MessagesRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        let obj = RawObject::parse(body)?;
+        let model: Option<Cow<'a, str>> = obj.typed("model", "a string")?;
+        let stream = obj.typed::<bool>("stream", "a boolean")?.unwrap_or(false);
+        let max_tokens = obj
+            .typed::<u64>("max_tokens", "a positive integer")?
+            .ok_or_else(|| GatewayError::invalid("`max_tokens` is required", Some("max_tokens")))?;
+        match obj.get("messages") {
+            None => return Err(GatewayError::invalid("`messages` is required", Some("messages"))),
+            Some(raw) => {
+                let msgs: Vec<MessageShape<'_>> =
+                    serde_json::from_str(raw.get()).map_err(|_| {
+                        GatewayError::invalid(
+                            "`messages` must be an array of objects each with a string `role`",
+                            Some("messages"),
+                        )
+                    })?;
+                if msgs.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "`messages` must not be empty",
+                        Some("messages"),
+                    ));
+                }
+            }
+        }
+        Ok(Self { obj, model, stream, max_tokens })
+    }
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod anthropic;
 mod bad_input;
 mod cli;
 mod config_lifecycle;

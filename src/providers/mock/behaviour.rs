@@ -58,6 +58,9 @@ pub struct Behaviour {
     pub filter: bool,
     /// Reject a trailing assistant message (no prefill support) with a 400.
     pub no_prefill: bool,
+    /// Answer with a call to this tool (arguments `{"city":"Paris"}`), unless the last message
+    /// is already a tool result, which gets a normal text answer.
+    pub tool: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -86,6 +89,7 @@ impl Default for Behaviour {
             context: None,
             filter: false,
             no_prefill: false,
+            tool: None,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Behaviour {
                     b.status = Some(s as u16);
                 }
                 ("retry_after", Some(v)) => b.retry_after = Some(v.to_owned()),
+                ("tool", Some(v)) if !v.is_empty() => b.tool = Some(v.to_owned()),
                 ("retry_after_ms", v) => b.retry_after_ms = Some(num(v)?),
                 ("fail_first", v) => b.fail_first = Some(count(v)?),
                 ("cut", v) => b.cut = Some(count(v)?),
@@ -161,6 +166,7 @@ impl Behaviour {
             ttft: self.ttft,
             no_usage: self.no_usage,
             context: self.context,
+            tool: self.tool.clone(),
             ..Behaviour::default()
         }
     }

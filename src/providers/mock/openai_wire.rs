@@ -25,7 +25,22 @@ pub(crate) fn prompt_tokens(req: &Value) -> u64 {
     n
 }
 
-fn text_of(content: Option<&Value>) -> String {
+/// The conversation already ends with a tool result (OpenAI `tool` message or an Anthropic user
+/// message holding a `tool_result` block): time for a text answer.
+pub(crate) fn after_tool_result(req: &Value) -> bool {
+    let Some(last) = req.get("messages").and_then(Value::as_array).and_then(|m| m.last()) else {
+        return false;
+    };
+    last["role"] == "tool"
+        || last["content"]
+            .as_array()
+            .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
+}
+
+/// The arguments every mock tool call carries.
+pub(crate) const TOOL_ARGS: &str = r#"{"city":"Paris"}"#;
+
+pub(crate) fn text_of(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
@@ -88,7 +103,7 @@ fn error_script(status: u16, message: &str, param: Option<&str>, code: Option<&s
 }
 
 /// Faults shared by every endpoint; `None` when the call should be answered normally.
-fn fault(req: &Value, b: &Behaviour) -> Option<Script> {
+pub(crate) fn fault(req: &Value, b: &Behaviour) -> Option<Script> {
     if let Some(status) = b.status {
         let mut s = error_script(status, &format!("mock error {status}"), None, None);
         if let Some(ra) = &b.retry_after {
@@ -173,6 +188,9 @@ pub(crate) fn chat(req: &Value, b: &Behaviour) -> Script {
         "prompt_tokens_details": {"cached_tokens": 0},
     });
     let id = "chatcmpl-mock";
+    if let Some(tool) = b.tool.as_deref().filter(|_| !after_tool_result(req)) {
+        return tool_call(req, id, &model, tool, prompt, b);
+    }
     if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let include_usage =
             req.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
@@ -227,7 +245,54 @@ pub(crate) fn chat(req: &Value, b: &Behaviour) -> Script {
 
 /// A pause before a deliberate cut, so an HTTP server flushes what was sent before it breaks
 /// the connection (hyper drops unflushed frames when a body errors).
-const FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
+pub(crate) const FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
+
+fn tool_call(
+    req: &Value,
+    id: &str,
+    model: &Value,
+    tool: &str,
+    prompt: u64,
+    b: &Behaviour,
+) -> Script {
+    let call_id = "call_mock_1";
+    let usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": 7, "total_tokens": prompt + 7});
+    if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": CREATED, "model": model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": tool, "arguments": TOOL_ARGS}}]}}],
+            "usage": usage,
+        });
+        return Script {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            steps: vec![Step::Sleep(b.ttft), Step::Send(Bytes::from(body.to_string()))],
+        };
+    }
+    let (a, z) = TOOL_ARGS.split_at(TOOL_ARGS.len() / 2);
+    let mut steps = vec![
+        Step::Send(chunk(id, model, json!({"role": "assistant", "content": null}), None)),
+        Step::Sleep(b.ttft),
+    ];
+    steps.push(Step::Send(chunk(id, model, json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}]}), None)));
+    for part in [a, z] {
+        steps.push(Step::Send(chunk(
+            id,
+            model,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+            None,
+        )));
+    }
+    steps.push(Step::Send(chunk(id, model, json!({}), Some("tool_calls"))));
+    if req.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": CREATED, "model": model, "choices": [], "usage": usage});
+        steps.push(Step::Send(crate::sse::encode_data(c.to_string().as_bytes())));
+    }
+    steps.push(Step::Send(Bytes::from_static(crate::sse::DONE)));
+    sse_script(steps)
+}
 
 fn chunk(id: &str, model: &Value, delta: Value, finish: Option<&str>) -> Bytes {
     let c = json!({
@@ -291,7 +356,7 @@ fn stream(
     sse_script(steps)
 }
 
-fn sse_script(steps: Vec<Step>) -> Script {
+pub(crate) fn sse_script(steps: Vec<Step>) -> Script {
     Script {
         status: 200,
         headers: vec![

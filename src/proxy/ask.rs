@@ -1,0 +1,142 @@
+//! The client's request in its own dialect, and the upstream body each target gets: passed
+//! through with only `model` (and OpenAI's `stream_options`) spliced in when the target speaks
+//! the client's dialect, translated when it does not.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::attempt::Endpoint;
+use super::request::{ChatRequest, EmbeddingsRequest, MessagesRequest};
+use crate::config::{Config, Wire};
+use crate::error::{Dialect, GatewayError};
+use crate::runtime::TargetRuntime;
+use crate::translate::{RequestOptions, TranslateError, anthropic_to_openai, openai_to_anthropic};
+
+/// Output tokens asked of an Anthropic upstream when neither the client nor the price table says.
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// A parsed client request.
+pub enum Ask<'a> {
+    Chat(ChatRequest<'a>),
+    Messages(MessagesRequest<'a>),
+    Embeddings(EmbeddingsRequest<'a>),
+}
+
+/// A client request ready to become upstream bodies.
+pub struct Prepared<'a> {
+    pub ask: Ask<'a>,
+    raw: &'a [u8],
+    /// OpenAI streams: the client's `stream_options` with `include_usage: true`.
+    stream_options: Option<String>,
+    /// The whole body as a value, parsed on first need (only translation needs it).
+    value: OnceLock<Option<Value>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(ask: Ask<'a>, raw: &'a [u8]) -> Result<Self, GatewayError> {
+        let stream_options = match &ask {
+            Ask::Chat(c) if c.stream => Some(stream_options_with_usage(c)?),
+            _ => None,
+        };
+        Ok(Self { ask, raw, stream_options, value: OnceLock::new() })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.ask {
+            Ask::Messages(_) => Dialect::Anthropic,
+            Ask::Chat(_) | Ask::Embeddings(_) => Dialect::OpenAi,
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        match self.ask {
+            Ask::Embeddings(_) => Endpoint::Embeddings,
+            Ask::Chat(_) | Ask::Messages(_) => Endpoint::Chat,
+        }
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        match &self.ask {
+            Ask::Chat(c) => c.model.as_deref(),
+            Ask::Messages(m) => m.model.as_deref(),
+            Ask::Embeddings(e) => e.model.as_deref(),
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        match &self.ask {
+            Ask::Chat(c) => c.stream,
+            Ask::Messages(m) => m.stream,
+            Ask::Embeddings(_) => false,
+        }
+    }
+
+    /// The client asked for OpenAI's usage chunk.
+    pub fn include_usage(&self) -> bool {
+        matches!(&self.ask, Ask::Chat(c) if c.include_usage)
+    }
+
+    /// A documented estimate of the prompt's tokens (4 bytes a token) for an Anthropic stream's
+    /// `message_start` when the upstream is OpenAI-style and reports usage only at the end.
+    pub fn input_estimate(&self) -> u64 {
+        self.raw.len().div_ceil(4) as u64
+    }
+
+    /// The upstream body for target `t`.
+    pub fn body_for(
+        &self,
+        t: &TargetRuntime,
+        config: &Config,
+        drop_unsupported: bool,
+    ) -> Result<Bytes, TranslateError> {
+        let wire = t.provider.spec.wire;
+        let model = serde_json::to_string(&t.target.model).unwrap_or_default();
+        match (&self.ask, wire) {
+            (Ask::Chat(c), Wire::OpenAi) => {
+                let mut replace: Vec<(&str, &str)> = vec![("model", &model)];
+                if let Some(so) = &self.stream_options {
+                    replace.push(("stream_options", so));
+                }
+                Ok(Bytes::from(c.obj.write(&replace, &[])))
+            }
+            (Ask::Messages(m), Wire::Anthropic) => {
+                Ok(Bytes::from(m.obj.write(&[("model", &model)], &[])))
+            }
+            (Ask::Embeddings(e), _) => Ok(Bytes::from(e.obj.write(&[("model", &model)], &[]))),
+            (ask, _) => {
+                let value = self.value.get_or_init(|| serde_json::from_slice(self.raw).ok());
+                let Some(value) = value else {
+                    return Err(TranslateError::body("the request body is not a JSON object"));
+                };
+                let opts = RequestOptions {
+                    default_max_tokens: config
+                        .models
+                        .get(&t.target.model)
+                        .and_then(|m| m.max_output)
+                        .unwrap_or(DEFAULT_MAX_TOKENS),
+                    drop_unsupported_params: drop_unsupported,
+                    upstream_model: t.target.model.clone(),
+                };
+                let out = match ask {
+                    Ask::Chat(_) => openai_to_anthropic::request(value, &opts)?,
+                    _ => anthropic_to_openai::request(value, &opts)?,
+                };
+                Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// The client's `stream_options` with `include_usage: true` set, so usage is always accounted.
+fn stream_options_with_usage(chat: &ChatRequest<'_>) -> Result<String, GatewayError> {
+    let mut map: serde_json::Map<String, Value> = match chat.obj.get("stream_options") {
+        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map_err(|_| {
+            GatewayError::invalid("`stream_options` must be an object", Some("stream_options"))
+        })?,
+        _ => serde_json::Map::new(),
+    };
+    map.insert("include_usage".into(), Value::Bool(true));
+    Ok(Value::Object(map).to_string())
+}

@@ -1,0 +1,168 @@
+//! The winning attempt (or the upstream's refusal) as the client's response, in the client's
+//! dialect: bytes passed through when the upstream speaks it, translated when not.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, header};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::ask::Prepared;
+use super::attempt::Opened;
+use super::classify::Passthrough;
+use super::emit::Emitter;
+use super::failover::{Failed, Served};
+use super::forward::Forward;
+use super::record::RequestRecord;
+use crate::body::Body;
+use crate::config::Wire;
+use crate::error::{Dialect, ErrorCode, GatewayError};
+use crate::gateway::Gateway;
+use crate::runtime::RouteRuntime;
+use crate::translate::{self, anthropic_to_openai, openai_to_anthropic};
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A non-stream answer in the client's dialect.
+fn translate_body(body: Bytes, client: Dialect, wire: Wire) -> Result<Bytes, GatewayError> {
+    let translated = match (client, wire) {
+        (Dialect::OpenAi, Wire::OpenAi) | (Dialect::Anthropic, Wire::Anthropic) => return Ok(body),
+        (Dialect::OpenAi, Wire::Anthropic) => serde_json::from_slice::<Value>(&body)
+            .ok()
+            .map(|v| openai_to_anthropic::response(&v, unix_now())),
+        (Dialect::Anthropic, Wire::OpenAi) => {
+            serde_json::from_slice::<Value>(&body).ok().map(|v| anthropic_to_openai::response(&v))
+        }
+    };
+    match translated {
+        Some(Ok(v)) => Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())),
+        Some(Err(e)) => Err(GatewayError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("the upstream answer could not be translated: {e}"),
+        )),
+        None => Err(GatewayError::new(
+            ErrorCode::UpstreamUnavailable,
+            "the upstream answer is not JSON",
+        )),
+    }
+}
+
+impl Gateway {
+    /// Turns the winning attempt into the client's response.
+    pub(super) fn respond(
+        self: &Arc<Self>,
+        route: &RouteRuntime,
+        served: Served,
+        ask: &Prepared<'_>,
+        deadline: Instant,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        let t = &route.targets[served.target];
+        let wire = t.provider.spec.wire;
+        let dialect = ask.dialect();
+        rec.served_by = Some(t.series.clone());
+        rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
+        let mut builder = Response::builder()
+            .header("x-tidegate-route", route.name_header.clone())
+            .header("x-tidegate-provider", t.provider_header.clone())
+            .header("x-tidegate-model", t.model_header.clone())
+            .header("x-tidegate-attempts", served.attempts);
+        if let Some(reason) = served.fallback_reason {
+            rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
+            if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
+                builder = builder.header("x-tidegate-fallback", v);
+            }
+        }
+        let broken =
+            |e: http::Error| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string());
+        match served.opened {
+            Opened::Complete { body, usage, finish } => {
+                rec.usage = usage;
+                rec.finish = finish;
+                let body = translate_body(body, dialect, wire)?;
+                rec.status = 200;
+                builder
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::full(body))
+                    .map_err(broken)
+            }
+            Opened::Stream(stream) => {
+                let (tx, rx) = mpsc::channel(16);
+                let emitter = Emitter::new(
+                    dialect,
+                    wire,
+                    ask.include_usage(),
+                    ask.input_estimate(),
+                    unix_now(),
+                );
+                let forward = Forward {
+                    stream,
+                    tx,
+                    rec: rec.take(),
+                    deadline,
+                    idle: route.route.timeouts.idle,
+                    wire,
+                    emitter,
+                    dialect,
+                    out: BytesMut::with_capacity(4096),
+                };
+                tokio::spawn(forward.run());
+                builder
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .header(header::CACHE_CONTROL, "no-cache")
+                    .header("x-accel-buffering", "no")
+                    .body(Body::channel(rx))
+                    .map_err(broken)
+            }
+        }
+    }
+}
+
+/// An upstream error body in the client's dialect.
+fn error_in_dialect(p: &Passthrough, client: Dialect, wire: Wire) -> Bytes {
+    let v: Value = serde_json::from_slice(&p.body).unwrap_or(Value::Null);
+    let converted = match (client, wire) {
+        (Dialect::OpenAi, Wire::OpenAi) | (Dialect::Anthropic, Wire::Anthropic) => {
+            return p.body.clone();
+        }
+        (Dialect::OpenAi, Wire::Anthropic) => {
+            let (kind, message) = translate::openai_error_from_anthropic(&v);
+            translate::openai_error_body(&kind, &message, None, None)
+        }
+        (Dialect::Anthropic, Wire::OpenAi) => {
+            let (kind, message) = translate::anthropic_error_from_openai(&v);
+            translate::anthropic_error_body(&kind, &message)
+        }
+    };
+    Bytes::from(serde_json::to_vec(&converted).unwrap_or_default())
+}
+
+/// A failed plan as the client's answer: a gateway error, or the upstream's own refusal.
+pub(super) fn failed(
+    f: Failed,
+    client: Dialect,
+    rec: &mut RequestRecord,
+) -> Result<Response<Body>, GatewayError> {
+    match f {
+        Failed::Gateway(e) => Err(e),
+        Failed::Passthrough(p, wire) => {
+            rec.outcome = "client_error";
+            rec.status = p.status.as_u16();
+            let mut resp = Response::new(Body::full(error_in_dialect(&p, client, wire)));
+            *resp.status_mut() = p.status;
+            *resp.headers_mut() = p.headers;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(route) = &rec.route
+                && let Ok(v) = HeaderValue::from_str(&route.name)
+            {
+                resp.headers_mut().insert("x-tidegate-route", v);
+            }
+            Ok(resp)
+        }
+    }
+}

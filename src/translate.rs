@@ -1,0 +1,86 @@
+//! OpenAI ⇄ Anthropic translation: requests, responses and streams.
+//!
+//! tidegate answers every client in its own dialect whatever provider served it (SPEC §3
+//! "Normalization"). This module holds the pure, synchronous halves of that promise:
+//!
+//! * [`openai_to_anthropic`]: an OpenAI chat client (`/v1/chat/completions`) served by an
+//!   Anthropic Messages upstream.
+//! * [`anthropic_to_openai`]: an Anthropic Messages client (`/v1/messages`) served by an
+//!   OpenAI-style chat upstream.
+//! * [`finish`], [`usage`], [`errors`]: the small maps both directions share.
+//!
+//! Nothing here does I/O, allocates per byte, or panics: every input, however malformed, yields
+//! either a translation or a [`TranslateError`]. A request that cannot be translated becomes a 400
+//! `invalid_request` naming the field (`param`); a response or stream event that cannot be read is a
+//! broken upstream (retryable before the commit point, SPEC §5).
+//!
+//! Conventions shared by both directions:
+//! * An explicit JSON `null` on an optional request field means "not given" (several SDKs and
+//!   frameworks send nulls for unset options).
+//! * Fields that cannot be translated fail with 400 naming the field, unless the route sets
+//!   `drop_unsupported_params`. Fields that only carry a neutral/default value (`n: 1`,
+//!   `logprobs: false`, `presence_penalty: 0`, ...) are accepted and dropped: they ask for nothing.
+//! * Tool-call ids are kept as they are (so a client can round-trip them), except that characters
+//!   outside `[A-Za-z0-9_-]` become `_` where an Anthropic API will see them (it rejects others).
+
+pub mod anthropic_to_openai;
+pub mod errors;
+pub mod finish;
+pub mod openai_to_anthropic;
+pub mod usage;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+pub use errors::{
+    anthropic_error_body, anthropic_error_from_openai, anthropic_error_type_for_status,
+    openai_error_body, openai_error_from_anthropic,
+};
+pub use usage::Usage;
+
+/// A request that cannot be translated: becomes a 400 `invalid_request` with `param` naming the field.
+///
+/// The response and stream translators use it too, for upstream bodies or events they cannot
+/// read; the caller treats those as a broken upstream, not as a client error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslateError {
+    /// Human-readable reason, safe to return to the client (never echoes content).
+    pub message: String,
+    /// The offending field as a path, e.g. `messages[3].tool_calls[0].function.arguments`.
+    pub param: Option<String>,
+}
+
+impl TranslateError {
+    /// An error about the field at `param`.
+    pub fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { message: message.into(), param: Some(param.into()) }
+    }
+
+    /// An error about the body as a whole (no single field to blame).
+    pub fn body(message: impl Into<String>) -> Self {
+        Self { message: message.into(), param: None }
+    }
+}
+
+impl std::fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.param {
+            Some(param) => write!(f, "{} (param: {param})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+/// Per-request settings the translators need from the route and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Used when the client sent no max tokens and the target dialect requires one (Anthropic).
+    pub default_max_tokens: u64,
+    /// Route setting: drop fields that cannot be translated instead of failing with 400.
+    pub drop_unsupported_params: bool,
+    /// The upstream model name to put in the translated request.
+    pub upstream_model: String,
+}

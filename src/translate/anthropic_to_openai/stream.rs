@@ -1,0 +1,308 @@
+//! OpenAI `chat.completion.chunk`s → the Anthropic Messages event stream.
+//!
+//! * The first chunk with an `id` or a choice → `message_start` with `id` `msg_` + the chunk id,
+//!   the chunk's `model`, empty `content`, and `usage.input_tokens` = tidegate's own estimate given to
+//!   [`StreamTranslator::new`] (the upstream reports input only at the end), `output_tokens: 0`.
+//! * `delta.content` (and `delta.refusal`, which also makes the stop reason `refusal`) → a text
+//!   block: `content_block_start` on the first fragment, then `text_delta`s.
+//! * `delta.tool_calls[]`: a fragment for a new tool call closes the open block and starts a
+//!   `tool_use` block (`id`, `name`, `input: {}`); its `arguments` fragments → `input_json_delta`s.
+//!   Content indexes are assigned sequentially across text and tool blocks. A fragment without
+//!   `index` belongs to the open tool call unless it carries a different `id`. A fragment for a tool
+//!   call whose block was already closed cannot be expressed (Anthropic blocks are sequential) and
+//!   is an error.
+//! * `finish_reason` is remembered; `usage` (the `choices: []` chunk, or usage on any chunk) keeps
+//!   the latest value.
+//! * [`StreamTranslator::finish`] (on a clean `[DONE]`) closes the open block and emits
+//!   `message_delta` (`stop_reason`, and usage: the upstream's final counts, SPEC §3) and
+//!   `message_stop`. A stream that never sent a `finish_reason` ends with `end_turn` (some
+//!   OpenAI-compatible servers omit it; `[DONE]` is the clean-end signal). A stream with no chunk
+//!   at all is an error.
+//! * A chunk with an `error` key → an `error` event (`{"type":"error","error":{type, message}}`,
+//!   type mapped by [`crate::translate::anthropic_error_from_openai`]); the caller sends it and
+//!   closes the stream without `message_stop`. Later chunks are ignored. [`StreamTranslator::
+//!   upstream_error`] tells the caller it happened.
+
+use serde_json::{Value, json};
+
+use super::reply::{message_id, tool_id};
+use crate::translate::errors::{anthropic_error_body, anthropic_error_from_openai};
+use crate::translate::finish::anthropic_stop_reason;
+use crate::translate::{TranslateError, Usage};
+
+/// One Anthropic SSE event: `event: <event>` + `data: <json>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnthropicEvent {
+    pub event: &'static str,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Open {
+    Text { index: u64 },
+    Tool { index: u64, key: ToolKey },
+}
+
+/// Identity of an OpenAI tool call within the stream: its `index`, or a synthetic number for
+/// servers that omit it.
+#[derive(Debug, Clone, PartialEq)]
+enum ToolKey {
+    Index(u64),
+    Synthetic(usize),
+}
+
+/// Stateful translator for one OpenAI stream.
+#[derive(Debug, Clone)]
+pub struct StreamTranslator {
+    input_estimate: u64,
+    id: Option<String>,
+    next_index: u64,
+    open: Option<Open>,
+    open_tool_id: Option<String>,
+    tools_seen: Vec<ToolKey>,
+    stop_reason: Option<&'static str>,
+    refusal: bool,
+    usage: Option<Usage>,
+    error: Option<(String, String)>,
+    finished: bool,
+}
+
+impl StreamTranslator {
+    /// `input_tokens_estimate`: tidegate's own count of the prompt, shown in `message_start`.
+    pub fn new(input_tokens_estimate: u64) -> Self {
+        Self {
+            input_estimate: input_tokens_estimate,
+            id: None,
+            next_index: 0,
+            open: None,
+            open_tool_id: None,
+            tools_seen: Vec::new(),
+            stop_reason: None,
+            refusal: false,
+            usage: None,
+            error: None,
+            finished: false,
+        }
+    }
+
+    /// The upstream's usage when it reported one, else the input estimate and 0 output.
+    pub fn usage(&self) -> Usage {
+        self.usage.unwrap_or(Usage { input: self.input_estimate, ..Usage::default() })
+    }
+
+    /// Whether the upstream reported usage (if not, [`Self::usage`] is an estimate).
+    pub fn upstream_usage_seen(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    /// `(anthropic error type, message)` once the upstream sent an error chunk.
+    pub fn upstream_error(&self) -> Option<(&str, &str)> {
+        self.error.as_ref().map(|(t, m)| (t.as_str(), m.as_str()))
+    }
+
+    /// True once [`Self::finish`] emitted `message_stop`.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Translate one OpenAI `data:` payload (not `[DONE]`: call [`Self::finish`] for that).
+    pub fn on_chunk(&mut self, data: &[u8]) -> Result<Vec<AnthropicEvent>, TranslateError> {
+        if self.finished || self.error.is_some() {
+            return Ok(Vec::new());
+        }
+        let chunk: Value = serde_json::from_slice(data)
+            .map_err(|e| TranslateError::body(format!("malformed upstream chunk: {e}")))?;
+        if !chunk.is_object() {
+            return Err(TranslateError::body("upstream chunk is not a JSON object"));
+        }
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            let (kind, message) = anthropic_error_from_openai(&chunk);
+            let data = anthropic_error_body(&kind, &message);
+            self.error = Some((kind, message));
+            return Ok(vec![ev("error", data)]);
+        }
+        let mut out = Vec::new();
+        // Azure sends a first chunk with an empty id, no choices and only content-filter
+        // results: wait for a chunk that identifies the message.
+        let has_id = chunk.get("id").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        let has_choices =
+            chunk.get("choices").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+        if self.id.is_none() && (has_id || has_choices) {
+            out.push(self.message_start(&chunk));
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(Usage::from_openai(u));
+        }
+        let choice = chunk.get("choices").and_then(Value::as_array).and_then(|c| {
+            c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        });
+        let Some(choice) = choice else { return Ok(out) };
+        if self.stop_reason.is_some() {
+            return Ok(out); // nothing after finish_reason belongs to the message
+        }
+        if let Some(delta) = choice.get("delta") {
+            for key in ["content", "refusal"] {
+                if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty())
+                {
+                    self.refusal |= key == "refusal";
+                    self.text(text, &mut out);
+                }
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    self.tool_fragment(call, &mut out)?;
+                }
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(anthropic_stop_reason(reason));
+        }
+        Ok(out)
+    }
+
+    /// Close the message after a clean `[DONE]`.
+    pub fn finish(&mut self) -> Result<Vec<AnthropicEvent>, TranslateError> {
+        if self.finished || self.error.is_some() {
+            return Ok(Vec::new());
+        }
+        if self.id.is_none() {
+            return Err(TranslateError::body("upstream stream ended without any message chunk"));
+        }
+        let mut out = Vec::new();
+        self.close(&mut out);
+        let stop = if self.refusal { "refusal" } else { self.stop_reason.unwrap_or("end_turn") };
+        out.push(ev(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": stop, "stop_sequence": null },
+                "usage": self.usage().to_anthropic(),
+            }),
+        ));
+        out.push(ev("message_stop", json!({ "type": "message_stop" })));
+        self.finished = true;
+        Ok(out)
+    }
+
+    fn message_start(&mut self, chunk: &Value) -> AnthropicEvent {
+        let id = message_id(chunk.get("id"));
+        self.id = Some(id.clone());
+        let usage = Usage { input: self.input_estimate, ..Usage::default() };
+        ev(
+            "message_start",
+            json!({
+                "type": "message_start",
+                "message": {
+                    "id": id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": chunk.get("model").and_then(Value::as_str).unwrap_or(""),
+                    "content": [],
+                    "stop_reason": null,
+                    "stop_sequence": null,
+                    "usage": usage.to_anthropic(),
+                },
+            }),
+        )
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<AnthropicEvent>) {
+        let index = match self.open {
+            Some(Open::Text { index }) => index,
+            _ => {
+                self.close(out);
+                let index = self.start_block(json!({ "type": "text", "text": "" }), out);
+                self.open = Some(Open::Text { index });
+                index
+            }
+        };
+        let delta = json!({ "type": "text_delta", "text": text });
+        out.push(ev(
+            "content_block_delta",
+            json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+        ));
+    }
+
+    fn tool_fragment(
+        &mut self,
+        call: &Value,
+        out: &mut Vec<AnthropicEvent>,
+    ) -> Result<(), TranslateError> {
+        let call_id = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let key = match call.get("index").and_then(Value::as_u64) {
+            Some(i) => ToolKey::Index(i),
+            None => match (&self.open, call_id) {
+                (Some(Open::Tool { key, .. }), None) => key.clone(),
+                (Some(Open::Tool { key, .. }), Some(id))
+                    if self.open_tool_id.as_deref() == Some(id) =>
+                {
+                    key.clone()
+                }
+                _ => ToolKey::Synthetic(self.tools_seen.len()),
+            },
+        };
+        let index = match &self.open {
+            Some(Open::Tool { index, key: open_key }) if *open_key == key => *index,
+            _ => {
+                if self.tools_seen.contains(&key) {
+                    return Err(TranslateError::body(
+                        "upstream interleaved tool call fragments; cannot translate",
+                    ));
+                }
+                self.close(out);
+                let func = call.get("function");
+                let name = func.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
+                let id = tool_id(
+                    call.get("id"),
+                    self.id.as_deref().unwrap_or(""),
+                    self.tools_seen.len(),
+                );
+                let block = json!({ "type": "tool_use", "id": id, "name": name, "input": {} });
+                let index = self.start_block(block, out);
+                self.tools_seen.push(key.clone());
+                self.open = Some(Open::Tool { index, key });
+                self.open_tool_id = call_id.map(str::to_owned);
+                index
+            }
+        };
+        let args = call
+            .get("function")
+            .and_then(|f| f.get("arguments"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !args.is_empty() {
+            let delta = json!({ "type": "input_json_delta", "partial_json": args });
+            out.push(ev(
+                "content_block_delta",
+                json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+            ));
+        }
+        Ok(())
+    }
+
+    fn start_block(&mut self, block: Value, out: &mut Vec<AnthropicEvent>) -> u64 {
+        let index = self.next_index;
+        self.next_index += 1;
+        out.push(ev(
+            "content_block_start",
+            json!({ "type": "content_block_start", "index": index, "content_block": block }),
+        ));
+        index
+    }
+
+    fn close(&mut self, out: &mut Vec<AnthropicEvent>) {
+        if let Some(open) = self.open.take() {
+            let index = match open {
+                Open::Text { index } | Open::Tool { index, .. } => index,
+            };
+            out.push(ev(
+                "content_block_stop",
+                json!({ "type": "content_block_stop", "index": index }),
+            ));
+        }
+    }
+}
+
+fn ev(event: &'static str, data: Value) -> AnthropicEvent {
+    AnthropicEvent { event, data }
+}

@@ -1,0 +1,271 @@
+//! Anthropic Messages event stream → OpenAI `chat.completion.chunk`s.
+//!
+//! Event by event (docs.claude.com streaming; wire-and-ops §2.3, §2.5):
+//! * `message_start` → the first chunk, `delta: {role: "assistant", content: ""}`; its `id`
+//!   (`chatcmpl-` + the message id, as non-stream) and `model` go on every chunk.
+//! * `content_block_start`: `text` → nothing (or its text, if the block starts non-empty);
+//!   `tool_use` → a `tool_calls` delta `{index, id, type: "function", function: {name,
+//!   arguments: ""}}` where `index` is the **ordinal of the tool_use block** among tool_use blocks,
+//!   not Anthropic's content index (text or thinking blocks before it would shift it).
+//! * `content_block_delta`: `text_delta` → `delta.content`; `input_json_delta` on a tool_use
+//!   block → `tool_calls[{index, function: {arguments}}]` (empty fragments skipped); thinking,
+//!   signature, citations deltas and deltas of server-tool blocks → nothing.
+//! * `message_delta`: `usage` is **cumulative**: the latest value replaces the previous one, never
+//!   summed. The first non-null `stop_reason` → a chunk `{delta: {}, finish_reason}`.
+//! * `message_stop` → (a `finish_reason: "stop"` chunk if none was sent), then with
+//!   `include_usage` a final chunk with `choices: []` and the usage, then [`StreamOut::Done`].
+//! * `ping`, `content_block_stop` and unknown event types → nothing. `error` →
+//!   [`StreamOut::UpstreamError`] with the OpenAI-style type (see
+//!   [`crate::translate::openai_error_from_anthropic`]); later events are ignored.
+//! * Malformed JSON, or content before `message_start`, → [`TranslateError`] (a broken upstream).
+//!
+//! With `include_usage`, chunks before the usage chunk carry `usage: null`, as OpenAI's do; without
+//! it they have no `usage` key. Every chunk's choice carries `logprobs: null`, as OpenAI's do.
+
+use serde_json::{Map, Value, json};
+
+use super::reply::chat_id;
+use crate::translate::errors::openai_error_from_anthropic;
+use crate::translate::finish::openai_finish_reason;
+use crate::translate::{TranslateError, Usage};
+
+/// What to send the OpenAI client for one upstream event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamOut {
+    /// One OpenAI `chat.completion.chunk`, to send as `data: <json>`.
+    Chunk(Value),
+    /// Send `data: [DONE]`: the stream ended cleanly.
+    Done,
+    /// The upstream sent `event: error`: end the client stream with `data: {"error":{...}}` and no
+    /// `[DONE]`. `error_type` is already in OpenAI's vocabulary.
+    UpstreamError { error_type: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Block {
+    Text,
+    Tool { ordinal: u64 },
+    Other,
+}
+
+/// Stateful translator for one Anthropic stream.
+#[derive(Debug, Clone)]
+pub struct StreamTranslator {
+    include_usage: bool,
+    created: u64,
+    id: String,
+    model: String,
+    started: bool,
+    /// (Anthropic content index, kind), in arrival order.
+    blocks: Vec<(u64, Block)>,
+    tools: u64,
+    /// The latest value of every Anthropic usage field seen (`message_start`, then each
+    /// `message_delta` overwriting the fields it carries).
+    usage: Map<String, Value>,
+    finish_sent: bool,
+    finished: bool,
+    failed: bool,
+}
+
+impl StreamTranslator {
+    /// `include_usage`: the client asked for `stream_options.include_usage`.
+    pub fn new(include_usage: bool, created_unix: u64) -> Self {
+        Self {
+            include_usage,
+            created: created_unix,
+            id: String::new(),
+            model: String::new(),
+            started: false,
+            blocks: Vec::new(),
+            tools: 0,
+            usage: Map::new(),
+            finish_sent: false,
+            finished: false,
+            failed: false,
+        }
+    }
+
+    /// Usage so far (input from `message_start`, updated by later cumulative counts).
+    pub fn usage(&self) -> Usage {
+        Usage::from_anthropic(&Value::Object(self.usage.clone()))
+    }
+
+    /// True once `message_stop` arrived (a clean end); false after an upstream error.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Translate one SSE event (`event:` name and the raw `data:` bytes).
+    pub fn on_event(&mut self, event: &str, data: &[u8]) -> Result<Vec<StreamOut>, TranslateError> {
+        if self.finished || self.failed {
+            return Ok(Vec::new());
+        }
+        let known = matches!(
+            event,
+            "message_start"
+                | "content_block_start"
+                | "content_block_delta"
+                | "message_delta"
+                | "message_stop"
+                | "error"
+        );
+        if !known {
+            return Ok(Vec::new()); // ping, content_block_stop, unknown (versioning policy)
+        }
+        let data: Value = serde_json::from_slice(data).map_err(|e| {
+            TranslateError::body(format!("malformed upstream `{event}` event: {e}"))
+        })?;
+        if !data.is_object() {
+            return Err(TranslateError::body(format!(
+                "upstream `{event}` event is not a JSON object"
+            )));
+        }
+        if event == "error" {
+            self.failed = true;
+            let (error_type, message) = openai_error_from_anthropic(&data);
+            return Ok(vec![StreamOut::UpstreamError { error_type, message }]);
+        }
+        if event == "message_start" {
+            return Ok(self.message_start(&data));
+        }
+        if !self.started {
+            return Err(TranslateError::body(format!(
+                "upstream sent `{event}` before `message_start`"
+            )));
+        }
+        Ok(match event {
+            "content_block_start" => self.block_start(&data)?,
+            "content_block_delta" => self.block_delta(&data)?,
+            "message_delta" => self.message_delta(&data),
+            _ => self.message_stop(),
+        })
+    }
+
+    fn message_start(&mut self, data: &Value) -> Vec<StreamOut> {
+        if self.started {
+            return Vec::new();
+        }
+        let message = data.get("message").unwrap_or(&Value::Null);
+        self.started = true;
+        self.id = chat_id(message.get("id"));
+        self.model = message.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+        self.merge_usage(message.get("usage"));
+        vec![self.chunk(json!({ "role": "assistant", "content": "" }), Value::Null)]
+    }
+
+    fn block_start(&mut self, data: &Value) -> Result<Vec<StreamOut>, TranslateError> {
+        let index = block_index(data)?;
+        let block = data.get("content_block").unwrap_or(&Value::Null);
+        let mut out = Vec::new();
+        let kind = match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                if let Some(text) =
+                    block.get("text").and_then(Value::as_str).filter(|t| !t.is_empty())
+                {
+                    out.push(self.chunk(json!({ "content": text }), Value::Null));
+                }
+                Block::Text
+            }
+            Some("tool_use") => {
+                let ordinal = self.tools;
+                self.tools += 1;
+                let call = json!({
+                    "index": ordinal,
+                    "id": block.get("id").and_then(Value::as_str).unwrap_or(""),
+                    "type": "function",
+                    "function": { "name": block.get("name").and_then(Value::as_str).unwrap_or(""), "arguments": "" },
+                });
+                out.push(self.chunk(json!({ "tool_calls": [call] }), Value::Null));
+                Block::Tool { ordinal }
+            }
+            _ => Block::Other,
+        };
+        self.blocks.push((index, kind));
+        Ok(out)
+    }
+
+    fn block_delta(&mut self, data: &Value) -> Result<Vec<StreamOut>, TranslateError> {
+        let index = block_index(data)?;
+        let kind = self.blocks.iter().rev().find(|(i, _)| *i == index).map(|(_, k)| *k);
+        let delta = data.get("delta").unwrap_or(&Value::Null);
+        let field = |k: &str| delta.get(k).and_then(Value::as_str).unwrap_or("");
+        Ok(match (delta.get("type").and_then(Value::as_str), kind) {
+            (Some("text_delta"), Some(Block::Text) | None) if !field("text").is_empty() => {
+                vec![self.chunk(json!({ "content": field("text") }), Value::Null)]
+            }
+            (Some("input_json_delta"), Some(Block::Tool { ordinal }))
+                if !field("partial_json").is_empty() =>
+            {
+                let call =
+                    json!({ "index": ordinal, "function": { "arguments": field("partial_json") } });
+                vec![self.chunk(json!({ "tool_calls": [call] }), Value::Null)]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    fn message_delta(&mut self, data: &Value) -> Vec<StreamOut> {
+        self.merge_usage(data.get("usage"));
+        match data.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+            Some(reason) if !self.finish_sent => {
+                self.finish_sent = true;
+                vec![self.chunk(json!({}), json!(openai_finish_reason(reason)))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn message_stop(&mut self) -> Vec<StreamOut> {
+        let mut out = Vec::new();
+        if !self.finish_sent {
+            self.finish_sent = true;
+            out.push(self.chunk(json!({}), json!("stop")));
+        }
+        if self.include_usage {
+            out.push(StreamOut::Chunk(json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.usage().to_openai(),
+            })));
+        }
+        out.push(StreamOut::Done);
+        self.finished = true;
+        out
+    }
+
+    /// Usage counts are cumulative: each one seen replaces the previous value, never adds to it.
+    fn merge_usage(&mut self, usage: Option<&Value>) {
+        if let Some(fields) = usage.and_then(Value::as_object) {
+            for (k, v) in fields {
+                if v.is_number() {
+                    self.usage.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Value) -> StreamOut {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+        });
+        if self.include_usage
+            && let Some(c) = chunk.as_object_mut()
+        {
+            c.insert("usage".into(), Value::Null);
+        }
+        StreamOut::Chunk(chunk)
+    }
+}
+
+fn block_index(data: &Value) -> Result<u64, TranslateError> {
+    data.get("index")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| TranslateError::body("upstream content block event without an index"))
+}

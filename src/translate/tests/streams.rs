@@ -1,0 +1,201 @@
+//! Targeted stream cases: cumulative usage, tool ordinals, protocol violations, index-less and
+//! interleaved tool-call fragments.
+
+use serde_json::{Value, json};
+
+use crate::translate::Usage;
+use crate::translate::anthropic_to_openai::{self, AnthropicEvent};
+use crate::translate::openai_to_anthropic::{self, StreamOut};
+
+fn o2a_chunks(
+    include_usage: bool,
+    events: &[(&str, Value)],
+) -> (Vec<StreamOut>, openai_to_anthropic::StreamTranslator) {
+    let mut t = openai_to_anthropic::StreamTranslator::new(include_usage, 9);
+    let mut out = Vec::new();
+    for (event, data) in events {
+        out.extend(t.on_event(event, data.to_string().as_bytes()).unwrap());
+    }
+    (out, t)
+}
+
+fn start() -> (&'static str, Value) {
+    (
+        "message_start",
+        json!({ "type": "message_start", "message": { "id": "msg_1", "model": "claude", "usage": { "input_tokens": 7, "output_tokens": 1 } } }),
+    )
+}
+
+#[test]
+fn cumulative_usage_is_kept_not_summed() {
+    let delta = |n: u64| {
+        (
+            "message_delta",
+            json!({ "type": "message_delta", "delta": { "stop_reason": null }, "usage": { "output_tokens": n } }),
+        )
+    };
+    let (out, t) = o2a_chunks(
+        true,
+        &[
+            start(),
+            delta(5),
+            delta(12),
+            delta(20),
+            ("message_stop", json!({ "type": "message_stop" })),
+        ],
+    );
+    assert_eq!(t.usage(), Usage { input: 7, output: 20, cached_input: 0, cache_creation: 0 });
+    let StreamOut::Chunk(usage_chunk) = &out[out.len() - 2] else {
+        panic!("expected the usage chunk")
+    };
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], json!(20));
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(out.last(), Some(&StreamOut::Done));
+    assert!(t.finished());
+}
+
+#[test]
+fn tool_call_index_is_the_tool_ordinal_when_text_precedes() {
+    let events = [
+        start(),
+        (
+            "content_block_start",
+            json!({ "index": 0, "content_block": { "type": "text", "text": "" } }),
+        ),
+        (
+            "content_block_delta",
+            json!({ "index": 0, "delta": { "type": "text_delta", "text": "hi" } }),
+        ),
+        (
+            "content_block_start",
+            json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t1", "name": "f", "input": {} } }),
+        ),
+        (
+            "content_block_delta",
+            json!({ "index": 1, "delta": { "type": "input_json_delta", "partial_json": "{}" } }),
+        ),
+    ];
+    let (out, _) = o2a_chunks(false, &events);
+    let indexes: Vec<Value> = out
+        .iter()
+        .filter_map(|o| match o {
+            StreamOut::Chunk(c) => c["choices"][0]["delta"]["tool_calls"][0].get("index").cloned(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexes, vec![json!(0), json!(0)]);
+}
+
+#[test]
+fn o2a_stream_protocol_violations_are_errors() {
+    let mut t = openai_to_anthropic::StreamTranslator::new(false, 0);
+    assert!(
+        t.on_event(
+            "content_block_delta",
+            br#"{"index":0,"delta":{"type":"text_delta","text":"x"}}"#
+        )
+        .is_err()
+    );
+    assert!(t.on_event("message_start", b"{not json").is_err());
+    assert!(t.on_event("message_start", b"[]").is_err());
+    assert_eq!(t.on_event("ping", b"garbage").unwrap(), vec![]);
+    assert_eq!(t.on_event("content_block_stop", b"").unwrap(), vec![]);
+    let (_, mut done) = o2a_chunks(false, &[start(), ("message_stop", json!({}))]);
+    assert_eq!(
+        done.on_event("message_start", br#"{"message":{}}"#).unwrap(),
+        vec![],
+        "nothing after message_stop"
+    );
+}
+
+fn a2o_feed(
+    t: &mut anthropic_to_openai::StreamTranslator,
+    chunks: &[Value],
+) -> Result<Vec<AnthropicEvent>, String> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend(t.on_chunk(c.to_string().as_bytes()).map_err(|e| e.message)?);
+    }
+    Ok(out)
+}
+
+fn delta(d: Value) -> Value {
+    json!({ "id": "c", "model": "m", "choices": [{ "index": 0, "delta": d, "finish_reason": null }] })
+}
+
+#[test]
+fn a2o_stream_tool_calls_without_index_and_interleaving() {
+    // Servers that omit `index`: a new id starts a new tool call, fragments without id continue it.
+    let mut t = anthropic_to_openai::StreamTranslator::new(1);
+    let events = a2o_feed(&mut t, &[
+        delta(json!({ "tool_calls": [{ "id": "x1", "function": { "name": "f", "arguments": "{\"a\"" } }] })),
+        delta(json!({ "tool_calls": [{ "function": { "arguments": ":1}" } }] })),
+        delta(json!({ "tool_calls": [{ "id": "x2", "function": { "name": "g", "arguments": "{}" } }] })),
+    ])
+    .unwrap();
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "content_block_start")
+        .map(|e| &e.data["content_block"])
+        .collect();
+    assert_eq!(
+        starts,
+        vec![
+            &json!({ "type": "tool_use", "id": "x1", "name": "f", "input": {} }),
+            &json!({ "type": "tool_use", "id": "x2", "name": "g", "input": {} })
+        ]
+    );
+
+    // Going back to a closed tool call cannot be expressed in Anthropic's sequential blocks.
+    let mut t = anthropic_to_openai::StreamTranslator::new(1);
+    let result = a2o_feed(
+        &mut t,
+        &[
+            delta(
+                json!({ "tool_calls": [{ "index": 0, "id": "a", "function": { "name": "f", "arguments": "" } }] }),
+            ),
+            delta(
+                json!({ "tool_calls": [{ "index": 1, "id": "b", "function": { "name": "g", "arguments": "" } }] }),
+            ),
+            delta(json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "{}" } }] })),
+        ],
+    );
+    assert!(result.is_err());
+}
+
+#[test]
+fn a2o_stream_edges() {
+    let mut empty = anthropic_to_openai::StreamTranslator::new(3);
+    assert!(empty.finish().is_err(), "[DONE] without any chunk is a broken upstream");
+    assert!(empty.on_chunk(b"{\"choices\":").is_err());
+
+    let mut t = anthropic_to_openai::StreamTranslator::new(3);
+    a2o_feed(&mut t, &[delta(json!({ "refusal": "No." })), delta(json!({ "content": null }))])
+        .unwrap();
+    let end = t.finish().unwrap();
+    assert_eq!(end[1].data["delta"]["stop_reason"], json!("refusal"));
+    assert!(t.finished());
+    assert_eq!(t.finish().unwrap(), vec![], "finish is idempotent");
+    assert!(!t.upstream_usage_seen());
+}
+
+#[test]
+fn a2o_stream_waits_for_an_identified_chunk() {
+    // Azure's first chunk: empty id, no choices, content-filter results only.
+    let mut t = anthropic_to_openai::StreamTranslator::new(2);
+    let prefilter = json!({ "id": "", "model": "", "choices": [], "prompt_filter_results": [] });
+    assert_eq!(a2o_feed(&mut t, &[prefilter]).unwrap(), vec![]);
+    let events = a2o_feed(&mut t, &[delta(json!({ "content": "x" }))]).unwrap();
+    assert_eq!(events[0].event, "message_start");
+    assert_eq!(events[0].data["message"]["id"], json!("msg_c"));
+}
+
+#[test]
+fn wants_stream_usage_reads_stream_options() {
+    let yes = json!({ "stream": true, "stream_options": { "include_usage": true } });
+    assert!(openai_to_anthropic::wants_stream_usage(&yes));
+    assert!(!openai_to_anthropic::wants_stream_usage(&json!({ "stream": true })));
+    assert!(!openai_to_anthropic::wants_stream_usage(
+        &json!({ "stream_options": { "include_usage": "yes" } })
+    ));
+}

@@ -1,0 +1,220 @@
+//! Both dialects in, both wires out: OpenAI and Anthropic clients served by OpenAI-style and
+//! Anthropic upstreams, stream and not, tools, errors and failover.
+
+use crate::common::*;
+
+const CONFIG: &str = r#"
+providers:
+  oai: {kind: mock}
+  claude: {kind: mock, api: anthropic}
+routes:
+  via-claude:
+    targets: [{provider: claude, model: "claude-mock+chunks=4"}]
+  via-oai:
+    targets: [{provider: oai, model: "gpt-mock+chunks=4"}]
+  tools-claude:
+    targets: [{provider: claude, model: "c+tool=get_weather"}]
+  tools-oai:
+    targets: [{provider: oai, model: "o+tool=get_weather"}]
+  claude-then-oai:
+    retries: {per_target: 1, backoff: 10ms}
+    targets:
+      - {provider: claude, model: "c+status=529"}
+      - {provider: oai, model: "o+chunks=3"}
+  claude-strict:
+    targets: [{provider: claude, model: "c"}]
+  claude-lenient:
+    drop_unsupported_params: true
+    targets: [{provider: claude, model: "c"}]
+  claude-broken:
+    targets: [{provider: claude, model: "c+chunks=6+error_after=2"}]
+"#;
+
+fn messages(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","max_tokens":100,"stream":{stream},"messages":[{{"role":"user","content":"Hello there"}}]}}"#
+    )
+}
+
+/// `event:` names and `data:` payloads of an Anthropic stream.
+fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
+    got.text()
+        .split("\n\n")
+        .filter_map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
+fn anthropic_text(events: &[(String, serde_json::Value)]) -> String {
+    events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_client_anthropic_upstream() {
+    let gw = gateway(CONFIG);
+    let got = post(&gw, "/v1/chat/completions", &chat("via-claude")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let v = got.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "claude-mock+chunks=4");
+    assert_eq!(v["choices"][0]["message"]["content"], "The tide rises and");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    let body = r#"{"model":"via-claude","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello there"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.stream_text(), "The tide rises and");
+    let events = got.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 4, "{events:?}");
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_tokens_total{model=\"claude-mock+chunks=4\",provider=\"claude\",route=\"via-claude\",type=\"output\"}"
+        ),
+        8.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_client_anthropic_upstream_passes_through() {
+    let gw = gateway(CONFIG);
+    // An unknown field passes through untouched to a provider of the same dialect.
+    let with_extra =
+        messages("via-claude", false).replacen('{', r#"{"x_custom":{"kept":[1,2]},"#, 1);
+    let got = post(&gw, "/v1/messages", &with_extra).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let v = got.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], "The tide rises and");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let got = post(&gw, "/v1/messages", &messages("via-claude", true)).await;
+    let events = anthropic_events(&got);
+    assert_eq!(events.first().unwrap().0, "message_start");
+    assert_eq!(events.last().unwrap().0, "message_stop");
+    assert_eq!(anthropic_text(&events), "The tide rises and");
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_client_openai_upstream_is_translated() {
+    let gw = gateway(CONFIG);
+    let got = post(&gw, "/v1/messages", &messages("via-oai", false)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let v = got.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"][0]["text"], "The tide rises and");
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 4);
+    let got = post(&gw, "/v1/messages", &messages("via-oai", true)).await;
+    let events = anthropic_events(&got);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    assert_eq!(anthropic_text(&events), "The tide rises and");
+    let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta.1["usage"]["output_tokens"], 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tool_calls_both_ways() {
+    let gw = gateway(CONFIG);
+    // OpenAI client, Anthropic upstream tool_use.
+    let got = post(&gw, "/v1/chat/completions", &chat("tools-claude")).await;
+    let v = got.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Paris"}"#
+    );
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("tools-claude")).await;
+    let args: String = got
+        .events()
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/tool_calls/0/function/arguments")
+                .and_then(|a| a.as_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(args, r#"{"city":"Paris"}"#);
+    // Anthropic client, OpenAI upstream tool_calls.
+    let got = post(&gw, "/v1/messages", &messages("tools-oai", false)).await;
+    let v = got.json();
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(v["content"][0]["type"], "tool_use");
+    assert_eq!(v["content"][0]["input"]["city"], "Paris");
+    let got = post(&gw, "/v1/messages", &messages("tools-oai", true)).await;
+    let events = anthropic_events(&got);
+    let partial: String =
+        events.iter().filter_map(|(_, d)| d["delta"]["partial_json"].as_str()).collect();
+    assert_eq!(partial, r#"{"city":"Paris"}"#);
+    assert!(
+        events
+            .iter()
+            .any(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_errors_and_529_failover() {
+    let gw = gateway(CONFIG);
+    let got = post(
+        &gw,
+        "/v1/messages",
+        r#"{"model":"via-claude","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    let v = got.json();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("[invalid_request] "), "{v}");
+    assert_eq!(got.header("x-tidegate-error-code"), "invalid_request");
+    let got = post(&gw, "/v1/messages", &messages("nope-model", false)).await;
+    assert_eq!(got.status, 404);
+    assert_eq!(got.json()["error"]["type"], "not_found_error");
+    // 529 is retryable: retried once, then the OpenAI-style backup answers the Anthropic client.
+    let got = post(&gw, "/v1/messages", &messages("claude-then-oai", false)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-attempts"), "3");
+    assert_eq!(got.json()["content"][0]["text"], "The tide rises");
+    assert_eq!(gw.mock_stats("claude").get("c+status=529").calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn untranslatable_fields_are_400_unless_dropped() {
+    let gw = gateway(CONFIG);
+    let body =
+        r#"{"model":"claude-strict","logprobs":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.json()["error"]["param"], "logprobs");
+    assert_eq!(gw.mock_stats("claude").total().calls, 0);
+    let got =
+        post(&gw, "/v1/chat/completions", &body.replace("claude-strict", "claude-lenient")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_error_event_after_content() {
+    let gw = gateway(CONFIG);
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("claude-broken")).await;
+    assert_eq!(got.stream_text(), "The tide");
+    assert!(got.events().last().unwrap().contains("\"error\""));
+    assert!(!got.text().contains("[DONE]"));
+    let got = post(&gw, "/v1/messages", &messages("claude-broken", true)).await;
+    let events = anthropic_events(&got);
+    assert_eq!(events.last().unwrap().0, "error", "{}", got.text());
+    assert!(!events.iter().any(|(n, _)| n == "message_stop"));
+}
