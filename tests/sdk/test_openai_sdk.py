@@ -49,7 +49,7 @@ def test_stream_without_usage_has_no_usage_chunk(gateway):
 def test_models_list_and_retrieve(gateway):
     c = client(gateway)
     ids = sorted(m.id for m in c.models.list())
-    assert ids == ["chat", "down", "echo", "embeddings", "flaky"]
+    assert ids == ["chat", "claude", "down", "echo", "embeddings", "flaky", "weather", "weather-claude"]
     assert c.models.retrieve("echo").id == "echo"
 
 

@@ -1,0 +1,99 @@
+"""The official `anthropic` SDK against /v1/messages (served by an Anthropic-wire upstream and by
+an OpenAI-style one), and the `openai` SDK served by an Anthropic-wire upstream."""
+
+import json
+
+import anthropic
+import openai
+import pytest
+
+ANSWER = "The tide rises and the gate holds steady while every model call"
+USER = [{"role": "user", "content": "Summarize ticket 42"}]
+TOOLS = [{"name": "get_weather", "description": "Weather for a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+OPENAI_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                 "parameters": TOOLS[0]["input_schema"]}}]
+
+
+def aclient(gw):
+    return anthropic.Anthropic(base_url=gw.base, api_key="client-key")
+
+
+# model -> the route it selects: "claude-haiku-4-5" is served by the Anthropic-wire mock,
+# "gpt-4o-mini" by the OpenAI-wire mock (translated both ways).
+@pytest.mark.parametrize("model,upstream", [
+    ("claude-haiku-4-5", "claude-haiku-4-5+chunks=12+delay=2ms"),
+    ("gpt-4o-mini", "gpt-4o-mini+chunks=12+delay=2ms"),
+])
+def test_messages_plain_and_stream(gateway, model, upstream):
+    c = aclient(gateway)
+    msg = c.messages.create(model=model, max_tokens=100, messages=USER)
+    assert msg.type == "message"
+    assert msg.content[0].text == ANSWER
+    assert msg.stop_reason == "end_turn"
+    assert msg.model == upstream
+    assert msg.usage.output_tokens == 12
+    assert msg.usage.input_tokens > 0
+    with c.messages.stream(model=model, max_tokens=100, messages=USER) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == ANSWER
+    assert final.content[0].text == ANSWER
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 12
+    assert final.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("model", ["weather-claude", "weather"])
+def test_tool_use_round_trip(gateway, model):
+    c = aclient(gateway)
+    first = c.messages.create(model=model, max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": "Weather in Paris?"}])
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather"
+    assert call.input == {"city": "Paris"}
+    with c.messages.stream(model=model, max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
+        streamed = s.get_final_message()
+    streamed_call = next(b for b in streamed.content if b.type == "tool_use")
+    assert streamed_call.input == {"city": "Paris"}
+    second = c.messages.create(model=model, max_tokens=100, tools=TOOLS, messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}]},
+    ])
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text.startswith("The tide")
+
+
+def test_messages_errors_are_anthropic_errors(gateway):
+    c = aclient(gateway)
+    with pytest.raises(anthropic.NotFoundError) as e:
+        c.messages.create(model="no-such-model", max_tokens=10, messages=USER)
+    assert e.value.body["error"]["message"].startswith("[model_not_found]")
+    with pytest.raises(anthropic.InternalServerError) as e:
+        aclient(gateway).with_options(max_retries=2).messages.create(model="down", max_tokens=10, messages=USER)
+    assert e.value.status_code == 502
+
+
+def test_openai_sdk_served_by_anthropic_upstream(gateway):
+    c = openai.OpenAI(base_url=gateway.base + "/v1", api_key="x")
+    resp = c.chat.completions.create(model="claude-haiku-4-5", messages=USER)
+    assert resp.choices[0].message.content == ANSWER
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.completion_tokens == 12
+    chunks = list(c.chat.completions.create(model="claude-haiku-4-5", messages=USER, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == ANSWER
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_openai_sdk_streamed_tool_calls_from_anthropic_upstream(gateway):
+    c = openai.OpenAI(base_url=gateway.base + "/v1", api_key="x")
+    with c.chat.completions.stream(model="weather-claude", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                   tools=OPENAI_TOOLS) as s:
+        final = s.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
