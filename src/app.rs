@@ -176,11 +176,12 @@ impl Running {
     /// requests and streams drain up to `server.shutdown_grace`, then the admin plane stops.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
+        let _ = self.stop_data.send(true);
+        // Reloads stop too; nothing here may delay the data listener's close above.
         let _ = self.stop_reload.send(true);
         if let Some(t) = self.reload_task {
             let _ = t.await;
         }
-        let _ = self.stop_data.send(true);
         let _ = self.data_task.await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
