@@ -19,6 +19,7 @@ RUN mkdir -p src benches tests/it \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/overhead.rs \
+    && echo 'fn main() {}' > benches/translate.rs \
     && touch tests/it/main.rs \
     && cargo build --release --locked --bin tidegate \
     && rm -rf src

@@ -36,6 +36,8 @@ const CHUNKS: usize = 20;
 const ROUTES: &str = r#"
   plain:
     targets: [{provider: up, model: bench-model}]
+  anthropic:
+    targets: [{provider: up_anthropic, model: bench-model}]
 "#;
 
 fn completion() -> Bytes {
@@ -120,7 +122,7 @@ impl Drop for Gateway {
 async fn start_gateway(upstream: SocketAddr) -> Gateway {
     let (data, admin) = (free_port(), free_port());
     let config = format!(
-        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\nroutes:{ROUTES}"
+        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{ROUTES}"
     );
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
     std::fs::write(&path, config).unwrap();

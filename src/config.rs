@@ -171,6 +171,26 @@ pub struct Target {
     pub model: String,
 }
 
+/// A deterministic fallback tier (`targets` entries after the providers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreeTier {
+    /// The last successful answer for the same normalized request on this route, if younger
+    /// than `max_age`.
+    Cache { max_age: Duration },
+    /// A fixed answer text.
+    Template(String),
+}
+
+impl FreeTier {
+    /// The tier's name in headers and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cache { .. } => "cache",
+            Self::Template(_) => "template",
+        }
+    }
+}
+
 /// `routes.<name>.timeouts` (all durations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -205,7 +225,10 @@ pub struct Route {
     pub name: String,
     pub match_models: Vec<String>,
     pub default: bool,
+    /// Provider targets, in order.
     pub targets: Vec<Target>,
+    /// Deterministic tiers tried, in order, when every provider target failed.
+    pub free_tiers: Vec<FreeTier>,
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub drop_unsupported_params: bool,
@@ -272,6 +295,17 @@ impl Config {
             out.push_str(&format!("  {}{}\n", r.name, fmt_flags(&flags)));
             for (i, t) in r.targets.iter().enumerate() {
                 out.push_str(&format!("    {}. {}/{}\n", i + 1, t.provider, t.model));
+            }
+            for (i, tier) in r.free_tiers.iter().enumerate() {
+                let n = r.targets.len() + i + 1;
+                match tier {
+                    FreeTier::Cache { max_age } => {
+                        out.push_str(&format!("    {n}. cache (max_age {max_age:?})\n"))
+                    }
+                    FreeTier::Template(t) => {
+                        out.push_str(&format!("    {n}. template ({} chars)\n", t.chars().count()))
+                    }
+                }
             }
             let t = &r.timeouts;
             out.push_str(&format!(

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod cli_config;
 pub mod config;
 pub mod demo;
@@ -15,6 +16,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod sse;

@@ -11,6 +11,7 @@ pub mod peek;
 pub mod record;
 pub mod request;
 mod respond;
+pub mod tiers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,6 +237,13 @@ impl Gateway {
         };
         match plan.run(rec).await {
             Ok(served) => self.respond(route, served, ask, deadline, rec),
+            Err(failover::Failed::Exhausted { error, reason }) => {
+                let attempts = rec.attempts.len() as u32;
+                match tiers::serve(&self.shared.answers, route, ask, reason, attempts, rec) {
+                    Some(resp) => Ok(resp),
+                    None => Err(error),
+                }
+            }
             Err(f) => respond::failed(f, ask.dialect(), rec),
         }
     }

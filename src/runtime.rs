@@ -23,6 +23,8 @@ use crate::providers::{HttpClient, Provider, resolve_key};
 #[derive(Default)]
 pub struct Shared {
     pub clients: ClientCache,
+    /// The cache tier's answers, kept across config versions.
+    pub answers: Arc<crate::cache::AnswerCache>,
     mock_stats: Mutex<HashMap<String, Arc<MockStats>>>,
 }
 

@@ -102,6 +102,16 @@ pub struct RawRoute {
 pub struct RawTarget {
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// The cache tier: `{max_age: 1h}`.
+    pub cache: Option<RawCacheTier>,
+    /// The template tier: a fixed answer text.
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheTier {
+    pub max_age: HumanDuration,
 }
 
 #[derive(Debug, Default, Deserialize)]

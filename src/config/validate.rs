@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawProvider, RawRoute, RawServer, RawState};
 use super::{
-    Config, ConfigError, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec, Retries, Route,
-    Server, StateBackend, StateConfig, Target, Timeouts, Wire, version_of,
+    Config, ConfigError, FreeTier, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec,
+    Retries, Route, Server, StateBackend, StateConfig, Target, Timeouts, Wire, version_of,
 };
 
 struct Ctx<'a> {
@@ -272,8 +272,45 @@ fn routes(
             return Err(cx.err(format!("{path}.targets"), "expected at least one target"));
         }
         let mut targets = Vec::with_capacity(r.targets.len());
+        let mut free_tiers: Vec<FreeTier> = Vec::new();
         for (i, t) in r.targets.into_iter().enumerate() {
             let tpath = format!("{path}.targets[{i}]");
+            let kinds = usize::from(t.provider.is_some())
+                + usize::from(t.cache.is_some())
+                + usize::from(t.template.is_some());
+            if kinds != 1 {
+                return Err(cx.err(
+                    tpath,
+                    "expected exactly one of `provider` (with `model`), `cache` or `template`",
+                ));
+            }
+            if let Some(c) = t.cache {
+                if t.model.is_some() {
+                    return Err(cx.err(format!("{tpath}.model"), "a cache tier takes no model"));
+                }
+                if c.max_age.0.is_zero() {
+                    return Err(
+                        cx.err(format!("{tpath}.cache.max_age"), "expected a duration above zero")
+                    );
+                }
+                free_tiers.push(FreeTier::Cache { max_age: c.max_age.0 });
+                continue;
+            }
+            if let Some(text) = t.template {
+                if t.model.is_some() {
+                    return Err(cx.err(format!("{tpath}.model"), "a template tier takes no model"));
+                }
+                if text.trim().is_empty() {
+                    return Err(
+                        cx.err(format!("{tpath}.template"), "expected the fixed answer text")
+                    );
+                }
+                free_tiers.push(FreeTier::Template(text));
+                continue;
+            }
+            if !free_tiers.is_empty() {
+                return Err(cx.err(tpath, "provider targets must come before the cache and template tiers (those are fallbacks)"));
+            }
             let Some(provider) = t.provider else {
                 return Err(cx.err(tpath, "expected `provider` (and `model`)"));
             };
@@ -324,6 +361,7 @@ fn routes(
             match_models: r.match_models,
             default: r.default,
             targets,
+            free_tiers,
             timeouts,
             retries,
             drop_unsupported_params: r.drop_unsupported_params,

@@ -84,6 +84,12 @@ impl<'a> Prepared<'a> {
         self.raw.len().div_ceil(4) as u64
     }
 
+    /// The cache-tier key of this request on `route` (parses the body on first use).
+    pub fn cache_key(&self, route: &str) -> Option<[u8; 32]> {
+        let value = self.value.get_or_init(|| serde_json::from_slice(self.raw).ok());
+        crate::cache::key(route, value.as_ref()?)
+    }
+
     /// The upstream body for target `t`.
     pub fn body_for(
         &self,

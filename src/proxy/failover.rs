@@ -26,7 +26,11 @@ pub struct Served {
 
 /// Why no target answered.
 pub enum Failed {
+    /// The request itself cannot be served (untranslatable for every target).
     Gateway(GatewayError),
+    /// Every target failed or the deadline passed: the free tiers may still answer.
+    /// `reason` is the first attempt's failure reason.
+    Exhausted { error: GatewayError, reason: &'static str },
     /// The upstream refused the request itself: its answer goes to the client (converted to
     /// the client's dialect if the upstream's wire differs).
     Passthrough(Passthrough, Wire),
@@ -181,25 +185,26 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         } else {
             ErrorCode::UpstreamUnavailable
         };
-        Err(Failed::Gateway(all_failed(code, &route.name, &failures)))
+        Err(Failed::Exhausted {
+            error: all_failed(code, &route.name, &failures),
+            reason: first_reason.unwrap_or("no_target"),
+        })
     }
 
     fn final_failure(&self, f: AttemptFailure, failures: &[String], t: &TargetRuntime) -> Failed {
         if f.deadline {
-            return Failed::Gateway(all_failed(
-                ErrorCode::DeadlineExceeded,
-                &self.route.route.name,
-                failures,
-            ));
+            let error = all_failed(ErrorCode::DeadlineExceeded, &self.route.route.name, failures);
+            return Failed::Exhausted { error, reason: "deadline" };
         }
         match f.passthrough {
             Some(mut p) => {
                 p.body = redact_bytes(p.body, t);
                 Failed::Passthrough(p, t.provider.spec.wire)
             }
-            None => {
-                Failed::Gateway(GatewayError::new(ErrorCode::UpstreamUnavailable, describe(t, &f)))
-            }
+            None => Failed::Exhausted {
+                error: GatewayError::new(ErrorCode::UpstreamUnavailable, describe(t, &f)),
+                reason: f.reason,
+            },
         }
     }
 }

@@ -7,6 +7,7 @@
 //! disconnect (the body's receiver dropped) is noticed even while the upstream is silent, and
 //! drops the upstream connection at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,10 +19,24 @@ use super::attempt::{self, OpenStream};
 use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
+use super::tiers::Piece;
+use crate::cache::AnswerCache;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
 
+/// A streamed answer being collected for the cache tier.
+pub struct Capture {
+    pub cache: Arc<AnswerCache>,
+    pub key: [u8; 32],
+    pub text: String,
+    pub model: String,
+    /// The answer is not plain text (a tool call), or grew past the cache's size cap.
+    pub tainted: bool,
+}
+
 pub struct Forward {
+    /// Set when the route has a cache tier.
+    pub capture: Option<Capture>,
     pub stream: OpenStream,
     pub tx: mpsc::Sender<Bytes>,
     pub rec: RequestRecord,
@@ -104,6 +119,17 @@ impl Forward {
             Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
             Some(ChunkPeek::Done) => true,
             Some(ChunkPeek::Chunk { finish, usage, usage_only, .. }) => {
+                if let Some(c) = &mut self.capture {
+                    match super::tiers::text_of_event(self.wire, name, data) {
+                        Piece::Text(t)
+                            if c.text.len() + t.len() <= crate::cache::MAX_ANSWER_BYTES =>
+                        {
+                            c.text.push_str(&t)
+                        }
+                        Piece::Nothing => {}
+                        Piece::Text(_) | Piece::NotText => c.tainted = true,
+                    }
+                }
                 self.stream.usage = peek::merge_usage(self.stream.usage, usage);
                 self.rec.usage = self.stream.usage;
                 if finish.is_some() {
@@ -128,6 +154,11 @@ impl Forward {
         self.rec.finish = self.stream.finish.clone();
         if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {
             return upstream("malformed", e.0);
+        }
+        if let Some(c) = self.capture.take()
+            && !c.tainted
+        {
+            c.cache.put(c.key, crate::cache::CachedAnswer { text: c.text, model: c.model });
         }
         if self.flush().await { End::Complete } else { End::ClientGone }
     }

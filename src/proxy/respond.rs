@@ -14,9 +14,10 @@ use super::attempt::Opened;
 use super::classify::Passthrough;
 use super::emit::Emitter;
 use super::failover::{Failed, Served};
-use super::forward::Forward;
+use super::forward::{Capture, Forward};
 use super::record::RequestRecord;
 use crate::body::Body;
+use crate::cache::CachedAnswer;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
@@ -83,6 +84,11 @@ impl Gateway {
             Opened::Complete { body, usage, finish } => {
                 rec.usage = usage;
                 rec.finish = finish;
+                if let Some(key) = capture_key(route, ask)
+                    && let Some((text, model)) = super::tiers::text_of_body(&body, wire)
+                {
+                    self.shared.answers.put(key, CachedAnswer { text, model });
+                }
                 let body = translate_body(body, dialect, wire)?;
                 rec.status = 200;
                 builder
@@ -99,7 +105,15 @@ impl Gateway {
                     ask.input_estimate(),
                     unix_now(),
                 );
+                let capture = capture_key(route, ask).map(|key| Capture {
+                    cache: self.shared.answers.clone(),
+                    key,
+                    text: String::new(),
+                    model: t.target.model.clone(),
+                    tainted: false,
+                });
                 let forward = Forward {
+                    capture,
                     stream,
                     tx,
                     rec: rec.take(),
@@ -120,6 +134,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The cache key when the route has a cache tier (only then are answers captured).
+fn capture_key(route: &RouteRuntime, ask: &Prepared<'_>) -> Option<[u8; 32]> {
+    let cached =
+        route.route.free_tiers.iter().any(|t| matches!(t, crate::config::FreeTier::Cache { .. }));
+    if cached { ask.cache_key(&route.route.name) } else { None }
 }
 
 /// An upstream error body in the client's dialect.
@@ -148,7 +169,7 @@ pub(super) fn failed(
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, GatewayError> {
     match f {
-        Failed::Gateway(e) => Err(e),
+        Failed::Gateway(e) | Failed::Exhausted { error: e, .. } => Err(e),
         Failed::Passthrough(p, wire) => {
             rec.outcome = "client_error";
             rec.status = p.status.as_u16();

@@ -14,3 +14,4 @@ mod drain;
 mod hostile_upstream;
 mod sockets;
 mod streaming;
+mod tiers;
