@@ -227,6 +227,8 @@ impl Gateway {
         let deadline = deadline_for(route, rec.start, deadline_cap);
         let plan = Plan {
             config: &snap.config,
+            health: &self.shared.health,
+            retry_budget: &self.shared.retry_budget,
             route,
             endpoint: ask.endpoint(),
             stream: ask.stream(),

@@ -25,6 +25,10 @@ pub struct Shared {
     pub clients: ClientCache,
     /// The cache tier's answers, kept across config versions.
     pub answers: Arc<crate::cache::AnswerCache>,
+    /// Circuit breakers per provider+model.
+    pub health: crate::routing::health::Health,
+    /// The process-wide retry budget.
+    pub retry_budget: crate::routing::retry_budget::RetryBudget,
     mock_stats: Mutex<HashMap<String, Arc<MockStats>>>,
 }
 

@@ -11,6 +11,8 @@ use super::classify::{AttemptFailure, Next, Passthrough};
 use super::record::{AttemptLog, RequestRecord};
 use crate::config::{Config, Wire};
 use crate::error::{ErrorCode, GatewayError};
+use crate::routing::health::{Admission, Health, Outcome};
+use crate::routing::retry_budget::RetryBudget;
 use crate::runtime::{RouteRuntime, TargetRuntime};
 use crate::translate::TranslateError;
 
@@ -39,6 +41,9 @@ pub enum Failed {
 /// Inputs of one run of the loop.
 pub struct Plan<'a, F> {
     pub config: &'a Config,
+    /// Circuit breakers and the retry budget, shared by every request and config version.
+    pub health: &'a Health,
+    pub retry_budget: &'a RetryBudget,
     pub route: &'a RouteRuntime,
     pub endpoint: Endpoint,
     pub stream: bool,
@@ -67,6 +72,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         let mut min_context: Option<u64> = None;
         let mut failures: Vec<String> = Vec::new();
         let mut untranslatable: Option<TranslateError> = None;
+        self.retry_budget.record_request();
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
             if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
                 && ctx <= floor
@@ -94,6 +100,12 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 if attempts >= retries.total {
                     break 'targets;
                 }
+                let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
+                if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
+                    first_reason.get_or_insert(reason);
+                    failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
+                    continue 'targets;
+                }
                 attempts += 1;
                 let attempt = Attempt {
                     target: t,
@@ -107,7 +119,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 let started = Instant::now();
                 let result = attempt.run(&mut waited).await;
                 rec.upstream_wait += waited.upstream;
-                let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
+                self.report_health(t, &result, rec);
                 if let Some(ft) = waited.first_token {
                     t.series.ttft.observe(ft.as_secs_f64());
                 }
@@ -152,7 +164,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         continue 'targets;
                     }
                     Next::Retry => {
-                        if tries >= retries.per_target {
+                        if tries >= retries.per_target || !self.retry_budget.try_retry() {
                             continue 'targets;
                         }
                         let delay = match f.retry_after {
@@ -189,6 +201,50 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             error: all_failed(code, &route.name, &failures),
             reason: first_reason.unwrap_or("no_target"),
         })
+    }
+
+    /// Tells the target's circuit breaker how the attempt went.
+    fn report_health(
+        &self,
+        t: &TargetRuntime,
+        result: &Result<Opened, AttemptFailure>,
+        rec: &RequestRecord,
+    ) {
+        let outcome = match result {
+            Ok(_) => Outcome::Success,
+            Err(f) if f.reason == "rate_limited" => {
+                Outcome::RateLimited(f.retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            // The request's fault, not the target's.
+            Err(f)
+                if matches!(f.next, Next::Stop | Next::ContextLength)
+                    || f.reason == "unsupported" =>
+            {
+                Outcome::Neutral
+            }
+            Err(_) => Outcome::Failure,
+        };
+        let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
+        if let Some(opened) = self.health.record(p, m, outcome) {
+            rec.metrics().circuit_open.with_label_values(&[p, m]).set(if opened {
+                1.0
+            } else {
+                0.0
+            });
+            if opened {
+                tracing::warn!(
+                    provider = p,
+                    model = m,
+                    "circuit breaker opened: skipping this target for a while"
+                );
+            } else {
+                tracing::info!(
+                    provider = p,
+                    model = m,
+                    "circuit breaker closed: the probe succeeded"
+                );
+            }
+        }
     }
 
     fn final_failure(&self, f: AttemptFailure, failures: &[String], t: &TargetRuntime) -> Failed {

@@ -7,6 +7,7 @@ mod common;
 
 mod anthropic;
 mod bad_input;
+mod breaker;
 mod cli;
 mod config_lifecycle;
 mod core_api;

@@ -82,7 +82,7 @@ def test_failover_is_visible(gateway):
 
 
 def test_terminal_502_is_not_retried_by_the_sdk(gateway):
-    series = 'tidegate_upstream_attempts_total{model="primary+status=503",outcome="error",provider="sim",reason="status_5xx"}'
+    series = 'tidegate_upstream_attempts_total{model="down-primary+status=503",outcome="error",provider="sim",reason="status_5xx"}'
     before = gateway.metric(series)
     with pytest.raises(openai.InternalServerError) as e:
         client(gateway, max_retries=2).chat.completions.create(model="down", messages=MESSAGES)
