@@ -232,6 +232,9 @@ pub struct Route {
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub drop_unsupported_params: bool,
+    /// `resume: auto` (default): a stream broken after the commit point is finished by
+    /// continuation or splice (SPEC §5); `off`: it ends with the error event.
+    pub resume: bool,
 }
 
 /// `v-` + 12 hex digits of the SHA-256 of `content`.

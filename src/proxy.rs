@@ -11,6 +11,7 @@ pub mod peek;
 pub mod record;
 pub mod request;
 mod respond;
+pub mod resume;
 pub mod tiers;
 
 use std::sync::Arc;
@@ -238,7 +239,7 @@ impl Gateway {
             },
         };
         match plan.run(rec).await {
-            Ok(served) => self.respond(route, served, ask, deadline, rec),
+            Ok(served) => self.respond(snap, route, served, ask, deadline, rec),
             Err(failover::Failed::Exhausted { error, reason }) => {
                 let attempts = rec.attempts.len() as u32;
                 match tiers::serve(&self.shared.answers, route, ask, reason, attempts, rec) {

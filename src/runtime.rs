@@ -77,6 +77,8 @@ pub struct TargetRuntime {
 
 /// One route, ready to serve.
 pub struct RouteRuntime {
+    /// Position in `Snapshot::routes`.
+    pub index: usize,
     pub route: Arc<Route>,
     pub targets: Vec<TargetRuntime>,
     pub name_header: HeaderValue,
@@ -170,6 +172,7 @@ impl Snapshot {
                 default = Some(i);
             }
             routes.push(RouteRuntime {
+                index: i,
                 name_header: header(&route.name)?,
                 series: Arc::new(route_series(metrics, &route.name, &version)),
                 route: route.clone(),

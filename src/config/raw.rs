@@ -95,6 +95,8 @@ pub struct RawRoute {
     pub retries: RawRetries,
     #[serde(default)]
     pub drop_unsupported_params: bool,
+    /// `auto` (default) or `off`: finish streams broken after the commit point.
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -347,6 +347,16 @@ fn routes(
             ));
         }
         let timeouts = timeouts(cx, &path, &r.timeouts)?;
+        let resume = match r.resume.as_deref() {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(cx.err(
+                    format!("{path}.resume"),
+                    format!("expected auto or off, got {other:?}"),
+                ));
+            }
+        };
         let retries = Retries {
             per_target: r.retries.per_target.unwrap_or(1),
             total: r.retries.total.unwrap_or(3),
@@ -362,6 +372,7 @@ fn routes(
             default: r.default,
             targets,
             free_tiers,
+            resume,
             timeouts,
             retries,
             drop_unsupported_params: r.drop_unsupported_params,

@@ -28,6 +28,8 @@ pub enum Ask<'a> {
 pub struct Prepared<'a> {
     pub ask: Ask<'a>,
     raw: &'a [u8],
+    /// The same bytes, owned (a stream task that resumes rebuilds the request from them).
+    pub raw_owned: Bytes,
     /// OpenAI streams: the client's `stream_options` with `include_usage: true`.
     stream_options: Option<String>,
     /// The whole body as a value, parsed on first need (only translation needs it).
@@ -35,12 +37,12 @@ pub struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    pub fn new(ask: Ask<'a>, raw: &'a [u8]) -> Result<Self, GatewayError> {
+    pub fn new(ask: Ask<'a>, raw: &'a Bytes) -> Result<Self, GatewayError> {
         let stream_options = match &ask {
             Ask::Chat(c) if c.stream => Some(stream_options_with_usage(c)?),
             _ => None,
         };
-        Ok(Self { ask, raw, stream_options, value: OnceLock::new() })
+        Ok(Self { ask, raw, raw_owned: raw.clone(), stream_options, value: OnceLock::new() })
     }
 
     pub fn dialect(&self) -> Dialect {

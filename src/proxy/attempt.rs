@@ -103,9 +103,14 @@ impl Attempt<'_> {
         let start = Instant::now();
         let attempt_end = (start + self.timeouts.attempt).min(self.deadline);
         let first_token_end = (start + self.timeouts.first_token).min(attempt_end);
-        let phase = |end: Instant| {
-            if end == first_token_end { "timeout_first_token" } else { "timeout_attempt" }
+        // Which limit a wait for the first byte runs into: `first_token`, unless the attempt (or
+        // the request) ends sooner.
+        let first_phase = if start + self.timeouts.first_token <= attempt_end {
+            "timeout_first_token"
+        } else {
+            "timeout_attempt"
         };
+        let phase = |first: bool| if first { first_phase } else { "timeout_attempt" };
 
         let wire = self.target.provider.spec.wire;
         let Some(path) = self.endpoint.path(wire) else {
@@ -122,7 +127,7 @@ impl Attempt<'_> {
         .await;
         waited.upstream += start.elapsed();
         let resp = match sent {
-            Err(_) => return Err(self.timeout_failure(Instant::now(), phase(first_token_end))),
+            Err(_) => return Err(self.timeout_failure(Instant::now(), phase(true))),
             Ok(Err(SendError::Connect(e))) => return Err(AttemptFailure::retry("connect", e)),
             Ok(Err(SendError::Reset(e))) => return Err(AttemptFailure::retry("reset", e)),
             Ok(Ok(r)) => r,
@@ -153,8 +158,8 @@ impl Attempt<'_> {
         waited.upstream += t.elapsed();
         let bytes = match read {
             Ok(b) => b,
-            Err(ReadFail::Timeout(end)) => {
-                return Err(self.timeout_failure(Instant::now(), phase(end)));
+            Err(ReadFail::Timeout(first)) => {
+                return Err(self.timeout_failure(Instant::now(), phase(first)));
             }
             Err(ReadFail::Broken(e)) => {
                 return Err(AttemptFailure::retry("cut", format!("body broke: {e}")));
@@ -249,7 +254,7 @@ impl Attempt<'_> {
                 Err(_) => {
                     let reason = if idle_end < first_token_end {
                         "timeout_idle"
-                    } else if first_token_end < attempt_end {
+                    } else if start + self.timeouts.first_token <= attempt_end {
                         "timeout_first_token"
                     } else {
                         "timeout_attempt"
@@ -276,7 +281,8 @@ impl Attempt<'_> {
 }
 
 enum ReadFail {
-    Timeout(Instant),
+    /// The read timed out; true while still waiting for the first frame.
+    Timeout(bool),
     Broken(String),
     TooLarge,
 }
@@ -293,7 +299,7 @@ async fn read_first_then_rest(
     let mut deadline = first_end;
     loop {
         let frame = match timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ReadFail::Timeout(deadline)),
+            Err(_) => return Err(ReadFail::Timeout(first.is_none() && buf.is_empty())),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(ReadFail::Broken(e.to_string())),
             Ok(Some(Ok(f))) => f,

@@ -19,6 +19,7 @@ use super::attempt::{self, OpenStream};
 use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
+use super::resume::{self, ResumeKit, Resumed};
 use super::tiers::Piece;
 use crate::cache::AnswerCache;
 use crate::config::Wire;
@@ -50,7 +51,16 @@ pub struct Forward {
     /// Events decoded from one upstream read, sent to the client as one chunk: one wake and
     /// one write instead of one per event, with no added delay.
     pub out: BytesMut,
+    /// Set when the route resumes broken streams (`resume: auto`).
+    pub resume: Option<ResumeKit>,
+    /// The answer text the client has received (kept only when resuming is possible).
+    pub sent_text: String,
+    /// The answer includes a tool call: never resumed.
+    pub in_tool: bool,
 }
+
+/// Upstream failures after the commit point that resume may repair.
+const RESUMABLE: &[&str] = &["cut", "timeout_idle", "error_event", "malformed"];
 
 enum End {
     Complete,
@@ -60,7 +70,22 @@ enum End {
 
 impl Forward {
     pub async fn run(mut self) {
-        let end = self.pump().await;
+        let mut end = self.pump().await;
+        if let End::Upstream { reason, .. } = &end
+            && RESUMABLE.contains(reason)
+            && self.resume.is_some()
+        {
+            // What arrived before the break goes out first: it is part of `sent_text`.
+            end = if !self.flush().await {
+                End::ClientGone
+            } else {
+                match resume::resume(&mut self).await {
+                    Some(Resumed::Complete) => End::Complete,
+                    Some(Resumed::ClientGone) => End::ClientGone,
+                    None => end,
+                }
+            };
+        }
         let route = self.rec.route_name().to_owned();
         match end {
             End::Complete => {
@@ -96,7 +121,7 @@ impl Forward {
     }
 
     /// Sends what is queued; false if the client is gone.
-    async fn flush(&mut self) -> bool {
+    pub(super) async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
         }
@@ -118,7 +143,13 @@ impl Forward {
             }
             Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
             Some(ChunkPeek::Done) => true,
-            Some(ChunkPeek::Chunk { finish, usage, usage_only, .. }) => {
+            Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, .. }) => {
+                if self.resume.is_some() {
+                    self.in_tool |= tool;
+                    if let Some(t) = &text {
+                        self.sent_text.push_str(t);
+                    }
+                }
                 if let Some(c) = &mut self.capture {
                     match super::tiers::text_of_event(self.wire, name, data) {
                         Piece::Text(t)

@@ -58,7 +58,16 @@ pub enum ChunkPeek {
     Error(String),
     /// A chunk. `content` is true when it carries anything the client must see as the answer
     /// (text, tool calls, refusal, a finish reason).
-    Chunk { content: bool, finish: Option<String>, usage: Option<Usage>, usage_only: bool },
+    Chunk {
+        content: bool,
+        finish: Option<String>,
+        usage: Option<Usage>,
+        usage_only: bool,
+        /// Answer text this event adds (for stream resume and the cache tier).
+        text: Option<String>,
+        /// The event is part of a tool call (resume never splices inside one).
+        tool: bool,
+    },
 }
 
 #[derive(Deserialize)]
@@ -105,12 +114,18 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek> {
     let choices = w.choices?;
     let mut content = false;
     let mut finish = None;
+    let mut text = None;
+    let mut tool = false;
     for c in &choices {
         if let Some(d) = &c.delta {
+            tool |= d.tool_calls.is_some_and(|r| r.get() != "null")
+                || d.function_call.is_some_and(|r| r.get() != "null");
             content |= d.content.as_deref().is_some_and(|s| !s.is_empty())
                 || d.refusal.as_deref().is_some_and(|s| !s.is_empty())
-                || d.tool_calls.is_some_and(|r| r.get() != "null")
-                || d.function_call.is_some_and(|r| r.get() != "null");
+                || tool;
+            if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
+                text = Some(t.to_owned());
+            }
         }
         if let Some(f) = &c.finish_reason {
             content = true;
@@ -122,6 +137,8 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek> {
         finish,
         usage_only: choices.is_empty() && w.usage.is_some(),
         usage: w.usage.map(Usage::from),
+        text,
+        tool,
     })
 }
 
@@ -192,7 +209,9 @@ mod tests {
                 content: false,
                 finish: None,
                 usage: Some(Usage { input: 3, output: 4, cached_input: 1 }),
-                usage_only: true
+                usage_only: true,
+                text: None,
+                tool: false
             })
         );
         assert_eq!(chunk(b"{\"choi"), None);
@@ -293,7 +312,14 @@ struct AnthropicBlockWire<'a> {
 pub fn anthropic_event(name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
     let w: AnthropicEventWire<'_> = serde_json::from_slice(data).ok()?;
     let chunk = |content, finish: Option<String>, usage| {
-        Some(ChunkPeek::Chunk { content, finish, usage, usage_only: false })
+        Some(ChunkPeek::Chunk {
+            content,
+            finish,
+            usage,
+            usage_only: false,
+            text: None,
+            tool: false,
+        })
     };
     match name.unwrap_or("") {
         "error" => Some(ChunkPeek::Error(
@@ -305,14 +331,27 @@ pub fn anthropic_event(name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
         "message_start" => chunk(false, None, w.message?.usage.map(|u| u.usage())),
         "content_block_start" => {
             let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| k == "tool_use");
-            chunk(tool, None, None)
+            Some(ChunkPeek::Chunk {
+                content: tool,
+                finish: None,
+                usage: None,
+                usage_only: false,
+                text: None,
+                tool,
+            })
         }
         "content_block_delta" => {
             let d = w.delta?;
-            let content = d.text.is_some_and(|t| !t.is_empty())
-                || d.partial_json.is_some()
-                || d.kind.is_some_and(|k| k == "input_json_delta");
-            chunk(content, None, None)
+            let tool = d.partial_json.is_some() || d.kind.is_some_and(|k| k == "input_json_delta");
+            let text = d.text.filter(|t| !t.is_empty()).map(Cow::into_owned);
+            Some(ChunkPeek::Chunk {
+                content: tool || text.is_some(),
+                finish: None,
+                usage: None,
+                usage_only: false,
+                text,
+                tool,
+            })
         }
         "message_delta" => {
             let finish = w.delta.and_then(|d| d.stop_reason).map(Cow::into_owned);
@@ -368,7 +407,9 @@ mod anthropic_tests {
                 content: false,
                 finish: None,
                 usage: Some(Usage { input: 15, output: 1, cached_input: 5 }),
-                usage_only: false
+                usage_only: false,
+                text: None,
+                tool: false
             })
         );
         let text = anthropic_event(Some("content_block_delta"), br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#);

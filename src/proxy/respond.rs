@@ -16,12 +16,13 @@ use super::emit::Emitter;
 use super::failover::{Failed, Served};
 use super::forward::{Capture, Forward};
 use super::record::RequestRecord;
+use super::resume::ResumeKit;
 use crate::body::Body;
 use crate::cache::CachedAnswer;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
-use crate::runtime::RouteRuntime;
+use crate::runtime::{RouteRuntime, Snapshot};
 use crate::translate::{self, anthropic_to_openai, openai_to_anthropic};
 
 fn unix_now() -> u64 {
@@ -56,6 +57,7 @@ impl Gateway {
     /// Turns the winning attempt into the client's response.
     pub(super) fn respond(
         self: &Arc<Self>,
+        snap: &Arc<Snapshot>,
         route: &RouteRuntime,
         served: Served,
         ask: &Prepared<'_>,
@@ -112,7 +114,18 @@ impl Gateway {
                     model: t.target.model.clone(),
                     tainted: false,
                 });
+                let resume =
+                    (route.route.resume && dialect == Dialect::OpenAi).then(|| ResumeKit {
+                        snap: snap.clone(),
+                        route: route.index,
+                        target: served.target,
+                        raw: ask.raw_owned.clone(),
+                        include_usage: ask.include_usage(),
+                    });
                 let forward = Forward {
+                    resume,
+                    sent_text: String::new(),
+                    in_tool: false,
                     capture,
                     stream,
                     tx,

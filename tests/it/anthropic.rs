@@ -27,6 +27,7 @@ routes:
     drop_unsupported_params: true
     targets: [{provider: claude, model: "c"}]
   claude-broken:
+    resume: off
     targets: [{provider: claude, model: "c+chunks=6+error_after=2"}]
 "#;
 

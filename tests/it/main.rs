@@ -13,6 +13,8 @@ mod config_lifecycle;
 mod core_api;
 mod drain;
 mod hostile_upstream;
+mod resume;
+mod scenarios;
 mod sockets;
 mod streaming;
 mod tiers;

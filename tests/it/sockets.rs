@@ -63,7 +63,10 @@ async fn through_http_mock_provider_plain_stream_and_faults() {
     gw.shutdown().await;
 
     // A cut after content over a real connection: error event, no [DONE].
-    let gw = start(&http_pair(mock, "p+chunks=5+cut=2", "b")).await;
+    let gw = start(
+        &http_pair(mock, "p+chunks=5+cut=2", "b").replace("retries:", "resume: off\n    retries:"),
+    )
+    .await;
     let got = send(gw.data_addr, "/v1/chat/completions", &chat_stream("x")).await;
     assert_eq!(got.stream_text(), "The tide");
     assert!(got.events().last().unwrap().contains("upstream_unavailable"));

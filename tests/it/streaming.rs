@@ -42,7 +42,7 @@ async fn usage_chunk_kept_when_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn cut_after_content_ends_with_error_event_and_no_done() {
-    let gw = gateway(&single("m+chunks=6+cut=2", ""));
+    let gw = gateway(&single("m+chunks=6+cut=2", "    resume: off\n"));
     let got = post(&gw, "/v1/chat/completions", &chat_stream("m")).await;
     assert_eq!(got.status, 200);
     let events = got.events();
@@ -58,7 +58,7 @@ async fn cut_after_content_ends_with_error_event_and_no_done() {
 
 #[tokio::test(start_paused = true)]
 async fn error_event_after_content_is_not_a_clean_end() {
-    let gw = gateway(&single("m+chunks=6+error_after=3", ""));
+    let gw = gateway(&single("m+chunks=6+error_after=3", "    resume: off\n"));
     let got = post(&gw, "/v1/chat/completions", &chat_stream("m")).await;
     let events = got.events();
     assert!(events.last().unwrap().contains("\"error\""), "{events:?}");
@@ -67,7 +67,7 @@ async fn error_event_after_content_is_not_a_clean_end() {
 
 #[tokio::test(start_paused = true)]
 async fn stall_after_content_hits_the_idle_timeout() {
-    let gw = gateway(&single("m+chunks=6+stall=2", "    timeouts: {idle: 2s}\n"));
+    let gw = gateway(&single("m+chunks=6+stall=2", "    resume: off\n    timeouts: {idle: 2s}\n"));
     let start = tokio::time::Instant::now();
     let got = post(&gw, "/v1/chat/completions", &chat_stream("m")).await;
     assert_eq!(got.stream_text(), "The tide");

@@ -16,6 +16,25 @@ const CREATED: u64 = 1_700_000_000;
 
 /// A rough chat token count (4 bytes a token plus per-message overhead), as a fake provider's
 /// own tokenizer would report it.
+/// A trailing assistant message is a prefill: a well-behaved model continues right after it.
+/// When the prefill is a prefix of this answer at a piece boundary, only the rest is answered.
+fn continue_after_prefill(req: &Value, pieces: Vec<String>) -> Vec<String> {
+    let last = req.get("messages").and_then(Value::as_array).and_then(|m| m.last());
+    let Some(prefill) =
+        last.filter(|m| m["role"] == "assistant").map(|m| text_of(m.get("content")))
+    else {
+        return pieces;
+    };
+    let mut covered = String::new();
+    for (i, p) in pieces.iter().enumerate() {
+        if covered == prefill {
+            return pieces[i..].to_vec();
+        }
+        covered.push_str(p);
+    }
+    if covered == prefill { Vec::new() } else { pieces }
+}
+
 pub(crate) fn prompt_tokens(req: &Value) -> u64 {
     let msgs = req.get("messages").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
     let mut n = 3;
@@ -69,13 +88,13 @@ pub(crate) fn answer_pieces(req: &Value, b: &Behaviour) -> (Vec<String>, &'stati
         .find_map(|k| req.get(*k).and_then(Value::as_u64))
         .unwrap_or(u64::MAX);
     let finish = if (words.len() as u64) > cap { "length" } else { "stop" };
-    let pieces = words
+    let pieces: Vec<String> = words
         .into_iter()
         .take(usize::try_from(cap).unwrap_or(usize::MAX))
         .enumerate()
         .map(|(i, w)| if i == 0 { w } else { format!(" {w}") })
         .collect();
-    (pieces, finish)
+    (continue_after_prefill(req, pieces), finish)
 }
 
 pub(crate) fn error(

@@ -1,0 +1,324 @@
+//! Finishing a stream that broke after the commit point (SPEC §5 "Resume").
+//!
+//! The client already holds part of the answer; tidegate cannot take it back, so it tries to
+//! deliver the rest within the same deadline:
+//! 1. **continuation**: a target that accepts prefill (Anthropic natively, OpenAI-compatible
+//!    servers with `supports_prefill: true`) gets the request plus the text already sent as a
+//!    trailing assistant message, and everything it streams is forwarded;
+//! 2. **splice**: where prefill is unavailable or rejected, the request is restarted and the new
+//!    stream held back until it has covered the text already sent; if it begins with exactly
+//!    that text, only the remainder is forwarded;
+//! 3. otherwise the caller ends the stream with the error event.
+//!
+//! This build resumes text answers for OpenAI-dialect clients; a stream broken inside a tool
+//! call, or an Anthropic-dialect client, gets the error event.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::time::{Instant, timeout_at};
+
+use super::ask::{Ask, Prepared};
+use super::attempt::{self, Attempt, Endpoint, OpenStream, Opened, Waited};
+use super::classify::Next;
+use super::forward::Forward;
+use super::peek::{self, ChunkPeek};
+use super::record::AttemptLog;
+use super::request::ChatRequest;
+use crate::config::Wire;
+use crate::runtime::{Snapshot, TargetRuntime};
+use crate::translate::finish::openai_finish_reason;
+
+/// What a stream task needs to start new attempts on its own.
+pub struct ResumeKit {
+    pub snap: Arc<Snapshot>,
+    pub route: usize,
+    /// The target that was streaming when it broke.
+    pub target: usize,
+    /// The client's request body.
+    pub raw: Bytes,
+    pub include_usage: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Continuation,
+    Splice,
+}
+
+impl Mode {
+    fn tier(self) -> &'static str {
+        match self {
+            Self::Continuation => "continuation",
+            Self::Splice => "splice",
+        }
+    }
+}
+
+/// How one resume try ended.
+pub enum Resumed {
+    /// The answer was completed.
+    Complete,
+    /// The client left meanwhile.
+    ClientGone,
+}
+
+/// The client's request with the text already sent appended as an assistant message (prefill).
+fn request_with(raw: &Bytes, prefill: Option<&str>) -> Option<Bytes> {
+    let Some(text) = prefill else { return Some(raw.clone()) };
+    let mut v: Value = serde_json::from_slice(raw).ok()?;
+    v.get_mut("messages")?.as_array_mut()?.push(json!({"role": "assistant", "content": text}));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+async fn open(
+    kit: &ResumeKit,
+    t: &TargetRuntime,
+    prefill: Option<&str>,
+    deadline: Instant,
+    fwd: &mut Forward,
+) -> Result<OpenStream, (Next, &'static str)> {
+    let route = &kit.snap.routes[kit.route];
+    let bytes = request_with(&kit.raw, prefill).ok_or((Next::Stop, "malformed"))?;
+    let chat = ChatRequest::parse(&bytes).map_err(|_| (Next::Stop, "malformed"))?;
+    let ask = Prepared::new(Ask::Chat(chat), &bytes).map_err(|_| (Next::Stop, "malformed"))?;
+    let body = ask
+        .body_for(t, &kit.snap.config, route.route.drop_unsupported_params)
+        .map_err(|_| (Next::NextTarget, "untranslatable"))?;
+    let attempt = Attempt {
+        target: t,
+        endpoint: Endpoint::Chat,
+        body,
+        stream: true,
+        timeouts: &route.route.timeouts,
+        deadline,
+    };
+    let mut waited = Waited::default();
+    let started = Instant::now();
+    let result = attempt.run(&mut waited).await;
+    fwd.rec.upstream_wait += waited.upstream;
+    let (outcome, reason, status) = match &result {
+        Ok(_) => ("ok", "stream_resume", Some(200)),
+        Err(f) => ("error", f.reason, f.status),
+    };
+    fwd.rec.attempt(
+        &t.series,
+        AttemptLog {
+            provider: t.series.provider.clone(),
+            model: t.series.model.clone(),
+            outcome,
+            reason,
+            status,
+            detail: if prefill.is_some() {
+                "resume by continuation".into()
+            } else {
+                "resume by splice".into()
+            },
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        },
+    );
+    match result {
+        Ok(Opened::Stream(s)) => Ok(s),
+        Ok(Opened::Complete { .. }) => Err((Next::NextTarget, "content_type")),
+        Err(f) => Err((f.next, f.reason)),
+    }
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    crate::sse::encode_data(c.to_string().as_bytes())
+}
+
+/// Forwards the new stream's text (after the overlap, for a splice) and closes the answer.
+async fn forward_rest(
+    fwd: &mut Forward,
+    mut s: OpenStream,
+    wire: Wire,
+    model: &str,
+    mode: Mode,
+    include_usage: bool,
+) -> Option<Resumed> {
+    let sent = fwd.sent_text.clone();
+    let mut pending = String::new();
+    let mut splicing = mode == Mode::Splice;
+    let mut events: Vec<(Option<String>, Bytes)> = std::mem::take(&mut s.held);
+    let mut usage = s.usage;
+    let mut finish: Option<String> = None;
+    loop {
+        for (name, data) in events.drain(..) {
+            match attempt::classify(wire, name.as_deref(), &data)? {
+                ChunkPeek::Error(_) => return None,
+                ChunkPeek::Done => {
+                    return close(
+                        fwd,
+                        model,
+                        finish.as_deref().unwrap_or("stop"),
+                        usage,
+                        include_usage,
+                        splicing,
+                    )
+                    .await;
+                }
+                ChunkPeek::Chunk { text, finish: f, usage: u, tool, .. } => {
+                    if tool {
+                        return None;
+                    }
+                    usage = peek::merge_usage(usage, u);
+                    if let Some(f) = f {
+                        finish = Some(if wire == Wire::Anthropic {
+                            openai_finish_reason(&f).to_owned()
+                        } else {
+                            f
+                        });
+                    }
+                    let Some(text) = text else { continue };
+                    let piece = if splicing {
+                        pending.push_str(&text);
+                        if pending.len() < sent.len() {
+                            if !sent.starts_with(&pending) {
+                                return None;
+                            }
+                            continue;
+                        }
+                        if !pending.starts_with(&sent) {
+                            return None;
+                        }
+                        splicing = false;
+                        pending[sent.len()..].to_owned()
+                    } else {
+                        text
+                    };
+                    if !piece.is_empty() {
+                        fwd.sent_text.push_str(&piece);
+                        fwd.out.extend_from_slice(&chunk(model, json!({"content": piece}), None));
+                    }
+                }
+            }
+        }
+        if !fwd.flush().await {
+            return Some(Resumed::ClientGone);
+        }
+        loop {
+            match s.decoder.next_event() {
+                Ok(Some(ev)) => events.push((ev.event, ev.data)),
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        if !events.is_empty() {
+            continue;
+        }
+        let wait_end = (Instant::now() + fwd.idle).min(fwd.deadline);
+        let frame = tokio::select! {
+            biased;
+            () = fwd.tx.closed() => return Some(Resumed::ClientGone),
+            f = timeout_at(wait_end, s.body.frame()) => f,
+        };
+        match frame {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    s.decoder.feed(&d);
+                }
+            }
+            Ok(None) if finish.is_some() => {
+                return close(
+                    fwd,
+                    model,
+                    finish.as_deref().unwrap_or("stop"),
+                    usage,
+                    include_usage,
+                    splicing,
+                )
+                .await;
+            }
+            _ => return None,
+        }
+    }
+}
+
+async fn close(
+    fwd: &mut Forward,
+    model: &str,
+    finish: &str,
+    usage: Option<peek::Usage>,
+    include_usage: bool,
+    still_splicing: bool,
+) -> Option<Resumed> {
+    if still_splicing {
+        // The restarted answer ended before it covered what the client already has.
+        return None;
+    }
+    fwd.out.extend_from_slice(&chunk(model, json!({}), Some(finish)));
+    if let Some(u) = usage {
+        fwd.rec.usage = Some(match fwd.rec.usage {
+            Some(o) => peek::Usage {
+                input: o.input + u.input,
+                output: o.output + u.output,
+                cached_input: o.cached_input + u.cached_input,
+            },
+            None => u,
+        });
+    }
+    if include_usage {
+        let u = fwd.rec.usage.unwrap_or_default();
+        let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "model": model, "choices": [],
+            "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output}});
+        fwd.out.extend_from_slice(&crate::sse::encode_data(c.to_string().as_bytes()));
+    }
+    fwd.rec.finish = Some(finish.to_owned());
+    fwd.out.extend_from_slice(crate::sse::DONE);
+    Some(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone })
+}
+
+/// Tries continuation, then splice, on the failed target and the ones after it.
+pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
+    let kit = fwd.resume.take()?;
+    if fwd.in_tool || fwd.sent_text.is_empty() || Instant::now() >= fwd.deadline {
+        return None;
+    }
+    let route = &kit.snap.routes[kit.route];
+    for t in &route.targets[kit.target..] {
+        if Instant::now() >= fwd.deadline {
+            return None;
+        }
+        let wire = t.provider.spec.wire;
+        let mut modes = Vec::with_capacity(2);
+        if t.provider.spec.supports_prefill {
+            modes.push(Mode::Continuation);
+        }
+        modes.push(Mode::Splice);
+        for mode in modes {
+            let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
+            match open(&kit, t, prefill.as_deref(), fwd.deadline, fwd).await {
+                Ok(stream) => {
+                    fwd.rec
+                        .metrics()
+                        .fallbacks
+                        .with_label_values(&[&route.route.name, mode.tier(), "stream_resume"])
+                        .inc();
+                    fwd.rec.served_by = Some(t.series.clone());
+                    let done =
+                        forward_rest(fwd, stream, wire, &t.target.model, mode, kit.include_usage)
+                            .await;
+                    if done.is_some() {
+                        tracing::info!(route = %route.route.name, provider = %t.target.provider, tier = mode.tier(), "stream resumed after the commit point");
+                        return done;
+                    }
+                    // It broke again (or diverged): what was forwarded meanwhile is in
+                    // `sent_text`; try the next target.
+                    break;
+                }
+                // Prefill rejected (a 400 about the trailing assistant message): splice next.
+                Err((Next::Stop, _)) if mode == Mode::Continuation => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    None
+}

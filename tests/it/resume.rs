@@ -1,0 +1,84 @@
+//! Streams broken after the commit point are finished by continuation or splice (SPEC §5), so
+//! the client sees one complete answer; when neither works, the error event and no `[DONE]`.
+
+use crate::common::*;
+
+fn full(n: usize) -> String {
+    ["The", " tide", " rises", " and", " the", " gate", " holds", " steady"][..n].concat()
+}
+
+#[tokio::test(start_paused = true)]
+async fn continuation_on_the_same_target() {
+    // The first call breaks after 2 words; the continuation (prefill = "The tide") heals.
+    let gw = gateway(&single("p+chunks=6+cut=2+fail_first=1", ""));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    assert!(!got.text().contains("\"error\""));
+    assert_eq!(gw.mock_stats("sim").get("p+chunks=6+cut=2+fail_first=1").calls, 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_fallbacks_total{reason=\"stream_resume\",route=\"r\",tier=\"continuation\"}"
+        ),
+        1.0
+    );
+    let log = gw.log_sink.lines().join("\n");
+    assert!(log.contains("resume by continuation") && log.contains("\"outcome\":\"ok\""), "{log}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn continuation_on_the_next_target_with_usage() {
+    let gw = gateway(&pair("p+chunks=6+cut=2", "b+chunks=6", ""));
+    let body = r#"{"model":"x","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello there"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    // The primary's own continuation breaks again (it always cuts after 2 more words), then the
+    // backup continues from the 4 words already sent with the last 2.
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    let events = got.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    // Usage counts what upstreams reported: the backup's 2 tokens (the broken attempts never
+    // reported theirs).
+    assert_eq!(usage["usage"]["completion_tokens"], 2, "{usage}");
+    assert_eq!(gw.mock_stats("sim").get("p+chunks=6+cut=2").calls, 2);
+    assert_eq!(gw.mock_stats("backup").get("b+chunks=6").calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn splice_when_the_fallback_rejects_prefill() {
+    let config = "providers:\n  sim: {kind: mock, supports_prefill: false}\n  backup: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets:\n      - {provider: sim, model: \"p+chunks=6+stall=2\"}\n      - {provider: backup, model: \"b+chunks=6+no_prefill\"}\n    timeouts: {idle: 1s}\n";
+    let gw = gateway(config);
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    // The primary cannot continue, so it is restarted and spliced first, and stalls again; the
+    // backup then refuses the prefill (400), is restarted and spliced, and finishes.
+    assert_eq!(gw.mock_stats("backup").get("b+chunks=6+no_prefill").calls, 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_fallbacks_total{reason=\"stream_resume\",route=\"r\",tier=\"splice\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_diverging_restart_is_not_spliced() {
+    // The backup cannot continue and its restarted answer differs: the error event, no [DONE].
+    let gw =
+        gateway(&pair("p+chunks=6+cut=2", "b+echo+no_prefill", "    retries: {per_target: 0}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(got.stream_text().starts_with("The tide"));
+    assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    assert!(!got.text().contains("[DONE]"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_clients_and_tool_calls_get_the_error_event() {
+    // This build resumes OpenAI-dialect text streams only.
+    let gw = gateway(&single("p+chunks=6+cut=2+fail_first=1", ""));
+    let got = post(&gw, "/v1/messages", r#"{"model":"x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#).await;
+    assert!(got.text().contains("event: error"), "{}", got.text());
+}

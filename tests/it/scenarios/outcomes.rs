@@ -1,0 +1,168 @@
+//! What the client ends up with: invisible stream failover, a supplied `[DONE]`, context-window
+//! failover, refusals passed through, the free tiers, the final 502, and failover across wires.
+
+use super::*;
+
+const NO_RETRY: &str = "    retries: {per_target: 0}\n";
+
+/// Scenario 8: a stream cut before any content (and a non-stream body cut half-way) fails over
+/// invisibly: the client gets the backup's whole answer with exactly one `[DONE]`.
+#[tokio::test(start_paused = true)]
+async fn s08_cut_before_content_is_an_invisible_failover() {
+    let primary = "p+cut=0";
+    for stream in [false, true] {
+        let gw = gateway(&pair(primary, BACKUP, NO_RETRY));
+        let (got, took) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=cut");
+        // The mock pauses 5 ms before cutting so what it sent is flushed.
+        assert!(took <= ms(5), "stream={stream}: {took:?}");
+        assert_eq!(calls(&gw, "sim", primary), 1);
+        assert_eq!(calls(&gw, "backup", BACKUP), 1);
+    }
+}
+
+/// Scenario 11: a stream that ends after its finish (and usage) without `[DONE]` is a complete
+/// answer: tidegate supplies the one `[DONE]`; nothing is retried.
+#[tokio::test(start_paused = true)]
+async fn s11_missing_done_after_finish_is_supplied() {
+    let primary = "p+chunks=3+no_done";
+    let gw = gateway(&pair(primary, BACKUP, ""));
+    let (got, took) = timed(&gw, true).await;
+    assert_answered(&got, true, "sim", primary, PROMPT);
+    assert_eq!(got.header("x-tidegate-attempts"), "1");
+    assert_eq!(took, Duration::ZERO);
+    assert_eq!(calls(&gw, "sim", primary), 1);
+    assert_eq!(calls(&gw, "backup", BACKUP), 0);
+}
+
+/// Scenario 12: a context-length 400 is never resent to the same target; the next target with the
+/// same (known) window is skipped without a call; the one with a larger window answers.
+#[tokio::test(start_paused = true)]
+async fn s12_context_length_skips_small_windows() {
+    let targets = [("sim", "p+context=10"), ("backup", "b+context=10"), ("third", "c+chunks=3")];
+    let extra = "models:\n  \"p+context=10\": {input: 1, output: 1, context: 10}\n  \"b+context=10\": {input: 1, output: 1, context: 10}\n  \"c+chunks=3\": {input: 1, output: 1, context: 1000}\n";
+    // 41 bytes: 3 + 3 + 11 = 17 prompt tokens, over the 10-token window.
+    let content = "Please summarise this long support ticket";
+    for stream in [false, true] {
+        let gw = gateway(&route(&targets, extra));
+        let (got, took) = timed_body(&gw, &request_saying(content, stream)).await;
+        assert_answered(&got, stream, "third", "c+chunks=3", 17);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=context_length");
+        assert_eq!(got.header("x-tidegate-attempts"), "2");
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(calls(&gw, "sim", "p+context=10"), 1, "never resent (per_target is 1)");
+        assert_eq!(calls(&gw, "backup", "b+context=10"), 0, "window not larger: skipped");
+        assert_eq!(calls(&gw, "third", "c+chunks=3"), 1);
+    }
+}
+
+/// Scenario 13: a content-filter refusal is the request's fault: the upstream's 400 goes to the
+/// client as it came, nothing is retried or failed over.
+#[tokio::test(start_paused = true)]
+async fn s13_content_filter_refusal_passes_through() {
+    let gw = gateway(&pair("p+filter", BACKUP, ""));
+    for (n, stream) in [(1, false), (2, true)] {
+        let (got, took) = timed(&gw, stream).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        assert_eq!(got.header("content-type"), "application/json", "a JSON error, stream or not");
+        let v = got.json();
+        assert_eq!(v["error"]["code"], "content_filter");
+        assert_eq!(v["error"]["param"], "prompt");
+        assert!(v["error"]["message"].as_str().unwrap().contains("content management policy"));
+        // The mock sends no `x-should-retry`, and tidegate adds none to a passed-through error.
+        assert_eq!(got.header("x-should-retry"), "");
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(calls(&gw, "sim", "p+filter"), n, "one call per request");
+        assert_eq!(calls(&gw, "backup", BACKUP), 0);
+    }
+}
+
+/// Scenario 14: a fallback that rejects the request itself: SPEC §5 "not retryable, not failed
+/// over" applies to the fallback too, so the client gets that 400, not a 502.
+#[tokio::test(start_paused = true)]
+async fn s14_a_fallback_rejecting_the_request_is_passed_through() {
+    for stream in [false, true] {
+        let gw = gateway(&pair("p+status=503", "b+status=400", NO_RETRY));
+        let (got, took) = timed(&gw, stream).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        assert_eq!(got.json()["error"]["message"], "mock error 400");
+        assert_eq!(got.json()["error"]["type"], "invalid_request_error");
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(calls(&gw, "sim", "p+status=503"), 1);
+        assert_eq!(calls(&gw, "backup", "b+status=400"), 1);
+    }
+}
+
+/// Scenario 15: every paid target down: a cached answer for the same request when there is one
+/// (with the model that gave it), the template otherwise.
+#[tokio::test(start_paused = true)]
+async fn s15_all_paid_targets_down_cache_then_template() {
+    let tiers = format!(
+        "      - {{cache: {{max_age: 1h}}}}\n      - {{template: \"Try again later.\"}}\n{NO_RETRY}"
+    );
+    let up = [("sim", "p+chunks=3"), ("backup", BACKUP)];
+    let gw = gateway(&route(&up, &tiers));
+    assert_answered(&timed(&gw, false).await.0, false, "sim", "p+chunks=3", PROMPT);
+    let down = [("sim", "p+status=503"), ("backup", "b+reset")];
+    gw.install(gw.prepare(config(&route(&down, &tiers))).unwrap());
+    for (n, stream) in [(1, false), (2, true)] {
+        let (got, took) = timed(&gw, stream).await;
+        assert_eq!(got.header("x-tidegate-fallback"), "cache;reason=status_5xx");
+        assert_eq!(got.header("x-tidegate-model"), "p+chunks=3");
+        assert_eq!(got.header("x-tidegate-attempts"), "2");
+        let text = if stream {
+            assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+            got.stream_text()
+        } else {
+            got.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(text, ANSWER, "stream={stream}");
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(calls(&gw, "sim", "p+status=503"), n);
+        assert_eq!(calls(&gw, "backup", "b+reset"), n);
+    }
+    let (got, _) = timed_body(&gw, &request_saying("Something new", false)).await;
+    assert_eq!(got.header("x-tidegate-fallback"), "template;reason=status_5xx");
+    assert_eq!(got.json()["choices"][0]["message"]["content"], "Try again later.");
+}
+
+/// Scenario 16: every target down and no free tier: a 502 listing every attempt, within the total
+/// deadline (here 5 s: the backup's two hangs of `first_token` plus two backoffs).
+#[tokio::test(start_paused = true)]
+async fn s16_all_down_is_a_502_within_the_total_deadline() {
+    let extra = "    timeouts: {first_token: 2s, total: 5s}\n    retries: {per_target: 1, total: 4, backoff: 100ms}\n";
+    for stream in [false, true] {
+        let gw = gateway(&pair("p+status=503", "b+hang", extra));
+        let (got, took) = timed(&gw, stream).await;
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(got.error_code(), "upstream_unavailable");
+        assert_eq!(got.header("x-should-retry"), "false");
+        let msg = got.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert_eq!(msg.matches("sim/p+status=503: status_5xx (status 503)").count(), 2, "{msg}");
+        assert_eq!(msg.matches("backup/b+hang: timeout_first_token").count(), 2, "{msg}");
+        assert!(took >= ms(4100) && took <= ms(4200), "stream={stream}: {took:?}");
+        assert_eq!(calls(&gw, "sim", "p+status=503"), 2);
+        assert_eq!(calls(&gw, "backup", "b+hang"), 2);
+        assert_eq!(cancels(&gw, "backup", "b+hang").await, 2);
+    }
+}
+
+/// Failover across dialects: an OpenAI-wire primary fails, an Anthropic-wire backup answers the
+/// OpenAI client in its own dialect, with the backup's model and usage.
+#[tokio::test(start_paused = true)]
+async fn failover_from_an_openai_wire_to_an_anthropic_wire() {
+    let targets = [("sim", "o+status=503"), ("claude", "c+chunks=3")];
+    for stream in [false, true] {
+        let gw = gateway(&route(&targets, NO_RETRY));
+        let (got, took) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "claude", "c+chunks=3", PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=status_5xx");
+        if !stream {
+            assert_eq!(got.json()["object"], "chat.completion");
+        }
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(calls(&gw, "sim", "o+status=503"), 1);
+        assert_eq!(calls(&gw, "claude", "c+chunks=3"), 1);
+    }
+}

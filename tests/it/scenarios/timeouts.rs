@@ -1,0 +1,95 @@
+//! Timeouts before the commit point (SPEC §5): `first_token`, `idle`, `attempt` fail over to the
+//! next target at exactly their limit and cancel the abandoned call; `total` (or the client's
+//! own `x-stainless-read-timeout`) ends the request.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use super::*;
+
+const NO_RETRY: &str = "    retries: {per_target: 0}\n";
+
+/// Scenario 6: no response headers at all: the backup is called at `first_token` exactly and the
+/// primary's call is cancelled.
+#[tokio::test(start_paused = true)]
+async fn s06_hang_fails_over_at_first_token() {
+    let primary = "p+hang";
+    for stream in [false, true] {
+        let gw = gateway(&pair(
+            primary,
+            BACKUP,
+            &format!("    timeouts: {{first_token: 2s}}\n{NO_RETRY}"),
+        ));
+        let (got, took) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=timeout_first_token");
+        assert_eq!(took, secs(2), "stream={stream}");
+        assert_eq!(calls(&gw, "sim", primary), 1);
+        assert_eq!(cancels(&gw, "sim", primary).await, 1);
+        assert_eq!(calls(&gw, "backup", BACKUP), 1);
+    }
+}
+
+/// Scenario 7: headers at once but the first token 5 s later, over `first_token` (2 s): stream
+/// (role chunk, then nothing) and non-stream (headers, then no body) fail over at 2 s.
+#[tokio::test(start_paused = true)]
+async fn s07_slow_first_token_fails_over_at_first_token() {
+    let primary = "p+ttft=5s";
+    for stream in [false, true] {
+        let gw = gateway(&pair(
+            primary,
+            BACKUP,
+            &format!("    timeouts: {{first_token: 2s}}\n{NO_RETRY}"),
+        ));
+        let (got, took) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=timeout_first_token");
+        assert_eq!(took, secs(2), "stream={stream}");
+        assert_eq!(calls(&gw, "sim", primary), 1);
+        assert_eq!(cancels(&gw, "sim", primary).await, 1, "stream={stream}");
+    }
+}
+
+/// Scenario 9: a stream that stalls before any content fails over at `idle` (1 s) when that is
+/// shorter than `first_token` (5 s). A non-stream body that stops half-way has no idle timer
+/// (`idle` is between stream events): it fails over at `attempt` (3 s).
+#[tokio::test(start_paused = true)]
+async fn s09_stall_before_content_fails_over_at_idle() {
+    let primary = "p+stall=0";
+    let extra = format!("    timeouts: {{first_token: 5s, idle: 1s, attempt: 3s}}\n{NO_RETRY}");
+    for (stream, limit, reason) in
+        [(true, secs(1), "timeout_idle"), (false, secs(3), "timeout_attempt")]
+    {
+        let gw = gateway(&pair(primary, BACKUP, &extra));
+        let (got, took) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), format!("target;reason={reason}"));
+        assert_eq!(took, limit, "stream={stream}");
+        assert_eq!(calls(&gw, "sim", primary), 1);
+        assert_eq!(cancels(&gw, "sim", primary).await, 1, "stream={stream}");
+    }
+}
+
+/// Scenario 17: the client's `x-stainless-read-timeout: 2` caps `timeouts.total: 30s`: a hanging
+/// primary (with a `first_token` of 10 s) ends in a 504 at 2 s; the backup is never called.
+#[tokio::test(start_paused = true)]
+async fn s17_client_read_timeout_caps_the_total_deadline() {
+    let primary = "p+hang";
+    for stream in [false, true] {
+        let gw = gateway(&pair(primary, BACKUP, "    timeouts: {first_token: 10s, total: 30s}\n"));
+        let req = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("x-stainless-read-timeout", "2")
+            .body(Full::new(Bytes::from(request(stream))))
+            .unwrap();
+        let t0 = Instant::now();
+        let got = call_with(&gw, req).await;
+        assert_eq!(t0.elapsed(), secs(2), "stream={stream}");
+        assert_eq!(got.status, 504, "{}", got.text());
+        assert_eq!(got.error_code(), "deadline_exceeded");
+        assert_eq!(calls(&gw, "sim", primary), 1);
+        assert_eq!(cancels(&gw, "sim", primary).await, 1);
+        assert_eq!(calls(&gw, "backup", BACKUP), 0);
+    }
+}
