@@ -10,6 +10,7 @@
 //! - `OVERHEAD_PROXY=nginx`: measure an nginx reverse proxy (keep-alive upstream, no
 //!   buffering) in tidegate's place, as a reference for what any proxy hop costs here.
 //! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
+//! - `OVERHEAD_TIDEGATE_BIN=/path/to/tidegate`: measure another build (A/B against a commit).
 //! - `OVERHEAD_GATEWAY_THREADS`: tokio worker threads of the tidegate child.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -126,7 +127,9 @@ async fn start_gateway(upstream: SocketAddr) -> Gateway {
     );
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+    // OVERHEAD_TIDEGATE_BIN: another build of tidegate (e.g. an older commit) for A/B runs.
+    let bin = std::env::var("OVERHEAD_TIDEGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tidegate").to_owned());
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&path)
         .env("TIDEGATE_LOG", "warn")
