@@ -47,7 +47,6 @@ fn request(stream: bool) -> String {
 async fn timed_body(gw: &Arc<Gateway>, body: &str) -> (Got, Duration) {
     let t0 = Instant::now();
     let got = post(gw, "/v1/chat/completions", body).await;
-    eprintln!("TIMING {:?} {} {} {}", t0.elapsed(), got.status, got.header("x-tidegate-provider"), got.header("x-tidegate-fallback"));
     (got, t0.elapsed())
 }
 
