@@ -128,7 +128,8 @@ async fn start_gateway(upstream: SocketAddr) -> Gateway {
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
     std::fs::write(&path, config).unwrap();
     // OVERHEAD_TIDEGATE_BIN: another build of tidegate (e.g. an older commit) for A/B runs.
-    let bin = std::env::var("OVERHEAD_TIDEGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tidegate").to_owned());
+    let bin = std::env::var("OVERHEAD_TIDEGATE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tidegate").to_owned());
     let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&path)

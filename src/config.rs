@@ -52,6 +52,8 @@ pub struct Config {
     pub server: Server,
     pub state: StateConfig,
     pub logging: Logging,
+    /// `circuit_breaker:` settings (defaults per SPEC §5); applied at start.
+    pub breaker: crate::routing::health::BreakerConfig,
     pub providers: BTreeMap<String, Arc<ProviderSpec>>,
     pub models: BTreeMap<String, ModelInfo>,
     /// Routes sorted by name.

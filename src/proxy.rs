@@ -247,7 +247,7 @@ impl Gateway {
                     None => Err(error),
                 }
             }
-            Err(f) => respond::failed(f, ask.dialect(), rec),
+            Err(f) => respond::failed(f, ask.dialect(), route, rec),
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state with the given breaker settings (the rest as defaults).
+    pub fn with_breaker(config: crate::routing::health::BreakerConfig) -> Self {
+        Self { health: crate::routing::health::Health::new(config), ..Self::default() }
+    }
+
     /// The counters of the mock provider named `provider` (created on first use).
     pub fn mock_stats(&self, provider: &str) -> Arc<MockStats> {
         let mut m = self.mock_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -22,6 +22,9 @@ pub struct RawConfig {
     pub logging: RawLogging,
     #[serde(default)]
     pub state: RawState,
+    /// Circuit-breaker settings (read at start).
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -133,4 +136,15 @@ pub struct RawRetries {
     pub total: Option<u32>,
     pub backoff: Option<HumanDuration>,
     pub max_retry_after: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<HumanDuration>,
+    pub open_for: Option<HumanDuration>,
+    pub max_open_for: Option<HumanDuration>,
 }

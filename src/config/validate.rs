@@ -83,6 +83,7 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     }
 
     let routes = routes(&cx, raw.routes, &providers)?;
+    let breaker = breaker(&cx, &raw.circuit_breaker)?;
     Ok(Config {
         version: version_of(content),
         label: raw.label,
@@ -91,6 +92,7 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         server,
         state,
         logging,
+        breaker,
         providers,
         models,
         routes,
@@ -122,6 +124,36 @@ fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
         None => PathBuf::from("/var/lib/tidegate"),
     };
     Ok(StateConfig { backend: StateBackend::Memory, dir })
+}
+
+fn breaker(
+    cx: &Ctx<'_>,
+    b: &super::raw::RawBreaker,
+) -> Result<crate::routing::health::BreakerConfig, ConfigError> {
+    let d = crate::routing::health::BreakerConfig::default();
+    let out = crate::routing::health::BreakerConfig {
+        consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+        failure_rate: b.failure_rate.unwrap_or(d.failure_rate),
+        min_requests: b.min_requests.unwrap_or(d.min_requests),
+        window: b.window.map_or(d.window, |w| w.0),
+        open_for: b.open_for.map_or(d.open_for, |w| w.0),
+        max_open_for: b.max_open_for.map_or(d.max_open_for, |w| w.0),
+    };
+    if out.consecutive_failures == 0 {
+        return Err(cx.err("circuit_breaker.consecutive_failures", "expected at least 1"));
+    }
+    if !(out.failure_rate > 0.0 && out.failure_rate <= 1.0) {
+        return Err(
+            cx.err("circuit_breaker.failure_rate", "expected a fraction above 0 and at most 1")
+        );
+    }
+    if out.window.is_zero() || out.open_for.is_zero() || out.max_open_for < out.open_for {
+        return Err(cx.err(
+            "circuit_breaker",
+            "expected window and open_for above zero, and max_open_for at least open_for",
+        ));
+    }
+    Ok(out)
 }
 
 fn addr(
@@ -469,6 +501,19 @@ mod tests {
         let s = "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n  b:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n";
         let e = load_str(s).unwrap_err();
         assert_eq!(e.path, "routes.b.match_models");
+    }
+
+    #[test]
+    fn circuit_breaker_settings() {
+        let c = load_str(&format!(
+            "circuit_breaker: {{consecutive_failures: 3, open_for: 10s}}\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.breaker.consecutive_failures, 3);
+        assert_eq!(c.breaker.open_for, Duration::from_secs(10));
+        assert_eq!(c.breaker.max_open_for, Duration::from_secs(300));
+        let e = load_str(&format!("circuit_breaker: {{failure_rate: 1.5}}\n{MIN}")).unwrap_err();
+        assert_eq!(e.path, "circuit_breaker.failure_rate");
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub struct Served {
     pub fallback_reason: Option<&'static str>,
 }
 
+/// Which target refused the request, for the response headers (every fallback is visible).
+pub struct Refused {
+    pub target: usize,
+    pub attempts: u32,
+    /// Why the first target did not serve, when a later one refused.
+    pub fallback_reason: Option<&'static str>,
+}
+
 /// Why no target answered.
 pub enum Failed {
     /// The request itself cannot be served (untranslatable for every target).
@@ -35,7 +43,7 @@ pub enum Failed {
     Exhausted { error: GatewayError, reason: &'static str },
     /// The upstream refused the request itself: its answer goes to the client (converted to
     /// the client's dialect if the upstream's wire differs).
-    Passthrough(Passthrough, Wire),
+    Passthrough(Passthrough, Wire, Refused),
 }
 
 /// Inputs of one run of the loop.
@@ -153,7 +161,12 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     );
                 }
                 if is_final(&f) {
-                    return Err(self.final_failure(f, &failures, t));
+                    let refused = Refused {
+                        target: ti,
+                        attempts,
+                        fallback_reason: if ti > 0 { first_reason } else { None },
+                    };
+                    return Err(self.final_failure(f, &failures, t, refused));
                 }
                 match f.next {
                     // `Stop` already returned through `is_final`.
@@ -212,8 +225,10 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     ) {
         let outcome = match result {
             Ok(_) => Outcome::Success,
+            // A 429 cools the target down for its Retry-After; without one there is nothing to
+            // honour (and the same-target retry after backoff must not find it cooling down).
             Err(f) if f.reason == "rate_limited" => {
-                Outcome::RateLimited(f.retry_after.unwrap_or(Duration::from_secs(1)))
+                f.retry_after.map_or(Outcome::Neutral, Outcome::RateLimited)
             }
             // The request's fault, not the target's.
             Err(f)
@@ -247,7 +262,13 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         }
     }
 
-    fn final_failure(&self, f: AttemptFailure, failures: &[String], t: &TargetRuntime) -> Failed {
+    fn final_failure(
+        &self,
+        f: AttemptFailure,
+        failures: &[String],
+        t: &TargetRuntime,
+        refused: Refused,
+    ) -> Failed {
         if f.deadline {
             let error = all_failed(ErrorCode::DeadlineExceeded, &self.route.route.name, failures);
             return Failed::Exhausted { error, reason: "deadline" };
@@ -255,7 +276,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         match f.passthrough {
             Some(mut p) => {
                 p.body = redact_bytes(p.body, t);
-                Failed::Passthrough(p, t.provider.spec.wire)
+                Failed::Passthrough(p, t.provider.spec.wire, refused)
             }
             None => Failed::Exhausted {
                 error: GatewayError::new(ErrorCode::UpstreamUnavailable, describe(t, &f)),

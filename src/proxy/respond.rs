@@ -179,11 +179,12 @@ fn error_in_dialect(p: &Passthrough, client: Dialect, wire: Wire) -> Bytes {
 pub(super) fn failed(
     f: Failed,
     client: Dialect,
+    route: &RouteRuntime,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, GatewayError> {
     match f {
         Failed::Gateway(e) | Failed::Exhausted { error: e, .. } => Err(e),
-        Failed::Passthrough(p, wire) => {
+        Failed::Passthrough(p, wire, refused) => {
             rec.outcome = "client_error";
             rec.status = p.status.as_u16();
             let mut resp = Response::new(Body::full(error_in_dialect(&p, client, wire)));
@@ -191,10 +192,20 @@ pub(super) fn failed(
             *resp.headers_mut() = p.headers;
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let Some(route) = &rec.route
-                && let Ok(v) = HeaderValue::from_str(&route.name)
-            {
-                resp.headers_mut().insert("x-tidegate-route", v);
+            let t = &route.targets[refused.target];
+            let h = resp.headers_mut();
+            h.insert("x-tidegate-route", route.name_header.clone());
+            h.insert("x-tidegate-provider", t.provider_header.clone());
+            h.insert("x-tidegate-model", t.model_header.clone());
+            h.insert("x-tidegate-attempts", HeaderValue::from(refused.attempts));
+            if let Some(reason) = refused.fallback_reason {
+                rec.metrics()
+                    .fallbacks
+                    .with_label_values(&[&route.route.name, "target", reason])
+                    .inc();
+                if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
+                    h.insert("x-tidegate-fallback", v);
+                }
             }
             Ok(resp)
         }

@@ -70,11 +70,11 @@ async fn s13_content_filter_refusal_passes_through() {
         assert_eq!(v["error"]["code"], "content_filter");
         assert_eq!(v["error"]["param"], "prompt");
         assert!(v["error"]["message"].as_str().unwrap().contains("content management policy"));
-        // Observed: the mock sends no `x-should-retry` and tidegate adds none to a passed-through
-        // error; nor `x-tidegate-error-code` (not a tidegate code) or `x-tidegate-provider`.
+        // The upstream's own refusal keeps its own retry hints (the mock sends no
+        // `x-should-retry`); it is not a tidegate error code, but it says who refused.
         assert_eq!(got.header("x-should-retry"), "");
         assert_eq!(got.header("x-tidegate-error-code"), "");
-        assert_eq!(got.header("x-tidegate-provider"), "");
+        assert_eq!(got.header("x-tidegate-provider"), "sim");
         assert_eq!(took, Duration::ZERO);
         assert_eq!(calls(&gw, "sim", "p+filter"), n, "one call per request");
         assert_eq!(calls(&gw, "backup", BACKUP), 0);
@@ -91,14 +91,14 @@ async fn s14_a_fallback_rejecting_the_request_is_passed_through() {
         assert_eq!(got.status, 400, "{}", got.text());
         assert_eq!(got.json()["error"]["message"], "mock error 400");
         assert_eq!(got.json()["error"]["type"], "invalid_request_error");
-        // BUG (minor): SPEC §5 "Every fallback is visible: header, metric, log". This answer
-        // comes from the backup after the primary's 503, yet it carries no
-        // `x-tidegate-fallback` (nor `x-tidegate-provider`/`-model`/`-attempts`) and
-        // `tidegate_fallbacks_total` is not incremented. Asserting what happens today:
-        assert_eq!(got.header("x-tidegate-fallback"), "");
-        assert_eq!(got.header("x-tidegate-provider"), "");
+        // SPEC §5 "Every fallback is visible": the refusal came from the backup after the
+        // primary's 503, and says so.
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=status_5xx");
+        assert_eq!(got.header("x-tidegate-provider"), "backup");
+        assert_eq!(got.header("x-tidegate-model"), "b+status=400");
+        assert_eq!(got.header("x-tidegate-attempts"), "2");
         let series = "tidegate_fallbacks_total{reason=\"status_5xx\",route=\"r\",tier=\"target\"}";
-        assert_eq!(metric(&gw, series), 0.0);
+        assert_eq!(metric(&gw, series), 1.0);
         assert_eq!(took, Duration::ZERO);
         assert_eq!(calls(&gw, "sim", "p+status=503"), 1);
         assert_eq!(calls(&gw, "backup", "b+status=400"), 1);
