@@ -53,14 +53,52 @@ fn chunk(delta: &str, finish: Option<&str>) -> Bytes {
 }
 
 /// The minimal upstream: a fixed completion, or a 20-chunk stream sent chunk by chunk.
-async fn upstream(
-    req: Request<Incoming>,
-) -> Result<
-    Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
-    std::convert::Infallible,
-> {
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn event(name: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// The same answers in the Anthropic Messages wire.
+fn anthropic(stream: bool) -> Response<UpBody> {
+    if !stream {
+        let body = Bytes::from_static(br#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"The tide rises and the gate holds steady."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}"#);
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(body).boxed())
+            .unwrap();
+    }
+    let mut frames = vec![
+        event(
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        ),
+        event(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+    ];
+    for i in 0..CHUNKS {
+        frames.push(event("content_block_delta", &format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"w{i} "}}}}"#)));
+    }
+    frames.push(event("content_block_stop", r#"{"type":"content_block_stop","index":0}"#));
+    frames.push(event("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":20}}"#));
+    frames.push(event("message_stop", r#"{"type":"message_stop"}"#));
+    let stream =
+        futures_util::stream::iter(frames.into_iter().map(|b| Ok(hyper::body::Frame::data(b))));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(http_body_util::StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, std::convert::Infallible> {
+    let messages_api = req.uri().path() == "/v1/messages";
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let text = std::str::from_utf8(&body).unwrap_or("");
+    if messages_api {
+        return Ok(anthropic(text.contains("\"stream\":true")));
+    }
     if !text.contains("\"stream\":true") {
         let r = Response::builder()
             .header("content-type", "application/json")
@@ -228,8 +266,13 @@ async fn load(
                     .body(Full::new(body.clone()))
                     .unwrap();
                 let resp = client.request(req).await.unwrap();
-                assert!(resp.status().is_success(), "status {}", resp.status());
+                let status = resp.status();
                 let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(
+                    status.is_success(),
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
                 assert!(!bytes.is_empty());
                 lat.push(t.elapsed().as_secs_f64() * 1e6);
             }

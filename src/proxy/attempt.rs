@@ -41,7 +41,7 @@ impl Endpoint {
 }
 
 /// One stream event of either wire: classify it for the commit point and usage.
-pub fn classify(wire: Wire, name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
+pub fn classify<'a>(wire: Wire, name: Option<&str>, data: &'a [u8]) -> Option<ChunkPeek<'a>> {
     match wire {
         Wire::OpenAi if name == Some("error") => {
             Some(ChunkPeek::Error(String::from_utf8_lossy(data).into_owned()))

@@ -51,7 +51,7 @@ struct ErrorWire<'a> {
 
 /// One `data:` payload of an OpenAI chat stream.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ChunkPeek {
+pub enum ChunkPeek<'a> {
     /// `[DONE]`.
     Done,
     /// `{"error": ...}`: the upstream failed after its 200.
@@ -63,8 +63,8 @@ pub enum ChunkPeek {
         finish: Option<String>,
         usage: Option<Usage>,
         usage_only: bool,
-        /// Answer text this event adds (for stream resume and the cache tier).
-        text: Option<String>,
+        /// Answer text this event adds (for stream resume), borrowed from the event's bytes.
+        text: Option<Cow<'a, str>>,
         /// The event is part of a tool call (resume never splices inside one).
         tool: bool,
     },
@@ -101,7 +101,7 @@ struct DeltaWire<'a> {
 }
 
 /// Parses one stream payload; `None` if it is not valid JSON of the expected shape.
-pub fn chunk(data: &[u8]) -> Option<ChunkPeek> {
+pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
     if data == b"[DONE]" {
         return Some(ChunkPeek::Done);
     }
@@ -112,30 +112,31 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek> {
         ));
     }
     let choices = w.choices?;
+    let usage_only = choices.is_empty() && w.usage.is_some();
     let mut content = false;
     let mut finish = None;
     let mut text = None;
     let mut tool = false;
-    for c in &choices {
-        if let Some(d) = &c.delta {
+    for c in choices {
+        if let Some(d) = c.delta {
             tool |= d.tool_calls.is_some_and(|r| r.get() != "null")
                 || d.function_call.is_some_and(|r| r.get() != "null");
             content |= d.content.as_deref().is_some_and(|s| !s.is_empty())
                 || d.refusal.as_deref().is_some_and(|s| !s.is_empty())
                 || tool;
-            if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
-                text = Some(t.to_owned());
+            if let Some(t) = d.content.filter(|t| !t.is_empty()) {
+                text = Some(t);
             }
         }
-        if let Some(f) = &c.finish_reason {
+        if let Some(f) = c.finish_reason {
             content = true;
-            finish = Some(f.clone().into_owned());
+            finish = Some(f.into_owned());
         }
     }
     Some(ChunkPeek::Chunk {
         content,
         finish,
-        usage_only: choices.is_empty() && w.usage.is_some(),
+        usage_only,
         usage: w.usage.map(Usage::from),
         text,
         tool,
@@ -309,7 +310,7 @@ struct AnthropicBlockWire<'a> {
 
 /// Classifies one Anthropic stream event. Usage in `message_delta` is cumulative output only;
 /// the caller merges it with the input counts of `message_start`. `None`: malformed.
-pub fn anthropic_event(name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
+pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPeek<'a>> {
     let w: AnthropicEventWire<'_> = serde_json::from_slice(data).ok()?;
     let chunk = |content, finish: Option<String>, usage| {
         Some(ChunkPeek::Chunk {
@@ -343,7 +344,7 @@ pub fn anthropic_event(name: Option<&str>, data: &[u8]) -> Option<ChunkPeek> {
         "content_block_delta" => {
             let d = w.delta?;
             let tool = d.partial_json.is_some() || d.kind.is_some_and(|k| k == "input_json_delta");
-            let text = d.text.filter(|t| !t.is_empty()).map(Cow::into_owned);
+            let text = d.text.filter(|t| !t.is_empty());
             Some(ChunkPeek::Chunk {
                 content: tool || text.is_some(),
                 finish: None,
@@ -453,5 +454,20 @@ mod anthropic_tests {
             Some(BodyPeek::Error(_))
         ));
         assert_eq!(anthropic_body(br#"{"choices":[]}"#), None);
+    }
+}
+
+#[cfg(test)]
+mod bench_body_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_anthropic_message_with_text_content() {
+        let body = br#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"The tide rises and the gate holds steady."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}"#;
+        assert!(
+            matches!(anthropic_body(body), Some(BodyPeek::Ok { .. })),
+            "{:?}",
+            anthropic_body(body)
+        );
     }
 }

@@ -177,7 +177,7 @@ async fn forward_rest(
                             f
                         });
                     }
-                    let Some(text) = text else { continue };
+                    let Some(text) = text.map(std::borrow::Cow::into_owned) else { continue };
                     let piece = if splicing {
                         pending.push_str(&text);
                         if pending.len() < sent.len() {
