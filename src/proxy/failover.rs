@@ -286,7 +286,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     }
 }
 
-fn log(
+pub(super) fn log(
     t: &TargetRuntime,
     outcome: &'static str,
     reason: &'static str,

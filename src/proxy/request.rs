@@ -187,24 +187,7 @@ impl<'a> ChatRequest<'a> {
                 Some("max_tokens"),
             ));
         }
-        match obj.get("messages") {
-            None => return Err(GatewayError::invalid("`messages` is required", Some("messages"))),
-            Some(raw) => {
-                let msgs: Vec<MessageShape<'_>> =
-                    serde_json::from_str(raw.get()).map_err(|_| {
-                        GatewayError::invalid(
-                            "`messages` must be an array of objects each with a string `role`",
-                            Some("messages"),
-                        )
-                    })?;
-                if msgs.is_empty() {
-                    return Err(GatewayError::invalid(
-                        "`messages` must not be empty",
-                        Some("messages"),
-                    ));
-                }
-            }
-        }
+        check_messages(&obj)?;
         if let Some(n) = obj.typed::<u64>("n", "a positive integer")?
             && n == 0
         {
@@ -212,6 +195,24 @@ impl<'a> ChatRequest<'a> {
         }
         Ok(Self { obj, model, stream, include_usage, max_tokens, max_completion_tokens })
     }
+}
+
+/// `messages` is present and a non-empty array of objects with a string `role`; content is the
+/// provider's business.
+fn check_messages(obj: &RawObject<'_>) -> Result<(), GatewayError> {
+    let Some(raw) = obj.get("messages") else {
+        return Err(GatewayError::invalid("`messages` is required", Some("messages")));
+    };
+    let msgs: Vec<MessageShape<'_>> = serde_json::from_str(raw.get()).map_err(|_| {
+        GatewayError::invalid(
+            "`messages` must be an array of objects each with a string `role`",
+            Some("messages"),
+        )
+    })?;
+    if msgs.is_empty() {
+        return Err(GatewayError::invalid("`messages` must not be empty", Some("messages")));
+    }
+    Ok(())
 }
 
 /// Only the shape is checked here; content is the provider's business.
@@ -312,24 +313,7 @@ impl<'a> MessagesRequest<'a> {
         let max_tokens = obj
             .typed::<u64>("max_tokens", "a positive integer")?
             .ok_or_else(|| GatewayError::invalid("`max_tokens` is required", Some("max_tokens")))?;
-        match obj.get("messages") {
-            None => return Err(GatewayError::invalid("`messages` is required", Some("messages"))),
-            Some(raw) => {
-                let msgs: Vec<MessageShape<'_>> =
-                    serde_json::from_str(raw.get()).map_err(|_| {
-                        GatewayError::invalid(
-                            "`messages` must be an array of objects each with a string `role`",
-                            Some("messages"),
-                        )
-                    })?;
-                if msgs.is_empty() {
-                    return Err(GatewayError::invalid(
-                        "`messages` must not be empty",
-                        Some("messages"),
-                    ));
-                }
-            }
-        }
+        check_messages(&obj)?;
         Ok(Self { obj, model, stream, max_tokens })
     }
 }

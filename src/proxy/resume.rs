@@ -25,7 +25,6 @@ use super::attempt::{self, Attempt, Endpoint, OpenStream, Opened, Waited};
 use super::classify::Next;
 use super::forward::Forward;
 use super::peek::{self, ChunkPeek};
-use super::record::AttemptLog;
 use super::request::ChatRequest;
 use crate::config::Wire;
 use crate::runtime::{Snapshot, TargetRuntime};
@@ -103,21 +102,10 @@ async fn open(
         Ok(_) => ("ok", "stream_resume", Some(200)),
         Err(f) => ("error", f.reason, f.status),
     };
+    let detail = if prefill.is_some() { "resume by continuation" } else { "resume by splice" };
     fwd.rec.attempt(
         &t.series,
-        AttemptLog {
-            provider: t.series.provider.clone(),
-            model: t.series.model.clone(),
-            outcome,
-            reason,
-            status,
-            detail: if prefill.is_some() {
-                "resume by continuation".into()
-            } else {
-                "resume by splice".into()
-            },
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        },
+        super::failover::log(t, outcome, reason, status, detail.into(), started),
     );
     match result {
         Ok(Opened::Stream(s)) => Ok(s),
@@ -150,21 +138,11 @@ async fn forward_rest(
     let mut events: Vec<(Option<String>, Bytes)> = std::mem::take(&mut s.held);
     let mut usage = s.usage;
     let mut finish: Option<String> = None;
-    loop {
+    'stream: loop {
         for (name, data) in events.drain(..) {
             match attempt::classify(wire, name.as_deref(), &data)? {
                 ChunkPeek::Error(_) => return None,
-                ChunkPeek::Done => {
-                    return close(
-                        fwd,
-                        model,
-                        finish.as_deref().unwrap_or("stop"),
-                        usage,
-                        include_usage,
-                        splicing,
-                    )
-                    .await;
-                }
+                ChunkPeek::Done => break 'stream,
                 ChunkPeek::Chunk { text, finish: f, usage: u, tool, .. } => {
                     if tool {
                         return None;
@@ -226,20 +204,11 @@ async fn forward_rest(
                     s.decoder.feed(&d);
                 }
             }
-            Ok(None) if finish.is_some() => {
-                return close(
-                    fwd,
-                    model,
-                    finish.as_deref().unwrap_or("stop"),
-                    usage,
-                    include_usage,
-                    splicing,
-                )
-                .await;
-            }
+            Ok(None) if finish.is_some() => break 'stream,
             _ => return None,
         }
     }
+    close(fwd, model, finish.as_deref().unwrap_or("stop"), usage, include_usage, splicing).await
 }
 
 async fn close(
