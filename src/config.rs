@@ -97,7 +97,8 @@ pub enum StateBackend {
 pub struct Logging {
     /// Fraction of successful requests logged (failures always are). Default 1.0.
     pub sample_rate: f64,
-    /// Log prompts and completions. Default false.
+    /// Put the request body and the answer (a stream's text) in the per-request log line.
+    /// Default false: prompts and completions are never logged.
     pub content: bool,
 }
 

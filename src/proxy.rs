@@ -202,6 +202,10 @@ impl Gateway {
                 return Err(GatewayError::invalid("the request body did not arrive in time", None));
             }
         };
+        if snap.config.logging.content {
+            rec.log_content = true;
+            rec.prompt = Some(String::from_utf8_lossy(&bytes).into_owned());
+        }
         let deadline_cap = client_timeout(&parts.headers);
         let ask = match call {
             Call::Chat => Ask::Chat(ChatRequest::parse(&bytes)?),

@@ -87,6 +87,8 @@ impl Forward {
             };
         }
         let route = self.rec.route_name().to_owned();
+        // After any resume: the log gets everything the client received.
+        self.log_completion();
         match end {
             End::Complete => {
                 self.rec.outcome = if self.rec.outcome == "fallback" { "fallback" } else { "ok" };
@@ -120,6 +122,13 @@ impl Forward {
         }
     }
 
+    /// With `logging.content`, the text the client has received so far goes in the log line.
+    fn log_completion(&mut self) {
+        if self.rec.log_content {
+            self.rec.completion = Some(self.sent_text.clone());
+        }
+    }
+
     /// Sends what is queued; false if the client is gone.
     pub(super) async fn flush(&mut self) -> bool {
         if self.out.is_empty() {
@@ -144,7 +153,7 @@ impl Forward {
             Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
             Some(ChunkPeek::Done) => true,
             Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, .. }) => {
-                if self.resume.is_some() {
+                if self.resume.is_some() || self.rec.log_content {
                     self.in_tool |= tool;
                     if let Some(t) = &text {
                         self.sent_text.push_str(t);

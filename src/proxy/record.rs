@@ -84,6 +84,12 @@ pub struct RequestRecord {
     pub status: u16,
     pub error: Option<String>,
     pub sample_rate: f64,
+    /// `logging.content`: put the prompt and the completion in the log line.
+    pub log_content: bool,
+    /// The request body, when `log_content`.
+    pub prompt: Option<String>,
+    /// The answer (text for streams, the body otherwise), when `log_content`.
+    pub completion: Option<String>,
     silent: bool,
 }
 
@@ -113,6 +119,9 @@ impl RequestRecord {
             status: 499,
             error: None,
             sample_rate,
+            log_content: false,
+            prompt: None,
+            completion: None,
             silent: false,
         }
     }
@@ -210,6 +219,8 @@ impl RequestRecord {
             duration_ms: total.as_secs_f64() * 1000.0,
             overhead_ms: overhead.as_secs_f64() * 1000.0,
             error: self.error.as_deref(),
+            prompt: self.prompt.as_deref(),
+            completion: self.completion.as_deref(),
         };
         if let Ok(json) = serde_json::to_string(&line) {
             self.sink.write(json);
@@ -243,4 +254,8 @@ struct LogLine<'a> {
     duration_ms: f64,
     overhead_ms: f64,
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion: Option<&'a str>,
 }

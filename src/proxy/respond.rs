@@ -92,6 +92,9 @@ impl Gateway {
                     self.shared.answers.put(key, CachedAnswer { text, model });
                 }
                 let body = translate_body(body, dialect, wire)?;
+                if rec.log_content {
+                    rec.completion = Some(String::from_utf8_lossy(&body).into_owned());
+                }
                 rec.status = 200;
                 builder
                     .header(header::CONTENT_TYPE, "application/json")

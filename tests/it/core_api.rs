@@ -209,3 +209,16 @@ async fn metrics_count_requests_tokens_and_attempts() {
     // A client-sent model name never becomes a label value.
     assert!(!text.contains("model=\"x\""));
 }
+
+#[tokio::test(start_paused = true)]
+async fn content_logging_is_opt_in() {
+    let gw = gateway(&format!("logging: {{content: true}}\n{}", single("m+chunks=3", "")));
+    post(&gw, "/v1/chat/completions", &chat("x")).await;
+    post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    let lines = gw.log_sink.lines();
+    let plain: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert!(plain["prompt"].as_str().unwrap().contains("Hello there"), "{plain}");
+    assert!(plain["completion"].as_str().unwrap().contains("The tide rises"), "{plain}");
+    let stream: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(stream["completion"], "The tide rises", "{stream}");
+}
