@@ -20,7 +20,6 @@ use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
 use super::resume::{self, ResumeKit, Resumed};
-use super::tiers::Piece;
 use crate::cache::AnswerCache;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
@@ -160,14 +159,13 @@ impl Forward {
                     }
                 }
                 if let Some(c) = &mut self.capture {
-                    match super::tiers::text_of_event(self.wire, name, data) {
-                        Piece::Text(t)
-                            if c.text.len() + t.len() <= crate::cache::MAX_ANSWER_BYTES =>
-                        {
-                            c.text.push_str(&t)
+                    match &text {
+                        _ if tool => c.tainted = true,
+                        Some(t) if c.text.len() + t.len() <= crate::cache::MAX_ANSWER_BYTES => {
+                            c.text.push_str(t)
                         }
-                        Piece::Nothing => {}
-                        Piece::Text(_) | Piece::NotText => c.tainted = true,
+                        Some(_) => c.tainted = true,
+                        None => {}
                     }
                 }
                 self.stream.usage = peek::merge_usage(self.stream.usage, usage);

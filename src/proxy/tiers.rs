@@ -136,37 +136,3 @@ pub fn text_of_body(body: &[u8], wire: Wire) -> Option<(String, String)> {
     };
     Some((text, model))
 }
-
-/// What one upstream stream event adds to a captured answer.
-pub enum Piece {
-    Text(String),
-    Nothing,
-    /// The answer is not plain text (a tool call): it must not be cached.
-    NotText,
-}
-
-/// The text piece of one upstream stream event, for capturing a streamed answer.
-pub fn text_of_event(wire: Wire, name: Option<&str>, data: &[u8]) -> Piece {
-    let Ok(v) = serde_json::from_slice::<Value>(data) else { return Piece::Nothing };
-    let text = |t: Option<&Value>| {
-        t.and_then(Value::as_str).map_or(Piece::Nothing, |s| Piece::Text(s.to_owned()))
-    };
-    match wire {
-        Wire::OpenAi => {
-            let delta = v.pointer("/choices/0/delta");
-            if delta.and_then(|d| d.get("tool_calls")).is_some_and(|t| !t.is_null()) {
-                return Piece::NotText;
-            }
-            text(delta.and_then(|d| d.get("content")))
-        }
-        Wire::Anthropic => match name {
-            Some("content_block_start")
-                if v.pointer("/content_block/type").is_some_and(|t| t != "text") =>
-            {
-                Piece::NotText
-            }
-            Some("content_block_delta") => text(v.pointer("/delta/text")),
-            _ => Piece::Nothing,
-        },
-    }
-}
