@@ -70,8 +70,6 @@ pub struct OpenStream {
     pub held: Vec<(Option<String>, Bytes)>,
     pub usage: Option<Usage>,
     pub finish: Option<String>,
-    /// `[DONE]` already arrived.
-    pub done: bool,
 }
 
 /// Per-attempt inputs.
@@ -226,7 +224,6 @@ impl Attempt<'_> {
                             held,
                             usage,
                             finish: None,
-                            done: true,
                         }));
                     }
                     Some(ChunkPeek::Chunk { content, finish, usage: u, .. }) => {
@@ -240,7 +237,6 @@ impl Attempt<'_> {
                                 held,
                                 usage,
                                 finish,
-                                done: false,
                             }));
                         }
                     }
