@@ -56,6 +56,10 @@ pub struct Forward {
     pub sent_text: String,
     /// The answer includes a tool call: never resumed.
     pub in_tool: bool,
+    /// Anthropic clients: content blocks started and stopped so far in the client's stream, so
+    /// a resumed answer continues the open text block (blocks are numbered 0, 1, ...).
+    pub blocks_started: u64,
+    pub blocks_stopped: u64,
 }
 
 /// Upstream failures after the commit point that resume may repair.
@@ -121,6 +125,18 @@ impl Forward {
         }
     }
 
+    /// Anthropic clients: counts the content blocks the emitter just wrote (from `from` on).
+    fn count_blocks(&mut self, from: usize) {
+        if self.dialect != Dialect::Anthropic || self.resume.is_none() {
+            return;
+        }
+        let written = &self.out[from..];
+        let count =
+            |needle: &[u8]| written.windows(needle.len()).filter(|w| *w == needle).count() as u64;
+        self.blocks_started += count(b"event: content_block_start\n");
+        self.blocks_stopped += count(b"event: content_block_stop\n");
+    }
+
     /// With `logging.content`, the text the client has received so far goes in the log line.
     fn log_completion(&mut self) {
         if self.rec.log_content {
@@ -133,6 +149,7 @@ impl Forward {
         if self.out.is_empty() {
             return true;
         }
+
         let t = Instant::now();
         let ok = self.tx.send(self.out.split().freeze()).await.is_ok();
         self.rec.client_wait += t.elapsed();
@@ -173,9 +190,11 @@ impl Forward {
                 if finish.is_some() {
                     self.stream.finish = finish;
                 }
+                let before = self.out.len();
                 self.emitter
                     .event(name, data, usage_only, &mut self.out)
                     .map_err(|e| upstream("error_event", e.0))?;
+                self.count_blocks(before);
                 false
             }
         };

@@ -117,18 +117,19 @@ impl Gateway {
                     model: t.target.model.clone(),
                     tainted: false,
                 });
-                let resume =
-                    (route.route.resume && dialect == Dialect::OpenAi).then(|| ResumeKit {
-                        snap: snap.clone(),
-                        route: route.index,
-                        target: served.target,
-                        raw: ask.raw_owned.clone(),
-                        include_usage: ask.include_usage(),
-                    });
+                let resume = route.route.resume.then(|| ResumeKit {
+                    snap: snap.clone(),
+                    route: route.index,
+                    target: served.target,
+                    raw: ask.raw_owned.clone(),
+                    include_usage: ask.include_usage(),
+                });
                 let forward = Forward {
                     resume,
                     sent_text: String::new(),
                     in_tool: false,
+                    blocks_started: 0,
+                    blocks_stopped: 0,
                     capture,
                     stream,
                     tx,

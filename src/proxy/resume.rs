@@ -10,8 +10,8 @@
 //!    that text, only the remainder is forwarded;
 //! 3. otherwise the caller ends the stream with the error event.
 //!
-//! This build resumes text answers for OpenAI-dialect clients; a stream broken inside a tool
-//! call, or an Anthropic-dialect client, gets the error event.
+//! Text answers are resumed for both dialects; a stream broken inside a tool call gets the error
+//! event. An Anthropic client's resumed text continues its open text block (or a new one).
 
 use std::sync::Arc;
 
@@ -25,9 +25,12 @@ use super::attempt::{self, Attempt, Endpoint, OpenStream, Opened, Waited};
 use super::classify::Next;
 use super::forward::Forward;
 use super::peek::{self, ChunkPeek};
-use super::request::ChatRequest;
+use super::request::{ChatRequest, MessagesRequest};
 use crate::config::Wire;
+use crate::error::Dialect;
 use crate::runtime::{Snapshot, TargetRuntime};
+use crate::sse::encode_event;
+use crate::translate::finish::anthropic_stop_reason;
 use crate::translate::finish::openai_finish_reason;
 
 /// What a stream task needs to start new attempts on its own.
@@ -81,8 +84,12 @@ async fn open(
 ) -> Result<OpenStream, (Next, &'static str)> {
     let route = &kit.snap.routes[kit.route];
     let bytes = request_with(&kit.raw, prefill).ok_or((Next::Stop, "malformed"))?;
-    let chat = ChatRequest::parse(&bytes).map_err(|_| (Next::Stop, "malformed"))?;
-    let ask = Prepared::new(Ask::Chat(chat), &bytes).map_err(|_| (Next::Stop, "malformed"))?;
+    let parsed = match fwd.dialect {
+        Dialect::OpenAi => ChatRequest::parse(&bytes).map(Ask::Chat),
+        Dialect::Anthropic => MessagesRequest::parse(&bytes).map(Ask::Messages),
+    };
+    let ask =
+        parsed.and_then(|a| Prepared::new(a, &bytes)).map_err(|_| (Next::Stop, "malformed"))?;
     let body = ask
         .body_for(t, &kit.snap.config, route.route.drop_unsupported_params)
         .map_err(|_| (Next::NextTarget, "untranslatable"))?;
@@ -111,6 +118,35 @@ async fn open(
         Ok(Opened::Stream(s)) => Ok(s),
         Ok(Opened::Complete { .. }) => Err((Next::NextTarget, "content_type")),
         Err(f) => Err((f.next, f.reason)),
+    }
+}
+
+/// One piece of resumed text in the client's dialect. An Anthropic client gets it in its open
+/// text block, or in a new one after the last block it saw.
+fn emit_text(fwd: &mut Forward, model: &str, piece: &str) {
+    match fwd.dialect {
+        Dialect::OpenAi => {
+            fwd.out.extend_from_slice(&chunk(model, json!({"content": piece}), None))
+        }
+        Dialect::Anthropic => {
+            let index = fwd.blocks_started.saturating_sub(1);
+            let index = if fwd.blocks_started > fwd.blocks_stopped {
+                index
+            } else {
+                let start = json!({"type": "content_block_start", "index": fwd.blocks_started, "content_block": {"type": "text", "text": ""}});
+                fwd.out.extend_from_slice(&encode_event(
+                    "content_block_start",
+                    start.to_string().as_bytes(),
+                ));
+                fwd.blocks_started += 1;
+                fwd.blocks_started - 1
+            };
+            let delta = json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}});
+            fwd.out.extend_from_slice(&encode_event(
+                "content_block_delta",
+                delta.to_string().as_bytes(),
+            ));
+        }
     }
 }
 
@@ -174,7 +210,7 @@ async fn forward_rest(
                     };
                     if !piece.is_empty() {
                         fwd.sent_text.push_str(&piece);
-                        fwd.out.extend_from_slice(&chunk(model, json!({"content": piece}), None));
+                        emit_text(fwd, model, &piece);
                     }
                 }
             }
@@ -223,7 +259,6 @@ async fn close(
         // The restarted answer ended before it covered what the client already has.
         return None;
     }
-    fwd.out.extend_from_slice(&chunk(model, json!({}), Some(finish)));
     if let Some(u) = usage {
         fwd.rec.usage = Some(match fwd.rec.usage {
             Some(o) => peek::Usage {
@@ -234,6 +269,22 @@ async fn close(
             None => u,
         });
     }
+    if fwd.dialect == Dialect::Anthropic {
+        if fwd.blocks_started > fwd.blocks_stopped {
+            let stop = json!({"type": "content_block_stop", "index": fwd.blocks_started - 1});
+            fwd.out.extend_from_slice(&encode_event(
+                "content_block_stop",
+                stop.to_string().as_bytes(),
+            ));
+        }
+        let output = fwd.rec.usage.map_or(0, |u| u.output);
+        let delta = json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop_reason(finish), "stop_sequence": null}, "usage": {"output_tokens": output}});
+        fwd.out.extend_from_slice(&encode_event("message_delta", delta.to_string().as_bytes()));
+        fwd.out.extend_from_slice(&encode_event("message_stop", br#"{"type":"message_stop"}"#));
+        fwd.rec.finish = Some(finish.to_owned());
+        return Some(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone });
+    }
+    fwd.out.extend_from_slice(&chunk(model, json!({}), Some(finish)));
     if include_usage {
         let u = fwd.rec.usage.unwrap_or_default();
         let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "model": model, "choices": [],

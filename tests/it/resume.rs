@@ -75,10 +75,45 @@ async fn a_diverging_restart_is_not_spliced() {
     assert!(!got.text().contains("[DONE]"));
 }
 
+/// `event:` names and parsed data of an Anthropic stream.
+fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
+    got.text()
+        .split("\n\n")
+        .filter_map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
-async fn anthropic_clients_and_tool_calls_get_the_error_event() {
-    // This build resumes OpenAI-dialect text streams only.
-    let gw = gateway(&single("p+chunks=6+cut=2+fail_first=1", ""));
-    let got = post(&gw, "/v1/messages", r#"{"model":"x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#).await;
-    assert!(got.text().contains("event: error"), "{}", got.text());
+async fn anthropic_clients_get_a_resumed_stream_too() {
+    let body = r#"{"model":"x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Anthropic-wire upstream (pass-through) and OpenAI-wire upstream (translated).
+    for api in ["anthropic", "openai"] {
+        let config = format!(
+            "providers:\n  sim: {{kind: mock, api: {api}}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"p+chunks=6+cut=2+fail_first=1\"}}]\n"
+        );
+        let gw = gateway(&config);
+        let got = post(&gw, "/v1/messages", body).await;
+        let events = anthropic_events(&got);
+        let text: String = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .filter_map(|(_, d)| d["delta"]["text"].as_str())
+            .collect();
+        assert_eq!(text, full(6), "{api}: {}", got.text());
+        // One text block, continued: every delta in block 0, one start, one stop, then the end.
+        assert!(
+            events.iter().filter(|(n, _)| n == "content_block_delta").all(|(_, d)| d["index"] == 0),
+            "{api}"
+        );
+        assert_eq!(events.iter().filter(|(n, _)| n == "content_block_start").count(), 1, "{api}");
+        assert_eq!(events.iter().filter(|(n, _)| n == "content_block_stop").count(), 1, "{api}");
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"], "{api}");
+        assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "end_turn", "{api}");
+        assert!(!got.text().contains("event: error"), "{api}");
+    }
 }
