@@ -37,18 +37,6 @@ fn messages(model: &str, stream: bool) -> String {
     )
 }
 
-/// `event:` names and `data:` payloads of an Anthropic stream.
-fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
-    got.text()
-        .split("\n\n")
-        .filter_map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name.to_owned(), serde_json::from_str(data).ok()?))
-        })
-        .collect()
-}
-
 fn anthropic_text(events: &[(String, serde_json::Value)]) -> String {
     events
         .iter()

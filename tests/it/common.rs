@@ -130,3 +130,15 @@ pub fn metric(gw: &Gateway, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// `event:` names and parsed `data:` payloads of an Anthropic stream.
+pub fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
+    got.text()
+        .split("\n\n")
+        .filter_map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_owned(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}

@@ -75,18 +75,6 @@ async fn a_diverging_restart_is_not_spliced() {
     assert!(!got.text().contains("[DONE]"));
 }
 
-/// `event:` names and parsed data of an Anthropic stream.
-fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
-    got.text()
-        .split("\n\n")
-        .filter_map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name.to_owned(), serde_json::from_str(data).ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn anthropic_clients_get_a_resumed_stream_too() {
     let body = r#"{"model":"x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;

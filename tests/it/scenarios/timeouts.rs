@@ -10,11 +10,9 @@ use super::*;
 
 const NO_RETRY: &str = "    retries: {per_target: 0}\n";
 
-/// Scenario 6: no response headers at all: the backup is called at `first_token` exactly and the
-/// primary's call is cancelled.
-#[tokio::test(start_paused = true)]
-async fn s06_hang_fails_over_at_first_token() {
-    let primary = "p+hang";
+/// The primary is called once, fails over at `first_token` (2 s) exactly, and its call is
+/// cancelled; the backup answers. Stream and non-stream.
+async fn fails_over_at_first_token(primary: &str) {
     for stream in [false, true] {
         let gw = gateway(&pair(
             primary,
@@ -24,31 +22,24 @@ async fn s06_hang_fails_over_at_first_token() {
         let (got, took) = timed(&gw, stream).await;
         assert_answered(&got, stream, "backup", BACKUP, PROMPT);
         assert_eq!(got.header("x-tidegate-fallback"), "target;reason=timeout_first_token");
-        assert_eq!(took, secs(2), "stream={stream}");
+        assert_eq!(took, secs(2), "{primary} stream={stream}");
         assert_eq!(calls(&gw, "sim", primary), 1);
-        assert_eq!(cancels(&gw, "sim", primary).await, 1);
+        assert_eq!(cancels(&gw, "sim", primary).await, 1, "{primary} stream={stream}");
         assert_eq!(calls(&gw, "backup", BACKUP), 1);
     }
 }
 
-/// Scenario 7: headers at once but the first token 5 s later, over `first_token` (2 s): stream
-/// (role chunk, then nothing) and non-stream (headers, then no body) fail over at 2 s.
+/// Scenario 6: no response headers at all.
+#[tokio::test(start_paused = true)]
+async fn s06_hang_fails_over_at_first_token() {
+    fails_over_at_first_token("p+hang").await;
+}
+
+/// Scenario 7: headers at once but the first token 5 s later (stream: role chunk, then nothing;
+/// non-stream: headers, then no body).
 #[tokio::test(start_paused = true)]
 async fn s07_slow_first_token_fails_over_at_first_token() {
-    let primary = "p+ttft=5s";
-    for stream in [false, true] {
-        let gw = gateway(&pair(
-            primary,
-            BACKUP,
-            &format!("    timeouts: {{first_token: 2s}}\n{NO_RETRY}"),
-        ));
-        let (got, took) = timed(&gw, stream).await;
-        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
-        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=timeout_first_token");
-        assert_eq!(took, secs(2), "stream={stream}");
-        assert_eq!(calls(&gw, "sim", primary), 1);
-        assert_eq!(cancels(&gw, "sim", primary).await, 1, "stream={stream}");
-    }
+    fails_over_at_first_token("p+ttft=5s").await;
 }
 
 /// Scenario 9: a stream that stalls before any content fails over at `idle` (1 s) when that is
