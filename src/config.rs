@@ -5,6 +5,7 @@
 //! cross-field rules and produces these types, which have no "filled in later" options.
 //! Every error names the file, the key path and what was expected.
 
+mod limits;
 pub mod raw;
 pub mod reload;
 pub mod units;
@@ -155,12 +156,14 @@ pub struct ProviderSpec {
     pub supports_prefill: bool,
 }
 
-/// `models.<name>`: prices in USD per million tokens and the context window.
-#[derive(Debug, Clone, PartialEq)]
+/// `models.<name>` over the built-in table (`config/prices.yaml`): prices and sizes of a model.
+/// Prices are micro-dollars per million tokens (the config's USD `0.15` is `150_000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-    pub cached_input_per_mtok: Option<f64>,
+    pub input: u64,
+    pub output: u64,
+    /// Prompt-cache reads; absent means they cost `input`.
+    pub cached_input: Option<u64>,
     /// Context window in tokens.
     pub context: Option<u64>,
     /// Largest output the model can produce, in tokens.
@@ -238,6 +241,40 @@ pub struct Route {
     /// `resume: auto` (default): a stream broken after the commit point is finished by
     /// continuation or splice (SPEC §5); `off`: it ends with the error event.
     pub resume: bool,
+    /// `limits:` ceilings, budget and rate limits; all off by default.
+    pub limits: Limits,
+}
+
+/// `routes.<name>.limits` (SPEC §6). Every limit is optional; absent means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Prompts counted above this many tokens are refused (400 `input_tokens_exceeded`).
+    pub max_input_tokens: Option<u64>,
+    /// Output tokens asked of the upstream: the client's `max_tokens` is clamped to it, and it
+    /// is injected when the client sent none.
+    pub max_output_tokens: Option<u64>,
+    /// Largest `n` (choices) accepted.
+    pub max_n: Option<u64>,
+    /// Worst-case cost of one request, in micro-dollars: targets above it are skipped.
+    pub max_request_usd: Option<u64>,
+    /// Spend window of the route.
+    pub budget: Option<crate::limits::budget::BudgetLimit>,
+    /// Requests per minute.
+    pub rpm: Option<std::num::NonZeroU32>,
+    /// Tokens (input + allowed output) per minute.
+    pub tpm: Option<std::num::NonZeroU32>,
+}
+
+impl Limits {
+    /// Some limit needs the prompt's token count.
+    pub fn counts_tokens(&self) -> bool {
+        self.max_input_tokens.is_some() || self.tpm.is_some() || self.prices_needed()
+    }
+
+    /// Some limit needs every target's price.
+    pub fn prices_needed(&self) -> bool {
+        self.max_request_usd.is_some() || self.budget.is_some()
+    }
 }
 
 /// `v-` + 12 hex digits of the SHA-256 of `content`.

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub truncations: IntCounterVec,
     pub cost_usd: prometheus::CounterVec,
     pub circuit_open: GaugeVec,
+    pub ceiling_rejections: IntCounterVec,
+    pub budget_remaining: GaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -111,7 +113,23 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic_metric("circuit", e));
         register(&r, "circuit", Box::new(circuit_open.clone()));
+        let budget_remaining = GaugeVec::new(
+            Opts::new(
+                "tidegate_budget_remaining_usd",
+                "What the route may still reserve in its current budget window, in USD.",
+            ),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic_metric("budget", e));
+        register(&r, "budget", Box::new(budget_remaining.clone()));
         Self {
+            ceiling_rejections: counter(
+                &r,
+                "tidegate_ceiling_rejections_total",
+                "Requests or targets refused by a limit (input_tokens, max_n, cost_ceiling, budget, rpm, tpm).",
+                &["route", "kind"],
+            ),
+            budget_remaining,
             requests: counter(
                 &r,
                 "tidegate_requests_total",

@@ -1,6 +1,7 @@
 //! The data plane: OpenAI-compatible front door, route selection, and serving a request through
 //! the route's targets.
 
+pub mod admit;
 pub mod ask;
 pub mod attempt;
 pub mod classify;
@@ -12,6 +13,7 @@ pub mod record;
 pub mod request;
 mod respond;
 pub mod resume;
+pub mod spend;
 pub mod tiers;
 
 use std::sync::Arc;
@@ -212,10 +214,13 @@ impl Gateway {
             Call::Messages => Ask::Messages(MessagesRequest::parse(&bytes)?),
             _ => Ask::Embeddings(EmbeddingsRequest::parse(&bytes)?),
         };
-        let ask = Prepared::new(ask, &bytes)?;
+        let mut ask = Prepared::new(ask, &bytes)?;
         let route = snap.select(header_route, path_route, ask.model())?;
         rec.set_route(&route.series);
         rec.stream = ask.stream();
+        rec.spend.body_bytes = bytes.len() as u64;
+        ask.clamp_output(route.route.limits.max_output_tokens);
+        admit::request(route, &ask, rec)?;
         let resp = self.serve(snap, route, &ask, deadline_cap, rec).await;
         resp.map(|r| r.map(|b| b.with_permit(Some(permit))))
     }
@@ -230,7 +235,12 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let drop_unsupported = route.route.drop_unsupported_params;
         let deadline = deadline_for(route, rec.start, deadline_cap);
+        let clock = self.shared.clock;
+        let gate = |ti: usize, t: &crate::runtime::TargetRuntime, rec: &mut RequestRecord| {
+            admit::target(route, ti, t, ask, clock, rec)
+        };
         let plan = Plan {
+            gate: &gate,
             config: &snap.config,
             health: &self.shared.health,
             retry_budget: &self.shared.retry_budget,

@@ -29,6 +29,12 @@ pub struct Shared {
     pub health: crate::routing::health::Health,
     /// The process-wide retry budget.
     pub retry_budget: crate::routing::retry_budget::RetryBudget,
+    /// Route budgets' spend, by route name (survives reloads).
+    pub ledgers: crate::limits::budget::Ledgers,
+    /// Route rpm/tpm limiters, by route and quota (survive reloads that keep the quota).
+    pub rates: crate::limits::rate::RateLimits,
+    /// Budget windows are aligned to the Unix epoch on this clock.
+    pub clock: crate::limits::EpochClock,
     mock_stats: Mutex<HashMap<String, Arc<MockStats>>>,
 }
 
@@ -55,6 +61,8 @@ pub struct RouteSeries {
     pub duration: Histogram,
     pub overhead: Histogram,
     pub inflight: IntGauge,
+    /// `tidegate_budget_remaining_usd` (set only on routes with a budget).
+    pub budget_remaining: prometheus::Gauge,
 }
 
 /// The metric series of one target of one route.
@@ -68,6 +76,12 @@ pub struct TargetSeries {
     pub output_tokens: IntCounter,
     pub cached_tokens: IntCounter,
     pub truncations: IntCounter,
+    /// `tidegate_cost_usd_total` of this route and target.
+    pub cost: prometheus::Counter,
+    /// The model's prices (built-in table or `models:`), when known.
+    pub price: Option<crate::config::ModelInfo>,
+    /// Which tokenizer counts this model's prompts.
+    pub family: crate::limits::tokens::Family,
 }
 
 /// One target, ready to call.
@@ -88,6 +102,10 @@ pub struct RouteRuntime {
     pub targets: Vec<TargetRuntime>,
     pub name_header: HeaderValue,
     pub series: Arc<RouteSeries>,
+    /// The route's budget ledger and rate limiters, when it has those limits.
+    pub ledger: Option<Arc<crate::limits::budget::Ledger>>,
+    pub rpm: Option<Arc<crate::limits::rate::Limiter>>,
+    pub tpm: Option<Arc<crate::limits::rate::Limiter>>,
 }
 
 /// Everything a request needs from one config version.
@@ -114,10 +132,11 @@ fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
         duration: m.request_duration.with_label_values(&[route]),
         overhead: m.overhead.with_label_values(&[route]),
         inflight: m.inflight.with_label_values(&[route]),
+        budget_remaining: m.budget_remaining.with_label_values(&[route]),
     }
 }
 
-fn target_series(m: &Metrics, route: &str, t: &Target) -> TargetSeries {
+fn target_series(m: &Metrics, route: &str, t: &Target, config: &Config) -> TargetSeries {
     let (p, model) = (t.provider.as_str(), t.model.as_str());
     TargetSeries {
         provider: p.into(),
@@ -129,6 +148,9 @@ fn target_series(m: &Metrics, route: &str, t: &Target) -> TargetSeries {
         output_tokens: m.tokens.with_label_values(&[route, p, model, "output"]),
         cached_tokens: m.tokens.with_label_values(&[route, p, model, "cached_input"]),
         truncations: m.truncations.with_label_values(&[route, p, model]),
+        cost: m.cost_usd.with_label_values(&[route, p, model]),
+        price: config.models.get(model).cloned(),
+        family: crate::limits::tokens::Family::of(model),
     }
 }
 
@@ -163,7 +185,7 @@ impl Snapshot {
                 targets.push(TargetRuntime {
                     model_header: header(&t.model)?,
                     provider_header: header(&t.provider)?,
-                    series: Arc::new(target_series(metrics, &route.name, t)),
+                    series: Arc::new(target_series(metrics, &route.name, t, &config)),
                     target: t.clone(),
                     provider,
                     client,
@@ -176,12 +198,28 @@ impl Snapshot {
             if route.default {
                 default = Some(i);
             }
+            let limits = &route.limits;
+            if limits.counts_tokens() {
+                for t in &targets {
+                    crate::limits::tokens::warm(t.series.family);
+                }
+            }
+            let series = Arc::new(route_series(metrics, &route.name, &version));
+            let ledger = limits.budget.map(|b| {
+                let ledger = shared.ledgers.get(&route.name);
+                let left = ledger.remaining(shared.clock.now(), &b);
+                series.budget_remaining.set(left as f64 / 1e6);
+                ledger
+            });
             routes.push(RouteRuntime {
                 index: i,
                 name_header: header(&route.name)?,
-                series: Arc::new(route_series(metrics, &route.name, &version)),
+                series,
                 route: route.clone(),
                 targets,
+                ledger,
+                rpm: limits.rpm.map(|q| shared.rates.get(&route.name, "rpm", q)),
+                tpm: limits.tpm.map(|q| shared.rates.get(&route.name, "tpm", q)),
             });
         }
         let snap = Snapshot {

@@ -100,6 +100,28 @@ pub struct RawRoute {
     pub drop_unsupported_params: bool,
     /// `auto` (default) or `off`: finish streams broken after the commit point.
     pub resume: Option<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `routes.<name>.limits` (SPEC §6).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub max_n: Option<u64>,
+    pub max_request_usd: Option<f64>,
+    pub budget: Option<RawBudget>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub usd: f64,
+    pub per: HumanDuration,
 }
 
 #[derive(Debug, Deserialize)]

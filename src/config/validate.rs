@@ -55,34 +55,9 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         return Err(cx.err("providers", "expected at least one provider"));
     }
 
-    let mut models = BTreeMap::new();
-    for (name, m) in raw.models {
-        let path = format!("models.{name}");
-        for (k, v) in
-            [("input", Some(m.input)), ("output", Some(m.output)), ("cached_input", m.cached_input)]
-        {
-            if let Some(v) = v
-                && !(v.is_finite() && v >= 0.0)
-            {
-                return Err(cx.err(
-                    format!("{path}.{k}"),
-                    "expected a non-negative price in USD per million tokens",
-                ));
-            }
-        }
-        models.insert(
-            name,
-            ModelInfo {
-                input_per_mtok: m.input,
-                output_per_mtok: m.output,
-                cached_input_per_mtok: m.cached_input,
-                context: m.context,
-                max_output: m.max_output,
-            },
-        );
-    }
+    let models = super::limits::models(raw.models, &|p, m| cx.err(p, m))?;
 
-    let routes = routes(&cx, raw.routes, &providers)?;
+    let routes = routes(&cx, raw.routes, &providers, &models)?;
     let breaker = breaker(&cx, &raw.circuit_breaker)?;
     Ok(Config {
         version: version_of(content),
@@ -289,6 +264,7 @@ fn routes(
     cx: &Ctx<'_>,
     raw: BTreeMap<String, RawRoute>,
     providers: &BTreeMap<String, Arc<ProviderSpec>>,
+    models: &BTreeMap<String, ModelInfo>,
 ) -> Result<Vec<Arc<Route>>, ConfigError> {
     if raw.is_empty() {
         return Err(cx.err("routes", "expected at least one route"));
@@ -398,7 +374,7 @@ fn routes(
         if retries.total == 0 {
             return Err(cx.err(format!("{path}.retries.total"), "expected at least 1 attempt"));
         }
-        out.push(Arc::new(Route {
+        let mut route = Route {
             name,
             match_models: r.match_models,
             default: r.default,
@@ -408,7 +384,11 @@ fn routes(
             timeouts,
             retries,
             drop_unsupported_params: r.drop_unsupported_params,
-        }));
+            limits: super::Limits::default(),
+        };
+        route.limits =
+            super::limits::limits(&path, &r.limits, &route, models, &|p, m| cx.err(p, m))?;
+        out.push(Arc::new(route));
     }
     Ok(out)
 }

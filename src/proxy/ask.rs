@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::attempt::Endpoint;
 use super::request::{ChatRequest, EmbeddingsRequest, MessagesRequest};
-use crate::config::{Config, Wire};
+use crate::config::{Config, ProviderKind, Wire};
 use crate::error::{Dialect, GatewayError};
+use crate::limits::tokens::{self, Family, Shape};
 use crate::runtime::TargetRuntime;
 use crate::translate::{RequestOptions, TranslateError, anthropic_to_openai, openai_to_anthropic};
 
@@ -32,8 +33,13 @@ pub struct Prepared<'a> {
     pub raw_owned: Bytes,
     /// OpenAI streams: the client's `stream_options` with `include_usage: true`.
     stream_options: Option<String>,
-    /// The whole body as a value, parsed on first need (only translation needs it).
+    /// The whole body as a value, parsed on first need (translation and token counting).
     value: OnceLock<Option<Value>>,
+    /// `limits.max_output_tokens`: the output limit to write upstream (the client's, clamped,
+    /// or the route's when the client sent none). `None`: the client's request as sent.
+    clamp: Option<u64>,
+    /// Prompt tokens per vocabulary (o200k, cl100k), counted on first need.
+    counts: [OnceLock<u64>; 2],
 }
 
 impl<'a> Prepared<'a> {
@@ -42,7 +48,80 @@ impl<'a> Prepared<'a> {
             Ask::Chat(c) if c.stream => Some(stream_options_with_usage(c)?),
             _ => None,
         };
-        Ok(Self { ask, raw, raw_owned: raw.clone(), stream_options, value: OnceLock::new() })
+        Ok(Self {
+            ask,
+            raw,
+            raw_owned: raw.clone(),
+            stream_options,
+            value: OnceLock::new(),
+            clamp: None,
+            counts: [OnceLock::new(), OnceLock::new()],
+        })
+    }
+
+    /// Applies the route's `max_output_tokens` (embeddings have no output to clamp).
+    pub fn clamp_output(&mut self, max_output_tokens: Option<u64>) {
+        if let (Some(max), false) = (max_output_tokens, matches!(self.ask, Ask::Embeddings(_))) {
+            self.clamp = Some(self.client_max_output().map_or(max, |c| c.min(max)));
+        }
+    }
+
+    /// The output limit the client sent.
+    fn client_max_output(&self) -> Option<u64> {
+        match &self.ask {
+            Ask::Chat(c) => c.max_completion_tokens.or(c.max_tokens),
+            Ask::Messages(m) => Some(m.max_tokens),
+            Ask::Embeddings(_) => None,
+        }
+    }
+
+    /// The output limit the upstream will get, when one is known.
+    pub fn output_limit(&self) -> Option<u64> {
+        self.clamp.or_else(|| self.client_max_output())
+    }
+
+    /// Choices asked for (`n`; 1 unless the client set it).
+    pub fn n(&self) -> u64 {
+        match &self.ask {
+            Ask::Chat(c) => c.n,
+            Ask::Messages(_) | Ask::Embeddings(_) => 1,
+        }
+    }
+
+    /// The prompt's tokens for a model of `family` (counted once per vocabulary).
+    pub fn input_tokens(&self, family: Family) -> u64 {
+        let raw = *self.counts[family.base_index()].get_or_init(|| match self.value() {
+            Some(v) => tokens::raw_count(v, self.shape(), family),
+            // Not reachable for a parsed request; every byte a token is an upper bound.
+            None => self.raw.len() as u64,
+        });
+        family.scale(raw)
+    }
+
+    fn shape(&self) -> Shape {
+        match self.ask {
+            Ask::Chat(_) => Shape::Chat,
+            Ask::Messages(_) => Shape::Messages,
+            Ask::Embeddings(_) => Shape::Embeddings,
+        }
+    }
+
+    fn value(&self) -> Option<&Value> {
+        self.value.get_or_init(|| serde_json::from_slice(self.raw).ok()).as_ref()
+    }
+
+    /// The field the output limit goes in for target `t`, and its value, when the route
+    /// clamps: the field the client used, else `max_completion_tokens` for `kind: openai`
+    /// and `max_tokens` for the others (SPEC §4).
+    fn clamp_field(&self, t: &TargetRuntime) -> Option<(&'static str, u64)> {
+        let max = self.clamp?;
+        let field = match &self.ask {
+            Ask::Chat(c) if c.max_tokens.is_some() => "max_tokens",
+            Ask::Chat(c) if c.max_completion_tokens.is_some() => "max_completion_tokens",
+            _ if t.provider.spec.kind == ProviderKind::OpenAi => "max_completion_tokens",
+            _ => "max_tokens",
+        };
+        Some((field, max))
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -101,21 +180,29 @@ impl<'a> Prepared<'a> {
     ) -> Result<Bytes, TranslateError> {
         let wire = t.provider.spec.wire;
         let model = serde_json::to_string(&t.target.model).unwrap_or_default();
+        let clamp = self.clamp_field(t);
+        let clamp_value = clamp.map(|(_, v)| v.to_string()).unwrap_or_default();
         match (&self.ask, wire) {
             (Ask::Chat(c), Wire::OpenAi) => {
                 let mut replace: Vec<(&str, &str)> = vec![("model", &model)];
                 if let Some(so) = &self.stream_options {
                     replace.push(("stream_options", so));
                 }
+                if let Some((field, _)) = clamp {
+                    replace.push((field, &clamp_value));
+                }
                 Ok(Bytes::from(c.obj.write(&replace, &[])))
             }
             (Ask::Messages(m), Wire::Anthropic) => {
-                Ok(Bytes::from(m.obj.write(&[("model", &model)], &[])))
+                let mut replace: Vec<(&str, &str)> = vec![("model", &model)];
+                if clamp.is_some() {
+                    replace.push(("max_tokens", &clamp_value));
+                }
+                Ok(Bytes::from(m.obj.write(&replace, &[])))
             }
             (Ask::Embeddings(e), _) => Ok(Bytes::from(e.obj.write(&[("model", &model)], &[]))),
             (ask, _) => {
-                let value = self.value.get_or_init(|| serde_json::from_slice(self.raw).ok());
-                let Some(value) = value else {
+                let Some(value) = self.value() else {
                     return Err(TranslateError::body("the request body is not a JSON object"));
                 };
                 let opts = RequestOptions {
@@ -127,10 +214,20 @@ impl<'a> Prepared<'a> {
                     drop_unsupported_params: drop_unsupported,
                     upstream_model: t.target.model.clone(),
                 };
-                let out = match ask {
+                let mut out = match ask {
                     Ask::Chat(_) => openai_to_anthropic::request(value, &opts)?,
                     _ => anthropic_to_openai::request(value, &opts)?,
                 };
+                if let (Some(max), Some(obj)) = (self.clamp, out.as_object_mut()) {
+                    // The translator carried the client's limit over; clamp whichever field
+                    // holds it, or inject one.
+                    let field = ["max_tokens", "max_completion_tokens"]
+                        .into_iter()
+                        .find(|f| obj.contains_key(*f))
+                        .or(self.clamp_field(t).map(|(f, _)| f))
+                        .unwrap_or("max_tokens");
+                    obj.insert(field.to_owned(), Value::from(max));
+                }
                 Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
             }
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{Instant, sleep_until};
 
+use super::admit::Skip;
 use super::attempt::{Attempt, Endpoint, Opened, Waited, is_final};
 use super::classify::{AttemptFailure, Next, Passthrough};
 use super::record::{AttemptLog, RequestRecord};
@@ -58,6 +59,8 @@ pub struct Plan<'a, F> {
     pub deadline: Instant,
     /// The upstream body for a target.
     pub body_for: F,
+    /// The route's cost ceiling and budget for a target (SPEC §6): a reservation on success.
+    pub gate: &'a (dyn Fn(usize, &TargetRuntime, &mut RequestRecord) -> Result<(), Skip> + Sync),
 }
 
 /// Jittered exponential backoff: `base * 2^try`, uniformly in its upper half.
@@ -80,6 +83,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         let mut min_context: Option<u64> = None;
         let mut failures: Vec<String> = Vec::new();
         let mut untranslatable: Option<TranslateError> = None;
+        // Targets passed over by the cost ceiling or the budget (the latter with its reset).
+        let mut ceiling_skipped = false;
+        let mut budget_reset: Option<Duration> = None;
         self.retry_budget.record_request();
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
             if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
@@ -112,6 +118,15 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
                     first_reason.get_or_insert(reason);
                     failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
+                    continue 'targets;
+                }
+                if let Err(skip) = (self.gate)(ti, t, rec) {
+                    first_reason.get_or_insert(skip.reason());
+                    failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
+                    match skip {
+                        Skip::CostCeiling => ceiling_skipped = true,
+                        Skip::Budget(reset) => budget_reset = Some(reset),
+                    }
                     continue 'targets;
                 }
                 attempts += 1;
@@ -199,11 +214,32 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 }
             }
         }
-        if attempts == 0
-            && let Some(e) = untranslatable
-        {
-            // No target could take the request at all: the request is the problem (SPEC §3).
-            return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
+        if attempts == 0 {
+            let name = &route.name;
+            if let Some(reset) = budget_reset {
+                // Free tiers may still answer; the error is for when none does.
+                let error = GatewayError::new(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "route {name:?} has spent its budget for this window: {}",
+                        failures.join("; ")
+                    ),
+                )
+                .with_retry_after(crate::limits::rate::retry_after_secs(reset));
+                return Err(Failed::Exhausted { error, reason: "budget_exhausted" });
+            }
+            if ceiling_skipped {
+                return Err(Failed::Gateway(GatewayError::new(
+                    ErrorCode::CostCeilingExceeded,
+                    format!(
+                        "no target of route {name:?} fits its max_request_usd for this request (its worst case: input tokens x input price + max output x output price); lower max_tokens or shorten the prompt"
+                    ),
+                )));
+            }
+            if let Some(e) = untranslatable {
+                // No target could take the request at all: the request is the problem (SPEC §3).
+                return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
+            }
         }
         let code = if Instant::now() >= self.deadline {
             ErrorCode::DeadlineExceeded

@@ -175,6 +175,9 @@ impl Forward {
                         self.sent_text.push_str(t);
                     }
                 }
+                if let Some(t) = &text {
+                    self.rec.spend.streamed_bytes += t.len() as u64;
+                }
                 if let Some(c) = &mut self.capture {
                     match &text {
                         _ if tool => c.tainted = true,

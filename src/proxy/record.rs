@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::peek::Usage;
+use super::spend::Spend;
 use crate::metrics::Metrics;
 use crate::runtime::{RouteSeries, TargetSeries};
 
@@ -90,6 +91,8 @@ pub struct RequestRecord {
     pub prompt: Option<String>,
     /// The answer (text for streams, the body otherwise), when `log_content`.
     pub completion: Option<String>,
+    /// Cost and budget reservation, settled when the record drops.
+    pub spend: Spend,
     silent: bool,
 }
 
@@ -122,6 +125,7 @@ impl RequestRecord {
             log_content: false,
             prompt: None,
             completion: None,
+            spend: Spend::default(),
             silent: false,
         }
     }
@@ -166,9 +170,28 @@ impl RequestRecord {
         self.attempts.push(log);
     }
 
+    /// The request's cost (micro-dollars, estimated?), fixed once computed.
+    pub fn cost(&mut self) -> (u64, bool) {
+        self.spend.cost(self.served_by.as_deref(), self.usage.as_ref())
+    }
+
+    /// Answer cut by its output limit (OpenAI `length`, Anthropic `max_tokens`).
+    fn truncated(&self) -> bool {
+        matches!(self.finish.as_deref(), Some("length" | "max_tokens"))
+    }
+
     fn emit(&mut self) {
         if self.silent {
             return;
+        }
+        let (cost, cost_estimated) = self.cost();
+        if let Some(held) = self.spend.held.take() {
+            held.settle(cost, self.route.as_deref());
+        }
+        if let Some(t) = &self.served_by
+            && cost > 0
+        {
+            t.cost.inc_by(cost as f64 / 1e6);
         }
         let total = self.start.elapsed();
         let overhead = total.saturating_sub(self.upstream_wait).saturating_sub(self.client_wait);
@@ -189,7 +212,7 @@ impl RequestRecord {
             t.input_tokens.inc_by(u.input);
             t.output_tokens.inc_by(u.output);
             t.cached_tokens.inc_by(u.cached_input);
-            if self.finish.as_deref() == Some("length") {
+            if self.truncated() {
                 t.truncations.inc();
             }
         }
@@ -215,7 +238,9 @@ impl RequestRecord {
             output_tokens: self.usage.map(|u| u.output),
             cached_input_tokens: self.usage.map(|u| u.cached_input),
             finish_reason: self.finish.as_deref(),
-            truncated: self.finish.as_deref() == Some("length"),
+            truncated: self.truncated(),
+            cost_usd: crate::limits::prices::format_usd(cost),
+            cost_estimated,
             duration_ms: total.as_secs_f64() * 1000.0,
             overhead_ms: overhead.as_secs_f64() * 1000.0,
             error: self.error.as_deref(),
@@ -251,6 +276,10 @@ struct LogLine<'a> {
     cached_input_tokens: Option<u64>,
     finish_reason: Option<&'a str>,
     truncated: bool,
+    /// Settled cost of all attempts, USD with six decimals.
+    cost_usd: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cost_estimated: bool,
     duration_ms: f64,
     overhead_ms: f64,
     error: Option<&'a str>,

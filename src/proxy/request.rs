@@ -158,6 +158,8 @@ pub struct ChatRequest<'a> {
     pub include_usage: bool,
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+    /// Choices asked for (default 1).
+    pub n: u64,
 }
 
 /// Other `stream_options` keys are not ours to check; they pass through.
@@ -188,12 +190,11 @@ impl<'a> ChatRequest<'a> {
             ));
         }
         check_messages(&obj)?;
-        if let Some(n) = obj.typed::<u64>("n", "a positive integer")?
-            && n == 0
-        {
+        let n = obj.typed::<u64>("n", "a positive integer")?.unwrap_or(1);
+        if n == 0 {
             return Err(GatewayError::invalid("`n` must be at least 1", Some("n")));
         }
-        Ok(Self { obj, model, stream, include_usage, max_tokens, max_completion_tokens })
+        Ok(Self { obj, model, stream, include_usage, max_tokens, max_completion_tokens, n })
     }
 }
 

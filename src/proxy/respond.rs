@@ -22,6 +22,7 @@ use crate::cache::CachedAnswer;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
+use crate::limits::prices::format_usd;
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::translate::{self, anthropic_to_openai, openai_to_anthropic};
 
@@ -86,6 +87,16 @@ impl Gateway {
             Opened::Complete { body, usage, finish } => {
                 rec.usage = usage;
                 rec.finish = finish;
+                if usage.is_none()
+                    && let Some((text, _)) = super::tiers::text_of_body(&body, wire)
+                {
+                    rec.spend.streamed_bytes = text.len() as u64;
+                }
+                let (cost, estimated) = rec.cost();
+                builder = builder.header("x-tidegate-cost-usd", format_usd(cost));
+                if estimated {
+                    builder = builder.header("x-tidegate-cost-estimated", "true");
+                }
                 if let Some(key) = capture_key(route, ask)
                     && let Some((text, model)) = super::tiers::text_of_body(&body, wire)
                 {

@@ -53,6 +53,13 @@ pub fn serve(
         if let Ok(v) = HeaderValue::from_str(&answer.model) {
             h.insert("x-tidegate-model", v);
         }
+        if !ask.stream() {
+            // Failed attempts before a free tier are not billed.
+            let (cost, _) = rec.cost();
+            if let Ok(v) = HeaderValue::from_str(&crate::limits::prices::format_usd(cost)) {
+                h.insert("x-tidegate-cost-usd", v);
+            }
+        }
         return Some(resp);
     }
     None

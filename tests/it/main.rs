@@ -13,6 +13,7 @@ mod config_lifecycle;
 mod core_api;
 mod drain;
 mod hostile_upstream;
+mod limits;
 mod resume;
 mod scenarios;
 mod sockets;

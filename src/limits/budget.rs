@@ -1,0 +1,195 @@
+//! Route spend windows: reserve the worst case at admission, settle with the actual cost at the
+//! end (SPEC §6).
+//!
+//! A window is fixed and aligned to multiples of `per` since the Unix epoch. Each route has one
+//! [`Ledger`] holding the current window's `spent` and `reserved` micro-dollars behind a mutex;
+//! a reservation succeeds only if `spent + reserved + amount <= limit`, checked and applied in
+//! one critical section, so no interleaving of concurrent requests can push spend past the
+//! limit. Settling swaps the reservation for the actual cost (never more than reserved, unless
+//! the provider billed beyond tidegate's own worst case, which is then recorded as spent all
+//! the same). A request's cost counts in the window it was admitted in: a reservation that
+//! outlives its window settles into that (closed) window, not the new one.
+//!
+//! Ledgers live in a [`Ledgers`] registry keyed by route name, so spend survives config
+//! reloads; a changed `usd` applies to the current window at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A route's `limits.budget`, in micro-dollars per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimit {
+    /// Spend allowed per window, in micro-dollars.
+    pub limit: u64,
+    /// Window length (whole seconds, at least 1).
+    pub per: Duration,
+}
+
+impl BudgetLimit {
+    /// Start of the window holding `now` (seconds since the Unix epoch).
+    pub fn window_of(&self, now: Duration) -> u64 {
+        let per = self.per.as_secs().max(1);
+        now.as_secs() / per * per
+    }
+
+    /// Time from `now` to the end of its window (at least one second, for `Retry-After`).
+    pub fn until_reset(&self, now: Duration) -> Duration {
+        let end = Duration::from_secs(self.window_of(now) + self.per.as_secs().max(1));
+        end.saturating_sub(now).max(Duration::from_secs(1))
+    }
+}
+
+/// Held by a request from admission until it settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub window: u64,
+    pub amount: u64,
+}
+
+/// The reservation did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted {
+    /// Time to the window's end.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    start: u64,
+    spent: u64,
+    reserved: u64,
+}
+
+/// One route's spend, process-local (the memory backend).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    window: Mutex<Window>,
+}
+
+impl Ledger {
+    fn current(&self, start: u64) -> std::sync::MutexGuard<'_, Window> {
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if start > w.start {
+            *w = Window { start, spent: 0, reserved: 0 };
+        }
+        w
+    }
+
+    /// Reserves `amount` in the window of `now`, or says when the window resets.
+    pub fn reserve(
+        &self,
+        now: Duration,
+        limit: &BudgetLimit,
+        amount: u64,
+    ) -> Result<Reservation, Exhausted> {
+        let start = limit.window_of(now);
+        let mut w = self.current(start);
+        let committed = w.spent.saturating_add(w.reserved);
+        if committed.saturating_add(amount) > limit.limit {
+            return Err(Exhausted { retry_after: limit.until_reset(now) });
+        }
+        w.reserved += amount;
+        Ok(Reservation { window: start, amount })
+    }
+
+    /// Replaces a reservation with the actual cost.
+    pub fn settle(&self, r: Reservation, actual: u64) {
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.start == r.window {
+            w.reserved = w.reserved.saturating_sub(r.amount);
+            w.spent = w.spent.saturating_add(actual);
+        }
+    }
+
+    /// `(spent, reserved)` in the window of `now`.
+    pub fn status(&self, now: Duration, limit: &BudgetLimit) -> (u64, u64) {
+        let w = self.current(limit.window_of(now));
+        (w.spent, w.reserved)
+    }
+
+    /// What is left to reserve in the window of `now`.
+    pub fn remaining(&self, now: Duration, limit: &BudgetLimit) -> u64 {
+        let (spent, reserved) = self.status(now, limit);
+        limit.limit.saturating_sub(spent.saturating_add(reserved))
+    }
+}
+
+/// Every route's ledger, kept across config versions.
+#[derive(Debug, Default)]
+pub struct Ledgers {
+    by_route: Mutex<HashMap<String, Arc<Ledger>>>,
+}
+
+impl Ledgers {
+    /// The ledger of `route` (created on first use).
+    pub fn get(&self, route: &str) -> Arc<Ledger> {
+        let mut m = self.by_route.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(route.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn windows_align_to_the_epoch() {
+        let b = BudgetLimit { limit: 10, per: HOUR };
+        assert_eq!(b.window_of(Duration::from_secs(7_250)), 7_200);
+        assert_eq!(b.until_reset(Duration::from_secs(7_250)), Duration::from_secs(3_550));
+        assert_eq!(b.until_reset(Duration::from_millis(10_799_500)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn reserve_never_exceeds_the_limit_and_settle_frees_the_rest() {
+        let b = BudgetLimit { limit: 1000, per: HOUR };
+        let l = Ledger::default();
+        let now = Duration::from_secs(10 * 3600 + 5);
+        let r1 = l.reserve(now, &b, 600).unwrap();
+        assert!(l.reserve(now, &b, 500).is_err());
+        let r2 = l.reserve(now, &b, 400).unwrap();
+        assert_eq!(l.remaining(now, &b), 0);
+        l.settle(r1, 100);
+        assert_eq!(l.status(now, &b), (100, 400));
+        assert_eq!(l.remaining(now, &b), 500);
+        l.settle(r2, 400);
+        assert_eq!(l.status(now, &b), (500, 0));
+    }
+
+    #[test]
+    fn a_new_window_starts_empty_and_old_reservations_settle_into_theirs() {
+        let b = BudgetLimit { limit: 1000, per: HOUR };
+        let l = Ledger::default();
+        let now = Duration::from_secs(10 * 3600);
+        let old = l.reserve(now, &b, 1000).unwrap();
+        let e = l.reserve(now, &b, 1).unwrap_err();
+        assert_eq!(e.retry_after, HOUR);
+        let later = now + HOUR;
+        let r = l.reserve(later, &b, 1000).unwrap();
+        l.settle(old, 900);
+        assert_eq!(l.status(later, &b), (0, 1000));
+        l.settle(r, 10);
+        assert_eq!(l.status(later, &b), (10, 0));
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overshoot() {
+        let b = BudgetLimit { limit: 50_000, per: HOUR };
+        let l = Arc::new(Ledger::default());
+        let now = Duration::from_secs(3600);
+        let granted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = l.clone();
+                    s.spawn(move || (0..25).filter(|_| l.reserve(now, &b, 1000).is_ok()).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(granted, 50);
+        assert_eq!(l.status(now, &b), (0, 50_000));
+    }
+}

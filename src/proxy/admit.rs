@@ -1,0 +1,151 @@
+//! Admission against the route's limits (SPEC §6): `max_n`, the input token ceiling, rpm and
+//! tpm for the whole request; then, per target, the cost ceiling and the budget reservation.
+
+use std::time::Duration;
+
+use super::ask::Prepared;
+use super::record::RequestRecord;
+use super::spend::Held;
+use crate::error::{ErrorCode, GatewayError};
+use crate::limits::EpochClock;
+use crate::limits::prices::format_usd;
+use crate::limits::rate::retry_after_secs;
+use crate::runtime::{RouteRuntime, TargetRuntime};
+
+/// Request-level checks, before any target is tried. Counts the prompt only when a limit needs
+/// the number.
+pub fn request(
+    route: &RouteRuntime,
+    ask: &Prepared<'_>,
+    rec: &RequestRecord,
+) -> Result<(), GatewayError> {
+    let limits = &route.route.limits;
+    let reject = |kind: &str| {
+        rec.metrics().ceiling_rejections.with_label_values(&[&route.route.name, kind]).inc();
+    };
+    if let Some(max) = limits.max_n
+        && ask.n() > max
+    {
+        reject("max_n");
+        return Err(GatewayError::invalid(
+            format!("`n` is {}; route {:?} allows at most {max}", ask.n(), route.route.name),
+            Some("n"),
+        ));
+    }
+    let input = if limits.counts_tokens() { route_input_tokens(route, ask) } else { 0 };
+    if let Some(max) = limits.max_input_tokens
+        && input > max
+    {
+        reject("input_tokens");
+        return Err(GatewayError::new(
+            ErrorCode::InputTokensExceeded,
+            format!(
+                "the prompt is {input} tokens; route {:?} allows at most {max} input tokens",
+                route.route.name
+            ),
+        )
+        .with_param("messages"));
+    }
+    let limited = |kind: &str, wait: Duration| {
+        reject(kind);
+        GatewayError::new(
+            ErrorCode::RateLimited,
+            format!("route {:?} is over its {kind} limit; retry later", route.route.name),
+        )
+        .with_retry_after(retry_after_secs(wait))
+    };
+    if let Some(rpm) = &route.rpm {
+        rpm.check(1).map_err(|w| limited("rpm", w))?;
+    }
+    if let Some(tpm) = &route.tpm {
+        let tokens = input + ask.output_limit().unwrap_or(0);
+        tpm.check(tokens).map_err(|w| limited("tpm", w))?;
+    }
+    Ok(())
+}
+
+/// The prompt's size for the route's limits: the largest count among its targets' tokenizers.
+fn route_input_tokens(route: &RouteRuntime, ask: &Prepared<'_>) -> u64 {
+    route.targets.iter().map(|t| ask.input_tokens(t.series.family)).max().unwrap_or(0)
+}
+
+/// Why a target was passed over before any call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Its worst case is above `max_request_usd`.
+    CostCeiling,
+    /// Its worst case does not fit the route's budget; the window resets after this.
+    Budget(Duration),
+}
+
+impl Skip {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::CostCeiling => "cost_ceiling",
+            Skip::Budget(_) => "budget_exhausted",
+        }
+    }
+}
+
+/// The cost ceiling and the budget for target `ti`: on success the request holds a reservation
+/// of the target's worst case (kept across retries of the same target).
+pub fn target(
+    route: &RouteRuntime,
+    ti: usize,
+    t: &TargetRuntime,
+    ask: &Prepared<'_>,
+    clock: EpochClock,
+    rec: &mut RequestRecord,
+) -> Result<(), Skip> {
+    let limits = &route.route.limits;
+    if !limits.prices_needed() {
+        return Ok(());
+    }
+    if rec.spend.held.as_ref().is_some_and(|h| h.target == ti) {
+        return Ok(());
+    }
+    // Moving on from another target: what it held goes back (it answered nothing).
+    if let Some(h) = rec.spend.held.take() {
+        h.settle(0, rec.route.as_deref());
+    }
+    // Validation guarantees a price for every target of a route with cost limits.
+    let Some(price) = t.series.price.as_ref() else { return Ok(()) };
+    let input = ask.input_tokens(t.series.family);
+    let max_output = ask.output_limit().or_else(|| price.output_ceiling(input)).unwrap_or(0);
+    let worst = price.worst_case(input, max_output, ask.n());
+    rec.spend.input_tokens = Some(input);
+    rec.spend.max_output = Some(max_output);
+    let reject = |kind: &str| {
+        rec.metrics().ceiling_rejections.with_label_values(&[&route.route.name, kind]).inc();
+    };
+    if let Some(ceiling) = limits.max_request_usd
+        && worst > ceiling
+    {
+        reject("cost_ceiling");
+        tracing::debug!(
+            route = %route.route.name,
+            model = %t.target.model,
+            worst = %format_usd(worst),
+            ceiling = %format_usd(ceiling),
+            "target skipped: worst case above max_request_usd"
+        );
+        return Err(Skip::CostCeiling);
+    }
+    let (Some(limit), Some(ledger)) = (limits.budget, &route.ledger) else { return Ok(()) };
+    if price.is_free() {
+        return Ok(());
+    }
+    match ledger.reserve(clock.now(), &limit, worst) {
+        Ok(reservation) => {
+            let held = Held { ledger: ledger.clone(), limit, reservation, clock, target: ti };
+            let left = ledger.remaining(clock.now(), &limit);
+            route.series.budget_remaining.set(left as f64 / 1e6);
+            rec.spend.held = Some(held);
+            Ok(())
+        }
+        Err(e) => {
+            reject("budget");
+            Err(Skip::Budget(e.retry_after))
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Ceilings and budgets (SPEC §6): output clamps, input and `n` limits, cost ceilings, exact
+//! cost headers, budgets that never overshoot under concurrency and settle on every ending,
+//! window resets and rpm/tpm, all on paused time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tidegate::gateway::Gateway;
+
+use crate::common::*;
+
+/// One mock target priced at 1 USD per million tokens both ways (1 micro-dollar a token), with
+/// the given limits and extra targets.
+fn priced(model: &str, limits: &str, extra_targets: &str) -> String {
+    format!(
+        "providers:\n  sim: {{kind: mock}}\nmodels:\n  \"{model}\": {{input: 1.0, output: 1.0, context: 100000}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    limits: {limits}\n    targets:\n      - {{provider: sim, model: \"{model}\"}}\n{extra_targets}"
+    )
+}
+
+fn remaining(gw: &Gateway) -> f64 {
+    metric(gw, "tidegate_budget_remaining_usd{route=\"r\"}")
+}
+
+fn micros(header: &str) -> u64 {
+    let usd: f64 = header.parse().unwrap_or_else(|_| panic!("not a USD amount: {header:?}"));
+    (usd * 1e6).round() as u64
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_is_clamped_or_injected_in_both_dialects() {
+    let gw = gateway(&single("m+chunks=8", "    limits: {max_output_tokens: 3}\n"));
+    // No limit from the client: the route's is injected; the answer stops at 3 words.
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    let v = got.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // A larger client limit is clamped; a smaller one is kept.
+    let body = |max: u64| {
+        format!(
+            r#"{{"model":"x","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &body(100)).await.json()["usage"]["completion_tokens"],
+        3
+    );
+    let small = post(&gw, "/v1/chat/completions", &body(2)).await.json();
+    assert_eq!(small["usage"]["completion_tokens"], 2);
+    // Anthropic clients: max_tokens is required and clamped the same way.
+    let got = post(&gw, "/v1/messages", &body(100)).await.json();
+    assert_eq!(got["stop_reason"], "max_tokens", "{got}");
+    assert_eq!(got["usage"]["output_tokens"], 3);
+    // Truncations are counted and flagged in the log (OpenAI `length` and Anthropic `max_tokens`).
+    assert_eq!(
+        metric(
+            &gw,
+            "tidegate_truncations_total{model=\"m+chunks=8\",provider=\"sim\",route=\"r\"}"
+        ),
+        4.0
+    );
+    let lines = gw.log_sink.lines();
+    assert!(lines.iter().filter(|l| l.contains("\"truncated\":true")).count() >= 4, "{lines:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clamps_survive_translation_to_the_other_wire() {
+    let yaml = "providers:\n  claude: {kind: mock, api: anthropic}\nroutes:\n  r:\n    default: true\n    limits: {max_output_tokens: 2}\n    targets: [{provider: claude, model: \"c+chunks=6\"}]\n";
+    let gw = gateway(yaml);
+    // OpenAI client, Anthropic upstream: the translated max_tokens is the clamp.
+    let v = post(&gw, "/v1/chat/completions", &chat("x")).await.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_tokens_and_n_over_their_limits_are_refused_before_any_call() {
+    let gw = gateway(&single("m", "    limits: {max_input_tokens: 20, max_n: 1}\n"));
+    let long = format!(
+        r#"{{"model":"x","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "tokens ".repeat(40)
+    );
+    let got = post(&gw, "/v1/chat/completions", &long).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.error_code(), "input_tokens_exceeded");
+    let msg = got.json()["error"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(msg.contains("at most 20 input tokens") && msg.contains("the prompt is"), "{msg}");
+    // Same refusal in the Anthropic shape.
+    let anth = long.replacen('{', r#"{"max_tokens":5,"#, 1);
+    let got = post(&gw, "/v1/messages", &anth).await;
+    assert_eq!(got.status, 400);
+    assert!(
+        got.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("[input_tokens_exceeded]")
+    );
+    // n above max_n.
+    let n3 = r#"{"model":"x","n":3,"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", n3).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["error"]["param"], "n");
+    assert_eq!(gw.mock_stats("sim").total().calls, 0);
+    // A short prompt passes.
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    assert_eq!(
+        metric(&gw, "tidegate_ceiling_rejections_total{kind=\"input_tokens\",route=\"r\"}"),
+        2.0
+    );
+    assert_eq!(metric(&gw, "tidegate_ceiling_rejections_total{kind=\"max_n\",route=\"r\"}"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_ceiling_skips_expensive_targets_and_refuses_when_none_fits() {
+    // Primary at 1000 USD/Mtok output: its worst case (~4096 output tokens) is far above 0.01.
+    let yaml = |ceiling: &str| {
+        format!(
+            "providers:\n  sim: {{kind: mock}}\nmodels:\n  big: {{input: 1000, output: 1000, max_output: 4096}}\n  small: {{input: 0.1, output: 0.1, max_output: 4096}}\nroutes:\n  r:\n    default: true\n    limits: {{max_request_usd: {ceiling}}}\n    targets:\n      - {{provider: sim, model: big}}\n      - {{provider: sim, model: small}}\n"
+        )
+    };
+    let gw = gateway(&yaml("0.01"));
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-model"), "small");
+    assert_eq!(got.header("x-tidegate-fallback"), "target;reason=cost_ceiling");
+    assert_eq!(gw.mock_stats("sim").get("big").calls, 0);
+    let gw = gateway(&yaml("0.0001"));
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.error_code(), "cost_ceiling_exceeded");
+    assert_eq!(got.header("x-should-retry"), "false");
+    assert_eq!(
+        metric(&gw, "tidegate_ceiling_rejections_total{kind=\"cost_ceiling\",route=\"r\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_header_is_usage_at_the_price_or_a_flagged_estimate() {
+    let yaml = "providers:\n  sim: {kind: mock}\nmodels:\n  m: {input: 2.5, output: 10.0, context: 128000}\n  m+no_usage: {input: 2.5, output: 10.0, context: 128000}\nroutes:\n  r:\n    default: true\n    match_models: [m+no_usage]\n    targets: [{provider: sim, model: m}]\n  u:\n    match_models: [nu]\n    targets: [{provider: sim, model: m+no_usage}]\n";
+    let gw = gateway(yaml);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    let u = &got.json()["usage"];
+    let (p, c) = (u["prompt_tokens"].as_u64().unwrap(), u["completion_tokens"].as_u64().unwrap());
+    // 2.5 and 10 USD per million: 2.5 and 10 micro-dollars a token, rounded up once.
+    let want = (p * 25 + c * 100).div_ceil(10);
+    assert_eq!(micros(got.header("x-tidegate-cost-usd")), want);
+    assert_eq!(got.header("x-tidegate-cost-usd").split('.').nth(1).map(str::len), Some(6));
+    assert_eq!(got.header("x-tidegate-cost-estimated"), "");
+    // No usage from the upstream: an estimate, flagged.
+    let got = post(&gw, "/v1/chat/completions", &chat("nu")).await;
+    assert_eq!(got.status, 200);
+    assert!(micros(got.header("x-tidegate-cost-usd")) > 0);
+    assert_eq!(got.header("x-tidegate-cost-estimated"), "true");
+    assert!(metric(&gw, "tidegate_cost_usd_total{model=\"m\",provider=\"sim\",route=\"r\"}") > 0.0);
+}
+
+async fn fire(gw: &Arc<Gateway>, n: usize, body: String) -> Vec<Got> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (gw, body) = (gw.clone(), body.clone());
+            tokio::spawn(async move { post(&gw, "/v1/chat/completions", &body).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// 200 concurrent requests against a budget of about 50 worst cases: spend never passes the
+/// budget and every request is served (paid or free tier) or refused, none lost.
+#[tokio::test(start_paused = true)]
+async fn two_hundred_concurrent_requests_never_overshoot_the_budget() {
+    // Worst case: ~12 input tokens + 10 output = ~22 micro-dollars; 1100 fits about 50.
+    let limits = "{max_output_tokens: 10, budget: {usd: 0.0011, per: 1h}}";
+    for with_template in [false, true] {
+        let tier = if with_template { "      - {template: \"Busy; try later.\"}\n" } else { "" };
+        let gw = gateway(&priced("m+latency=200ms", limits, tier));
+        let got = fire(&gw, 200, chat("x")).await;
+        let (mut paid, mut free, mut refused, mut spent) = (0, 0, 0, 0u64);
+        for g in &got {
+            match (g.status.as_u16(), g.header("x-tidegate-fallback")) {
+                (200, "") => {
+                    paid += 1;
+                    spent += micros(g.header("x-tidegate-cost-usd"));
+                }
+                (200, f) => {
+                    assert_eq!(f, "template;reason=budget_exhausted");
+                    free += 1;
+                }
+                (429, _) => {
+                    assert_eq!(g.error_code(), "budget_exhausted");
+                    let ra: u64 = g.header("retry-after").parse().unwrap();
+                    assert!((1..=3600).contains(&ra), "{ra}");
+                    assert_eq!(g.header("x-should-retry"), "true");
+                    refused += 1;
+                }
+                (s, _) => panic!("unexpected {s}: {}", g.text()),
+            }
+        }
+        assert_eq!(paid + free + refused, 200);
+        assert!((40..=50).contains(&paid), "paid {paid}");
+        assert_eq!(if with_template { refused } else { free }, 0);
+        assert_eq!(gw.mock_stats("sim").total().calls, paid as u64);
+        assert!(spent <= 1100, "settled {spent} micro-dollars over a 1100 budget");
+        // What was settled is exactly what the headers said.
+        assert_eq!(((0.0011 - remaining(&gw)) * 1e6).round() as u64, spent);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_resets_and_retry_after_says_when() {
+    let gw = gateway(&priced("m", "{max_output_tokens: 10, budget: {usd: 0.00003, per: 60s}}", ""));
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 429, "{}", got.text());
+    let wait: u64 = got.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Anthropic clients get the code at the start of the message.
+    let anth =
+        r#"{"model":"x","max_tokens":5,"messages":[{"role":"user","content":"Hello there"}]}"#;
+    let got = post(&gw, "/v1/messages", anth).await;
+    assert!(
+        got.json()["error"]["message"].as_str().unwrap_or("").starts_with("[budget_exhausted]")
+    );
+    assert_eq!(got.json()["error"]["type"], "rate_limit_error");
+    tokio::time::advance(Duration::from_secs(wait)).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_stream_settles_what_it_used() {
+    let gw = gateway(&priced(
+        "m+chunks=20+delay=100ms",
+        "{max_output_tokens: 50, budget: {usd: 1, per: 1h}}",
+        "",
+    ));
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_stream("x"))))
+        .unwrap();
+    let resp = gw.handle(req).await;
+    let full = remaining(&gw);
+    assert!(full < 1.0, "the worst case is reserved while the stream runs");
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while got < 2 {
+        if let Some(Ok(f)) = body.frame().await
+            && f.is_data()
+        {
+            got += 1;
+        }
+    }
+    drop(body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gw.mock_stats("sim").total().cancels, 1);
+    let spent = 1.0 - remaining(&gw);
+    // The reservation is gone; what stays spent is the estimate of what was used (no usage
+    // arrived): more than nothing, less than the worst case.
+    assert!(spent > 0.0 && spent < 1.0 - full, "spent {spent}, reserved {}", 1.0 - full);
+    let lines = gw.log_sink.lines();
+    let line = lines.last().unwrap();
+    assert!(
+        line.contains("\"cost_estimated\":true") && line.contains("\"outcome\":\"aborted\""),
+        "{line}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_failures_settle_too() {
+    // Broken mid-stream (no resume): the estimate stays spent.
+    let gw = gateway(&priced(
+        "m+chunks=10+cut=3",
+        "{max_output_tokens: 50, budget: {usd: 1, per: 1h}}",
+        "    resume: off\n",
+    ));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(got.text().contains("\"error\""), "{}", got.text());
+    let spent = 1.0 - remaining(&gw);
+    assert!(spent > 0.0 && spent < 0.0001, "{spent}");
+    // Failed before any answer: the reservation returns whole.
+    let gw =
+        gateway(&priced("m+status=500", "{max_output_tokens: 50, budget: {usd: 1, per: 1h}}", ""));
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 502);
+    assert_eq!(remaining(&gw), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rpm_and_tpm_refuse_with_retry_after_and_refill() {
+    let gw = gateway(&single("m", "    limits: {rpm: 2}\n"));
+    for _ in 0..2 {
+        assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    }
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 429);
+    assert_eq!(got.error_code(), "rate_limited");
+    assert_eq!(got.header("retry-after"), "30");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+
+    // tpm 60: each request is ~12 input tokens + 10 output = ~22 tokens, so two fit.
+    let gw = gateway(&single("m", "    limits: {tpm: 60, max_output_tokens: 10}\n"));
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 429);
+    let wait: u64 = got.header("retry-after").parse().unwrap();
+    tokio::time::advance(Duration::from_secs(wait)).await;
+    assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
+    assert_eq!(metric(&gw, "tidegate_ceiling_rejections_total{kind=\"tpm\",route=\"r\"}"), 1.0);
+}
+
+#[test]
+fn cost_limits_need_prices() {
+    let yaml = "providers:\n  sim: {kind: mock}\nroutes:\n  r:\n    default: true\n    limits: {budget: {usd: 5, per: 1h}}\n    targets: [{provider: sim, model: unpriced}]\n";
+    let e = tidegate::config::Config::from_bytes(std::path::Path::new("t.yaml"), yaml.as_bytes())
+        .unwrap_err();
+    assert_eq!(e.path, "routes.r.targets[0].model");
+    assert!(e.message.contains("no price"), "{e}");
+    // Built-in prices need no `models:` entry.
+    let yaml = yaml.replace("unpriced", "gpt-4o-mini");
+    assert!(
+        tidegate::config::Config::from_bytes(std::path::Path::new("t.yaml"), yaml.as_bytes())
+            .is_ok()
+    );
+    let bad = "providers:\n  sim: {kind: mock}\nroutes:\n  r:\n    default: true\n    limits: {rpm: 0}\n    targets: [{provider: sim, model: m}]\n";
+    let e = tidegate::config::Config::from_bytes(std::path::Path::new("t.yaml"), bad.as_bytes())
+        .unwrap_err();
+    assert_eq!(e.path, "routes.r.limits.rpm");
+}
