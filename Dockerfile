@@ -20,6 +20,7 @@ RUN mkdir -p src benches tests/it \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/overhead.rs \
     && echo 'fn main() {}' > benches/translate.rs \
+    && echo 'fn main() {}' > benches/limits.rs \
     && touch tests/it/main.rs \
     && cargo build --release --locked --bin tidegate \
     && rm -rf src

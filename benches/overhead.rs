@@ -12,6 +12,8 @@
 //! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
 //! - `OVERHEAD_TIDEGATE_BIN=/path/to/tidegate`: measure another build (A/B against a commit).
 //! - `OVERHEAD_GATEWAY_THREADS`: tokio worker threads of the tidegate child.
+//! - `OVERHEAD_PROMPT_TOKENS`: send a prompt of about this many tokens instead of one line
+//!   (with the `limited` route, the cost of counting it: issue #5's 1k-token target).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,6 +33,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+#[path = "prompt.rs"]
+mod prompt;
+use prompt::prompt_text;
+
 const CHUNKS: usize = 20;
 
 /// Gateway route variants (all in one config, selected by `/r/{route}` in the request path).
@@ -39,6 +45,15 @@ const ROUTES: &str = r#"
     targets: [{provider: up, model: bench-model}]
   anthropic:
     targets: [{provider: up_anthropic, model: bench-model}]
+  limited:
+    targets: [{provider: up, model: bench-model}]
+    limits: {max_input_tokens: 100000, max_output_tokens: 64}
+  counted:
+    targets: [{provider: up, model: bench-model}]
+    limits: {max_input_tokens: 5000, max_output_tokens: 64}
+  budgeted:
+    targets: [{provider: up, model: bench-model}]
+    limits: {max_output_tokens: 64, budget: {usd: 1000000, per: 1h}, rpm: 1000000000}
 "#;
 
 fn completion() -> Bytes {
@@ -161,7 +176,7 @@ impl Drop for Gateway {
 async fn start_gateway(upstream: SocketAddr) -> Gateway {
     let (data, admin) = (free_port(), free_port());
     let config = format!(
-        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{ROUTES}"
+        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nmodels:\n  bench-model: {{input: 0.15, output: 0.6, context: 128000}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{ROUTES}"
     );
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
     std::fs::write(&path, config).unwrap();
@@ -333,8 +348,18 @@ async fn run() {
             c.set_nodelay(true);
             c
         });
-    let non_stream = Bytes::from_static(br#"{"model":"bench-model","messages":[{"role":"user","content":"Summarize this ticket in one line please."}],"max_tokens":64}"#);
-    let stream = Bytes::from_static(br#"{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Summarize this ticket in one line please."}],"max_tokens":64}"#);
+    let text = match std::env::var("OVERHEAD_PROMPT_TOKENS").ok().and_then(|s| s.parse().ok()) {
+        Some(n) => prompt_text(n),
+        None => "Summarize this ticket in one line please.".to_owned(),
+    };
+    let body = |stream: bool| {
+        Bytes::from(
+            serde_json::json!({"model": "bench-model", "stream": stream, "max_tokens": 64,
+                "messages": [{"role": "user", "content": text}]})
+            .to_string(),
+        )
+    };
+    let (non_stream, stream) = (body(false), body(true));
     println!(
         "overhead benchmark: {rounds} rounds x {secs}s per phase, upstream {up}, tidegate pid {}",
         gw.child.id()

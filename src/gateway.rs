@@ -77,6 +77,18 @@ impl Gateway {
     }
 
     /// Counters of the in-process mock provider named `provider`.
+    /// Sets each budgeted route's remaining-budget gauge for the current window (a window
+    /// that reset with no traffic since reads full again).
+    pub fn refresh_budget_gauges(&self) {
+        let snap = self.snapshot();
+        let now = self.shared.clock.now();
+        for r in &snap.routes {
+            if let (Some(ledger), Some(limit)) = (&r.ledger, r.route.limits.budget) {
+                r.series.budget_remaining.set(ledger.remaining(now, &limit) as f64 / 1e6);
+            }
+        }
+    }
+
     pub fn mock_stats(&self, provider: &str) -> Arc<MockStats> {
         self.shared.mock_stats(provider)
     }

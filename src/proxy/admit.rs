@@ -32,8 +32,14 @@ pub fn request(
             Some("n"),
         ));
     }
-    let input = if limits.counts_tokens() { route_input_tokens(route, ask) } else { 0 };
+    // tpm charges the real count; the input ceiling only needs it when the body's size does
+    // not already prove the prompt fits.
+    let bound = route.targets.iter().map(|t| ask.input_bound(t.series.family)).max().flatten();
+    let exact = limits.tpm.is_some()
+        || limits.max_input_tokens.is_some_and(|max| bound.is_none_or(|b| b > max));
+    let input = if exact { route_input_tokens(route, ask) } else { 0 };
     if let Some(max) = limits.max_input_tokens
+        && exact
         && input > max
     {
         reject("input_tokens");
@@ -110,6 +116,8 @@ pub fn target(
     }
     // Validation guarantees a price for every target of a route with cost limits.
     let Some(price) = t.series.price.as_ref() else { return Ok(()) };
+    // The exact count: a size bound would over-reserve several times over and refuse
+    // requests the budget could take.
     let input = ask.input_tokens(t.series.family);
     let max_output = ask.output_limit().or_else(|| price.output_ceiling(input)).unwrap_or(0);
     let worst = price.worst_case(input, max_output, ask.n());

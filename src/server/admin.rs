@@ -25,6 +25,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 pub fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            gw.refresh_budget_gauges();
             let mut r = Response::new(Body::full(gw.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

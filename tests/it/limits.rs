@@ -97,6 +97,9 @@ async fn input_tokens_and_n_over_their_limits_are_refused_before_any_call() {
             .unwrap_or("")
             .starts_with("[input_tokens_exceeded]")
     );
+    // A small body with an image: its size proves nothing (an image counts 1600 tokens).
+    let img = r#"{"model":"x","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
+    assert_eq!(post(&gw, "/v1/chat/completions", img).await.error_code(), "input_tokens_exceeded");
     // n above max_n.
     let n3 = r#"{"model":"x","n":3,"messages":[{"role":"user","content":"hi"}]}"#;
     let got = post(&gw, "/v1/chat/completions", n3).await;
@@ -107,7 +110,7 @@ async fn input_tokens_and_n_over_their_limits_are_refused_before_any_call() {
     assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
     assert_eq!(
         metric(&gw, "tidegate_ceiling_rejections_total{kind=\"input_tokens\",route=\"r\"}"),
-        2.0
+        3.0
     );
     assert_eq!(metric(&gw, "tidegate_ceiling_rejections_total{kind=\"max_n\",route=\"r\"}"), 1.0);
 }
@@ -229,6 +232,8 @@ async fn the_window_resets_and_retry_after_says_when() {
     );
     assert_eq!(got.json()["error"]["type"], "rate_limit_error");
     tokio::time::advance(Duration::from_secs(wait)).await;
+    gw.refresh_budget_gauges();
+    assert_eq!(remaining(&gw), 0.00003, "a new window starts full");
     assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
 }
 
