@@ -23,4 +23,5 @@ pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod store;
 pub mod translate;
