@@ -63,6 +63,14 @@ impl Body {
         Self { kind: Kind::Mock(body), _permit: None }
     }
 
+    /// The bytes of a whole (non-streaming) body.
+    pub fn full_bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full(b) => Some(b.clone().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
     pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
         self._permit = permit;
         self

@@ -85,12 +85,48 @@ pub struct StateConfig {
     /// Directory that keeps the pin and the pinned version's content. Default
     /// `/var/lib/tidegate`; `--state-dir` and `$TIDEGATE_STATE_DIR` override it.
     pub dir: PathBuf,
+    /// Longest wait for one shared-state call (Redis). Default 100 ms.
+    pub timeout: Duration,
+    /// What each concern does when the shared backend fails (`state.on_error`).
+    pub on_error: OnError,
+    /// The memory idempotency store's bounds: records kept (default 10 000) and bytes of
+    /// stored answers (default 64 MiB).
+    pub idempotency_max_entries: usize,
+    pub idempotency_max_bytes: usize,
 }
 
-/// `state.backend`. Only `memory` for now (`redis` comes later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `state.backend`: where budgets, rate limits and idempotency records live.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateBackend {
+    /// In this process only (the default).
     Memory,
+    /// Shared by every replica through one Redis server.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]`.
+        url: String,
+        /// Prefix of every key. Default `tidegate:`.
+        prefix: String,
+    },
+}
+
+/// `state.on_error`: per concern, what happens while Redis is unreachable or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnError {
+    pub budgets: Policy,
+    pub rate_limits: Policy,
+    pub idempotency: Policy,
+}
+
+/// A shared-state failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Keep serving with this replica's own state (the default); counted in
+    /// `tidegate_state_errors_total`.
+    #[default]
+    Local,
+    /// Refuse what needs the shared state (budgets: paid targets skipped; rate limits: 429;
+    /// idempotency: keyed requests get 503).
+    Reject,
 }
 
 /// `logging:` — the per-request log line.
@@ -243,6 +279,24 @@ pub struct Route {
     pub resume: bool,
     /// `limits:` ceilings, budget and rate limits; all off by default.
     pub limits: Limits,
+    /// `idempotency:` settings; `None` when the route sets `idempotency: off`.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `routes.<name>.idempotency` (SPEC §7): on by default for every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    /// How long a completed answer is replayed. Default 24 h.
+    pub ttl: Duration,
+    /// A duplicate arriving while the first still runs waits for its answer (`wait`, the
+    /// default) or gets 409 `idempotency_in_flight` (`reject`).
+    pub wait: bool,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(24 * 3600), wait: true }
+    }
 }
 
 /// `routes.<name>.limits` (SPEC §6). Every limit is optional; absent means none.

@@ -27,7 +27,7 @@ impl Gateway {
     /// Prepares `config` and builds the gateway around it.
     pub fn new(config: Config, log_sink: LogSink) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(Metrics::new());
-        let shared = Shared::with_breaker(config.breaker);
+        let shared = Shared::new(&config, &metrics)?;
         let permits = config.server.max_concurrent_requests;
         let snap = Snapshot::prepare(config, &shared, &metrics)?;
         let gw = Arc::new(Self {

@@ -21,5 +21,6 @@
 pub mod key;
 pub mod memory;
 
+mod codec;
 pub use key::{client_identity, fingerprint, scope, validate_key};
 pub use memory::{Claim, Lease, MemoryStore, StoredAnswer, WaitOutcome, Waiter};

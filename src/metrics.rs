@@ -42,6 +42,8 @@ pub struct Metrics {
     pub circuit_open: GaugeVec,
     pub ceiling_rejections: IntCounterVec,
     pub budget_remaining: GaugeVec,
+    pub idempotency: IntCounterVec,
+    pub state_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -130,6 +132,18 @@ impl Metrics {
                 &["route", "kind"],
             ),
             budget_remaining,
+            idempotency: counter(
+                &r,
+                "tidegate_idempotency_total",
+                "Keyed requests by result (executed, replayed, waited, mismatch, in_flight, released, untracked, unavailable).",
+                &["route", "result"],
+            ),
+            state_errors: counter(
+                &r,
+                "tidegate_state_errors_total",
+                "Shared-state (Redis) calls that failed, by concern; each fell back per state.on_error.",
+                &["concern"],
+            ),
             requests: counter(
                 &r,
                 "tidegate_requests_total",

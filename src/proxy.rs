@@ -8,6 +8,7 @@ pub mod classify;
 pub mod emit;
 pub mod failover;
 pub mod forward;
+pub mod idem;
 pub mod peek;
 pub mod record;
 pub mod request;
@@ -220,8 +221,34 @@ impl Gateway {
         rec.stream = ask.stream();
         rec.spend.body_bytes = bytes.len() as u64;
         ask.clamp_output(route.route.limits.max_output_tokens);
-        admit::request(route, &ask, rec)?;
-        let resp = self.serve(snap, route, &ask, deadline_cap, rec).await;
+        let deadline = deadline_for(route, rec.start, deadline_cap);
+        let endpoint = match call {
+            Call::Chat => "chat",
+            Call::Messages => "messages",
+            _ => "embeddings",
+        };
+        let begin = idem::begin(
+            &self.shared,
+            &self.metrics,
+            route,
+            &parts.headers,
+            &bytes,
+            endpoint,
+            deadline,
+        );
+        match begin.await? {
+            idem::Begin::Answer(resp) => {
+                rec.outcome = "ok";
+                rec.status = resp.status().as_u16();
+                return Ok(resp);
+            }
+            idem::Begin::Run(capture) => rec.idem = capture,
+        }
+        admit::request(route, &ask, &self.shared, rec).await?;
+        let resp = self.serve(snap, route, &ask, deadline, rec).await;
+        if let (Some(c), Ok(r)) = (rec.idem.as_mut(), &resp) {
+            c.record_response(r.status(), r.headers(), r.body().full_bytes());
+        }
         resp.map(|r| r.map(|b| b.with_permit(Some(permit))))
     }
 
@@ -230,17 +257,13 @@ impl Gateway {
         snap: &Arc<Snapshot>,
         route: &RouteRuntime,
         ask: &Prepared<'_>,
-        deadline_cap: Option<Duration>,
+        deadline: Instant,
         rec: &mut RequestRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let drop_unsupported = route.route.drop_unsupported_params;
-        let deadline = deadline_for(route, rec.start, deadline_cap);
-        let clock = self.shared.clock;
-        let gate = |ti: usize, t: &crate::runtime::TargetRuntime, rec: &mut RequestRecord| {
-            admit::target(route, ti, t, ask, clock, rec)
-        };
         let plan = Plan {
-            gate: &gate,
+            ask,
+            shared: &self.shared,
             config: &snap.config,
             health: &self.shared.health,
             retry_budget: &self.shared.retry_budget,

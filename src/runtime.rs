@@ -19,8 +19,8 @@ use crate::providers::client::ClientCache;
 use crate::providers::mock::MockStats;
 use crate::providers::{HttpClient, Provider, resolve_key};
 
-/// State that outlives config versions: connection pools and mock counters.
-#[derive(Default)]
+/// State that outlives config versions: connection pools, breakers, budgets, rate limiters,
+/// idempotency records and mock counters.
 pub struct Shared {
     pub clients: ClientCache,
     /// The cache tier's answers, kept across config versions.
@@ -35,13 +35,25 @@ pub struct Shared {
     pub rates: crate::limits::rate::RateLimits,
     /// Budget windows are aligned to the Unix epoch on this clock.
     pub clock: crate::limits::EpochClock,
+    /// Redis (when configured), the on-error policies and the local idempotency store.
+    pub state: crate::store::SharedState,
     mock_stats: Mutex<HashMap<String, Arc<MockStats>>>,
 }
 
 impl Shared {
-    /// Shared state with the given breaker settings (the rest as defaults).
-    pub fn with_breaker(config: crate::routing::health::BreakerConfig) -> Self {
-        Self { health: crate::routing::health::Health::new(config), ..Self::default() }
+    /// Shared state for `config`'s breaker and `state:` settings (read once, at start).
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
+        Ok(Self {
+            clients: ClientCache::default(),
+            answers: Arc::default(),
+            health: crate::routing::health::Health::new(config.breaker),
+            retry_budget: Default::default(),
+            ledgers: Default::default(),
+            rates: Default::default(),
+            clock: crate::limits::EpochClock::new(),
+            state: crate::store::SharedState::new(&config.state, metrics.state_errors.clone())?,
+            mock_stats: Mutex::default(),
+        })
     }
 
     /// The counters of the mock provider named `provider` (created on first use).

@@ -42,16 +42,39 @@ pub struct RawServer {
     pub header_read_timeout: Option<HumanDuration>,
 }
 
-/// `state:` — where the pin (and later budgets, idempotency records) is kept.
+/// `state:` — where the pin, budgets, rate limits and idempotency records are kept.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
-    /// `memory` (the default; `dir` keeps the pin). `redis` is reserved for a later release.
+    /// `memory` (the default) or `redis`.
     pub backend: Option<String>,
     /// Directory for the pin and the pinned version's content. Default `/var/lib/tidegate`.
     pub dir: Option<String>,
-    /// Redis URL, for `backend: redis` (not supported yet; accepted here so the error says so).
+    /// Redis URL, for `backend: redis`.
     pub url: Option<String>,
+    /// Key prefix in Redis. Default `tidegate:`.
+    pub prefix: Option<String>,
+    /// Longest wait for one Redis call. Default 100ms.
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub on_error: RawOnError,
+    #[serde(default)]
+    pub idempotency: RawIdemStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnError {
+    pub budgets: Option<String>,
+    pub rate_limits: Option<String>,
+    pub idempotency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdemStore {
+    pub max_entries: Option<usize>,
+    pub max_bytes: Option<HumanSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +125,22 @@ pub struct RawRoute {
     pub resume: Option<String>,
     #[serde(default)]
     pub limits: RawLimits,
+    /// `off`, or `{ttl, in_flight: wait|reject}`.
+    pub idempotency: Option<RawIdempotency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawIdempotency {
+    Word(String),
+    Settings(RawIdemSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdemSettings {
+    pub ttl: Option<HumanDuration>,
+    pub in_flight: Option<String>,
 }
 
 /// `routes.<name>.limits` (SPEC §6).

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawProvider, RawRoute, RawServer, RawState};
 use super::{
-    Config, ConfigError, FreeTier, KeySource, Logging, ModelInfo, ProviderKind, ProviderSpec,
-    Retries, Route, Server, StateBackend, StateConfig, Target, Timeouts, Wire, version_of,
+    Config, ConfigError, FreeTier, Idempotency, KeySource, Logging, ModelInfo, OnError, Policy,
+    ProviderKind, ProviderSpec, Retries, Route, Server, StateBackend, StateConfig, Target,
+    Timeouts, Wire, version_of,
 };
 
 struct Ctx<'a> {
@@ -75,22 +76,32 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
 }
 
 fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
-    match s.backend.as_deref().unwrap_or("memory") {
-        "memory" => {}
+    let backend = match s.backend.as_deref().unwrap_or("memory") {
+        "memory" => {
+            if s.url.is_some() || s.prefix.is_some() {
+                return Err(cx.err("state.url", "`url` and `prefix` are for backend \"redis\""));
+            }
+            StateBackend::Memory
+        }
         "redis" => {
-            return Err(
-                cx.err("state.backend", "backend \"redis\" is not supported yet; use \"memory\"")
-            );
+            let Some(url) = s.url.filter(|u| !u.trim().is_empty()) else {
+                return Err(cx.err("state.url", "backend \"redis\" needs `url: redis://host:port`"));
+            };
+            if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+                return Err(cx.err(
+                    "state.url",
+                    "expected a redis:// (or redis+unix://) URL; TLS (rediss://) is not supported",
+                ));
+            }
+            StateBackend::Redis { url, prefix: s.prefix.unwrap_or_else(|| "tidegate:".into()) }
         }
         other => {
-            return Err(
-                cx.err("state.backend", format!("unknown backend {other:?}; expected \"memory\""))
-            );
+            return Err(cx.err(
+                "state.backend",
+                format!("unknown backend {other:?}; expected \"memory\" or \"redis\""),
+            ));
         }
-    }
-    if s.url.is_some() {
-        return Err(cx.err("state.url", "only used with backend \"redis\""));
-    }
+    };
     let dir = match s.dir {
         Some(d) if d.trim().is_empty() => {
             return Err(cx.err("state.dir", "expected a directory path"));
@@ -98,7 +109,71 @@ fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from("/var/lib/tidegate"),
     };
-    Ok(StateConfig { backend: StateBackend::Memory, dir })
+    let policy = |k: &str, v: Option<String>| match v.as_deref() {
+        None | Some("local") => Ok(Policy::Local),
+        Some("reject") => Ok(Policy::Reject),
+        Some(other) => Err(cx.err(
+            format!("state.on_error.{k}"),
+            format!("expected local or reject, got {other:?}"),
+        )),
+    };
+    let on_error = OnError {
+        budgets: policy("budgets", s.on_error.budgets)?,
+        rate_limits: policy("rate_limits", s.on_error.rate_limits)?,
+        idempotency: policy("idempotency", s.on_error.idempotency)?,
+    };
+    let timeout = s.timeout.map_or(Duration::from_millis(100), |d| d.0);
+    if timeout.is_zero() {
+        return Err(cx.err("state.timeout", "expected a duration above zero"));
+    }
+    let idempotency_max_entries = s.idempotency.max_entries.unwrap_or(10_000);
+    let idempotency_max_bytes = s.idempotency.max_bytes.map_or(64 << 20, |b| b.0 as usize);
+    if idempotency_max_entries == 0 || idempotency_max_bytes == 0 {
+        return Err(cx.err("state.idempotency", "expected bounds above zero"));
+    }
+    Ok(StateConfig {
+        backend,
+        dir,
+        timeout,
+        on_error,
+        idempotency_max_entries,
+        idempotency_max_bytes,
+    })
+}
+
+/// `routes.<name>.idempotency`: `off`, or settings over the defaults (on, 24 h, wait).
+fn idempotency(
+    cx: &Ctx<'_>,
+    path: &str,
+    raw: Option<super::raw::RawIdempotency>,
+) -> Result<Option<Idempotency>, ConfigError> {
+    use super::raw::RawIdempotency as R;
+    let path = format!("{path}.idempotency");
+    match raw {
+        None => Ok(Some(Idempotency::default())),
+        Some(R::Word(w)) if w == "off" => Ok(None),
+        Some(R::Word(w)) => {
+            Err(cx.err(path, format!("expected off or {{ttl, in_flight}}, got {w:?}")))
+        }
+        Some(R::Settings(s)) => {
+            let d = Idempotency::default();
+            let wait = match s.in_flight.as_deref() {
+                None | Some("wait") => true,
+                Some("reject") => false,
+                Some(other) => {
+                    return Err(cx.err(
+                        format!("{path}.in_flight"),
+                        format!("expected wait or reject, got {other:?}"),
+                    ));
+                }
+            };
+            let ttl = s.ttl.map_or(d.ttl, |t| t.0);
+            if ttl.is_zero() {
+                return Err(cx.err(format!("{path}.ttl"), "expected a duration above zero"));
+            }
+            Ok(Some(Idempotency { ttl, wait }))
+        }
+    }
 }
 
 fn breaker(
@@ -385,6 +460,7 @@ fn routes(
             retries,
             drop_unsupported_params: r.drop_unsupported_params,
             limits: super::Limits::default(),
+            idempotency: idempotency(cx, &path, r.idempotency)?,
         };
         route.limits =
             super::limits::limits(&path, &r.limits, &route, models, &|p, m| cx.err(p, m))?;
@@ -432,14 +508,35 @@ mod tests {
     const MIN: &str = "providers:\n  sim: {kind: mock}\nroutes:\n  chat:\n    targets: [{provider: sim, model: ok}]\n";
 
     #[test]
-    fn state_defaults_and_rejects_redis() {
+    fn state_defaults_redis_and_policies() {
         let c = load_str(MIN).unwrap();
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/tidegate"));
+        assert_eq!(c.state.backend, StateBackend::Memory);
+        assert_eq!(c.state.on_error.budgets, Policy::Local);
         assert_eq!(&*c.content, MIN.as_bytes());
-        let e =
-            load_str(&format!("state: {{backend: redis, url: \"redis://x\"}}\n{MIN}")).unwrap_err();
-        assert_eq!(e.path, "state.backend");
-        assert!(e.message.contains("not supported yet"), "{e}");
+        let c = load_str(&format!(
+            "state: {{backend: redis, url: \"redis://x:6379\", on_error: {{budgets: reject}}}}\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.state.backend,
+            StateBackend::Redis { url: "redis://x:6379".into(), prefix: "tidegate:".into() }
+        );
+        assert_eq!(c.state.on_error.budgets, Policy::Reject);
+        assert_eq!(c.state.on_error.idempotency, Policy::Local);
+        for (bad, path) in [
+            ("state: {backend: redis}", "state.url"),
+            ("state: {backend: redis, url: \"rediss://x\"}", "state.url"),
+            ("state: {url: \"redis://x\"}", "state.url"),
+            (
+                "state: {backend: redis, url: \"redis://x\", on_error: {budgets: maybe}}",
+                "state.on_error.budgets",
+            ),
+            ("state: {backend: etcd}", "state.backend"),
+        ] {
+            let e = load_str(&format!("{bad}\n{MIN}")).unwrap_err();
+            assert_eq!(e.path, path, "{bad}: {e}");
+        }
         let c = load_str(&format!("state: {{dir: /tmp/x}}\n{MIN}")).unwrap();
         assert_eq!(c.state.dir, PathBuf::from("/tmp/x"));
     }

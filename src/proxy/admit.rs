@@ -7,16 +7,21 @@ use super::ask::Prepared;
 use super::record::RequestRecord;
 use super::spend::Held;
 use crate::error::{ErrorCode, GatewayError};
-use crate::limits::EpochClock;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use crate::config::Policy;
+use crate::limits::budget::Reservation;
 use crate::limits::prices::format_usd;
-use crate::limits::rate::retry_after_secs;
-use crate::runtime::{RouteRuntime, TargetRuntime};
+use crate::limits::rate::{Limiter, retry_after_secs};
+use crate::runtime::{RouteRuntime, Shared, TargetRuntime};
 
 /// Request-level checks, before any target is tried. Counts the prompt only when a limit needs
 /// the number.
-pub fn request(
+pub async fn request(
     route: &RouteRuntime,
     ask: &Prepared<'_>,
+    shared: &Shared,
     rec: &RequestRecord,
 ) -> Result<(), GatewayError> {
     let limits = &route.route.limits;
@@ -60,14 +65,40 @@ pub fn request(
         )
         .with_retry_after(retry_after_secs(wait))
     };
-    if let Some(rpm) = &route.rpm {
-        rpm.check(1).map_err(|w| limited("rpm", w))?;
+    if let (Some(local), Some(q)) = (&route.rpm, limits.rpm) {
+        rate(shared, route, "rpm", local, q, 1).await.map_err(|w| limited("rpm", w))?;
     }
-    if let Some(tpm) = &route.tpm {
+    if let (Some(local), Some(q)) = (&route.tpm, limits.tpm) {
         let tokens = input + ask.output_limit().unwrap_or(0);
-        tpm.check(tokens).map_err(|w| limited("tpm", w))?;
+        rate(shared, route, "tpm", local, q, tokens).await.map_err(|w| limited("tpm", w))?;
     }
     Ok(())
+}
+
+/// One rate limit: GCRA in Redis when shared, else (or when Redis fails and the policy is
+/// `local`) this process's governor limiter.
+async fn rate(
+    shared: &Shared,
+    route: &RouteRuntime,
+    kind: &'static str,
+    local: &Limiter,
+    per_minute: NonZeroU32,
+    units: u64,
+) -> Result<(), Duration> {
+    if let Some(store) = &shared.state.redis {
+        let key = format!("{}:{kind}", route.route.name);
+        let burst = u64::from(per_minute.get());
+        match store.gcra(&key, burst, Duration::from_secs(60), units).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(wait)) => return Err(wait),
+            Err(e) => {
+                if shared.state.failed("rate_limits", &e) == Policy::Reject {
+                    return Err(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    local.check(units)
 }
 
 /// The prompt's size for the route's limits: the largest count among its targets' tokenizers.
@@ -95,14 +126,15 @@ impl Skip {
 
 /// The cost ceiling and the budget for target `ti`: on success the request holds a reservation
 /// of the target's worst case (kept across retries of the same target).
-pub fn target(
+pub async fn target(
     route: &RouteRuntime,
     ti: usize,
     t: &TargetRuntime,
     ask: &Prepared<'_>,
-    clock: EpochClock,
+    shared: &Shared,
     rec: &mut RequestRecord,
 ) -> Result<(), Skip> {
+    let clock = shared.clock;
     let limits = &route.route.limits;
     if !limits.prices_needed() {
         return Ok(());
@@ -143,10 +175,35 @@ pub fn target(
     if price.is_free() {
         return Ok(());
     }
-    match ledger.reserve(clock.now(), &limit, worst) {
+    let now = clock.now();
+    if let Some(store) = &shared.state.redis {
+        let (window, ttl) = (limit.window_of(now), crate::store::window_ttl(limit.per));
+        match store.budget_reserve(&route.route.name, window, ttl, limit.limit, worst).await {
+            Ok(Ok(())) => {
+                let reservation = Reservation { window, amount: worst };
+                let redis = Some((store.clone(), Arc::from(route.route.name.as_str())));
+                let held =
+                    Held { ledger: ledger.clone(), redis, limit, reservation, clock, target: ti };
+                rec.spend.held = Some(held);
+                return Ok(());
+            }
+            Ok(Err(_)) => {
+                reject("budget");
+                return Err(Skip::Budget(limit.until_reset(now)));
+            }
+            Err(e) => {
+                if shared.state.failed("budgets", &e) == Policy::Reject {
+                    reject("budget");
+                    return Err(Skip::Budget(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+    match ledger.reserve(now, &limit, worst) {
         Ok(reservation) => {
-            let held = Held { ledger: ledger.clone(), limit, reservation, clock, target: ti };
-            let left = ledger.remaining(clock.now(), &limit);
+            let held =
+                Held { ledger: ledger.clone(), redis: None, limit, reservation, clock, target: ti };
+            let left = ledger.remaining(now, &limit);
             route.series.budget_remaining.set(left as f64 / 1e6);
             rec.spend.held = Some(held);
             Ok(())

@@ -59,8 +59,10 @@ pub struct Plan<'a, F> {
     pub deadline: Instant,
     /// The upstream body for a target.
     pub body_for: F,
-    /// The route's cost ceiling and budget for a target (SPEC §6): a reservation on success.
-    pub gate: &'a (dyn Fn(usize, &TargetRuntime, &mut RequestRecord) -> Result<(), Skip> + Sync),
+    /// The request (for the cost ceiling and budget of each target, SPEC §6).
+    pub ask: &'a super::ask::Prepared<'a>,
+    /// Budgets and Redis.
+    pub shared: &'a crate::runtime::Shared,
 }
 
 /// Jittered exponential backoff: `base * 2^try`, uniformly in its upper half.
@@ -120,7 +122,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
                     continue 'targets;
                 }
-                if let Err(skip) = (self.gate)(ti, t, rec) {
+                if let Err(skip) =
+                    super::admit::target(self.route, ti, t, self.ask, self.shared, rec).await
+                {
                     first_reason.get_or_insert(skip.reason());
                     failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
                     match skip {

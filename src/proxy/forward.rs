@@ -96,6 +96,9 @@ impl Forward {
             End::Complete => {
                 self.rec.outcome = if self.rec.outcome == "fallback" { "fallback" } else { "ok" };
                 self.rec.status = 200;
+                if let Some(c) = &mut self.rec.idem {
+                    c.storable = true;
+                }
             }
             End::ClientGone => {
                 self.rec.outcome = "aborted";
@@ -151,7 +154,11 @@ impl Forward {
         }
 
         let t = Instant::now();
-        let ok = self.tx.send(self.out.split().freeze()).await.is_ok();
+        let chunk = self.out.split().freeze();
+        if let Some(c) = &mut self.rec.idem {
+            c.push(&chunk);
+        }
+        let ok = self.tx.send(chunk).await.is_ok();
         self.rec.client_wait += t.elapsed();
         ok
     }

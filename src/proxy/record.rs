@@ -93,6 +93,8 @@ pub struct RequestRecord {
     pub completion: Option<String>,
     /// Cost and budget reservation, settled when the record drops.
     pub spend: Spend,
+    /// The claimed `Idempotency-Key`, stored or released when the record drops.
+    pub idem: Option<super::idem::Capture>,
     silent: bool,
 }
 
@@ -126,6 +128,7 @@ impl RequestRecord {
             prompt: None,
             completion: None,
             spend: Spend::default(),
+            idem: None,
             silent: false,
         }
     }
@@ -183,6 +186,9 @@ impl RequestRecord {
     fn emit(&mut self) {
         if self.silent {
             return;
+        }
+        if let Some(c) = self.idem.take() {
+            c.finish();
         }
         let (cost, cost_estimated) = self.cost();
         if let Some(held) = self.spend.held.take() {

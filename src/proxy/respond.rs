@@ -135,6 +135,11 @@ impl Gateway {
                     raw: ask.raw_owned.clone(),
                     include_usage: ask.include_usage(),
                 });
+                if let (Some(c), Some(h)) = (rec.idem.as_mut(), builder.headers_ref()) {
+                    let mut h = h.clone();
+                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    c.record_stream(&h);
+                }
                 let forward = Forward {
                     resume,
                     sent_text: String::new(),

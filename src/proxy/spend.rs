@@ -19,7 +19,10 @@ use super::peek::Usage;
 
 /// A budget reservation and where to return it.
 pub struct Held {
+    /// This process's ledger of the route (also the fallback while Redis is away).
     pub ledger: Arc<Ledger>,
+    /// Set when the reservation was made in Redis: settled there.
+    pub redis: Option<(crate::store::redis::RedisStore, Arc<str>)>,
     pub limit: BudgetLimit,
     pub reservation: Reservation,
     pub clock: EpochClock,
@@ -30,6 +33,21 @@ pub struct Held {
 impl Held {
     /// Settles with `actual` and updates the route's remaining-budget gauge.
     pub fn settle(self, actual: u64, route: Option<&RouteSeries>) {
+        if let Some((store, name)) = self.redis {
+            let (r, per) = (self.reservation, self.limit.per);
+            let ttl = crate::store::window_ttl(per);
+            // Settling must not wait for Redis: it runs on its own, bounded by the store's
+            // timeout. A lost settlement leaves the worst case reserved until the window ends.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = store.budget_settle(&name, r.window, ttl, r.amount, actual).await
+                    {
+                        tracing::warn!(route = %name, error = %e, "budget settlement in redis failed");
+                    }
+                });
+            }
+            return;
+        }
         self.ledger.settle(self.reservation, actual);
         if let Some(r) = route {
             let left = self.ledger.remaining(self.clock.now(), &self.limit);

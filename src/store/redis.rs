@@ -50,6 +50,7 @@ mod events;
 mod gcra;
 mod idempotency;
 #[cfg(test)]
+#[path = "../../tests/it/redis_server.rs"]
 mod test_server;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
 
-async fn mock_server() -> (SocketAddr, Arc<MockStats>) {
+pub(crate) async fn mock_server() -> (SocketAddr, Arc<MockStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stats: Arc<MockStats> = Arc::default();

@@ -1,4 +1,5 @@
-//! Tests' own `redis-server`: a child process on a free loopback port, killed on drop.
+//! Tests' own `redis-server`: a child process on a free loopback port, killed on drop. Shared
+//! by the store's unit tests (`src/store/redis.rs` includes this file) and the integration tests.
 //!
 //! No system service is used. A missing `redis-server` fails the test with a clear message
 //! (install it with `apt-get install redis-server`): these tests never skip silently.
@@ -13,14 +14,14 @@ use tokio::time::Instant;
 /// How long a fresh server gets to answer PING.
 const STARTUP: Duration = Duration::from_secs(5);
 
-pub(super) struct TestServer {
+pub(crate) struct TestServer {
     child: Child,
     port: u16,
 }
 
 impl TestServer {
     /// A server on a free port (a few tries, in case another test takes the port first).
-    pub(super) async fn start() -> Result<TestServer, String> {
+    pub(crate) async fn start() -> Result<TestServer, String> {
         let mut last = String::new();
         for _ in 0..3 {
             match TestServer::start_on(free_port()?).await {
@@ -32,7 +33,7 @@ impl TestServer {
     }
 
     /// A server on `port`, answering PING.
-    pub(super) async fn start_on(port: u16) -> Result<TestServer, String> {
+    pub(crate) async fn start_on(port: u16) -> Result<TestServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -69,15 +70,19 @@ impl TestServer {
         }
     }
 
-    pub(super) fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub(super) fn pid(&self) -> u32 {
+    #[allow(
+        dead_code,
+        reason = "used by the store's unit tests (SIGSTOP), not the integration tests"
+    )]
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -94,7 +99,7 @@ impl Drop for TestServer {
 }
 
 /// A loopback port that was free a moment ago.
-pub(super) fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| format!("cannot read the bound port: {e}"))

@@ -1,0 +1,327 @@
+//! `Idempotency-Key` on the data plane (SPEC §7): claim the key before any work, replay a
+//! stored answer, wait for (or refuse) a duplicate still in flight, and store the answer when
+//! the request ends.
+//!
+//! The claim lives in the request record as a [`Capture`]; whatever way the request ends, the
+//! record's drop finishes it: a complete answer that came from an upstream or a free tier (2xx,
+//! or an upstream's own 4xx other than 408/409/429) is stored; anything else (a gateway error,
+//! a retryable failure, a stream cut short or abandoned by its client) releases the key so a
+//! retry executes. With `state.backend: redis` the record lives in Redis, so every replica
+//! sees it; when Redis fails, `state.on_error.idempotency` decides: `local` falls back to this
+//! replica's memory store, `reject` answers 503.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use tokio::time::{Instant, timeout_at};
+
+use crate::body::Body;
+use crate::config::Policy;
+use crate::error::{ErrorCode, GatewayError};
+use crate::idempotency::{
+    Claim, Lease, StoredAnswer, WaitOutcome, client_identity, fingerprint, scope, validate_key,
+};
+use crate::metrics::Metrics;
+use crate::runtime::{RouteRuntime, Shared};
+use crate::store::redis::{self, RedisStore};
+
+/// How many times a duplicate re-claims after the first owner released the key.
+const RECLAIMS: usize = 3;
+
+/// What to do with a request after its key was looked at.
+pub enum Begin {
+    /// Run it (holding the key, when there is one).
+    Run(Option<Capture>),
+    /// Answer at once: a replay or an idempotency error.
+    Answer(Response<Body>),
+}
+
+enum Owner {
+    Memory(Lease),
+    Redis { store: RedisStore, key: String, owner: String, ttl: Duration },
+}
+
+/// A claimed key and the answer being collected for it.
+pub struct Capture {
+    owner: Owner,
+    route: String,
+    metrics: std::sync::Arc<Metrics>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: BytesMut,
+    pub stream: bool,
+    /// The answer is whole and may be stored.
+    pub storable: bool,
+    cap: usize,
+    over: bool,
+}
+
+impl Capture {
+    /// Stream bytes as sent to the client.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.over || self.body.len() + bytes.len() > self.cap {
+            self.over = true;
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// A non-stream response: keeps it if it may be stored.
+    pub fn record_response(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<Bytes>,
+    ) {
+        self.status = status.as_u16();
+        self.headers = kept_headers(headers);
+        let from_upstream = headers.contains_key("x-tidegate-provider")
+            || headers.contains_key("x-tidegate-fallback");
+        self.storable = status.is_success()
+            || (from_upstream
+                && status.is_client_error()
+                && ![408, 409, 429].contains(&self.status));
+        if let Some(b) = body {
+            self.push(&b);
+        }
+    }
+
+    /// Stream headers, before the body runs.
+    pub fn record_stream(&mut self, headers: &HeaderMap) {
+        self.status = 200;
+        self.stream = true;
+        self.headers = kept_headers(headers);
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.idempotency.with_label_values(&[&self.route, result]).inc();
+    }
+
+    /// Stores the answer or releases the key (called when the request record drops).
+    pub fn finish(self) {
+        let keep = self.storable && !self.over;
+        self.count(if keep { "executed" } else { "released" });
+        let answer = StoredAnswer {
+            status: self.status,
+            headers: self.headers,
+            body: self.body.freeze(),
+            stream: self.stream,
+        };
+        match self.owner {
+            Owner::Memory(lease) if keep => {
+                lease.complete(answer);
+            }
+            Owner::Memory(lease) => lease.release(),
+            Owner::Redis { store, key, owner, ttl } => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+                rt.spawn(async move {
+                    let r = if keep {
+                        store.idem_complete(&key, &owner, &answer.encode(), ttl).await
+                    } else {
+                        store.idem_release(&key, &owner).await
+                    };
+                    if let Err(e) = r {
+                        // The record's lease expires by itself; a retry then executes.
+                        tracing::warn!(error = %e, "idempotency record not finished in redis");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Headers a replay repeats: the content type and tidegate's own (not the request id).
+fn kept_headers(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .filter(|(k, _)| {
+            *k == header::CONTENT_TYPE
+                || (k.as_str().starts_with("x-tidegate-")
+                    && !k.as_str().starts_with("x-tidegate-config"))
+        })
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
+}
+
+fn replay(a: &StoredAnswer) -> Response<Body> {
+    let mut r = Response::new(Body::full(a.body.clone()));
+    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+    let h = r.headers_mut();
+    for (k, v) in &a.headers {
+        if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+        {
+            h.insert(k, v);
+        }
+    }
+    if a.stream {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    h.insert("x-tidegate-idempotent-replay", HeaderValue::from_static("true"));
+    r
+}
+
+fn mismatch() -> GatewayError {
+    GatewayError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used with a different request; use a new key for a new request",
+    )
+    .with_param("Idempotency-Key")
+}
+
+fn in_flight() -> GatewayError {
+    GatewayError::new(
+        ErrorCode::IdempotencyInFlight,
+        "a request with this Idempotency-Key is still running; retry shortly",
+    )
+    .with_param("Idempotency-Key")
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// Looks at the request's `Idempotency-Key` (if the route has idempotency on).
+pub async fn begin(
+    shared: &Shared,
+    metrics: &std::sync::Arc<Metrics>,
+    route: &RouteRuntime,
+    headers: &HeaderMap,
+    body: &[u8],
+    endpoint: &str,
+    deadline: Instant,
+) -> Result<Begin, GatewayError> {
+    let (Some(cfg), Some(raw)) = (route.route.idempotency, headers.get("idempotency-key")) else {
+        return Ok(Begin::Run(None));
+    };
+    let key = validate_key(raw.as_bytes()).map_err(|why| {
+        GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
+    })?;
+    let name = &route.route.name;
+    let scope = scope(&client_identity(None, headers), name, key);
+    let fp = fingerprint(body, endpoint);
+    let cap = shared.state.idem_cap;
+    let count = |result: &str| metrics.idempotency.with_label_values(&[name, result]).inc();
+    let capture = |owner| Capture {
+        owner,
+        route: name.clone(),
+        metrics: metrics.clone(),
+        status: 0,
+        headers: Vec::new(),
+        body: BytesMut::new(),
+        stream: false,
+        storable: false,
+        cap,
+        over: false,
+    };
+    if let Some(store) = &shared.state.redis {
+        let lease = route.route.timeouts.total + Duration::from_secs(10);
+        match in_redis(store, &hex(&scope), &hex(&fp), lease, cfg.wait, deadline).await {
+            Ok(InRedis::Run(key, owner)) => {
+                let ttl = cfg.ttl;
+                return Ok(Begin::Run(Some(capture(Owner::Redis {
+                    store: store.clone(),
+                    key,
+                    owner,
+                    ttl,
+                }))));
+            }
+            Ok(InRedis::Replay(a)) => {
+                count("replayed");
+                return Ok(Begin::Answer(replay(&a)));
+            }
+            Ok(InRedis::Error(e)) => {
+                count(if e.code == ErrorCode::IdempotencyKeyReused {
+                    "mismatch"
+                } else {
+                    "in_flight"
+                });
+                return Err(e);
+            }
+            Err(e) => {
+                if shared.state.failed("idempotency", &e) == Policy::Reject {
+                    count("unavailable");
+                    return Err(GatewayError::new(
+                        ErrorCode::Overloaded,
+                        "idempotency records are unavailable (shared state down); retry shortly",
+                    )
+                    .with_retry_after(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+    for _ in 0..RECLAIMS {
+        match shared.state.idem.claim(scope, fp, cfg.ttl) {
+            Claim::Execute(lease) => {
+                if !lease.is_tracked() {
+                    count("untracked");
+                }
+                return Ok(Begin::Run(Some(capture(Owner::Memory(lease)))));
+            }
+            Claim::Replay(a) => {
+                count("replayed");
+                return Ok(Begin::Answer(replay(&a)));
+            }
+            Claim::Mismatch => {
+                count("mismatch");
+                return Err(mismatch());
+            }
+            Claim::InFlight(_) if !cfg.wait => break,
+            Claim::InFlight(w) => match timeout_at(deadline, w.wait()).await {
+                Ok(WaitOutcome::Done(a)) => {
+                    count("replayed");
+                    return Ok(Begin::Answer(replay(&a)));
+                }
+                Ok(WaitOutcome::Released) => continue,
+                Err(_) => break,
+            },
+        }
+    }
+    count("in_flight");
+    Err(in_flight())
+}
+
+/// The Redis side of [`begin`].
+enum InRedis {
+    Run(String, String),
+    Replay(StoredAnswer),
+    Error(GatewayError),
+}
+
+async fn in_redis(
+    store: &RedisStore,
+    key: &str,
+    fp: &str,
+    lease: Duration,
+    wait: bool,
+    deadline: Instant,
+) -> Result<InRedis, redis::StoreError> {
+    let owner = format!("{:032x}", fastrand::u128(..));
+    for _ in 0..RECLAIMS {
+        match store.idem_claim(key, fp, &owner, lease).await? {
+            redis::Claim::Claimed => return Ok(InRedis::Run(key.to_owned(), owner)),
+            redis::Claim::Existing { fingerprint, .. } if fingerprint != fp => {
+                return Ok(InRedis::Error(mismatch()));
+            }
+            redis::Claim::Existing { done: Some(bytes), .. } => {
+                match StoredAnswer::decode(&bytes) {
+                    Some(a) => return Ok(InRedis::Replay(a)),
+                    None => return Err(redis::StoreError("unreadable idempotency record".into())),
+                }
+            }
+            redis::Claim::Existing { done: None, .. } if !wait => break,
+            redis::Claim::Existing { done: None, .. } => match store
+                .idem_wait(key, deadline)
+                .await?
+            {
+                redis::WaitResult::Done(bytes) => match StoredAnswer::decode(&bytes) {
+                    Some(a) => return Ok(InRedis::Replay(a)),
+                    None => return Err(redis::StoreError("unreadable idempotency record".into())),
+                },
+                redis::WaitResult::Gone => continue,
+                redis::WaitResult::Running => break,
+            },
+        }
+    }
+    Ok(InRedis::Error(in_flight()))
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

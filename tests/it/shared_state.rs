@@ -1,0 +1,214 @@
+//! `state.backend: redis` with a real `redis-server` and two real `tidegate serve` processes in
+//! front of one HTTP mock upstream: idempotency, budgets and rpm are shared by both replicas;
+//! with Redis stopped both keep answering (policy `local`) and count the degradation; when
+//! Redis returns, sharing resumes by itself.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tidegate::providers::mock::MockStats;
+
+use crate::common::*;
+use crate::redis_server::{TestServer, free_port};
+use crate::sockets::mock_server;
+
+struct Replica {
+    child: Child,
+    data: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MODEL: &str = "m+latency=300ms";
+
+async fn replica(redis: &str, mock: SocketAddr, name: &str) -> Replica {
+    let (data, admin) = (free_port().unwrap(), free_port().unwrap());
+    let dir = std::env::temp_dir().join(format!("tidegate-shared-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("tidegate.yaml");
+    let target = format!("[{{provider: remote, model: \"{MODEL}\"}}]");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}}}\n\
+             state: {{backend: redis, url: \"{redis}\", prefix: \"it{pid}:\", timeout: 200ms}}\n\
+             models:\n  \"{MODEL}\": {{input: 1.0, output: 1.0, context: 100000}}\n\
+             providers:\n  remote: {{kind: openai_compatible, base_url: \"http://{mock}/v1\"}}\n\
+             routes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: {target}\n\
+             \x20 budgeted:\n    limits: {{max_output_tokens: 10, budget: {{usd: 0.0011, per: 1h}}}}\n    targets: {target}\n\
+             \x20 limited:\n    limits: {{rpm: 4}}\n    targets: {target}\n",
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = Replica {
+        child,
+        data: ([127, 0, 0, 1], data).into(),
+        admin: ([127, 0, 0, 1], admin).into(),
+    };
+    let t0 = Instant::now();
+    while send(r.admin, "GET", "/readyz", "", None).await.is_none_or(|g| g.status != 200) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "tidegate {name} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Option<Got> {
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).ok()?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let resp =
+        client.request(req.body(Full::new(Bytes::from(body.to_owned()))).ok()?).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some(Got { status: parts.status, headers: parts.headers, body })
+}
+
+async fn chat_to(r: &Replica, route: &str, key: Option<&str>) -> Got {
+    let path = format!("/r/{route}/v1/chat/completions");
+    send(r.data, "POST", &path, &chat("x"), key).await.expect("the replica answered")
+}
+
+fn calls(stats: &MockStats) -> u64 {
+    stats.get(MODEL).calls
+}
+
+async fn state_errors(r: &Replica) -> f64 {
+    let text =
+        send(r.admin, "GET", "/metrics", "", None).await.map(|g| g.text()).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("tidegate_state_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The same key sent to both replicas at once: one upstream call, identical answers.
+async fn one_call_for_a_key_across_replicas(
+    a: &Replica,
+    b: &Replica,
+    stats: &MockStats,
+    key: &str,
+) {
+    let before = calls(stats);
+    let (ga, gb) = tokio::join!(chat_to(a, "r", Some(key)), chat_to(b, "r", Some(key)));
+    assert_eq!(
+        (ga.status.as_u16(), gb.status.as_u16()),
+        (200, 200),
+        "{} / {}",
+        ga.text(),
+        gb.text()
+    );
+    assert_eq!(ga.body, gb.body);
+    assert_eq!(calls(stats) - before, 1, "key {key}: one upstream call for both replicas");
+    let replays =
+        [&ga, &gb].iter().filter(|g| g.header("x-tidegate-idempotent-replay") == "true").count();
+    assert_eq!(replays, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_keys_budgets_and_limits_through_redis() {
+    let mut redis = Some(TestServer::start().await.unwrap_or_else(|e| panic!("{e}")));
+    let (port, url) = redis.as_ref().map(|r| (r.port(), r.url())).unwrap_or_default();
+    let (mock, stats) = mock_server().await;
+    let a = replica(&url, mock, "a").await;
+    let b = replica(&url, mock, "b").await;
+
+    one_call_for_a_key_across_replicas(&a, &b, &stats, "job-1").await;
+
+    // A budget of about 50 worst cases, 120 requests at once over both replicas: the shared
+    // reservations never let them overshoot together.
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let target = if i % 2 == 0 { a.data } else { b.data };
+            tokio::spawn(async move {
+                send(target, "POST", "/r/budgeted/v1/chat/completions", &chat("x"), None).await
+            })
+        })
+        .collect();
+    let (mut paid, mut refused, mut spent) = (0, 0, 0u64);
+    for t in tasks {
+        let g = t.await.unwrap().expect("answered");
+        match g.status.as_u16() {
+            200 => {
+                paid += 1;
+                let usd: f64 = g.header("x-tidegate-cost-usd").parse().unwrap();
+                spent += (usd * 1e6).round() as u64;
+            }
+            429 => {
+                assert_eq!(g.error_code(), "budget_exhausted");
+                refused += 1;
+            }
+            s => panic!("unexpected {s}: {}", g.text()),
+        }
+    }
+    assert_eq!(paid + refused, 120);
+    assert!((40..=50).contains(&paid), "paid {paid}: a per-replica budget would admit up to 100");
+    assert!(spent <= 1100, "spent {spent} over the shared 1100 budget");
+
+    // rpm 4 shared: two on each replica, then either refuses.
+    for r in [&a, &b, &a, &b] {
+        assert_eq!(chat_to(r, "limited", None).await.status, 200);
+    }
+    let got = chat_to(&b, "limited", None).await;
+    assert_eq!(got.status, 429);
+    assert_eq!(got.error_code(), "rate_limited");
+
+    // Redis stops: both keep answering on local state, and say so in a metric.
+    let before_errors = state_errors(&a).await + state_errors(&b).await;
+    redis.take();
+    let t0 = Instant::now();
+    for (i, r) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let got = chat_to(r, "r", Some(&format!("down-{i}"))).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "requests must not hang on a dead Redis");
+    assert!(state_errors(&a).await + state_errors(&b).await > before_errors);
+
+    // Redis returns on the same port (empty): sharing resumes by itself.
+    let _back = TestServer::start_on(port).await.unwrap_or_else(|e| panic!("{e}"));
+    let t0 = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let key = format!("back-{n}");
+        let before = calls(&stats);
+        let (ga, gb) = tokio::join!(chat_to(&a, "r", Some(&key)), chat_to(&b, "r", Some(&key)));
+        if ga.body == gb.body && calls(&stats) - before == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "sharing did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    one_call_for_a_key_across_replicas(&a, &b, &stats, "after-restart").await;
+}
