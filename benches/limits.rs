@@ -37,15 +37,30 @@ fn main() {
     tokens::warm(Family::Cl100k);
     println!("cl100k vocabulary load: {:.0} ms", load.elapsed().as_secs_f64() * 1e3);
     for size in [1000, 8000] {
-        let body = serde_json::json!({"model": "m", "messages": [
-            {"role": "system", "content": "You summarize support tickets."},
-            {"role": "user", "content": prompt::prompt_text(size)}
-        ]});
-        for family in [Family::O200k, Family::Cl100k, Family::Estimate] {
-            let n = tokens::count(&body, Shape::Chat, family);
+        let text = prompt::prompt_text(size);
+        let body = |prefix: usize| {
+            serde_json::json!({"model": "m", "messages": [
+                {"role": "system", "content": "You summarize support tickets."},
+                {"role": "user", "content": format!("{prefix} {text}")}
+            ]})
+        };
+        for (fi, family) in
+            [Family::O200k, Family::Cl100k, Family::Estimate].into_iter().enumerate()
+        {
             let iters = if size > 2000 { 300 } else { 2000 };
-            measure(&format!("count {size}-token prompt, {family:?} ({n})"), iters, || {
-                std::hint::black_box(tokens::count(&body, Shape::Chat, family));
+            // Cold: a different prompt every time (nothing remembered).
+            let bodies: Vec<_> =
+                (0..iters + 100).map(|i| body(i + 100_000 * fi + 1_000_000 * size)).collect();
+            let n = tokens::count(&bodies[0], Shape::Chat, family);
+            let mut next = bodies.iter().cycle();
+            measure(&format!("count {size}-token prompt, {family:?} ({n}), cold"), iters, || {
+                let b = next.next().unwrap_or(&bodies[0]);
+                std::hint::black_box(tokens::count(b, Shape::Chat, family));
+            });
+            // Seen before (a system prompt, the history of a conversation): remembered.
+            let same = body(0);
+            measure(&format!("count {size}-token prompt, {family:?}, seen before"), iters, || {
+                std::hint::black_box(tokens::count(&same, Shape::Chat, family));
             });
         }
     }

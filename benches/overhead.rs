@@ -12,6 +12,12 @@
 //! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
 //! - `OVERHEAD_TIDEGATE_BIN=/path/to/tidegate`: measure another build (A/B against a commit).
 //! - `OVERHEAD_GATEWAY_THREADS`: tokio worker threads of the tidegate child.
+//! - `OVERHEAD_IDEMPOTENCY=1`: every request carries a fresh `Idempotency-Key` (claimed and
+//!   stored each time: the full cost of a key, never a replay).
+//! - `OVERHEAD_STATE=redis://127.0.0.1:PORT`: tidegate's shared state in that Redis (start a
+//!   `redis-server` first), so keys, budgets and rate limits go through it.
+//! - `OVERHEAD_UNIQUE_PROMPTS=1`: every request's prompt differs (a counter in front), so
+//!   nothing tidegate remembers about a prompt (token counts) helps.
 //! - `OVERHEAD_PROMPT_TOKENS`: send a prompt of about this many tokens instead of one line
 //!   (with the `limited` route, the cost of counting it: issue #5's 1k-token target).
 
@@ -175,8 +181,11 @@ impl Drop for Gateway {
 
 async fn start_gateway(upstream: SocketAddr) -> Gateway {
     let (data, admin) = (free_port(), free_port());
+    let state = std::env::var("OVERHEAD_STATE")
+        .map(|url| format!("state: {{backend: redis, url: \"{url}\"}}\n"))
+        .unwrap_or_default();
     let config = format!(
-        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\nmodels:\n  bench-model: {{input: 0.15, output: 0.6, context: 128000}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{ROUTES}"
+        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\n{state}models:\n  bench-model: {{input: 0.15, output: 0.6, context: 128000}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{ROUTES}"
     );
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
     std::fs::write(&path, config).unwrap();
@@ -269,17 +278,36 @@ async fn load(
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conc {
+    let keyed = std::env::var("OVERHEAD_IDEMPOTENCY").is_ok_and(|v| v == "1");
+    let unique = std::env::var("OVERHEAD_UNIQUE_PROMPTS").is_ok_and(|v| v == "1");
+    for worker in 0..conc {
         let (client, url, body, stop) =
             (client.clone(), url.to_owned(), body.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
+            let run = fastrand::u64(..);
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let req = Request::post(&url)
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                let mut req = Request::post(&url).header("content-type", "application/json");
+                if keyed {
+                    n += 1;
+                    req = req.header("idempotency-key", format!("bench-{run:x}-{worker}-{n}"));
+                }
+                let body = if unique {
+                    n += u64::from(!keyed);
+                    // The prompt starts right after the first `"content":"`.
+                    let at =
+                        body.windows(11).position(|w| w == b"\"content\":\"").map_or(0, |p| p + 11);
+                    let mut b = Vec::with_capacity(body.len() + 24);
+                    b.extend_from_slice(&body[..at]);
+                    b.extend_from_slice(format!("{run:x}-{worker}-{n} ").as_bytes());
+                    b.extend_from_slice(&body[at..]);
+                    Bytes::from(b)
+                } else {
+                    body.clone()
+                };
+                let req = req.body(Full::new(body)).unwrap();
                 let resp = client.request(req).await.unwrap();
                 let status = resp.status();
                 let bytes = resp.into_body().collect().await.unwrap().to_bytes();

@@ -19,6 +19,8 @@ struct Step {
     path: &'static str,
     body: &'static str,
     content_type: &'static str,
+    /// An `Idempotency-Key` to send.
+    key: Option<&'static str>,
 }
 
 const STEPS: &[Step] = &[
@@ -27,42 +29,70 @@ const STEPS: &[Step] = &[
         path: "/v1/chat/completions",
         body: r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarize ticket 42"}]}"#,
         content_type: "application/json",
+        key: None,
     },
     Step {
         what: "streamed chat",
         path: "/v1/chat/completions",
         body: r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Stream it"}]}"#,
         content_type: "application/json",
+        key: None,
     },
     Step {
         what: "route by path, primary 503",
         path: "/r/flaky/v1/chat/completions",
         body: r#"{"model":"anything","messages":[{"role":"user","content":"Fail over"}]}"#,
         content_type: "application/json",
+        key: None,
     },
     Step {
         what: "echo route",
         path: "/v1/chat/completions",
         body: r#"{"model":"echo","messages":[{"role":"user","content":"hello tidegate"}]}"#,
         content_type: "application/json",
+        key: None,
     },
     Step {
         what: "embeddings",
         path: "/v1/embeddings",
         body: r#"{"model":"text-embedding-3-small","input":"tide"}"#,
         content_type: "application/json",
+        key: None,
+    },
+    Step {
+        what: "output capped at 5 tokens",
+        path: "/v1/chat/completions",
+        body: r#"{"model":"capped","max_tokens":100,"messages":[{"role":"user","content":"Write a long essay"}]}"#,
+        content_type: "application/json",
+        key: None,
+    },
+    Step {
+        what: "Idempotency-Key job-7",
+        path: "/v1/chat/completions",
+        body: r#"{"model":"echo","messages":[{"role":"user","content":"charge once"}]}"#,
+        content_type: "application/json",
+        key: Some("job-7"),
+    },
+    Step {
+        what: "same key, retried",
+        path: "/v1/chat/completions",
+        body: r#"{"model":"echo","messages":[{"role":"user","content":"charge once"}]}"#,
+        content_type: "application/json",
+        key: Some("job-7"),
     },
     Step {
         what: "malformed JSON",
         path: "/v1/chat/completions",
         body: r#"{"model": "gpt-4o-mini", "messages": ["#,
         content_type: "application/json",
+        key: None,
     },
     Step {
         what: "unknown route header",
         path: "/v1/chat/completions",
         body: r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
         content_type: "application/json",
+        key: None,
     },
 ];
 
@@ -118,6 +148,9 @@ pub async fn run() -> u8 {
         if i == STEPS.len() - 1 {
             req = req.header("x-tidegate-route", "does-not-exist");
         }
+        if let Some(k) = s.key {
+            req = req.header("idempotency-key", k);
+        }
         let Ok(req) = req.body(Full::new(Bytes::from_static(s.body.as_bytes()))) else { continue };
         let t = Instant::now();
         let resp = match client.request(req).await {
@@ -146,6 +179,12 @@ pub async fn run() -> u8 {
             note = format!("{chunks} SSE events");
         } else if let Some(text) = content_of(&bytes) {
             note = if note.is_empty() { format!("{text:?}") } else { note };
+        }
+        if bytes.windows(19).any(|w| w == br#""finish_reason":"le"#) {
+            note = format!("{note}, cut at the route's max_output_tokens");
+        }
+        if parts.headers.contains_key("x-tidegate-idempotent-replay") {
+            note = format!("replayed, no upstream call: {note}");
         }
         println!(
             "{:<27} {:<10} {:<8} {:<32} {:>6} {:>7} {:>7.1}  {note}",

@@ -78,14 +78,26 @@ impl Gateway {
 
     /// Counters of the in-process mock provider named `provider`.
     /// Sets each budgeted route's remaining-budget gauge for the current window (a window
-    /// that reset with no traffic since reads full again).
-    pub fn refresh_budget_gauges(&self) {
+    /// that reset with no traffic since reads full again). With Redis, the shared figure; if
+    /// Redis does not answer, the gauge keeps its last value.
+    pub async fn refresh_budget_gauges(&self) {
         let snap = self.snapshot();
         let now = self.shared.clock.now();
         for r in &snap.routes {
-            if let (Some(ledger), Some(limit)) = (&r.ledger, r.route.limits.budget) {
-                r.series.budget_remaining.set(ledger.remaining(now, &limit) as f64 / 1e6);
-            }
+            let (Some(ledger), Some(limit)) = (&r.ledger, r.route.limits.budget) else {
+                continue;
+            };
+            let (spent, reserved) = match &self.shared.state.redis {
+                Some(store) => {
+                    match store.budget_status(&r.route.name, limit.window_of(now)).await {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    }
+                }
+                None => ledger.status(now, &limit),
+            };
+            let left = limit.limit.saturating_sub(spent.saturating_add(reserved));
+            r.series.budget_remaining.set(left as f64 / 1e6);
         }
     }
 

@@ -11,7 +11,13 @@
 //! JSON text; each image counts a flat [`IMAGE_TOKENS`] (the largest a single image costs on
 //! either provider), since its real cost depends on pixels tidegate does not decode.
 //! Vocabularies load on first use (about 70 ms and 50-70 MiB each), so a config without token
-//! limits or budgets never loads one; see [`warm`].
+//! limits or budgets never loads one; see [`warm`]. Counts of long texts (256 bytes and up) are
+//! remembered in a small bounded table, since system prompts and conversation history come back
+//! with every turn.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
 
@@ -86,9 +92,42 @@ pub fn warm(family: Family) {
     let _ = tokenizer(family.base()).count("warm");
 }
 
+/// Texts at least this long have their counts remembered.
+const CACHED_FROM: usize = 256;
+/// Counts remembered; the table starts over when full.
+const CACHE_ENTRIES: usize = 4096;
+
+/// (vocabulary, hash of the text, its length).
+type CountKey = (u8, u64, usize);
+
+/// Counts of recently seen long texts, by vocabulary, hash and length: system prompts
+/// and conversation history come back with every turn, and counting them again would be most
+/// of a limited route's overhead.
+static COUNTS: std::sync::LazyLock<Mutex<HashMap<CountKey, u32>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::with_capacity(CACHE_ENTRIES)));
+
 /// Tokens of one text in `family`'s vocabulary (unscaled: see [`Family::scale`]).
 fn text(base: Base, s: &str) -> u64 {
-    if s.is_empty() { 0 } else { tokenizer(base).count(s) as u64 }
+    if s.is_empty() {
+        return 0;
+    }
+    if s.len() < CACHED_FROM {
+        return tokenizer(base).count(s) as u64;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    let key = (base as u8, h.finish(), s.len());
+    let lock = || COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&n) = lock().get(&key) {
+        return u64::from(n);
+    }
+    let n = tokenizer(base).count(s);
+    let mut m = lock();
+    if m.len() >= CACHE_ENTRIES {
+        m.clear();
+    }
+    m.insert(key, u32::try_from(n).unwrap_or(u32::MAX));
+    n as u64
 }
 
 /// What kind of request body is being counted.

@@ -22,10 +22,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 /// Answers one admin request.
-pub fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            gw.refresh_budget_gauges();
+            gw.refresh_budget_gauges().await;
             let mut r = Response::new(Body::full(gw.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -58,7 +58,7 @@ pub fn admin_plane(
             if p == "/admin" || p.starts_with("/admin/") {
                 return Ok(api.handle(req).await);
             }
-            Ok(handle(&gw, &req))
+            Ok(handle(&gw, &req).await)
         })
     }
 }

@@ -232,7 +232,7 @@ async fn the_window_resets_and_retry_after_says_when() {
     );
     assert_eq!(got.json()["error"]["type"], "rate_limit_error");
     tokio::time::advance(Duration::from_secs(wait)).await;
-    gw.refresh_budget_gauges();
+    gw.refresh_budget_gauges().await;
     assert_eq!(remaining(&gw), 0.00003, "a new window starts full");
     assert_eq!(post(&gw, "/v1/chat/completions", &chat("x")).await.status, 200);
 }

@@ -97,3 +97,15 @@ def test_openai_sdk_streamed_tool_calls_from_anthropic_upstream(gateway):
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_messages_clamped_and_idempotent(gateway):
+    c = aclient(gateway)
+    msg = c.messages.create(model="capped", max_tokens=100, messages=USER)
+    assert msg.stop_reason == "max_tokens"
+    assert msg.usage.output_tokens == 5
+    key = {"Idempotency-Key": "anthropic-job-1"}
+    first = c.messages.with_raw_response.create(model="echo", max_tokens=50, messages=USER, extra_headers=key)
+    again = c.messages.with_raw_response.create(model="echo", max_tokens=50, messages=USER, extra_headers=key)
+    assert again.headers["x-tidegate-idempotent-replay"] == "true"
+    assert again.parse().id == first.parse().id

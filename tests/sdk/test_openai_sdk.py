@@ -49,7 +49,7 @@ def test_stream_without_usage_has_no_usage_chunk(gateway):
 def test_models_list_and_retrieve(gateway):
     c = client(gateway)
     ids = sorted(m.id for m in c.models.list())
-    assert ids == ["chat", "claude", "down", "echo", "embeddings", "flaky", "weather", "weather-claude"]
+    assert ids == ["budget", "capped", "chat", "claude", "down", "echo", "embeddings", "flaky", "weather", "weather-claude"]
     assert c.models.retrieve("echo").id == "echo"
 
 
@@ -106,3 +106,51 @@ def test_async_client(gateway):
     content, text = asyncio.run(run())
     assert content == "async works"
     assert text == ANSWER
+
+
+def test_idempotency_key_replays_without_a_second_call(gateway):
+    c = client(gateway)
+    key = {"Idempotency-Key": "sdk-job-7"}
+    msgs = [{"role": "user", "content": "charge the card once"}]
+    first = c.chat.completions.with_raw_response.create(model="echo", messages=msgs, extra_headers=key)
+    again = c.chat.completions.with_raw_response.create(model="echo", messages=msgs, extra_headers=key)
+    assert again.headers["x-tidegate-idempotent-replay"] == "true"
+    assert "x-tidegate-idempotent-replay" not in first.headers
+    assert again.parse().id == first.parse().id
+    assert again.parse().choices[0].message.content == "charge the card once"
+    # A stream is replayed as a stream the SDK reads like the first.
+    skey = {"Idempotency-Key": "sdk-stream-7"}
+    texts = []
+    for _ in range(2):
+        stream = c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=skey)
+        texts.append("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices))
+    assert texts == [ANSWER, ANSWER]
+    # The same key with another request: 422, which the SDK does not retry.
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        c.chat.completions.create(model="echo", messages=MESSAGES, extra_headers=key)
+    assert e.value.code == "idempotency_key_reused"
+
+
+def test_output_clamp_input_ceiling_and_cost_header(gateway):
+    c = client(gateway)
+    raw = c.chat.completions.with_raw_response.create(model="capped", messages=MESSAGES, max_tokens=100)
+    resp = raw.parse()
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage.completion_tokens == 5
+    assert float(raw.headers["x-tidegate-cost-usd"]) == 0.0  # the mock model has no price
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="capped", messages=[{"role": "user", "content": "word " * 100}])
+    assert e.value.code == "input_tokens_exceeded"
+
+
+def test_budget_exhausted_is_a_rate_limit_error(gateway):
+    c = client(gateway, max_retries=0)
+    costs = []
+    with pytest.raises(openai.RateLimitError) as e:
+        for _ in range(20):
+            raw = c.chat.completions.with_raw_response.create(model="budget", messages=MESSAGES)
+            costs.append(float(raw.headers["x-tidegate-cost-usd"]))
+    assert e.value.code == "budget_exhausted"
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert costs and all(x > 0 for x in costs)
+    assert sum(costs) <= 0.0001
