@@ -16,7 +16,7 @@
 //! with every turn.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
@@ -97,6 +97,9 @@ const CACHED_FROM: usize = 256;
 /// Counts remembered; the table starts over when full.
 const CACHE_ENTRIES: usize = 4096;
 
+static HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
 /// (vocabulary, hash of the text, its length).
 type CountKey = (u8, u64, usize);
 
@@ -114,9 +117,8 @@ fn text(base: Base, s: &str) -> u64 {
     if s.len() < CACHED_FROM {
         return tokenizer(base).count(s) as u64;
     }
-    let mut h = std::hash::DefaultHasher::new();
-    s.hash(&mut h);
-    let key = (base as u8, h.finish(), s.len());
+    // Keyed per process: a colliding text cannot be prepared offline to borrow a cheap count.
+    let key = (base as u8, HASHER.hash_one(s), s.len());
     let lock = || COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(&n) = lock().get(&key) {
         return u64::from(n);
@@ -312,6 +314,20 @@ mod tests {
         let body = json!({"input": ["Hello, world!", [1, 2, 3]]});
         assert_eq!(count(&body, Shape::Embeddings, Family::Cl100k), 4 + 3);
         assert_eq!(count(&json!({"input": "Hi"}), Shape::Embeddings, Family::Cl100k), 1);
+    }
+
+    #[test]
+    fn remembered_counts_equal_fresh_ones_and_stay_bounded() {
+        let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        let fresh = tokenizer(Base::O200k).count(&long) as u64;
+        assert_eq!(text(Base::O200k, &long), fresh);
+        assert_eq!(text(Base::O200k, &long), fresh, "second time, from the table");
+        assert_eq!(text(Base::Cl100k, &long), tokenizer(Base::Cl100k).count(&long) as u64);
+        for i in 0..CACHE_ENTRIES + 10 {
+            text(Base::O200k, &format!("{i} {long}"));
+        }
+        let len = COUNTS.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= CACHE_ENTRIES, "{len}");
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub async fn request(
                 route.route.name
             ),
         )
-        .with_param("messages"));
+        .with_param(if ask.endpoint() == super::attempt::Endpoint::Embeddings {
+            "input"
+        } else {
+            "messages"
+        }));
     }
     let limited = |kind: &str, wait: Duration| {
         reject(kind);
@@ -69,7 +73,7 @@ pub async fn request(
         rate(shared, route, "rpm", local, q, 1).await.map_err(|w| limited("rpm", w))?;
     }
     if let (Some(local), Some(q)) = (&route.tpm, limits.tpm) {
-        let tokens = input + ask.output_limit().unwrap_or(0);
+        let tokens = input.saturating_add(ask.output_limit().unwrap_or(0));
         rate(shared, route, "tpm", local, q, tokens).await.map_err(|w| limited("tpm", w))?;
     }
     Ok(())
@@ -176,6 +180,11 @@ pub async fn target(
         return Ok(());
     }
     let now = clock.now();
+    if worst > limit.limit {
+        // Larger than a whole window's budget: it can never fit.
+        reject("budget");
+        return Err(Skip::Budget(limit.until_reset(now)));
+    }
     if let Some(store) = &shared.state.redis {
         let (window, ttl) = (limit.window_of(now), crate::store::window_ttl(limit.per));
         match store.budget_reserve(&route.route.name, window, ttl, limit.limit, worst).await {

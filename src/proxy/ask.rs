@@ -104,7 +104,9 @@ impl<'a> Prepared<'a> {
     /// Images count a flat [`tokens::IMAGE_TOKENS`] whatever their JSON size, so a body that
     /// may hold one has no bound.
     pub fn input_bound(&self, family: Family) -> Option<u64> {
-        if self.raw.windows(6).any(|w| w == b"\"image") {
+        // A JSON escape could spell `image` without these bytes: no bound then either.
+        if self.raw.windows(6).any(|w| w == b"\"image") || self.raw.windows(2).any(|w| w == b"\\u")
+        {
             return None;
         }
         Some(family.scale(self.raw.len() as u64 + 3))

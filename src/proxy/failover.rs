@@ -117,11 +117,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     break 'targets;
                 }
                 let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
-                if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
-                    first_reason.get_or_insert(reason);
-                    failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
-                    continue 'targets;
-                }
+                // Cost and budget first: a breaker's half-open probe must not be spent on a
+                // target the budget then refuses.
                 if let Err(skip) =
                     super::admit::target(self.route, ti, t, self.ask, self.shared, rec).await
                 {
@@ -131,6 +128,11 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         Skip::CostCeiling => ceiling_skipped = true,
                         Skip::Budget(reset) => budget_reset = Some(reset),
                     }
+                    continue 'targets;
+                }
+                if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
+                    first_reason.get_or_insert(reason);
+                    failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
                     continue 'targets;
                 }
                 attempts += 1;

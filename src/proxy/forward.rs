@@ -96,6 +96,7 @@ impl Forward {
             End::Complete => {
                 self.rec.outcome = if self.rec.outcome == "fallback" { "fallback" } else { "ok" };
                 self.rec.status = 200;
+                self.rec.spend.complete = true;
                 if let Some(c) = &mut self.rec.idem {
                     c.storable = true;
                 }
@@ -158,7 +159,9 @@ impl Forward {
         if let Some(c) = &mut self.rec.idem {
             c.push(&chunk);
         }
-        let ok = self.tx.send(chunk).await.is_ok();
+        // A client that stops reading but keeps the connection open is gone for our purposes
+        // once the deadline passes: the request must end (settle, release its key).
+        let ok = matches!(timeout_at(self.deadline, self.tx.send(chunk)).await, Ok(Ok(())));
         self.rec.client_wait += t.elapsed();
         ok
     }

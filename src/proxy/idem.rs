@@ -76,12 +76,17 @@ impl Capture {
     ) {
         self.status = status.as_u16();
         self.headers = kept_headers(headers);
-        let from_upstream = headers.contains_key("x-tidegate-provider")
-            || headers.contains_key("x-tidegate-fallback");
-        self.storable = status.is_success()
-            || (from_upstream
-                && status.is_client_error()
-                && ![408, 409, 429].contains(&self.status));
+        // A free tier's stand-in answer means the real one failed: retryable, not stored.
+        let free_tier = headers
+            .get("x-tidegate-fallback")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|f| f.starts_with("cache;") || f.starts_with("template;"));
+        let from_upstream = headers.contains_key("x-tidegate-provider");
+        self.storable = !free_tier
+            && (status.is_success()
+                || (from_upstream
+                    && status.is_client_error()
+                    && ![408, 409, 429].contains(&self.status)));
         if let Some(b) = body {
             self.push(&b);
         }
@@ -116,11 +121,16 @@ impl Capture {
             Owner::Redis { store, key, owner, ttl } => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
                 rt.spawn(async move {
-                    let r = if keep {
+                    let mut r = if keep {
                         store.idem_complete(&key, &owner, &answer.encode(), ttl).await
                     } else {
                         store.idem_release(&key, &owner).await
                     };
+                    if keep && r.is_err() {
+                        // Not stored (too slow, too large): free the key so duplicates execute
+                        // rather than wait out the lease.
+                        r = store.idem_release(&key, &owner).await;
+                    }
                     if let Err(e) = r {
                         // The record's lease expires by itself; a retry then executes.
                         tracing::warn!(error = %e, "idempotency record not finished in redis");
@@ -131,13 +141,15 @@ impl Capture {
     }
 }
 
-/// Headers a replay repeats: the content type and tidegate's own (not the request id).
+/// Headers a replay repeats: the content type and tidegate's own, but not the config version
+/// (the replay's own) nor the cost (a replay costs nothing).
 fn kept_headers(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
         .filter(|(k, _)| {
             *k == header::CONTENT_TYPE
                 || (k.as_str().starts_with("x-tidegate-")
-                    && !k.as_str().starts_with("x-tidegate-config"))
+                    && !k.as_str().starts_with("x-tidegate-config")
+                    && !k.as_str().starts_with("x-tidegate-cost"))
         })
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect()
@@ -157,6 +169,9 @@ fn replay(a: &StoredAnswer) -> Response<Body> {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     h.insert("x-tidegate-idempotent-replay", HeaderValue::from_static("true"));
+    if !a.stream {
+        h.insert("x-tidegate-cost-usd", HeaderValue::from_static("0.000000"));
+    }
     r
 }
 
@@ -294,7 +309,13 @@ async fn in_redis(
 ) -> Result<InRedis, redis::StoreError> {
     let owner = format!("{:032x}", fastrand::u128(..));
     for _ in 0..RECLAIMS {
-        match store.idem_claim(key, fp, &owner, lease).await? {
+        // A claim whose reply was lost may still have run: the same owner claims again (the
+        // script answers "claimed" to its own owner), so one retry cannot run the request twice.
+        let claim = match store.idem_claim(key, fp, &owner, lease).await {
+            Ok(c) => c,
+            Err(_) => store.idem_claim(key, fp, &owner, lease).await?,
+        };
+        match claim {
             redis::Claim::Claimed => return Ok(InRedis::Run(key.to_owned(), owner)),
             redis::Claim::Existing { fingerprint, .. } if fingerprint != fp => {
                 return Ok(InRedis::Error(mismatch()));

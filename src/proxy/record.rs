@@ -192,7 +192,8 @@ impl RequestRecord {
         }
         let (cost, cost_estimated) = self.cost();
         if let Some(held) = self.spend.held.take() {
-            held.settle(cost, self.route.as_deref());
+            // Earlier attempts settled their own share when they ended.
+            held.settle(cost.saturating_sub(self.spend.prior()), self.route.as_deref());
         }
         if let Some(t) = &self.served_by
             && cost > 0

@@ -87,6 +87,7 @@ impl Gateway {
             Opened::Complete { body, usage, finish } => {
                 rec.usage = usage;
                 rec.finish = finish;
+                rec.spend.complete = true;
                 if usage.is_none()
                     && let Some((text, _)) = super::tiers::text_of_body(&body, wire)
                 {
@@ -129,6 +130,7 @@ impl Gateway {
                     tainted: false,
                 });
                 let resume = route.route.resume.then(|| ResumeKit {
+                    gw: self.clone(),
                     snap: snap.clone(),
                     route: route.index,
                     target: served.target,

@@ -35,6 +35,8 @@ use crate::translate::finish::openai_finish_reason;
 
 /// What a stream task needs to start new attempts on its own.
 pub struct ResumeKit {
+    /// Budgets and limits of the resumed attempts (they are admitted like any attempt).
+    pub gw: Arc<crate::gateway::Gateway>,
     pub snap: Arc<Snapshot>,
     pub route: usize,
     /// The target that was streaming when it broke.
@@ -77,6 +79,7 @@ fn request_with(raw: &Bytes, prefill: Option<&str>) -> Option<Bytes> {
 
 async fn open(
     kit: &ResumeKit,
+    ti: usize,
     t: &TargetRuntime,
     prefill: Option<&str>,
     deadline: Instant,
@@ -88,8 +91,17 @@ async fn open(
         Dialect::OpenAi => ChatRequest::parse(&bytes).map(Ask::Chat),
         Dialect::Anthropic => MessagesRequest::parse(&bytes).map(Ask::Messages),
     };
-    let ask =
+    let mut ask =
         parsed.and_then(|a| Prepared::new(a, &bytes)).map_err(|_| (Next::Stop, "malformed"))?;
+    // The route's output limit holds for the resumed call too; a continuation has already
+    // produced part of it (about 4 bytes a token).
+    let produced = prefill.map_or(0, |p| p.len() as u64 / 4);
+    ask.clamp_output(
+        route.route.limits.max_output_tokens.map(|m| m.saturating_sub(produced).max(1)),
+    );
+    super::admit::target(route, ti, t, &ask, &kit.gw.shared, &mut fwd.rec)
+        .await
+        .map_err(|skip| (Next::NextTarget, skip.reason()))?;
     let body = ask
         .body_for(t, &kit.snap.config, route.route.drop_unsupported_params)
         .map_err(|_| (Next::NextTarget, "untranslatable"))?;
@@ -124,6 +136,7 @@ async fn open(
 /// One piece of resumed text in the client's dialect. An Anthropic client gets it in its open
 /// text block, or in a new one after the last block it saw.
 fn emit_text(fwd: &mut Forward, model: &str, piece: &str) {
+    fwd.rec.spend.streamed_bytes += piece.len() as u64;
     match fwd.dialect {
         Dialect::OpenAi => {
             fwd.out.extend_from_slice(&chunk(model, json!({"content": piece}), None))
@@ -303,7 +316,10 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
         return None;
     }
     let route = &kit.snap.routes[kit.route];
-    for t in &route.targets[kit.target..] {
+    // The broken attempt answered in part: its cost is the request's, its reservation settles.
+    let (served, usage, series) = (fwd.rec.served_by.clone(), fwd.rec.usage, fwd.rec.route.clone());
+    fwd.rec.spend.close_attempt(served.as_deref(), usage.as_ref(), series.as_deref());
+    for (ti, t) in route.targets.iter().enumerate().skip(kit.target) {
         if Instant::now() >= fwd.deadline {
             return None;
         }
@@ -315,7 +331,7 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
         modes.push(Mode::Splice);
         for mode in modes {
             let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
-            match open(&kit, t, prefill.as_deref(), fwd.deadline, fwd).await {
+            match open(&kit, ti, t, prefill.as_deref(), fwd.deadline, fwd).await {
                 Ok(stream) => {
                     fwd.rec
                         .metrics()
@@ -331,7 +347,14 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                         return done;
                     }
                     // It broke again (or diverged): what was forwarded meanwhile is in
-                    // `sent_text`; try the next target.
+                    // `sent_text`, and this attempt's cost is the request's; try the next target.
+                    let (served, usage, series) =
+                        (fwd.rec.served_by.clone(), fwd.rec.usage, fwd.rec.route.clone());
+                    fwd.rec.spend.close_attempt(
+                        served.as_deref(),
+                        usage.as_ref(),
+                        series.as_deref(),
+                    );
                     break;
                 }
                 // Prefill rejected (a 400 about the trailing assistant message): splice next.

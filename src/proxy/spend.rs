@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use crate::config::ModelInfo;
 use crate::limits::EpochClock;
 use crate::limits::budget::{BudgetLimit, Ledger, Reservation};
 use crate::runtime::{RouteSeries, TargetSeries};
@@ -64,36 +63,92 @@ pub struct Spend {
     pub input_tokens: Option<u64>,
     /// The output limit the reservation assumed.
     pub max_output: Option<u64>,
-    /// Answer text bytes the client received (for the estimate when usage is missing).
+    /// Answer text bytes the client received from the current attempt (for the estimate when
+    /// usage is missing or partial).
     pub streamed_bytes: u64,
     /// The request body's size (the input estimate when tokens were not counted).
     pub body_bytes: u64,
+    /// The answer arrived whole (a complete body, or a stream to its end): its usage is final.
+    pub complete: bool,
+    /// Cost of earlier attempts that answered in part (a stream broken after the commit point,
+    /// then resumed elsewhere), and whether any of it was estimated.
+    prior: u64,
+    prior_estimated: bool,
+    /// The request's usage when the current attempt began (resumed streams add to it).
+    usage_base: Option<Usage>,
     /// Once computed: (micro-dollars, estimated).
     settled: Option<(u64, bool)>,
 }
 
 impl Spend {
-    /// The request's cost so far: usage at the served target's prices, else an estimate.
+    /// The request's cost: earlier attempts plus the current one at its target's prices.
     /// Computed once; later calls return the same figure.
     pub fn cost(&mut self, served: Option<&TargetSeries>, usage: Option<&Usage>) -> (u64, bool) {
         if let Some(c) = self.settled {
             return c;
         }
-        let c = match (served.and_then(|t| t.price.as_ref()), usage) {
-            (None, _) => (0, usage.is_none() && served.is_some()),
-            (Some(p), Some(u)) => (p.usage_cost(u), false),
-            (Some(p), None) => (self.estimate(p), true),
-        };
-        self.settled = Some(c);
-        c
+        let (c, est) = self.attempt_cost(served, usage);
+        let total = (self.prior.saturating_add(c), self.prior_estimated || est);
+        self.settled = Some(total);
+        total
     }
 
-    fn estimate(&self, p: &ModelInfo) -> u64 {
-        let input = self.input_tokens.unwrap_or(self.body_bytes.div_ceil(4));
-        let mut output = self.streamed_bytes.div_ceil(3);
-        if let Some(max) = self.max_output {
-            output = output.min(max);
+    /// What earlier attempts cost (already settled against the budget).
+    pub fn prior(&self) -> u64 {
+        self.prior
+    }
+
+    /// A stream broke after answering in part and is about to be resumed: its attempt's cost
+    /// becomes part of the request's, and its reservation is settled with it.
+    pub fn close_attempt(
+        &mut self,
+        served: Option<&TargetSeries>,
+        usage: Option<&Usage>,
+        route: Option<&RouteSeries>,
+    ) {
+        let (c, est) = self.attempt_cost(served, usage);
+        self.prior = self.prior.saturating_add(c);
+        self.prior_estimated |= est;
+        self.usage_base = usage.copied();
+        self.streamed_bytes = 0;
+        if let Some(h) = self.held.take() {
+            h.settle(c, route);
         }
-        p.usage_cost(&Usage { input, output, cached_input: 0 })
+    }
+
+    /// The current attempt: its usage (the request's minus what earlier attempts reported) at
+    /// its target's prices. An answer that did not arrive whole may have reported only part of
+    /// its usage (Anthropic's `message_start`), so its output is at least the estimate.
+    fn attempt_cost(&self, served: Option<&TargetSeries>, usage: Option<&Usage>) -> (u64, bool) {
+        let Some(p) = served.and_then(|t| t.price.as_ref()) else {
+            return (0, usage.is_none() && served.is_some());
+        };
+        let usage = usage.map(|u| match self.usage_base {
+            Some(b) => Usage {
+                input: u.input.saturating_sub(b.input),
+                output: u.output.saturating_sub(b.output),
+                cached_input: u.cached_input.saturating_sub(b.cached_input),
+            },
+            None => *u,
+        });
+        match usage {
+            Some(u) if self.complete => (p.usage_cost(&u), false),
+            Some(u) => {
+                let seen = self.output_estimate();
+                let estimated = seen > u.output;
+                (p.usage_cost(&Usage { output: u.output.max(seen), ..u }), estimated)
+            }
+            None => {
+                let input = self.input_tokens.unwrap_or(self.body_bytes.div_ceil(4));
+                let output = self.output_estimate();
+                (p.usage_cost(&Usage { input, output, cached_input: 0 }), true)
+            }
+        }
+    }
+
+    /// Output tokens of the text received so far, at 3 bytes a token, at most the limit.
+    fn output_estimate(&self) -> u64 {
+        let out = self.streamed_bytes.div_ceil(3);
+        self.max_output.map_or(out, |m| out.min(m))
     }
 }

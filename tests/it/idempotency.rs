@@ -158,3 +158,20 @@ async fn the_memory_bound_holds_under_many_keys() {
     let got = keyed(&gw, "key-499", &chat("x"), None).await;
     assert_eq!(got.header("x-tidegate-idempotent-replay"), "true");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_costs_nothing_and_free_tier_answers_are_not_stored() {
+    let yaml = "providers:\n  sim: {kind: mock}\nmodels:\n  m: {input: 1.0, output: 1.0, context: 100000}\nroutes:\n  r:\n    default: true\n    targets: [{provider: sim, model: m}]\n  t:\n    match_models: [t]\n    retries: {per_target: 0}\n    targets:\n      - {provider: sim, model: \"down+status=503+fail_first=1\"}\n      - {template: \"Busy.\"}\n";
+    let gw = gateway(yaml);
+    let first = keyed(&gw, "k", &chat("x"), None).await;
+    assert_ne!(first.header("x-tidegate-cost-usd"), "0.000000");
+    let again = keyed(&gw, "k", &chat("x"), None).await;
+    assert_eq!(again.header("x-tidegate-idempotent-replay"), "true");
+    assert_eq!(again.header("x-tidegate-cost-usd"), "0.000000");
+    // The template stood in for a failure: the key is released, the retry reaches the provider.
+    let stand_in = keyed(&gw, "t1", &chat("t"), None).await;
+    assert_eq!(stand_in.header("x-tidegate-fallback"), "template;reason=status_5xx");
+    let retried = keyed(&gw, "t1", &chat("t"), None).await;
+    assert_eq!(retried.header("x-tidegate-idempotent-replay"), "");
+    assert_eq!(retried.header("x-tidegate-provider"), "sim");
+}

@@ -337,3 +337,28 @@ fn cost_limits_need_prices() {
         .unwrap_err();
     assert_eq!(e.path, "routes.r.limits.rpm");
 }
+
+/// A stream broken after content and resumed on the backup: the broken attempt's share is
+/// counted (estimated), both reservations settle, nothing stays reserved.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_stream_pays_for_both_attempts_and_leaks_nothing() {
+    let yaml = "providers:\n  sim: {kind: mock}\n  backup: {kind: mock}\nmodels:\n  \"p+chunks=10+cut=3\": {input: 1.0, output: 1.0, context: 100000}\n  \"b+chunks=10\": {input: 1.0, output: 1.0, context: 100000}\nroutes:\n  r:\n    default: true\n    limits: {max_output_tokens: 50, budget: {usd: 1, per: 1h}}\n    targets:\n      - {provider: sim, model: \"p+chunks=10+cut=3\"}\n      - {provider: backup, model: \"b+chunks=10\"}\n";
+    let gw = gateway(yaml);
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let lines = gw.log_sink.lines();
+    let line: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let cost = micros(line["cost_usd"].as_str().unwrap());
+    assert_eq!(line["cost_estimated"], true, "{line}");
+    // The backup alone reports ~9 input + its output; the broken attempt adds its own share.
+    let backup_only =
+        line["input_tokens"].as_u64().unwrap() + line["output_tokens"].as_u64().unwrap();
+    assert!(cost > 0, "{line}");
+    assert_eq!(
+        ((1.0 - remaining(&gw)) * 1e6).round() as u64,
+        cost,
+        "every reservation settled: {line}"
+    );
+    assert!(cost >= backup_only / 2, "{cost} vs {backup_only}");
+}

@@ -136,6 +136,8 @@ async fn idem_claim_complete_replay_and_mismatch() -> TestResult {
     let store = store_on(&server)?;
     let lease = Duration::from_secs(30);
     assert_eq!(store.idem_claim("k1", "fp-a", "owner-a", lease).await?, Claim::Claimed);
+    // The same owner again (its first reply was lost): still its claim, not a duplicate.
+    assert_eq!(store.idem_claim("k1", "fp-a", "owner-a", lease).await?, Claim::Claimed);
     let running = Claim::Existing { fingerprint: "fp-a".into(), done: None };
     assert_eq!(store.idem_claim("k1", "fp-a", "owner-b", lease).await?, running);
     // Another owner cannot complete.
