@@ -102,11 +102,41 @@ pub enum StateBackend {
     Memory,
     /// Shared by every replica through one Redis server.
     Redis {
-        /// `redis://[user:password@]host:port[/db]`.
-        url: String,
+        /// Where the URL comes from: `redis://[user:password@]host:port[/db]`.
+        url: RedisUrl,
         /// Prefix of every key. Default `tidegate:`.
         prefix: String,
     },
+}
+
+/// `state.url` (in the file) or `state.url_env` (an environment variable, so a password can
+/// stay in a Secret); the variable is read when `serve` starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisUrl {
+    Inline(String),
+    Env(String),
+}
+
+impl RedisUrl {
+    /// The URL, reading the environment for `url_env`.
+    pub fn resolve(&self) -> Result<String, String> {
+        let url = match self {
+            Self::Inline(u) => u.clone(),
+            Self::Env(var) => std::env::var(var)
+                .map_err(|_| format!("state.url_env: environment variable {var} is not set"))?,
+        };
+        check_redis_url(&url)?;
+        Ok(url)
+    }
+}
+
+/// A `redis://` or `redis+unix://` URL (TLS is not compiled in).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("redis://") || url.starts_with("redis+unix://") {
+        Ok(())
+    } else {
+        Err("expected a redis:// (or redis+unix://) URL; TLS (rediss://) is not supported".into())
+    }
 }
 
 /// `state.on_error`: per concern, what happens while Redis is unreachable or slow.
@@ -414,6 +444,32 @@ impl Config {
                 "    retries: per_target {} total {} backoff {:?} max_retry_after {:?}\n",
                 rt.per_target, rt.total, rt.backoff, rt.max_retry_after
             ));
+            let l = &r.limits;
+            let usd = crate::limits::prices::format_usd;
+            let mut parts: Vec<String> = Vec::new();
+            let mut push = |name: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    parts.push(format!("{name} {v}"));
+                }
+            };
+            push("max_input_tokens", l.max_input_tokens.map(|v| v.to_string()));
+            push("max_output_tokens", l.max_output_tokens.map(|v| v.to_string()));
+            push("max_n", l.max_n.map(|v| v.to_string()));
+            push("max_request_usd", l.max_request_usd.map(usd));
+            push("budget", l.budget.map(|b| format!("{} USD per {:?}", usd(b.limit), b.per)));
+            push("rpm", l.rpm.map(|v| v.to_string()));
+            push("tpm", l.tpm.map(|v| v.to_string()));
+            if !parts.is_empty() {
+                out.push_str(&format!("    limits: {}\n", parts.join(", ")));
+            }
+            match r.idempotency {
+                Some(i) => out.push_str(&format!(
+                    "    idempotency: ttl {:?}, in_flight {}\n",
+                    i.ttl,
+                    if i.wait { "wait" } else { "reject" }
+                )),
+                None => out.push_str("    idempotency: off\n"),
+            }
         }
         out
     }

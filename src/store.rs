@@ -36,7 +36,7 @@ impl SharedState {
         let redis = match &cfg.backend {
             StateBackend::Memory => None,
             StateBackend::Redis { url, prefix } => Some(
-                redis::RedisStore::new(url, prefix, cfg.timeout)
+                redis::RedisStore::new(&url.resolve()?, prefix, cfg.timeout)
                     .map_err(|e| format!("state.url: {e}"))?,
             ),
         };

@@ -52,6 +52,8 @@ pub struct RawState {
     pub dir: Option<String>,
     /// Redis URL, for `backend: redis`.
     pub url: Option<String>,
+    /// Environment variable holding the Redis URL (instead of `url`).
+    pub url_env: Option<String>,
     /// Key prefix in Redis. Default `tidegate:`.
     pub prefix: Option<String>,
     /// Longest wait for one Redis call. Default 100ms.

@@ -78,21 +78,30 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
 fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
     let backend = match s.backend.as_deref().unwrap_or("memory") {
         "memory" => {
-            if s.url.is_some() || s.prefix.is_some() {
-                return Err(cx.err("state.url", "`url` and `prefix` are for backend \"redis\""));
+            if s.url.is_some() || s.url_env.is_some() || s.prefix.is_some() {
+                return Err(
+                    cx.err("state.url", "`url`, `url_env` and `prefix` are for backend \"redis\"")
+                );
             }
             StateBackend::Memory
         }
         "redis" => {
-            let Some(url) = s.url.filter(|u| !u.trim().is_empty()) else {
-                return Err(cx.err("state.url", "backend \"redis\" needs `url: redis://host:port`"));
+            let url = match (s.url.filter(|u| !u.trim().is_empty()), s.url_env) {
+                (Some(u), None) => {
+                    super::check_redis_url(&u).map_err(|m| cx.err("state.url", m))?;
+                    super::RedisUrl::Inline(u)
+                }
+                (None, Some(var)) if !var.trim().is_empty() => super::RedisUrl::Env(var),
+                (Some(_), Some(_)) => {
+                    return Err(cx.err("state.url_env", "set `url` or `url_env`, not both"));
+                }
+                _ => {
+                    return Err(cx.err(
+                        "state.url",
+                        "backend \"redis\" needs `url: redis://host:port` (or `url_env: VAR`)",
+                    ));
+                }
             };
-            if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
-                return Err(cx.err(
-                    "state.url",
-                    "expected a redis:// (or redis+unix://) URL; TLS (rediss://) is not supported",
-                ));
-            }
             StateBackend::Redis { url, prefix: s.prefix.unwrap_or_else(|| "tidegate:".into()) }
         }
         other => {
@@ -520,10 +529,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.state.backend,
-            StateBackend::Redis { url: "redis://x:6379".into(), prefix: "tidegate:".into() }
+            StateBackend::Redis {
+                url: super::super::RedisUrl::Inline("redis://x:6379".into()),
+                prefix: "tidegate:".into()
+            }
         );
         assert_eq!(c.state.on_error.budgets, Policy::Reject);
         assert_eq!(c.state.on_error.idempotency, Policy::Local);
+        let c = load_str(&format!("state: {{backend: redis, url_env: TG_TEST_REDIS_URL}}\n{MIN}"))
+            .unwrap();
+        let StateBackend::Redis { url, .. } = &c.state.backend else { panic!("not redis") };
+        assert_eq!(url, &super::super::RedisUrl::Env("TG_TEST_REDIS_URL".into()));
+        assert!(url.resolve().unwrap_err().contains("TG_TEST_REDIS_URL is not set"));
         for (bad, path) in [
             ("state: {backend: redis}", "state.url"),
             ("state: {backend: redis, url: \"rediss://x\"}", "state.url"),
@@ -533,6 +550,7 @@ mod tests {
                 "state.on_error.budgets",
             ),
             ("state: {backend: etcd}", "state.backend"),
+            ("state: {backend: redis, url: \"redis://x\", url_env: R}", "state.url_env"),
         ] {
             let e = load_str(&format!("{bad}\n{MIN}")).unwrap_err();
             assert_eq!(e.path, path, "{bad}: {e}");

@@ -36,6 +36,12 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Bytes counted per stored answer beyond its content (table entries in two indexes, the
+/// answer's `Arc`, the header vector).
+const ENTRY_OVERHEAD: usize = 256;
+/// Bytes counted per header beyond its text (two `String`s and their allocations).
+const HEADER_OVERHEAD: usize = 64;
+
 type Scope = [u8; 32];
 type Fingerprint = [u8; 32];
 
@@ -56,9 +62,13 @@ pub struct StoredAnswer {
 }
 
 impl StoredAnswer {
-    /// What this answer counts against the store's byte bound: body plus header names and values.
+    /// What this answer counts against the store's byte bound: body, header names and values,
+    /// and the bookkeeping around them (allocations, the table's entry), so the bound is close
+    /// to the memory really used.
     pub fn size(&self) -> usize {
-        self.headers.iter().fold(self.body.len(), |n, (k, v)| n.saturating_add(k.len() + v.len()))
+        self.headers.iter().fold(self.body.len() + ENTRY_OVERHEAD, |n, (k, v)| {
+            n.saturating_add(k.len() + v.len() + HEADER_OVERHEAD)
+        })
     }
 }
 

@@ -146,7 +146,8 @@ pub async fn target(
     if rec.spend.held.as_ref().is_some_and(|h| h.target == ti) {
         return Ok(());
     }
-    // Moving on from another target: what it held goes back (it answered nothing).
+    // Moving on from another target: what it held goes back, less what its failed attempts
+    // cost (it answered nothing).
     if let Some(h) = rec.spend.held.take() {
         h.settle(0, rec.route.as_deref());
     }
@@ -191,8 +192,15 @@ pub async fn target(
             Ok(Ok(())) => {
                 let reservation = Reservation { window, amount: worst };
                 let redis = Some((store.clone(), Arc::from(route.route.name.as_str())));
-                let held =
-                    Held { ledger: ledger.clone(), redis, limit, reservation, clock, target: ti };
+                let held = Held {
+                    ledger: ledger.clone(),
+                    redis,
+                    limit,
+                    reservation,
+                    clock,
+                    target: ti,
+                    accrued: 0,
+                };
                 rec.spend.held = Some(held);
                 return Ok(());
             }
@@ -210,8 +218,15 @@ pub async fn target(
     }
     match ledger.reserve(now, &limit, worst) {
         Ok(reservation) => {
-            let held =
-                Held { ledger: ledger.clone(), redis: None, limit, reservation, clock, target: ti };
+            let held = Held {
+                ledger: ledger.clone(),
+                redis: None,
+                limit,
+                reservation,
+                clock,
+                target: ti,
+                accrued: 0,
+            };
             let left = ledger.remaining(now, &limit);
             route.series.budget_remaining.set(left as f64 / 1e6);
             rec.spend.held = Some(held);

@@ -173,6 +173,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 );
                 first_reason.get_or_insert(f.reason);
                 failures.push(describe(t, &f));
+                if billable(&f) {
+                    rec.spend.charge_failed(&t.series);
+                }
                 if f.next == Next::NextTarget && f.reason == "auth" {
                     tracing::error!(
                         provider = p,
@@ -345,6 +348,16 @@ pub(super) fn log(
         detail,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
     }
+}
+
+/// A failure after the provider had the request and may have generated (and billed) for it:
+/// timeouts, a stream cut, or a 200 that turned out not to be an answer. Refusals by status
+/// are not billed.
+fn billable(f: &AttemptFailure) -> bool {
+    f.reason.starts_with("timeout")
+        || f.reason == "cut"
+        || (f.status == Some(200)
+            && matches!(f.reason, "malformed" | "error_event" | "content_type"))
 }
 
 fn describe(t: &TargetRuntime, f: &AttemptFailure) -> String {

@@ -110,7 +110,9 @@ impl Capture {
         let answer = StoredAnswer {
             status: self.status,
             headers: self.headers,
-            body: self.body.freeze(),
+            // An exact-size copy: the buffer grew by doubling, and the slack would stay
+            // allocated for as long as the answer is kept.
+            body: Bytes::copy_from_slice(&self.body),
             stream: self.stream,
         };
         match self.owner {

@@ -191,14 +191,15 @@ impl RequestRecord {
             c.finish();
         }
         let (cost, cost_estimated) = self.cost();
+        // Earlier attempts settled (and counted) their own share when they ended.
+        let current = cost.saturating_sub(self.spend.prior());
         if let Some(held) = self.spend.held.take() {
-            // Earlier attempts settled their own share when they ended.
-            held.settle(cost.saturating_sub(self.spend.prior()), self.route.as_deref());
+            held.settle(current, self.route.as_deref());
         }
         if let Some(t) = &self.served_by
-            && cost > 0
+            && current > 0
         {
-            t.cost.inc_by(cost as f64 / 1e6);
+            t.cost.inc_by(current as f64 / 1e6);
         }
         let total = self.start.elapsed();
         let overhead = total.saturating_sub(self.upstream_wait).saturating_sub(self.client_wait);

@@ -27,11 +27,15 @@ pub struct Held {
     pub clock: EpochClock,
     /// The target index it was made for.
     pub target: usize,
+    /// What failed attempts on this target cost (settled with the reservation).
+    pub accrued: u64,
 }
 
 impl Held {
-    /// Settles with `actual` and updates the route's remaining-budget gauge.
+    /// Settles with what its failed attempts cost plus `actual` (the attempt that answered, if
+    /// any), and updates the route's remaining-budget gauge.
     pub fn settle(self, actual: u64, route: Option<&RouteSeries>) {
+        let actual = actual.saturating_add(self.accrued);
         if let Some((store, name)) = self.redis {
             let (r, per) = (self.reservation, self.limit.per);
             let ttl = crate::store::window_ttl(per);
@@ -98,6 +102,23 @@ impl Spend {
         self.prior
     }
 
+    /// An attempt failed after the provider had the request and may have worked on it (a
+    /// timeout, a cut, a 200 that was not an answer): it is charged its input, estimated, so a
+    /// flaky provider cannot bill more than the budget saw.
+    pub fn charge_failed(&mut self, t: &TargetSeries) {
+        let Some(p) = t.price.as_ref() else { return };
+        let input = self.input_tokens.unwrap_or(self.body_bytes.div_ceil(4));
+        let c = p.usage_cost(&Usage { input, output: 0, cached_input: 0 });
+        self.prior = self.prior.saturating_add(c);
+        self.prior_estimated = true;
+        if let Some(h) = &mut self.held {
+            h.accrued = h.accrued.saturating_add(c);
+        }
+        if c > 0 {
+            t.cost.inc_by(c as f64 / 1e6);
+        }
+    }
+
     /// A stream broke after answering in part and is about to be resumed: its attempt's cost
     /// becomes part of the request's, and its reservation is settled with it.
     pub fn close_attempt(
@@ -109,6 +130,11 @@ impl Spend {
         let (c, est) = self.attempt_cost(served, usage);
         self.prior = self.prior.saturating_add(c);
         self.prior_estimated |= est;
+        if let Some(t) = served
+            && c > 0
+        {
+            t.cost.inc_by(c as f64 / 1e6);
+        }
         self.usage_base = usage.copied();
         self.streamed_bytes = 0;
         if let Some(h) = self.held.take() {

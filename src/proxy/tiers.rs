@@ -54,7 +54,7 @@ pub fn serve(
             h.insert("x-tidegate-model", v);
         }
         if !ask.stream() {
-            // Failed attempts before a free tier are not billed.
+            // What the failed attempts before the free tier were charged (often nothing).
             let (cost, _) = rec.cost();
             if let Ok(v) = HeaderValue::from_str(&crate::limits::prices::format_usd(cost)) {
                 h.insert("x-tidegate-cost-usd", v);

@@ -362,3 +362,32 @@ async fn a_resumed_stream_pays_for_both_attempts_and_leaks_nothing() {
     );
     assert!(cost >= backup_only / 2, "{cost} vs {backup_only}");
 }
+
+/// A target that timed out after taking the request is charged its input (estimated): the
+/// request's cost covers every attempt and the budget saw all of it.
+#[tokio::test(start_paused = true)]
+async fn attempts_that_fail_after_taking_the_request_are_charged() {
+    let yaml = "providers:\n  sim: {kind: mock}\n  backup: {kind: mock}\nmodels:\n  \"p+hang\": {input: 1.0, output: 1.0, context: 100000}\n  \"b+status=503\": {input: 1.0, output: 1.0, context: 100000}\n  b: {input: 1.0, output: 1.0, context: 100000}\nroutes:\n  r:\n    default: true\n    retries: {per_target: 0}\n    timeouts: {first_token: 1s}\n    limits: {max_output_tokens: 10, budget: {usd: 1, per: 1h}}\n    targets:\n      - {provider: sim, model: \"p+hang\"}\n      - {provider: backup, model: \"b+status=503\"}\n      - {provider: backup, model: b}\n";
+    let gw = gateway(yaml);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let u = &got.json()["usage"];
+    let served = u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap();
+    let cost = micros(got.header("x-tidegate-cost-usd"));
+    // The hung attempt is charged its counted input; the 503 refusal is not.
+    assert!(cost > served, "{cost} should exceed the answer's own {served}");
+    assert_eq!(got.header("x-tidegate-cost-estimated"), "true");
+    assert_eq!(((1.0 - remaining(&gw)) * 1e6).round() as u64, cost);
+    let charged = |m: &str| {
+        metric(
+            &gw,
+            &format!(
+                "tidegate_cost_usd_total{{model=\"{m}\",provider=\"{}\",route=\"r\"}}",
+                if m == "p+hang" { "sim" } else { "backup" }
+            ),
+        )
+    };
+    assert!(charged("p+hang") > 0.0);
+    assert_eq!(charged("b+status=503"), 0.0);
+    assert_eq!(((charged("p+hang") + charged("b")) * 1e6).round() as u64, cost);
+}

@@ -199,7 +199,9 @@ async fn full_of_in_flight_executes_untracked() {
 
 #[tokio::test]
 async fn oversize_answer_is_not_stored_and_waiters_are_released() {
-    let store = MemoryStore::new(10, 800); // per-answer cap: 100 bytes
+    // Per-answer cap: an eighth of max_bytes, here a 100-byte body with no headers.
+    let unit = ENTRY_OVERHEAD + 100;
+    let store = MemoryStore::new(10, 8 * unit);
     let lease = execute(store.claim(scope_of(1), FP, TTL));
     let w = waiter(store.claim(scope_of(1), FP, TTL));
     let mut big = answer("");
@@ -211,7 +213,7 @@ async fn oversize_answer_is_not_stored_and_waiters_are_released() {
     // Exactly at the cap is stored.
     big.body.truncate(100);
     assert!(execute(store.claim(scope_of(1), FP, TTL)).complete(big));
-    assert_eq!(store.bytes(), 100);
+    assert_eq!(store.bytes(), unit);
     // An explicit cap overrides max_bytes / 8.
     let capped = MemoryStore::with_answer_cap(10, 800, 10);
     assert!(!execute(capped.claim(scope_of(1), FP, TTL)).complete(answer("more than ten bytes")));
@@ -219,7 +221,8 @@ async fn oversize_answer_is_not_stored_and_waiters_are_released() {
 
 #[tokio::test]
 async fn byte_bound_evicts_oldest_completed() {
-    let store = MemoryStore::new(100, 800);
+    let unit = ENTRY_OVERHEAD + 100;
+    let store = MemoryStore::new(100, 8 * unit);
     let body = |i: u64| {
         let mut a = answer("");
         a.headers.clear();
@@ -229,9 +232,9 @@ async fn byte_bound_evicts_oldest_completed() {
     for i in 0..8 {
         assert!(execute(store.claim(scope_of(i), FP, TTL)).complete(body(i)));
     }
-    assert_eq!(store.bytes(), 800);
+    assert_eq!(store.bytes(), 8 * unit);
     assert!(execute(store.claim(scope_of(8), FP, TTL)).complete(body(8)));
-    assert_eq!((store.len(), store.bytes()), (8, 800));
+    assert_eq!((store.len(), store.bytes()), (8, 8 * unit));
     assert!(matches!(store.claim(scope_of(0), FP, TTL), Claim::Execute(_)));
     assert_eq!(*replay(store.claim(scope_of(1), FP, TTL)), body(1));
     assert_eq!(*replay(store.claim(scope_of(8), FP, TTL)), body(8));
@@ -239,7 +242,7 @@ async fn byte_bound_evicts_oldest_completed() {
 
 #[tokio::test]
 async fn ten_thousand_keys_stay_within_bounds() {
-    let (max_entries, max_bytes) = (64, 4096); // per-answer cap 512
+    let (max_entries, max_bytes) = (64, 16_384); // per-answer cap 2048: every answer fits
     let store = MemoryStore::new(max_entries, max_bytes);
     let mut held = Vec::new();
     let mut stored = 0;
