@@ -30,15 +30,60 @@ impl std::fmt::Display for SseError {
     }
 }
 
+/// The event being assembled from `data:` and `event:` lines.
+#[derive(Debug)]
+struct Fields {
+    event: Option<String>,
+    data: BytesMut,
+    has_data: bool,
+    max_line: usize,
+}
+
+/// One line (without its terminator): an event when it is the blank line ending one.
+fn line(line: &[u8], f: &mut Fields) -> Result<Option<Event>, SseError> {
+    if line.is_empty() {
+        if !f.has_data && f.event.is_none() {
+            return Ok(None);
+        }
+        let ev = Event { event: f.event.take(), data: f.data.split().freeze() };
+        f.has_data = false;
+        return Ok(Some(ev));
+    }
+    if line[0] == b':' {
+        return Ok(None);
+    }
+    let (field, value) = match line.iter().position(|&b| b == b':') {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        }
+        None => (line, &b""[..]),
+    };
+    match field {
+        b"data" => {
+            if f.data.len() + value.len() + 1 > f.max_line {
+                return Err(SseError::TooLong);
+            }
+            if f.has_data {
+                f.data.extend_from_slice(b"\n");
+            }
+            f.data.extend_from_slice(value);
+            f.has_data = true;
+        }
+        b"event" => f.event = Some(String::from_utf8_lossy(value).into_owned()),
+        // `id` and `retry` mean nothing to a proxy of model streams.
+        _ => {}
+    }
+    Ok(None)
+}
+
 /// Incremental decoder: feed bytes as they arrive, take events out.
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
     /// The previous chunk ended with CR: a leading LF in the next one belongs to it.
     skip_lf: bool,
-    event: Option<String>,
-    data: BytesMut,
-    has_data: bool,
+    fields: Fields,
     max_line: usize,
 }
 
@@ -56,9 +101,7 @@ impl Decoder {
         Self {
             buf: BytesMut::new(),
             skip_lf: false,
-            event: None,
-            data: BytesMut::new(),
-            has_data: false,
+            fields: Fields { event: None, data: BytesMut::new(), has_data: false, max_line },
             max_line,
         }
     }
@@ -91,9 +134,10 @@ impl Decoder {
             if end > self.max_line {
                 return Err(SseError::TooLong);
             }
-            let line = self.buf.split_to(end).freeze();
-            let terminator = self.buf[0];
-            self.buf.advance(1);
+            // The line is read in place (no copy, no shared buffer), then skipped.
+            let ev = line(&self.buf[..end], &mut self.fields)?;
+            let terminator = self.buf[end];
+            self.buf.advance(end + 1);
             if terminator == b'\r' {
                 // CRLF: swallow the LF now or, if it has not arrived yet, when it does.
                 if self.buf.is_empty() {
@@ -102,47 +146,10 @@ impl Decoder {
                     self.buf.advance(1);
                 }
             }
-            if let Some(ev) = self.line(line)? {
+            if let Some(ev) = ev {
                 return Ok(Some(ev));
             }
         }
-    }
-
-    fn line(&mut self, line: Bytes) -> Result<Option<Event>, SseError> {
-        if line.is_empty() {
-            if !self.has_data && self.event.is_none() {
-                return Ok(None);
-            }
-            let ev = Event { event: self.event.take(), data: self.data.split().freeze() };
-            self.has_data = false;
-            return Ok(Some(ev));
-        }
-        if line[0] == b':' {
-            return Ok(None);
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (&line[..], &b""[..]),
-        };
-        match field {
-            b"data" => {
-                if self.data.len() + value.len() + 1 > self.max_line {
-                    return Err(SseError::TooLong);
-                }
-                if self.has_data {
-                    self.data.extend_from_slice(b"\n");
-                }
-                self.data.extend_from_slice(value);
-                self.has_data = true;
-            }
-            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
-            // `id` and `retry` mean nothing to a proxy of model streams.
-            _ => {}
-        }
-        Ok(None)
     }
 }
 

@@ -153,17 +153,21 @@ impl Forward {
         if self.out.is_empty() {
             return true;
         }
-
         let t = Instant::now();
+        let ok = self.send_out().await;
+        self.rec.client_wait += t.elapsed();
+        ok
+    }
+
+    /// Sends what is queued (without timing it); false if the client is gone.
+    async fn send_out(&mut self) -> bool {
         let chunk = self.out.split().freeze();
         if let Some(c) = &mut self.rec.idem {
             c.push(&chunk);
         }
         // A client that stops reading but keeps the connection open is gone for our purposes
         // once the deadline passes: the request must end (settle, release its key).
-        let ok = matches!(timeout_at(self.deadline, self.tx.send(chunk)).await, Ok(Ok(())));
-        self.rec.client_wait += t.elapsed();
-        ok
+        matches!(timeout_at(self.deadline, self.tx.send(chunk)).await, Ok(Ok(())))
     }
 
     /// Turns one upstream event into client bytes, updating usage and finish reason.
@@ -241,6 +245,9 @@ impl Forward {
                 Err(end) => return end,
             }
         }
+        let mut now = Instant::now();
+        let mut last_event = now;
+        let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(self.deadline)));
         loop {
             loop {
                 let ev = match self.stream.decoder.next_event() {
@@ -254,17 +261,38 @@ impl Forward {
                     Err(end) => return end,
                 }
             }
-            if !self.flush().await {
-                return End::ClientGone;
+            // The clock read after each wait also starts the next one and marks the last
+            // event for the idle deadline.
+            if !self.out.is_empty() {
+                let before = Instant::now();
+                let sent = self.send_out().await;
+                now = Instant::now();
+                self.rec.client_wait += now - before;
+                if !sent {
+                    return End::ClientGone;
+                }
             }
-            let wait_end = (Instant::now() + self.idle).min(self.deadline);
-            let t = Instant::now();
-            let frame = tokio::select! {
-                biased;
-                () = self.tx.closed() => return End::ClientGone,
-                f = timeout_at(wait_end, self.stream.body.frame()) => f,
+            let frame = loop {
+                tokio::select! {
+                    biased;
+                    () = self.tx.closed() => return End::ClientGone,
+                    f = self.stream.body.frame() => break Ok(f),
+                    () = &mut idle => {
+                        // The timer is armed lazily: it fires at most once per idle period and
+                        // is pushed back to the real end (last event + idle) if events came.
+                        let t = Instant::now();
+                        let end = (last_event + self.idle).min(self.deadline);
+                        if t >= end {
+                            break Err(());
+                        }
+                        idle.as_mut().reset(end);
+                    }
+                }
             };
-            self.rec.upstream_wait += t.elapsed();
+            let after = Instant::now();
+            self.rec.upstream_wait += after - now;
+            now = after;
+            last_event = after;
             match frame {
                 Err(_) if Instant::now() >= self.deadline => {
                     return End::Upstream {
