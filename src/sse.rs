@@ -83,6 +83,8 @@ pub struct Decoder {
     buf: BytesMut,
     /// The previous chunk ended with CR: a leading LF in the next one belongs to it.
     skip_lf: bool,
+    /// Bytes of `buf` already searched for a line end (none was there).
+    scanned: usize,
     fields: Fields,
     max_line: usize,
 }
@@ -101,6 +103,7 @@ impl Decoder {
         Self {
             buf: BytesMut::new(),
             skip_lf: false,
+            scanned: 0,
             fields: Fields { event: None, data: BytesMut::new(), has_data: false, max_line },
             max_line,
         }
@@ -125,12 +128,19 @@ impl Decoder {
                 }
                 self.skip_lf = false;
             }
-            let Some(end) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            // Search only what earlier calls have not: a line dripped a byte per read costs
+            // linear time, not quadratic.
+            let from = self.scanned.min(self.buf.len());
+            let Some(end) =
+                self.buf[from..].iter().position(|&b| b == b'\n' || b == b'\r').map(|i| from + i)
+            else {
+                self.scanned = self.buf.len();
                 if self.buf.len() > self.max_line {
                     return Err(SseError::TooLong);
                 }
                 return Ok(None);
             };
+            self.scanned = 0;
             if end > self.max_line {
                 return Err(SseError::TooLong);
             }

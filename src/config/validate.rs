@@ -478,6 +478,9 @@ fn routes(
     Ok(out)
 }
 
+/// The longest timeout accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn timeouts(
     cx: &Ctx<'_>,
     path: &str,
@@ -501,6 +504,10 @@ fn timeouts(
     ] {
         if v.is_zero() {
             return Err(cx.err(format!("{path}.timeouts.{k}"), "expected a duration above zero"));
+        }
+        // Deadlines are instants: an absurd duration would overflow them.
+        if v > MAX_TIMEOUT {
+            return Err(cx.err(format!("{path}.timeouts.{k}"), "expected at most 7d (168h)"));
         }
     }
     Ok(out)

@@ -174,7 +174,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 first_reason.get_or_insert(f.reason);
                 failures.push(describe(t, &f));
                 if billable(&f) {
-                    rec.spend.charge_failed(&t.series);
+                    let route = rec.route.clone();
+                    rec.spend.charge_failed(&t.series, route.as_deref());
                 }
                 if f.next == Next::NextTarget && f.reason == "auth" {
                     tracing::error!(
@@ -353,8 +354,9 @@ pub(super) fn log(
 /// A failure after the provider had the request and may have generated (and billed) for it:
 /// timeouts, a stream cut, or a 200 that turned out not to be an answer. Refusals by status
 /// are not billed.
-fn billable(f: &AttemptFailure) -> bool {
-    f.reason.starts_with("timeout")
+pub(super) fn billable(f: &AttemptFailure) -> bool {
+    // `timeout_upstream` is the provider's own 408: a refusal by status, not billed.
+    (f.reason.starts_with("timeout") && f.reason != "timeout_upstream")
         || f.reason == "cut"
         || (f.status == Some(200)
             && matches!(f.reason, "malformed" | "error_event" | "content_type"))

@@ -112,6 +112,8 @@ impl Forward {
             }
             End::Upstream { reason, detail, code } => {
                 self.rec.outcome = "stream_error";
+                // The client got a 200 and then the error event.
+                self.rec.status = 200;
                 self.rec
                     .metrics()
                     .stream_aborts

@@ -99,6 +99,10 @@ async fn open(
     ask.clamp_output(
         route.route.limits.max_output_tokens.map(|m| m.saturating_sub(produced).max(1)),
     );
+    // This attempt's ask differs from any before it (prefill, output limit): reserve for it.
+    if let Some(h) = fwd.rec.spend.held.take() {
+        h.settle(0, fwd.rec.route.as_deref());
+    }
     super::admit::target(route, ti, t, &ask, &kit.gw.shared, &mut fwd.rec)
         .await
         .map_err(|skip| (Next::NextTarget, skip.reason()))?;
@@ -129,7 +133,13 @@ async fn open(
     match result {
         Ok(Opened::Stream(s)) => Ok(s),
         Ok(Opened::Complete { .. }) => Err((Next::NextTarget, "content_type")),
-        Err(f) => Err((f.next, f.reason)),
+        Err(f) => {
+            if super::failover::billable(&f) {
+                let route = fwd.rec.route.clone();
+                fwd.rec.spend.charge_failed(&t.series, route.as_deref());
+            }
+            Err((f.next, f.reason))
+        }
     }
 }
 
@@ -197,6 +207,7 @@ async fn forward_rest(
                         return None;
                     }
                     usage = peek::merge_usage(usage, u);
+                    fwd.rec.spend.resumed_usage = usage;
                     if let Some(f) = f {
                         finish = Some(if wire == Wire::Anthropic {
                             openai_finish_reason(&f).to_owned()
@@ -339,6 +350,7 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                         .with_label_values(&[&route.route.name, mode.tier(), "stream_resume"])
                         .inc();
                     fwd.rec.served_by = Some(t.series.clone());
+                    fwd.rec.spend.begin_resumed();
                     let done =
                         forward_rest(fwd, stream, wire, &t.target.model, mode, kit.include_usage)
                             .await;

@@ -78,8 +78,13 @@ pub struct Spend {
     /// then resumed elsewhere), and whether any of it was estimated.
     prior: u64,
     prior_estimated: bool,
-    /// The request's usage when the current attempt began (resumed streams add to it).
-    usage_base: Option<Usage>,
+    /// The current attempt was closed by a resume and no new one has opened yet: it costs
+    /// nothing more.
+    closed: bool,
+    /// A resumed attempt is running: its own usage is `resumed_usage`, not the request's.
+    resumed: bool,
+    /// The usage the running resumed attempt has reported so far.
+    pub resumed_usage: Option<Usage>,
     /// Once computed: (micro-dollars, estimated).
     settled: Option<(u64, bool)>,
 }
@@ -105,18 +110,29 @@ impl Spend {
     /// An attempt failed after the provider had the request and may have worked on it (a
     /// timeout, a cut, a 200 that was not an answer): it is charged its input, estimated, so a
     /// flaky provider cannot bill more than the budget saw.
-    pub fn charge_failed(&mut self, t: &TargetSeries) {
+    /// The reservation is settled with it, so a retry reserves its worst case afresh (and may
+    /// be refused): accrued charges never push spend past what was reserved.
+    pub fn charge_failed(&mut self, t: &TargetSeries, route: Option<&RouteSeries>) {
         let Some(p) = t.price.as_ref() else { return };
         let input = self.input_tokens.unwrap_or(self.body_bytes.div_ceil(4));
         let c = p.usage_cost(&Usage { input, output: 0, cached_input: 0 });
         self.prior = self.prior.saturating_add(c);
         self.prior_estimated = true;
-        if let Some(h) = &mut self.held {
+        if let Some(mut h) = self.held.take() {
             h.accrued = h.accrued.saturating_add(c);
+            h.settle(0, route);
         }
         if c > 0 {
             t.cost.inc_by(c as f64 / 1e6);
         }
+    }
+
+    /// A resumed attempt's stream opened: it is the current attempt now.
+    pub fn begin_resumed(&mut self) {
+        self.closed = false;
+        self.resumed = true;
+        self.resumed_usage = None;
+        self.streamed_bytes = 0;
     }
 
     /// A stream broke after answering in part and is about to be resumed: its attempt's cost
@@ -135,28 +151,24 @@ impl Spend {
         {
             t.cost.inc_by(c as f64 / 1e6);
         }
-        self.usage_base = usage.copied();
+        self.closed = true;
         self.streamed_bytes = 0;
         if let Some(h) = self.held.take() {
             h.settle(c, route);
         }
     }
 
-    /// The current attempt: its usage (the request's minus what earlier attempts reported) at
-    /// its target's prices. An answer that did not arrive whole may have reported only part of
-    /// its usage (Anthropic's `message_start`), so its output is at least the estimate.
+    /// The current attempt: its own usage (the request's, or a resumed attempt's) at its
+    /// target's prices. An answer that did not arrive whole may have reported only part of its
+    /// usage (Anthropic's `message_start`), so its output is at least the estimate.
     fn attempt_cost(&self, served: Option<&TargetSeries>, usage: Option<&Usage>) -> (u64, bool) {
+        if self.closed {
+            return (0, false);
+        }
+        let usage = if self.resumed { self.resumed_usage } else { usage.copied() };
         let Some(p) = served.and_then(|t| t.price.as_ref()) else {
             return (0, usage.is_none() && served.is_some());
         };
-        let usage = usage.map(|u| match self.usage_base {
-            Some(b) => Usage {
-                input: u.input.saturating_sub(b.input),
-                output: u.output.saturating_sub(b.output),
-                cached_input: u.cached_input.saturating_sub(b.cached_input),
-            },
-            None => *u,
-        });
         match usage {
             Some(u) if self.complete => (p.usage_cost(&u), false),
             Some(u) => {

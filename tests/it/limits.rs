@@ -367,14 +367,14 @@ async fn a_resumed_stream_pays_for_both_attempts_and_leaks_nothing() {
 /// request's cost covers every attempt and the budget saw all of it.
 #[tokio::test(start_paused = true)]
 async fn attempts_that_fail_after_taking_the_request_are_charged() {
-    let yaml = "providers:\n  sim: {kind: mock}\n  backup: {kind: mock}\nmodels:\n  \"p+hang\": {input: 1.0, output: 1.0, context: 100000}\n  \"b+status=503\": {input: 1.0, output: 1.0, context: 100000}\n  b: {input: 1.0, output: 1.0, context: 100000}\nroutes:\n  r:\n    default: true\n    retries: {per_target: 0}\n    timeouts: {first_token: 1s}\n    limits: {max_output_tokens: 10, budget: {usd: 1, per: 1h}}\n    targets:\n      - {provider: sim, model: \"p+hang\"}\n      - {provider: backup, model: \"b+status=503\"}\n      - {provider: backup, model: b}\n";
+    let yaml = "providers:\n  sim: {kind: mock}\n  backup: {kind: mock}\nmodels:\n  \"p+hang\": {input: 1.0, output: 1.0, context: 100000}\n  \"b+status=408\": {input: 1.0, output: 1.0, context: 100000}\n  b: {input: 1.0, output: 1.0, context: 100000}\nroutes:\n  r:\n    default: true\n    retries: {per_target: 0}\n    timeouts: {first_token: 1s}\n    limits: {max_output_tokens: 10, budget: {usd: 1, per: 1h}}\n    targets:\n      - {provider: sim, model: \"p+hang\"}\n      - {provider: backup, model: \"b+status=408\"}\n      - {provider: backup, model: b}\n";
     let gw = gateway(yaml);
     let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
     assert_eq!(got.status, 200, "{}", got.text());
     let u = &got.json()["usage"];
     let served = u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap();
     let cost = micros(got.header("x-tidegate-cost-usd"));
-    // The hung attempt is charged its counted input; the 503 refusal is not.
+    // The hung attempt is charged its counted input; the 408 refusal (a status) is not.
     assert!(cost > served, "{cost} should exceed the answer's own {served}");
     assert_eq!(got.header("x-tidegate-cost-estimated"), "true");
     assert_eq!(((1.0 - remaining(&gw)) * 1e6).round() as u64, cost);
@@ -388,6 +388,27 @@ async fn attempts_that_fail_after_taking_the_request_are_charged() {
         )
     };
     assert!(charged("p+hang") > 0.0);
-    assert_eq!(charged("b+status=503"), 0.0);
+    assert_eq!(charged("b+status=408"), 0.0);
     assert_eq!(((charged("p+hang") + charged("b")) * 1e6).round() as u64, cost);
+}
+
+/// Every attempt of a resumable stream breaks: whatever the resume tried, the ledger, the log
+/// line's cost and the cost metric agree (nothing counted twice, nothing left reserved).
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_breaks_on_every_attempt_is_counted_once() {
+    let model = "p+chunks=10+cut=3+no_usage";
+    let gw = gateway(&priced(model, "{max_output_tokens: 50, budget: {usd: 1, per: 1h}}", ""));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(got.text().contains("\"error\""), "{}", got.text());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let lines = gw.log_sink.lines();
+    let line: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let cost = micros(line["cost_usd"].as_str().unwrap());
+    assert!(cost > 0, "{line}");
+    assert_eq!(((1.0 - remaining(&gw)) * 1e6).round() as u64, cost, "ledger vs log: {line}");
+    let metric_cost = metric(
+        &gw,
+        &format!("tidegate_cost_usd_total{{model=\"{model}\",provider=\"sim\",route=\"r\"}}"),
+    );
+    assert_eq!((metric_cost * 1e6).round() as u64, cost, "metric vs log: {line}");
 }
