@@ -39,9 +39,12 @@ pub async fn request(
     }
     // tpm charges the real count; the input ceiling only needs it when the body's size does
     // not already prove the prompt fits.
-    let bound = route.targets.iter().map(|t| ask.input_bound(t.series.family)).max().flatten();
     let exact = limits.tpm.is_some()
-        || limits.max_input_tokens.is_some_and(|max| bound.is_none_or(|b| b > max));
+        || limits.max_input_tokens.is_some_and(|max| {
+            // Scanned once, and only on routes with the limit.
+            let bound = ask.input_bound();
+            route.targets.iter().any(|t| bound.is_none_or(|b| t.series.family.scale(b) > max))
+        });
     let input = if exact { route_input_tokens(route, ask) } else { 0 };
     if let Some(max) = limits.max_input_tokens
         && exact

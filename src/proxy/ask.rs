@@ -98,18 +98,18 @@ impl<'a> Prepared<'a> {
         family.scale(raw)
     }
 
-    /// A cheap upper bound of [`Self::input_tokens`] without tokenizing, when one holds: a
-    /// byte-level BPE token is at least one byte and every message's JSON is longer than its
-    /// fixed overhead, so the body's size bounds the count (scaled like the family's count).
+    /// A cheap upper bound of [`Self::input_tokens`] before [`Family::scale`], without
+    /// tokenizing, when one holds: a byte-level BPE token is at least one byte and every
+    /// message's JSON is longer than its fixed overhead, so the body's size bounds the count.
     /// Images count a flat [`tokens::IMAGE_TOKENS`] whatever their JSON size, so a body that
     /// may hold one has no bound.
-    pub fn input_bound(&self, family: Family) -> Option<u64> {
+    pub fn input_bound(&self) -> Option<u64> {
         // A JSON escape could spell `image` without these bytes: no bound then either.
         if self.raw.windows(6).any(|w| w == b"\"image") || self.raw.windows(2).any(|w| w == b"\\u")
         {
             return None;
         }
-        Some(family.scale(self.raw.len() as u64 + 3))
+        Some(self.raw.len() as u64 + 3)
     }
 
     fn shape(&self) -> Shape {

@@ -142,3 +142,16 @@ pub fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+/// `tidegate serve --config CFG --state-dir DIR` as a child process, output discarded.
+pub fn spawn_serve(cfg: &Path, dir: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .arg("--state-dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

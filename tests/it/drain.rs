@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -31,15 +31,7 @@ fn sigterm_drains_a_stream_then_exits_zero() {
         format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, shutdown_grace: 20s}}\nproviders:\n  sim: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"m+chunks=15+delay=100ms\"}}]\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::common::spawn_serve(&cfg, &dir);
     let t0 = Instant::now();
     while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
         assert!(t0.elapsed() < Duration::from_secs(20), "tidegate never became ready");

@@ -4,7 +4,7 @@
 //! Redis returns, sharing resumes by itself.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,15 +51,7 @@ async fn replica(redis: &str, mock: SocketAddr, name: &str) -> Replica {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_serve(&cfg, &dir);
     let r = Replica {
         child,
         data: ([127, 0, 0, 1], data).into(),
