@@ -7,6 +7,8 @@
 //! - `OVERHEAD_SECS`: seconds per measured phase per round (default 2), three rounds each.
 //! - `OVERHEAD_ROUTES`: comma-separated gateway routes to measure (default `plain`); see
 //!   `ROUTES` below for the variants.
+//! - `OVERHEAD_MODES=json,stream` and `OVERHEAD_CONC=1,64`: which phases run (for profiling
+//!   one of them).
 //! - `OVERHEAD_PROXY=nginx`: measure an nginx reverse proxy (keep-alive upstream, no
 //!   buffering) in tidegate's place, as a reference for what any proxy hop costs here.
 //! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
@@ -217,7 +219,7 @@ async fn start_nginx(upstream: SocketAddr) -> Gateway {
     let dir = std::env::temp_dir().join(format!("tidegate-bench-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  upstream up {{ server {upstream}; keepalive 256; }}\n  server {{\n    listen 127.0.0.1:{data};\n    tcp_nodelay on;\n    location /r/plain/ {{ proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  upstream up {{ server {upstream}; keepalive 256; }}\n  server {{\n    listen 127.0.0.1:{data};\n    tcp_nodelay on;\n    location /r/plain/ {{ proxy_pass http://up/; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }}\n  }}\n}}\n",
         d = dir.display()
     );
     let path = dir.join("nginx.conf");
@@ -254,6 +256,26 @@ async fn start_exec(bin: &str, upstream: SocketAddr) -> Gateway {
         addr,
     };
     wait_ready(gw).await
+}
+
+/// The proxy process's CPU time (user + system, in clock ticks of 10 ms) and its read and write
+/// system calls so far: divided by the requests of a phase, what one request costs the proxy
+/// whatever the machine's wake-up latency is doing.
+fn proc_counters(pid: u32) -> [u64; 3] {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    let cpu = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [cpu, field("syscr:"), field("syscw:")]
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -363,6 +385,16 @@ async fn run() {
         .split(',')
         .map(str::to_owned)
         .collect();
+    let list = |name: &str, default: &str| -> Vec<String> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let modes = list("OVERHEAD_MODES", "json,stream");
+    let concs: Vec<usize> =
+        list("OVERHEAD_CONC", "1,64").iter().map(|c| c.parse().expect("OVERHEAD_CONC")).collect();
     let rounds = 3;
     let up = start_upstream().await;
     let gw = match std::env::var("OVERHEAD_PROXY").as_deref() {
@@ -393,7 +425,7 @@ async fn run() {
         gw.child.id()
     );
     println!(
-        "{:<10} {:<7} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>7}",
+        "{:<10} {:<7} {:>4} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>7} | {:>8} {:>5} {:>5}",
         "route",
         "mode",
         "conc",
@@ -405,11 +437,17 @@ async fn run() {
         "tg rps",
         "add p50",
         "add p99",
-        "ratio"
+        "ratio",
+        "cpu/req",
+        "rd/r",
+        "wr/r"
     );
     for route in &routes {
         for (mode, body) in [("json", &non_stream), ("stream", &stream)] {
-            for conc in [1usize, 64] {
+            if !modes.iter().any(|m| m == mode) {
+                continue;
+            }
+            for &conc in &concs {
                 // Warm both paths (connection pools, caches).
                 let direct_url = format!("http://{up}/v1/chat/completions");
                 let gw_url = format!("http://{}/r/{route}/v1/chat/completions", gw.addr);
@@ -417,18 +455,25 @@ async fn run() {
                 load(&client, &gw_url, body, conc, 0.3).await;
                 let (mut d_lat, mut g_lat, mut d_rps, mut g_rps) =
                     (Vec::new(), Vec::new(), 0.0, 0.0);
+                let mut cost = [0u64; 3];
                 for _ in 0..rounds {
                     let (l, r) = load(&client, &direct_url, body, conc, secs).await;
                     d_lat.extend(l);
                     d_rps += r;
+                    let before = proc_counters(gw.child.id());
                     let (l, r) = load(&client, &gw_url, body, conc, secs).await;
+                    let after = proc_counters(gw.child.id());
+                    for i in 0..3 {
+                        cost[i] += after[i] - before[i];
+                    }
                     g_lat.extend(l);
                     g_rps += r;
                 }
+                let served = g_lat.len().max(1) as f64;
                 let d = stats(d_lat, d_rps, rounds);
                 let g = stats(g_lat, g_rps, rounds);
                 println!(
-                    "{:<10} {:<7} {:>4} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>6.2}x",
+                    "{:<10} {:<7} {:>4} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>9.0} | {:>8.0}µ {:>8.0}µ {:>6.2}x | {:>7.1}µ {:>5.1} {:>5.1}",
                     route,
                     mode,
                     conc,
@@ -440,7 +485,10 @@ async fn run() {
                     g.rps,
                     g.p50 - d.p50,
                     g.p99 - d.p99,
-                    g.rps / d.rps
+                    g.rps / d.rps,
+                    cost[0] as f64 * 10_000.0 / served,
+                    cost[1] as f64 / served,
+                    cost[2] as f64 / served
                 );
             }
         }

@@ -42,6 +42,9 @@ pub struct StartOptions {
     /// Watch the config file, listen for SIGHUP and check every 5 s. Off for configs that do
     /// not come from a file (tests, the demo); `Running::reloader` still works on demand.
     pub watch: bool,
+    /// Serve the data plane on this many worker threads (`server.worker_threads`), each its
+    /// own single-threaded runtime. `None` serves it on the caller's runtime (tests, the demo).
+    pub workers: Option<usize>,
 }
 
 impl Default for StartOptions {
@@ -53,6 +56,7 @@ impl Default for StartOptions {
             state_dir: StateDir::FromConfig,
             admin_token: None,
             watch: true,
+            workers: None,
         }
     }
 }
@@ -132,12 +136,13 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartE
     };
     let (stop_data, rx_data) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
-    let data_task = tokio::spawn(server::serve(
-        data_listener,
-        server::data_plane(gateway.clone()),
-        conn,
-        rx_data,
-    ));
+    let data_plane = server::data_plane(gateway.clone());
+    let data_task = match opts.workers {
+        Some(n) => {
+            tokio::spawn(server::serve_on_workers(data_listener, data_plane, conn, rx_data, n))
+        }
+        None => tokio::spawn(server::serve(data_listener, data_plane, conn, rx_data)),
+    };
     let admin_conn = ConnOptions { grace: std::time::Duration::from_secs(1), ..conn };
     let admin_task = tokio::spawn(server::serve(
         admin_listener,

@@ -76,6 +76,9 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Time a client has to send the request headers. Default 10 s.
     pub header_read_timeout: Duration,
+    /// Data-plane threads, each an event loop that owns the connections it is given. Default:
+    /// the CPUs this process may use (its cgroup quota counts), at least 1.
+    pub worker_threads: usize,
 }
 
 /// `state:` — static; changing it needs a restart.
@@ -399,11 +402,12 @@ impl Config {
             out.push_str(&format!(" (label {l:?})"));
         }
         out.push_str(&format!(
-            "\nserver: listen {} admin {} max_body {} B, max_concurrent {}\n",
+            "\nserver: listen {} admin {} max_body {} B, max_concurrent {}, worker_threads {}\n",
             self.server.listen,
             self.server.admin_listen,
             self.server.max_body_bytes,
-            self.server.max_concurrent_requests
+            self.server.max_concurrent_requests,
+            self.server.worker_threads
         ));
         out.push_str("providers:\n");
         for p in self.providers.values() {

@@ -116,6 +116,7 @@ pub async fn run() -> u8 {
         state_dir: app::StateDir::InMemory,
         admin_token: None,
         watch: false,
+        workers: None,
     };
     let running = match app::start(config, opts).await {
         Ok(r) => r,

@@ -79,8 +79,14 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Worker threads default to the cores available; TOKIO_WORKER_THREADS overrides.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `serve` runs its data plane on worker threads of their own (`server.worker_threads`);
+    // the main thread only accepts connections and runs the admin plane and reloads. The other
+    // commands use a multi-threaded runtime (TOKIO_WORKER_THREADS overrides its size).
+    let mut builder = match cli.command {
+        Command::Serve { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tidegate: cannot start the async runtime: {e}");
@@ -151,7 +157,8 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
             std::env::var_os("TIDEGATE_STATE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from)
         })
         .map_or(StateDir::FromConfig, StateDir::At);
-    let opts = StartOptions { state_dir, ..StartOptions::default() };
+    let workers = Some(cfg.server.worker_threads);
+    let opts = StartOptions { state_dir, workers, ..StartOptions::default() };
     let running = match app::start(cfg, opts).await {
         Ok(r) => r,
         Err(StartError::Config(e)) => {

@@ -149,7 +149,7 @@ impl Provider {
     /// POSTs `body` to `path` (relative to the base URL, e.g. `/chat/completions`).
     pub async fn send(
         &self,
-        client: &HttpClient,
+        client: &client::Upstream,
         path: &str,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, SendError> {
@@ -177,7 +177,7 @@ impl Provider {
                     req.headers_mut()
                         .insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
                 }
-                match client.request(req).await {
+                match client.with(|c| c.request(req)).await {
                     Ok(resp) => Ok(resp.map(UpstreamBody::Http)),
                     Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
                     Err(e) => Err(SendError::Reset(error_chain(&e))),

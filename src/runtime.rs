@@ -16,8 +16,9 @@ use crate::config::{Config, Route, Target};
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics::Metrics;
 use crate::providers::client::ClientCache;
+use crate::providers::client::Upstream;
 use crate::providers::mock::MockStats;
-use crate::providers::{HttpClient, Provider, resolve_key};
+use crate::providers::{Provider, resolve_key};
 
 /// State that outlives config versions: connection pools, breakers, budgets, rate limiters,
 /// idempotency records and mock counters.
@@ -100,7 +101,7 @@ pub struct TargetSeries {
 pub struct TargetRuntime {
     pub target: Target,
     pub provider: Arc<Provider>,
-    pub client: HttpClient,
+    pub client: Upstream,
     pub model_header: HeaderValue,
     pub provider_header: HeaderValue,
     pub series: Arc<TargetSeries>,

@@ -1,9 +1,11 @@
 //! Accept loops: HTTP/1.1 and HTTP/2 (auto-detected) on plain TCP with `TCP_NODELAY`, a header
 //! read timeout against slow clients, panic containment, and graceful shutdown that lets
-//! in-flight requests and streams finish up to a grace period.
+//! in-flight requests and streams finish up to a grace period. The data plane runs on worker
+//! threads that each own their connections ([`serve_on_workers`]).
 
 pub mod admin;
 pub mod mock;
+mod worker;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -18,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::{Body, Broken};
@@ -35,7 +37,7 @@ pub struct ConnOptions {
 
 /// Serves `listener` until `shutdown` turns true, then drains open connections for up to
 /// `opts.grace`. An `Err` from `handler` (or a panic in it) closes the connection without a
-/// response.
+/// response. Everything runs on the caller's runtime.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
@@ -45,27 +47,63 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let conns = Connections::new(handler, opts);
+    while let Some(stream) = accept(&listener, &mut shutdown).await {
+        conns.serve(stream);
+    }
+    drop(listener);
+    conns.drain().await;
+}
+
+/// The next accepted connection, or `None` once `shutdown` turns true.
+async fn accept(listener: &TcpListener, shutdown: &mut watch::Receiver<bool>) -> Option<TcpStream> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.wait_for(|s| *s) => return None,
         };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return Some(stream);
+            }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let h = handler.clone();
+        }
+    }
+}
+
+/// Serves connections on the current runtime and drains them at shutdown.
+struct Connections<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: GracefulShutdown,
+    handler: H,
+    grace: Duration,
+}
+
+impl<H, F> Connections<H>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
+{
+    fn new(handler: H, opts: ConnOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        Self {
+            builder: Arc::new(builder),
+            graceful: GracefulShutdown::new(),
+            handler,
+            grace: opts.grace,
+        }
+    }
+
+    /// Serves one connection in its own task; `done` runs when the connection closes.
+    fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
+        let h = self.handler.clone();
         let svc = service_fn(move |req| {
             let fut = h(req);
             async move {
@@ -77,15 +115,67 @@ pub async fn serve<H, F>(
                 r
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let conn =
+            self.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = self.graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            done();
         });
     }
+
+    fn serve(&self, stream: TcpStream) {
+        self.serve_then(stream, || {});
+    }
+
+    /// Lets open connections finish for up to the grace period.
+    async fn drain(self) {
+        if tokio::time::timeout(self.grace, self.graceful.shutdown()).await.is_err() {
+            tracing::warn!("shutdown grace of {:?} passed with connections still open", self.grace);
+        }
+    }
+}
+
+/// Serves `listener` like [`serve`], but on `workers` threads, each a single-threaded runtime
+/// that owns the connections handed to it: a request, its upstream connection and that
+/// connection's task never leave their thread, so no request pays for waking another thread.
+/// The caller's runtime only accepts, and hands each connection to the worker with the fewest
+/// open connections. Returns when every worker has drained.
+pub async fn serve_on_workers<H, F>(
+    listener: TcpListener,
+    handler: H,
+    opts: ConnOptions,
+    mut shutdown: watch::Receiver<bool>,
+    workers: usize,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
+{
+    let mut pool = Vec::with_capacity(workers);
+    let mut finished = Vec::with_capacity(workers);
+    for i in 0..workers {
+        match worker::spawn(i, handler.clone(), opts, shutdown.clone()) {
+            Ok((w, done)) => {
+                pool.push(w);
+                finished.push(done);
+            }
+            Err(e) => tracing::error!("cannot start data-plane worker {i}: {e}"),
+        }
+    }
+    if pool.is_empty() {
+        tracing::error!("no data-plane worker started: serving on the main thread");
+        return serve(listener, handler, opts, shutdown).await;
+    }
+    while let Some(stream) = accept(&listener, &mut shutdown).await {
+        if let Err(lost) = worker::hand_over(&mut pool, stream) {
+            tracing::error!("every data-plane worker has stopped: {lost}");
+            break;
+        }
+    }
     drop(listener);
-    if tokio::time::timeout(opts.grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown grace of {:?} passed with connections still open", opts.grace);
+    drop(pool);
+    for done in finished {
+        let _ = done.await;
     }
 }
 

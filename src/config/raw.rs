@@ -40,6 +40,7 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<u32>,
     pub shutdown_grace: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
+    pub worker_threads: Option<u32>,
 }
 
 /// `state:` — where the pin, budgets, rate limits and idempotency records are kept.

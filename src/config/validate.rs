@@ -234,6 +234,11 @@ fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
     if max_conc == 0 {
         return Err(cx.err("server.max_concurrent_requests", "expected at least 1"));
     }
+    let workers = match s.worker_threads {
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        Some(n @ 1..=1024) => n as usize,
+        Some(_) => return Err(cx.err("server.worker_threads", "expected a count from 1 to 1024")),
+    };
     Ok(Server {
         listen: addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?,
         admin_listen: addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?,
@@ -241,6 +246,7 @@ fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
         max_concurrent_requests: max_conc as usize,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        worker_threads: workers,
     })
 }
 
@@ -572,6 +578,13 @@ mod tests {
         assert!(c.version.starts_with("v-") && c.version.len() == 14);
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.routes[0].timeouts.total, Duration::from_secs(600));
+        assert!(c.server.worker_threads >= 1);
+        let c = load_str(&format!("server: {{worker_threads: 3}}\n{MIN}")).unwrap();
+        assert_eq!(c.server.worker_threads, 3);
+        for bad in ["0", "1025"] {
+            let e = load_str(&format!("server: {{worker_threads: {bad}}}\n{MIN}")).unwrap_err();
+            assert_eq!(e.path, "server.worker_threads", "{e}");
+        }
     }
 
     #[test]

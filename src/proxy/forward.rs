@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
@@ -250,6 +251,9 @@ impl Forward {
         let mut now = Instant::now();
         let mut last_event = now;
         let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(self.deadline)));
+        // The end of the upstream body (or its error) met while draining ready frames: handled
+        // after the events before it are queued.
+        let mut ended = None;
         loop {
             loop {
                 let ev = match self.stream.decoder.next_event() {
@@ -274,8 +278,11 @@ impl Forward {
                     return End::ClientGone;
                 }
             }
-            let frame = loop {
-                tokio::select! {
+            let frame = if let Some(end) = ended.take() {
+                Ok(end)
+            } else {
+                loop {
+                    tokio::select! {
                     biased;
                     () = self.tx.closed() => return End::ClientGone,
                     f = self.stream.body.frame() => break Ok(f),
@@ -288,6 +295,7 @@ impl Forward {
                             break Err(());
                         }
                         idle.as_mut().reset(end);
+                    }
                     }
                 }
             };
@@ -315,9 +323,44 @@ impl Forward {
                     if let Ok(data) = f.into_data() {
                         self.stream.decoder.feed(&data);
                     }
+                    ended = self.drain_ready().await;
                 }
             }
         }
+    }
+}
+
+/// Frames one drain may take, so a firehose upstream still reaches the client in pieces.
+const DRAIN_FRAMES: usize = 64;
+
+type Polled = Option<Result<hyper::body::Frame<Bytes>, crate::body::BoxError>>;
+
+impl Forward {
+    /// Feeds the decoder the frames the upstream connection already has, so events that came
+    /// in one read leave in one client write (one wake and one system call, not one per
+    /// event). The connection task hands over one frame at a time, so it gets one turn to
+    /// decode its next; nothing waits for the network. Returns the body's end if it was met.
+    async fn drain_ready(&mut self) -> Option<Polled> {
+        let mut yielded = false;
+        let mut taken = 0;
+        while taken < DRAIN_FRAMES {
+            match self.stream.body.frame().now_or_never() {
+                Some(Some(Ok(f))) => {
+                    if let Ok(data) = f.into_data() {
+                        self.stream.decoder.feed(&data);
+                    }
+                    taken += 1;
+                    yielded = false;
+                }
+                Some(end) => return Some(end),
+                None if !yielded => {
+                    tokio::task::yield_now().await;
+                    yielded = true;
+                }
+                None => break,
+            }
+        }
+        None
     }
 }
 

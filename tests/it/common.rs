@@ -98,6 +98,12 @@ pub fn chat_stream(model: &str) -> String {
 
 /// Starts the gateway on loopback sockets with ephemeral ports.
 pub async fn start(yaml: &str) -> Running {
+    start_with_workers(yaml, None).await
+}
+
+/// [`start`], with the data plane on `workers` threads of its own (as `tidegate serve` runs
+/// it) when given.
+pub async fn start_with_workers(yaml: &str, workers: Option<usize>) -> Running {
     let opts = StartOptions {
         listen: Some(([127, 0, 0, 1], 0).into()),
         admin_listen: Some(([127, 0, 0, 1], 0).into()),
@@ -105,6 +111,7 @@ pub async fn start(yaml: &str) -> Running {
         state_dir: app::StateDir::InMemory,
         admin_token: Some(String::new()),
         watch: false,
+        workers,
     };
     app::start(config(yaml), opts).await.unwrap()
 }

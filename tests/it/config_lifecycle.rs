@@ -65,6 +65,7 @@ pub async fn start_file(path: &Path, state: StateDir, token: &str, watch: bool) 
         state_dir: state,
         admin_token: Some(token.to_owned()),
         watch,
+        workers: None,
     };
     app::start(cfg, opts).await.unwrap()
 }

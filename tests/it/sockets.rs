@@ -48,6 +48,52 @@ async fn send(addr: SocketAddr, path: &str, body: &str) -> Got {
     }
 }
 
+/// The data plane on worker threads, as `tidegate serve` runs it: connections spread over the
+/// workers (each with its own upstream pool), plain and streamed answers arrive whole, and
+/// shutdown lets a stream in flight on a worker finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_serve_and_drain() {
+    let (mock, stats) = mock_server().await;
+    let gw = start_with_workers(&http_pair(mock, "w+chunks=6", "b"), Some(3)).await;
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let addr = gw.data_addr;
+        let body = if i % 2 == 0 { chat("x") } else { chat_stream("x") };
+        calls.push(tokio::spawn(async move { send(addr, "/v1/chat/completions", &body).await }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let got = call.await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.header("x-tidegate-provider"), "remote");
+        if i % 2 == 0 {
+            assert_eq!(got.json()["model"], "w+chunks=6");
+        } else {
+            assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+            assert!(!got.stream_text().is_empty());
+        }
+    }
+    assert_eq!(stats.get("w+chunks=6").calls, 24);
+    gw.shutdown().await;
+
+    // Draining: a stream in flight on a worker completes; new connections are refused.
+    let gw = start_with_workers(&http_pair(mock, "s+chunks=8+delay=60ms", "b"), Some(2)).await;
+    let addr = gw.data_addr;
+    let slow =
+        tokio::spawn(async move { send(addr, "/v1/chat/completions", &chat_stream("x")).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let drain = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+    let got = slow.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+    assert!(!got.text().contains("\"error\""), "{}", got.text());
+    drain.await.unwrap();
+}
+
 #[tokio::test]
 async fn through_http_mock_provider_plain_stream_and_faults() {
     let (mock, stats) = mock_server().await;

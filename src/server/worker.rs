@@ -1,0 +1,135 @@
+//! Data-plane worker threads. Each runs a single-threaded tokio runtime and serves the
+//! connections the acceptor hands it, start to finish: the request, the upstream call (each
+//! thread keeps its own upstream connection pool, see `providers::client`) and any stream
+//! forwarding stay on that thread, so a request never waits for another thread to wake up.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ConnOptions, Connections};
+use crate::body::{Body, Broken};
+
+/// The acceptor's handle on one worker.
+pub struct Worker {
+    tx: mpsc::UnboundedSender<std::net::TcpStream>,
+    /// Connections handed over and not yet closed.
+    open: Arc<AtomicUsize>,
+}
+
+/// Starts worker `index`; the receiver resolves once it has drained at shutdown.
+pub fn spawn<H, F>(
+    index: usize,
+    handler: H,
+    opts: ConnOptions,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(Worker, oneshot::Receiver<()>)>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel();
+    let counter = open.clone();
+    std::thread::Builder::new().name(format!("tidegate-worker-{index}")).spawn(move || {
+        runtime.block_on(run(rx, handler, opts, shutdown, counter));
+        let _ = done_tx.send(());
+    })?;
+    Ok((Worker { tx, open }, done_rx))
+}
+
+async fn run<H, F>(
+    mut rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    handler: H,
+    opts: ConnOptions,
+    mut shutdown: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
+{
+    let conns = Connections::new(handler, opts);
+    // Registering a timer that is due before the timer driver's next wake-up makes tokio wake
+    // the driver through its eventfd, a write system call plus an extra epoll return, and hyper
+    // registers a fresh header-read timer for every request on a keep-alive connection. A
+    // tick every second keeps the next wake-up close, so the timers of a request (all due
+    // later than that) register without it.
+    let ticker = tokio::spawn(async {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+        }
+    });
+    loop {
+        let stream = tokio::select! {
+            s = rx.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match TcpStream::from_std(stream) {
+            Ok(s) => {
+                let open = open.clone();
+                conns.serve_then(s, move || {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("cannot register an accepted connection: {e}");
+            }
+        }
+    }
+    conns.drain().await;
+    ticker.abort();
+}
+
+/// The period of a worker's timer tick.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// No worker is left to take connections.
+#[derive(Debug)]
+pub struct NoWorkers;
+
+impl std::fmt::Display for NoWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no data-plane worker is running")
+    }
+}
+
+/// Hands `stream` to the worker with the fewest open connections. A worker that has stopped
+/// (its thread ended) is dropped from `pool` and the next one tried.
+pub fn hand_over(pool: &mut Vec<Worker>, stream: TcpStream) -> Result<(), NoWorkers> {
+    let mut stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot hand over an accepted connection: {e}");
+            return Ok(());
+        }
+    };
+    loop {
+        let (at, w) = pool
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.open.load(Ordering::Relaxed))
+            .ok_or(NoWorkers)?;
+        w.open.fetch_add(1, Ordering::Relaxed);
+        match w.tx.send(stream) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::SendError(s)) => {
+                tracing::error!("data-plane worker stopped; {} left", pool.len() - 1);
+                stream = s;
+                pool.swap_remove(at);
+            }
+        }
+    }
+}
