@@ -153,8 +153,9 @@ pub async fn serve_on_workers<H, F>(
 {
     let mut pool = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
+    let draining = worker::Draining::new();
     for i in 0..workers {
-        match worker::spawn(i, handler.clone(), opts, shutdown.clone()) {
+        match worker::spawn(i, handler.clone(), opts, &draining) {
             Ok((w, done)) => {
                 pool.push(w);
                 finished.push(done);
@@ -168,11 +169,12 @@ pub async fn serve_on_workers<H, F>(
     }
     while let Some(stream) = accept(&listener, &mut shutdown).await {
         if let Err(lost) = worker::hand_over(&mut pool, stream) {
-            tracing::error!("every data-plane worker has stopped: {lost}");
-            break;
+            tracing::error!("{lost}: serving on the main thread from now on");
+            return serve(listener, handler, opts, shutdown).await;
         }
     }
     drop(listener);
+    // Closing the workers' channels starts their drain once they have taken what was sent.
     drop(pool);
     for done in finished {
         let _ = done.await;

@@ -159,6 +159,16 @@ impl Reloader {
         self.doc(&self.lock())
     }
 
+    /// [`Reloader::status`] on a blocking thread: the lock is held through whole reloads, and
+    /// the admin plane shares its thread with the data plane's accept loop.
+    pub async fn status_async(self: &Arc<Self>) -> ConfigDoc {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.status()).await {
+            Ok(doc) => doc,
+            Err(_) => self.status(),
+        }
+    }
+
     /// Pins `version` (default: the active one), activating it first if it is not active.
     pub async fn pin(self: &Arc<Self>, version: Option<String>) -> Result<ConfigDoc, OpError> {
         let me = self.clone();

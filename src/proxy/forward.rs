@@ -61,18 +61,47 @@ pub struct Forward {
     /// a resumed answer continues the open text block (blocks are numbered 0, 1, ...).
     pub blocks_started: u64,
     pub blocks_stopped: u64,
+    /// How queueing the held events ended, when it ended the stream ([`Forward::prime`]).
+    pub(super) primed: Option<Result<bool, End>>,
 }
 
 /// Upstream failures after the commit point that resume may repair.
 const RESUMABLE: &[&str] = &["cut", "timeout_idle", "error_event", "malformed"];
 
-enum End {
+pub(super) enum End {
     Complete,
     ClientGone,
     Upstream { reason: &'static str, detail: String, code: ErrorCode },
 }
 
 impl Forward {
+    /// Queues the events held at the commit point and hands them to the response body before
+    /// the response is returned, so the head and the first events leave in one write. Call
+    /// before spawning [`Forward::run`].
+    pub fn prime(&mut self) {
+        let held = std::mem::take(&mut self.stream.held);
+        for (name, data) in held {
+            match self.queue(name.as_deref(), &data) {
+                Ok(false) => {}
+                end => {
+                    self.primed = Some(end);
+                    break;
+                }
+            }
+        }
+        if self.primed.is_none() && !self.out.is_empty() {
+            let chunk = self.out.split().freeze();
+            if self.tx.try_send(chunk.clone()).is_ok() {
+                if let Some(c) = &mut self.rec.idem {
+                    c.push(&chunk);
+                }
+            } else {
+                // Not on a fresh channel; the pump sends it (or notices the client left).
+                self.out.extend_from_slice(&chunk);
+            }
+        }
+    }
+
     pub async fn run(mut self) {
         let mut end = self.pump().await;
         if let End::Upstream { reason, .. } = &end
@@ -241,12 +270,13 @@ impl Forward {
     }
 
     async fn pump(&mut self) -> End {
-        for (name, data) in std::mem::take(&mut self.stream.held) {
-            match self.queue(name.as_deref(), &data) {
-                Ok(true) => return self.finish(true).await,
-                Ok(false) => {}
-                Err(end) => return end,
-            }
+        if !self.stream.held.is_empty() {
+            self.prime();
+        }
+        match self.primed.take() {
+            Some(Ok(true)) => return self.finish(true).await,
+            Some(Err(end)) => return end,
+            Some(Ok(false)) | None => {}
         }
         let mut now = Instant::now();
         let mut last_event = now;
@@ -354,13 +384,34 @@ impl Forward {
                 }
                 Some(end) => return Some(end),
                 None if !yielded => {
-                    tokio::task::yield_now().await;
+                    YieldNow(false).await;
                     yielded = true;
                 }
                 None => break,
             }
         }
         None
+    }
+}
+
+/// Lets the tasks already woken run, then resumes. Unlike `tokio::task::yield_now`, which
+/// defers the task until the I/O driver has been polled (an `epoll_wait` per call), this
+/// reschedules at once: the connection task woken by the frame just taken runs first.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

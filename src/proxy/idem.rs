@@ -121,8 +121,8 @@ impl Capture {
             }
             Owner::Memory(lease) => lease.release(),
             Owner::Redis { store, key, owner, ttl } => {
-                let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-                rt.spawn(async move {
+                let home = store.clone();
+                home.spawn(async move {
                     let mut r = if keep {
                         store.idem_complete(&key, &owner, &answer.encode(), ttl).await
                     } else {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use http::header::HeaderName;
 use http::{HeaderValue, Response, header};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -25,6 +26,16 @@ use crate::gateway::Gateway;
 use crate::limits::prices::format_usd;
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::translate::{self, anthropic_to_openai, openai_to_anthropic};
+
+/// Response header names, built once (a name given as `&str` is parsed and copied per use).
+const ROUTE: HeaderName = HeaderName::from_static("x-tidegate-route");
+const PROVIDER: HeaderName = HeaderName::from_static("x-tidegate-provider");
+const MODEL: HeaderName = HeaderName::from_static("x-tidegate-model");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-tidegate-attempts");
+const FALLBACK: HeaderName = HeaderName::from_static("x-tidegate-fallback");
+const COST: HeaderName = HeaderName::from_static("x-tidegate-cost-usd");
+const COST_ESTIMATED: HeaderName = HeaderName::from_static("x-tidegate-cost-estimated");
+const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -71,14 +82,14 @@ impl Gateway {
         rec.served_by = Some(t.series.clone());
         rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
         let mut builder = Response::builder()
-            .header("x-tidegate-route", route.name_header.clone())
-            .header("x-tidegate-provider", t.provider_header.clone())
-            .header("x-tidegate-model", t.model_header.clone())
-            .header("x-tidegate-attempts", served.attempts);
+            .header(ROUTE, route.name_header.clone())
+            .header(PROVIDER, t.provider_header.clone())
+            .header(MODEL, t.model_header.clone())
+            .header(ATTEMPTS, served.attempts);
         if let Some(reason) = served.fallback_reason {
             rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
             if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                builder = builder.header("x-tidegate-fallback", v);
+                builder = builder.header(FALLBACK, v);
             }
         }
         let broken =
@@ -94,9 +105,9 @@ impl Gateway {
                     rec.spend.streamed_bytes = text.len() as u64;
                 }
                 let (cost, estimated) = rec.cost();
-                builder = builder.header("x-tidegate-cost-usd", format_usd(cost));
+                builder = builder.header(COST, format_usd(cost));
                 if estimated {
-                    builder = builder.header("x-tidegate-cost-estimated", "true");
+                    builder = builder.header(COST_ESTIMATED, HeaderValue::from_static("true"));
                 }
                 if let Some(key) = capture_key(route, ask)
                     && let Some((text, model)) = super::tiers::text_of_body(&body, wire)
@@ -142,7 +153,7 @@ impl Gateway {
                     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                     c.record_stream(&h);
                 }
-                let forward = Forward {
+                let mut forward = Forward {
                     resume,
                     sent_text: String::new(),
                     in_tool: false,
@@ -158,12 +169,14 @@ impl Gateway {
                     emitter,
                     dialect,
                     out: BytesMut::with_capacity(4096),
+                    primed: None,
                 };
+                forward.prime();
                 tokio::spawn(forward.run());
                 builder
                     .header(header::CONTENT_TYPE, "text/event-stream")
                     .header(header::CACHE_CONTROL, "no-cache")
-                    .header("x-accel-buffering", "no")
+                    .header(ACCEL_BUFFERING, HeaderValue::from_static("no"))
                     .body(Body::channel(rx))
                     .map_err(broken)
             }
@@ -216,17 +229,17 @@ pub(super) fn failed(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             let t = &route.targets[refused.target];
             let h = resp.headers_mut();
-            h.insert("x-tidegate-route", route.name_header.clone());
-            h.insert("x-tidegate-provider", t.provider_header.clone());
-            h.insert("x-tidegate-model", t.model_header.clone());
-            h.insert("x-tidegate-attempts", HeaderValue::from(refused.attempts));
+            h.insert(ROUTE, route.name_header.clone());
+            h.insert(PROVIDER, t.provider_header.clone());
+            h.insert(MODEL, t.model_header.clone());
+            h.insert(ATTEMPTS, HeaderValue::from(refused.attempts));
             if let Some(reason) = refused.fallback_reason {
                 rec.metrics()
                     .fallbacks
                     .with_label_values(&[&route.route.name, "target", reason])
                     .inc();
                 if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                    h.insert("x-tidegate-fallback", v);
+                    h.insert(FALLBACK, v);
                 }
             }
             Ok(resp)

@@ -41,14 +41,12 @@ impl Held {
             let ttl = crate::store::window_ttl(per);
             // Settling must not wait for Redis: it runs on its own, bounded by the store's
             // timeout. A lost settlement leaves the worst case reserved until the window ends.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = store.budget_settle(&name, r.window, ttl, r.amount, actual).await
-                    {
-                        tracing::warn!(route = %name, error = %e, "budget settlement in redis failed");
-                    }
-                });
-            }
+            let home = store.clone();
+            home.spawn(async move {
+                if let Err(e) = store.budget_settle(&name, r.window, ttl, r.amount, actual).await {
+                    tracing::warn!(route = %name, error = %e, "budget settlement in redis failed");
+                }
+            });
             return;
         }
         self.ledger.settle(self.reservation, actual);

@@ -22,12 +22,37 @@ pub struct Worker {
     open: Arc<AtomicUsize>,
 }
 
-/// Starts worker `index`; the receiver resolves once it has drained at shutdown.
+/// Workers still serving: each waits, after draining, until all have drained, so tasks that
+/// live on one worker's runtime but serve all of them (the Redis connection's driver, started
+/// wherever it last reconnected) outlive every request.
+#[derive(Clone)]
+pub struct Draining {
+    left: Arc<AtomicUsize>,
+    all_done: Arc<watch::Sender<bool>>,
+}
+
+impl Draining {
+    pub fn new() -> Self {
+        Self { left: Arc::default(), all_done: Arc::new(watch::channel(false).0) }
+    }
+
+    async fn done_and_wait(&self) {
+        let mut rx = self.all_done.subscribe();
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_done.send_replace(true);
+        }
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+/// Starts worker `index`; the receiver resolves once it has drained at shutdown, which begins
+/// when the acceptor drops the returned [`Worker`] (every connection handed over before that
+/// is served first).
 pub fn spawn<H, F>(
     index: usize,
     handler: H,
     opts: ConnOptions,
-    shutdown: watch::Receiver<bool>,
+    draining: &Draining,
 ) -> std::io::Result<(Worker, oneshot::Receiver<()>)>
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -38,10 +63,20 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let (done_tx, done_rx) = oneshot::channel();
     let counter = open.clone();
-    std::thread::Builder::new().name(format!("tidegate-worker-{index}")).spawn(move || {
-        runtime.block_on(run(rx, handler, opts, shutdown, counter));
-        let _ = done_tx.send(());
-    })?;
+    let drain = draining.clone();
+    draining.left.fetch_add(1, Ordering::AcqRel);
+    let started =
+        std::thread::Builder::new().name(format!("tidegate-worker-{index}")).spawn(move || {
+            runtime.block_on(async {
+                run(rx, handler, opts, counter).await;
+                drain.done_and_wait().await;
+            });
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = started {
+        draining.left.fetch_sub(1, Ordering::AcqRel);
+        return Err(e);
+    }
     Ok((Worker { tx, open }, done_rx))
 }
 
@@ -49,7 +84,6 @@ async fn run<H, F>(
     mut rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     handler: H,
     opts: ConnOptions,
-    mut shutdown: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -68,14 +102,9 @@ async fn run<H, F>(
             tick.tick().await;
         }
     });
-    loop {
-        let stream = tokio::select! {
-            s = rx.recv() => match s {
-                Some(s) => s,
-                None => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
+    // Ends when the acceptor drops its sender at shutdown, after every connection it handed
+    // over has been taken.
+    while let Some(stream) = rx.recv().await {
         match TcpStream::from_std(stream) {
             Ok(s) => {
                 let open = open.clone();

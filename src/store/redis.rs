@@ -140,6 +140,9 @@ struct Inner {
     events_live: Arc<AtomicBool>,
     /// The background tasks (events subscription, keepalive), aborted with the store.
     tasks: Vec<JoinHandle<()>>,
+    /// The runtime the store was made on (the main one, which outlives the data plane's
+    /// workers): writes that finish a request run there, not on the worker that served it.
+    home: tokio::runtime::Handle,
 }
 
 impl Drop for Inner {
@@ -220,8 +223,15 @@ impl RedisStore {
                 events,
                 events_live,
                 tasks,
+                home: tokio::runtime::Handle::current(),
             }),
         })
+    }
+
+    /// Runs `fut` on its own, on the runtime the store was made on: settlements and record
+    /// completions that must not wait for, nor die with, the request's worker.
+    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.inner.home.spawn(fut);
     }
 
     /// Health probe: `PING` within the op timeout.

@@ -87,6 +87,7 @@ async fn worker_threads_serve_and_drain() {
         TcpStream::connect(addr).await.is_err(),
         "a new connection was accepted while draining"
     );
+    assert!(!drain.is_finished(), "shutdown returned before the workers drained");
     let got = slow.await.unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
