@@ -162,3 +162,62 @@ pub fn hand_over(pool: &mut Vec<Worker>, stream: TcpStream) -> Result<(), NoWork
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn accepted() -> (TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, client)
+    }
+
+    fn worker() -> (Worker, mpsc::UnboundedReceiver<std::net::TcpStream>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Worker { tx, open: Arc::default() }, rx)
+    }
+
+    #[tokio::test]
+    async fn hands_over_to_the_least_loaded_and_skips_stopped_workers() {
+        let (a, mut rx_a) = worker();
+        let (b, rx_b) = worker();
+        let (c, mut rx_c) = worker();
+        a.open.store(2, Ordering::Relaxed);
+        c.open.store(1, Ordering::Relaxed);
+        // `b` is the least loaded but its thread has stopped: the connection goes to `c`.
+        drop(rx_b);
+        let mut pool = vec![a, b, c];
+        let (s, _client) = accepted().await;
+        hand_over(&mut pool, s).unwrap();
+        assert_eq!(pool.len(), 2, "the stopped worker is dropped from the pool");
+        assert!(rx_c.try_recv().is_ok());
+        assert!(rx_a.try_recv().is_err());
+        assert_eq!(pool[1].open.load(Ordering::Relaxed), 2, "c counts the new connection");
+        // A tie (2 and 2) goes to the first in the pool.
+        let (s, _client2) = accepted().await;
+        hand_over(&mut pool, s).unwrap();
+        assert!(rx_a.try_recv().is_ok());
+        assert!(rx_c.try_recv().is_err());
+
+        drop(rx_a);
+        drop(rx_c);
+        let (s, _client3) = accepted().await;
+        assert!(hand_over(&mut pool, s).is_err(), "no worker left");
+        assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn draining_waits_for_every_worker() {
+        let d = Draining::new();
+        d.left.fetch_add(2, Ordering::AcqRel);
+        let first = tokio::spawn({
+            let d = d.clone();
+            async move { d.done_and_wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!first.is_finished(), "the first worker waits for the second");
+        d.done_and_wait().await;
+        first.await.unwrap();
+    }
+}
