@@ -161,12 +161,9 @@ impl Reloader {
 
     /// [`Reloader::status`] on a blocking thread: the lock is held through whole reloads, and
     /// the admin plane shares its thread with the data plane's accept loop.
-    pub async fn status_async(self: &Arc<Self>) -> ConfigDoc {
+    pub async fn status_async(self: &Arc<Self>) -> Result<ConfigDoc, OpError> {
         let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.status()).await {
-            Ok(doc) => doc,
-            Err(_) => self.status(),
-        }
+        run_blocking(move || Ok(me.status())).await
     }
 
     /// Pins `version` (default: the active one), activating it first if it is not active.

@@ -36,12 +36,40 @@ impl Draining {
         Self { left: Arc::default(), all_done: Arc::new(watch::channel(false).0) }
     }
 
-    async fn done_and_wait(&self) {
-        let mut rx = self.all_done.subscribe();
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.all_done.send_replace(true);
+    /// Counts one more worker in.
+    fn join(&self) -> Member {
+        self.left.fetch_add(1, Ordering::AcqRel);
+        Member { draining: self.clone(), gone: false }
+    }
+}
+
+/// One worker's place in [`Draining`]. Dropping it (the worker drained, or its thread is
+/// unwinding from a panic) counts it out, so no worker ever waits for one that is gone.
+struct Member {
+    draining: Draining,
+    gone: bool,
+}
+
+impl Member {
+    fn leave(&mut self) {
+        if !std::mem::replace(&mut self.gone, true)
+            && self.draining.left.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            self.draining.all_done.send_replace(true);
         }
+    }
+
+    /// Counts this worker out, then waits until every worker has.
+    async fn leave_and_wait(mut self) {
+        let mut rx = self.draining.all_done.subscribe();
+        self.leave();
         let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -63,20 +91,15 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let (done_tx, done_rx) = oneshot::channel();
     let counter = open.clone();
-    let drain = draining.clone();
-    draining.left.fetch_add(1, Ordering::AcqRel);
-    let started =
-        std::thread::Builder::new().name(format!("tidegate-worker-{index}")).spawn(move || {
-            runtime.block_on(async {
-                run(rx, handler, opts, counter).await;
-                drain.done_and_wait().await;
-            });
-            let _ = done_tx.send(());
+    // A thread that fails to start drops its closure, and the member with it.
+    let member = draining.join();
+    std::thread::Builder::new().name(format!("tidegate-worker-{index}")).spawn(move || {
+        runtime.block_on(async {
+            run(rx, handler, opts, counter).await;
+            member.leave_and_wait().await;
         });
-    if let Err(e) = started {
-        draining.left.fetch_sub(1, Ordering::AcqRel);
-        return Err(e);
-    }
+        let _ = done_tx.send(());
+    })?;
     Ok((Worker { tx, open }, done_rx))
 }
 
@@ -208,16 +231,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn draining_waits_for_every_worker() {
+    async fn draining_waits_for_every_worker_and_counts_out_a_lost_one() {
         let d = Draining::new();
-        d.left.fetch_add(2, Ordering::AcqRel);
-        let first = tokio::spawn({
-            let d = d.clone();
-            async move { d.done_and_wait().await }
-        });
+        let (a, b, c) = (d.join(), d.join(), d.join());
+        let first = tokio::spawn(a.leave_and_wait());
         tokio::task::yield_now().await;
-        assert!(!first.is_finished(), "the first worker waits for the second");
-        d.done_and_wait().await;
+        assert!(!first.is_finished(), "the first worker waits for the others");
+        // A worker whose thread unwinds drops its member: it no longer holds the others.
+        drop(b);
+        tokio::task::yield_now().await;
+        assert!(!first.is_finished());
+        c.leave_and_wait().await;
         first.await.unwrap();
     }
 }

@@ -46,7 +46,7 @@ impl ConfigApi {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let r = &self.reloader;
         let result = match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/admin/config") => Ok(r.status_async().await),
+            (Method::GET, "/admin/config") => r.status_async().await,
             (Method::POST, "/admin/config/pin") => match read_pin(req.into_body()).await {
                 Ok(version) => r.pin(version).await,
                 Err(e) => Err(e),
