@@ -13,7 +13,8 @@
 //!   buffering) in tidegate's place, as a reference for what any proxy hop costs here.
 //! - `OVERHEAD_PROXY=exec:/path/to/bin`: any proxy taking `LISTEN UPSTREAM` arguments.
 //! - `OVERHEAD_TIDEGATE_BIN=/path/to/tidegate`: measure another build (A/B against a commit).
-//! - `OVERHEAD_GATEWAY_THREADS`: tokio worker threads of the tidegate child.
+//! - `OVERHEAD_GATEWAY_THREADS`: the tidegate child's `server.worker_threads` (default: its own
+//!   default, the CPUs available).
 //! - `OVERHEAD_IDEMPOTENCY=1`: every request carries a fresh `Idempotency-Key` (claimed and
 //!   stored each time: the full cost of a key, never a replay).
 //! - `OVERHEAD_STATE=redis://127.0.0.1:PORT`: tidegate's shared state in that Redis (start a
@@ -204,8 +205,11 @@ async fn start_gateway(upstream: SocketAddr, routes: &[String]) -> Gateway {
     let state = std::env::var("OVERHEAD_STATE")
         .map(|url| format!("state: {{backend: redis, url: \"{url}\"}}\n"))
         .unwrap_or_default();
+    let workers = std::env::var("OVERHEAD_GATEWAY_THREADS")
+        .map(|n| format!(", worker_threads: {n}"))
+        .unwrap_or_default();
     let config = format!(
-        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096}}\nlogging: {{sample_rate: 0.0}}\n{state}models:\n  bench-model: {{input: 0.15, output: 0.6, context: 128000}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{}",
+        "server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, max_concurrent_requests: 4096{workers}}}\nlogging: {{sample_rate: 0.0}}\n{state}models:\n  bench-model: {{input: 0.15, output: 0.6, context: 128000}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://{upstream}/v1\"}}\n  up_anthropic: {{kind: anthropic, base_url: \"http://{upstream}\"}}\nroutes:{}",
         route_config(routes)
     );
     let path = std::env::temp_dir().join(format!("tidegate-bench-{}.yaml", std::process::id()));
@@ -217,7 +221,6 @@ async fn start_gateway(upstream: SocketAddr, routes: &[String]) -> Gateway {
         .args(["serve", "--config"])
         .arg(&path)
         .env("TIDEGATE_LOG", "warn")
-        .envs(std::env::var("OVERHEAD_GATEWAY_THREADS").ok().map(|n| ("TOKIO_WORKER_THREADS", n)))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
