@@ -188,6 +188,14 @@ impl Running {
             let _ = t.await;
         }
         let _ = self.data_task.await;
+        // The last requests' Redis writes (settlements, idempotency records) finish first,
+        // each already bounded by `state.timeout`.
+        if let Some(redis) = &self.gateway.shared.state.redis {
+            let within = self.gateway.snapshot().config.state.timeout * 4;
+            if !redis.flush(within).await {
+                tracing::warn!("shutdown: some Redis writes did not finish within {within:?}");
+            }
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
     }

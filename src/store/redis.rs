@@ -143,6 +143,8 @@ struct Inner {
     /// The runtime the store was made on (the main one, which outlives the data plane's
     /// workers): writes that finish a request run there, not on the worker that served it.
     home: tokio::runtime::Handle,
+    /// Those writes, so shutdown can wait for them ([`RedisStore::flush`]).
+    pending: tokio_util::task::TaskTracker,
 }
 
 impl Drop for Inner {
@@ -224,6 +226,7 @@ impl RedisStore {
                 events_live,
                 tasks,
                 home: tokio::runtime::Handle::current(),
+                pending: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -231,7 +234,18 @@ impl RedisStore {
     /// Runs `fut` on its own, on the runtime the store was made on: settlements and record
     /// completions that must not wait for, nor die with, the request's worker.
     pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.inner.home.spawn(fut);
+        self.inner.pending.spawn_on(fut, &self.inner.home);
+    }
+
+    /// Waits up to `within` for the writes [`RedisStore::spawn`] started (shutdown, after the
+    /// data plane has drained): the last requests' settlements and idempotency records reach
+    /// Redis instead of dying with the process. Returns whether all finished.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let pending = &self.inner.pending;
+        pending.close();
+        let done = tokio::time::timeout(within, pending.wait()).await.is_ok();
+        pending.reopen();
+        done
     }
 
     /// Health probe: `PING` within the op timeout.

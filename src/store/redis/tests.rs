@@ -353,3 +353,23 @@ async fn stalled_server_times_out_then_recovers() -> TestResult {
     assert!(store.budget_reserve("r", 0, HOUR, 10, 1).await?.is_ok());
     Ok(())
 }
+
+/// Shutdown's flush waits for the writes `spawn` started, and gives up after its bound.
+#[tokio::test]
+async fn flush_waits_for_spawned_writes_within_its_bound() {
+    // No server is needed: the store connects lazily and these tasks never touch Redis.
+    let store = RedisStore::new("redis://127.0.0.1:1", "t:", Duration::from_millis(50)).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    store.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert!(store.flush(Duration::from_secs(2)).await);
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst), "flush returned before the write");
+
+    store.spawn(std::future::pending());
+    let t = Instant::now();
+    assert!(!store.flush(Duration::from_millis(50)).await, "a stuck write cannot hold shutdown");
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
