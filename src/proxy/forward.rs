@@ -61,8 +61,9 @@ pub struct Forward {
     /// a resumed answer continues the open text block (blocks are numbered 0, 1, ...).
     pub blocks_started: u64,
     pub blocks_stopped: u64,
-    /// How queueing the held events ended, when it ended the stream ([`Forward::prime`]).
-    pub(super) primed: Option<Result<bool, End>>,
+    /// Set when the held events ended the stream ([`Forward::prime`]): `Ok` for a clean end
+    /// (finish it), `Err` for a failure.
+    pub(super) primed: Option<Result<(), End>>,
 }
 
 /// Upstream failures after the commit point that resume may repair.
@@ -83,8 +84,12 @@ impl Forward {
         for (name, data) in held {
             match self.queue(name.as_deref(), &data) {
                 Ok(false) => {}
-                end => {
-                    self.primed = Some(end);
+                Ok(true) => {
+                    self.primed = Some(Ok(()));
+                    break;
+                }
+                Err(end) => {
+                    self.primed = Some(Err(end));
                     break;
                 }
             }
@@ -274,9 +279,9 @@ impl Forward {
             self.prime();
         }
         match self.primed.take() {
-            Some(Ok(true)) => return self.finish(true).await,
+            Some(Ok(())) => return self.finish(true).await,
             Some(Err(end)) => return end,
-            Some(Ok(false)) | None => {}
+            None => {}
         }
         let mut now = Instant::now();
         let mut last_event = now;
@@ -313,19 +318,20 @@ impl Forward {
             } else {
                 loop {
                     tokio::select! {
-                    biased;
-                    () = self.tx.closed() => return End::ClientGone,
-                    f = self.stream.body.frame() => break Ok(f),
-                    () = &mut idle => {
-                        // The timer is armed lazily: it fires at most once per idle period and
-                        // is pushed back to the real end (last event + idle) if events came.
-                        let t = Instant::now();
-                        let end = (last_event + self.idle).min(self.deadline);
-                        if t >= end {
-                            break Err(());
+                        biased;
+                        () = self.tx.closed() => return End::ClientGone,
+                        f = self.stream.body.frame() => break Ok(f),
+                        () = &mut idle => {
+                            // The timer is armed lazily: it fires at most once per idle
+                            // period and is pushed back to the real end (last event + idle)
+                            // if events came.
+                            let t = Instant::now();
+                            let end = (last_event + self.idle).min(self.deadline);
+                            if t >= end {
+                                break Err(());
+                            }
+                            idle.as_mut().reset(end);
                         }
-                        idle.as_mut().reset(end);
-                    }
                     }
                 }
             };

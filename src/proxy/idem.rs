@@ -121,8 +121,7 @@ impl Capture {
             }
             Owner::Memory(lease) => lease.release(),
             Owner::Redis { store, key, owner, ttl } => {
-                let home = store.clone();
-                home.spawn(async move {
+                store.spawn(|store| async move {
                     let mut r = if keep {
                         store.idem_complete(&key, &owner, &answer.encode(), ttl).await
                     } else {

@@ -41,8 +41,7 @@ impl Held {
             let ttl = crate::store::window_ttl(per);
             // Settling must not wait for Redis: it runs on its own, bounded by the store's
             // timeout. A lost settlement leaves the worst case reserved until the window ends.
-            let home = store.clone();
-            home.spawn(async move {
+            store.spawn(|store| async move {
                 if let Err(e) = store.budget_settle(&name, r.window, ttl, r.amount, actual).await {
                     tracing::warn!(route = %name, error = %e, "budget settlement in redis failed");
                 }

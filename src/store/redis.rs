@@ -231,10 +231,13 @@ impl RedisStore {
         })
     }
 
-    /// Runs `fut` on its own, on the runtime the store was made on: settlements and record
+    /// Runs `write(store)` on its own, on the runtime the store was made on: settlements and record
     /// completions that must not wait for, nor die with, the request's worker.
-    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.inner.pending.spawn_on(fut, &self.inner.home);
+    pub fn spawn<F>(&self, write: impl FnOnce(RedisStore) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.pending.spawn_on(write(self.clone()), &self.inner.home);
     }
 
     /// Waits up to `within` for the writes [`RedisStore::spawn`] started (shutdown, after the

@@ -361,14 +361,14 @@ async fn flush_waits_for_spawned_writes_within_its_bound() {
     let store = RedisStore::new("redis://127.0.0.1:1", "t:", Duration::from_millis(50)).unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = done.clone();
-    store.spawn(async move {
+    store.spawn(|_| async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     assert!(store.flush(Duration::from_secs(2)).await);
     assert!(done.load(std::sync::atomic::Ordering::SeqCst), "flush returned before the write");
 
-    store.spawn(std::future::pending());
+    store.spawn(|_| std::future::pending());
     let t = Instant::now();
     assert!(!store.flush(Duration::from_millis(50)).await, "a stuck write cannot hold shutdown");
     assert!(t.elapsed() < Duration::from_secs(1));
