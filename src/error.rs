@@ -8,10 +8,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::Body;
+
+const ERROR_CODE: HeaderName = HeaderName::from_static("x-tidegate-error-code");
+const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// The client's wire dialect, chosen by the front door it called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,14 +201,14 @@ impl GatewayError {
         *resp.status_mut() = self.code.status();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert("x-tidegate-error-code", HeaderValue::from_static(self.code.as_str()));
+        h.insert(ERROR_CODE, HeaderValue::from_static(self.code.as_str()));
         if self.code.client_may_retry() {
-            h.insert("x-should-retry", HeaderValue::from_static("true"));
+            h.insert(SHOULD_RETRY, HeaderValue::from_static("true"));
             let secs =
                 self.retry_after.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         } else {
-            h.insert("x-should-retry", HeaderValue::from_static("false"));
+            h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         if self.code == ErrorCode::RequestTooLarge {
             // The client may still be sending: close after the response is flushed.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -94,12 +94,56 @@ impl std::fmt::Display for SendError {
 }
 
 enum Transport {
-    Http { base: String },
+    Http(HttpTarget),
     Mock(Arc<mock::MockStats>),
+}
+
+/// Where an HTTP provider's requests go, parsed once rather than per request.
+struct HttpTarget {
+    base: String,
+    /// The endpoint URIs of this provider's wire, parsed from `base` + path.
+    uris: Vec<(&'static str, Uri)>,
+    /// The `Host` header, as hyper's client would derive it from the URI per request.
+    host: Option<HeaderValue>,
+}
+
+impl HttpTarget {
+    fn new(base: &str, wire: Wire) -> Self {
+        let paths: &[&'static str] = match wire {
+            Wire::OpenAi => &["/chat/completions", "/embeddings"],
+            Wire::Anthropic => &["/v1/messages"],
+        };
+        let uris = paths
+            .iter()
+            .filter_map(|p| Uri::try_from(format!("{base}{p}")).ok().map(|u| (*p, u)))
+            .collect();
+        let host = Uri::try_from(base).ok().and_then(|u| {
+            let host = u.host()?;
+            let default = if u.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+            match u.port_u16() {
+                Some(p) if p != default => HeaderValue::try_from(format!("{host}:{p}")).ok(),
+                _ => HeaderValue::try_from(host).ok(),
+            }
+        });
+        Self { base: base.to_owned(), uris, host }
+    }
+
+    fn uri(&self, path: &str) -> Result<Uri, http::Error> {
+        match self.uris.iter().find(|(p, _)| *p == path) {
+            Some((_, u)) => Ok(u.clone()),
+            None => {
+                let mut uri = String::with_capacity(self.base.len() + path.len());
+                uri.push_str(&self.base);
+                uri.push_str(path);
+                Ok(Uri::try_from(uri)?)
+            }
+        }
+    }
 }
 
 /// The Messages API version tidegate speaks (the Anthropic SDKs send the same).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// One configured provider, ready to send.
 pub struct Provider {
@@ -119,7 +163,7 @@ impl Provider {
     ) -> Self {
         let transport = match spec.kind {
             ProviderKind::Mock => Transport::Mock(mock_stats.unwrap_or_default()),
-            _ => Transport::Http { base: spec.base_url.clone() },
+            _ => Transport::Http(HttpTarget::new(&spec.base_url, spec.wire)),
         };
         let auth = key.as_ref().and_then(|k| {
             let (name, value) = match spec.wire {
@@ -137,7 +181,7 @@ impl Provider {
     pub fn mock_stats(&self) -> Option<&Arc<mock::MockStats>> {
         match &self.transport {
             Transport::Mock(s) => Some(s),
-            Transport::Http { .. } => None,
+            Transport::Http(_) => None,
         }
     }
 
@@ -158,24 +202,31 @@ impl Provider {
                 Ok(resp) => Ok(resp.map(UpstreamBody::Mock)),
                 Err(mock::Reset) => Err(SendError::Reset("mock reset".into())),
             },
-            Transport::Http { base } => {
-                let mut uri = String::with_capacity(base.len() + path.len());
-                uri.push_str(base);
-                uri.push_str(path);
-                let mut req = Request::post(uri)
-                    .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                    .header(
-                        header::USER_AGENT,
-                        HeaderValue::from_static(concat!("tidegate/", env!("CARGO_PKG_VERSION"))),
-                    )
-                    .body(Full::new(body))
+            Transport::Http(target) => {
+                let uri = target
+                    .uri(path)
                     .map_err(|e| SendError::Connect(format!("bad upstream URL: {e}")))?;
+                let mut req = Request::new(Full::new(body));
+                *req.method_mut() = http::Method::POST;
+                *req.uri_mut() = uri;
+                let headers = req.headers_mut();
+                headers.reserve(6);
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    header::USER_AGENT,
+                    HeaderValue::from_static(concat!("tidegate/", env!("CARGO_PKG_VERSION"))),
+                );
+                if let Some(host) = &target.host {
+                    headers.insert(header::HOST, host.clone());
+                }
                 if let Some((name, value)) = &self.auth {
-                    req.headers_mut().insert(name.clone(), value.clone());
+                    headers.insert(name.clone(), value.clone());
                 }
                 if self.spec.wire == Wire::Anthropic {
-                    req.headers_mut()
-                        .insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+                    headers.insert(
+                        ANTHROPIC_VERSION_HEADER,
+                        HeaderValue::from_static(ANTHROPIC_VERSION),
+                    );
                 }
                 match client.with(|c| c.request(req)).await {
                     Ok(resp) => Ok(resp.map(UpstreamBody::Http)),
@@ -197,4 +248,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_targets_parse_their_uris_and_host_once() {
+        let t = HttpTarget::new("http://127.0.0.1:8080/v1", Wire::OpenAi);
+        assert_eq!(
+            t.uri("/chat/completions").unwrap(),
+            "http://127.0.0.1:8080/v1/chat/completions"
+        );
+        assert_eq!(t.uri("/embeddings").unwrap(), "http://127.0.0.1:8080/v1/embeddings");
+        // A path outside the precomputed set is still built from the base.
+        assert_eq!(t.uri("/other").unwrap(), "http://127.0.0.1:8080/v1/other");
+        assert_eq!(t.host.as_ref().unwrap(), "127.0.0.1:8080");
+        // Default ports are left out of Host, as hyper's client would.
+        let t = HttpTarget::new("https://api.anthropic.com", Wire::Anthropic);
+        assert_eq!(t.uri("/v1/messages").unwrap(), "https://api.anthropic.com/v1/messages");
+        assert_eq!(t.host.as_ref().unwrap(), "api.anthropic.com");
+        let t = HttpTarget::new("http://example.com:80/v1", Wire::OpenAi);
+        assert_eq!(t.host.as_ref().unwrap(), "example.com");
+        let t = HttpTarget::new("https://gw.internal:8443/v1", Wire::OpenAi);
+        assert_eq!(t.host.as_ref().unwrap(), "gw.internal:8443");
+        let t = HttpTarget::new("http://[::1]:9000/v1", Wire::OpenAi);
+        assert_eq!(t.host.as_ref().unwrap(), "[::1]:9000");
+    }
 }

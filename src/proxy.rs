@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::time::Instant;
 
 use crate::body::{Body, ReadError, drain, read_limited};
@@ -77,22 +77,36 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
     Ok(call.1)
 }
 
-/// Request id: the client's if it is a sane header value, else a fresh one.
+/// Header names used per request, built once (a name given as `&str` is parsed per use).
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tidegate-route");
+const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-tidegate-config-version");
+const CONFIG_LABEL: HeaderName = HeaderName::from_static("x-tidegate-config-label");
+const READ_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-read-timeout");
+
+/// Request id: the client's if it is a sane header value, else a fresh one (`tg-` and 32 hex
+/// digits).
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_graphic())
     {
         return v.to_owned();
     }
-    format!("tg-{:032x}", fastrand::u128(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = *b"tg-00000000000000000000000000000000";
+    let n = fastrand::u128(..);
+    for (i, b) in id[3..].iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 /// `x-stainless-read-timeout` (seconds, from the OpenAI and Anthropic SDKs): the client gives up
 /// after this, so working longer is waste.
 fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let s = headers.get("x-stainless-read-timeout")?.to_str().ok()?.trim().parse::<f64>().ok()?;
+    let s = headers.get(READ_TIMEOUT)?.to_str().ok()?.trim().parse::<f64>().ok()?;
     (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)))
 }
 
@@ -128,11 +142,11 @@ impl Gateway {
         };
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&rid) {
-            h.insert("x-request-id", v);
+            h.insert(REQUEST_ID, v);
         }
-        h.insert("x-tidegate-config-version", snap.version_header.clone());
+        h.insert(CONFIG_VERSION, snap.version_header.clone());
         if let Some(l) = &snap.label_header {
-            h.insert("x-tidegate-config-label", l.clone());
+            h.insert(CONFIG_LABEL, l.clone());
         }
         resp
     }
@@ -150,7 +164,7 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let (path_route, api_path) = split_route_prefix(parts.uri.path());
         let call = resolve(&parts.method, api_path)?;
-        let header_route = match parts.headers.get("x-tidegate-route") {
+        let header_route = match parts.headers.get(ROUTE_HEADER) {
             Some(v) => Some(v.to_str().map_err(|_| {
                 GatewayError::invalid(
                     "x-tidegate-route is not valid ASCII",
@@ -341,4 +355,23 @@ pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_clients_or_fresh_hex() {
+        let fresh = request_id(&HeaderMap::new());
+        assert_eq!(fresh.len(), 35, "{fresh}");
+        assert!(fresh.starts_with("tg-"));
+        assert!(fresh[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(fresh, request_id(&HeaderMap::new()));
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("client-7"));
+        assert_eq!(request_id(&h), "client-7");
+        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert!(request_id(&h).starts_with("tg-"));
+    }
 }

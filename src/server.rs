@@ -27,6 +27,26 @@ use crate::body::{Body, Broken};
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
 
+/// Answers one request. Implemented by every `Fn(Request) -> impl Future` closure; a trait of its
+/// own so that a handler can be returned as `impl Handler` with its future type left unboxed:
+/// hyper keeps a connection's in-flight future in one allocation made per connection, so an
+/// unboxed future costs no allocation (and no copy to the heap) per request.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Fut: Future<Output = Result<Response<Body>, Broken>> + Send + 'static;
+    fn call(&self, req: Request<Incoming>) -> Self::Fut;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
+{
+    type Fut = F;
+    fn call(&self, req: Request<Incoming>) -> F {
+        self(req)
+    }
+}
+
 /// How a listener's connections are served.
 #[derive(Clone, Copy)]
 pub struct ConnOptions {
@@ -38,15 +58,12 @@ pub struct ConnOptions {
 /// Serves `listener` until `shutdown` turns true, then drains open connections for up to
 /// `opts.grace`. An `Err` from `handler` (or a panic in it) closes the connection without a
 /// response. Everything runs on the caller's runtime.
-pub async fn serve<H, F>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: H,
     opts: ConnOptions,
     mut shutdown: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
-{
+) {
     let conns = Connections::new(handler, opts);
     while let Some(stream) = accept(&listener, &mut shutdown).await {
         conns.serve(stream);
@@ -84,11 +101,7 @@ struct Connections<H> {
     grace: Duration,
 }
 
-impl<H, F> Connections<H>
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
-{
+impl<H: Handler> Connections<H> {
     fn new(handler: H, opts: ConnOptions) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
@@ -105,7 +118,7 @@ where
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
         let h = self.handler.clone();
         let svc = service_fn(move |req| {
-            let fut = h(req);
+            let fut = h.call(req);
             async move {
                 let r: Result<Response<Body>, Broken> =
                     match AssertUnwindSafe(fut).catch_unwind().await {
@@ -141,16 +154,13 @@ where
 /// connection's task never leave their thread, so no request pays for waking another thread.
 /// The caller's runtime only accepts, and hands each connection to the worker with the fewest
 /// open connections. Returns when every worker has drained.
-pub async fn serve_on_workers<H, F>(
+pub async fn serve_on_workers<H: Handler>(
     listener: TcpListener,
     handler: H,
     opts: ConnOptions,
     mut shutdown: watch::Receiver<bool>,
     workers: usize,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
-{
+) {
     let mut pool = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
     let draining = worker::Draining::new();
@@ -185,12 +195,10 @@ type Handled<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Broken>> + Sen
 
 /// The data-plane handler for [`serve`]: a panic while serving a request becomes a 500 in the
 /// SPEC's error shape rather than a dropped connection.
-pub fn data_plane(
-    gw: Arc<Gateway>,
-) -> impl Fn(Request<Incoming>) -> Handled<Body> + Clone + Send + Sync + 'static {
-    move |req| {
+pub fn data_plane(gw: Arc<Gateway>) -> impl Handler {
+    move |req: Request<Incoming>| {
         let gw = gw.clone();
-        Box::pin(async move {
+        async move {
             match AssertUnwindSafe(gw.handle(req)).catch_unwind().await {
                 Ok(r) => Ok(r),
                 Err(_) => {
@@ -201,6 +209,6 @@ pub fn data_plane(
                     Ok(r)
                 }
             }
-        })
+        }
     }
 }

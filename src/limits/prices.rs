@@ -29,7 +29,12 @@ pub fn usd_to_micros(usd: f64) -> Option<u64> {
 
 /// Micro-dollars as USD with six decimals (`x-tidegate-cost-usd`).
 pub fn format_usd(micros: u64) -> String {
-    format!("{}.{:06}", micros / MICROS_PER_USD, micros % MICROS_PER_USD)
+    // Integer `to_string` skips the formatting machinery that `format!` runs per request; the
+    // fraction is printed as `1dddddd` so its six digits keep their leading zeros.
+    let mut out = (micros / MICROS_PER_USD).to_string();
+    out.push('.');
+    out.push_str(&(micros % MICROS_PER_USD + MICROS_PER_USD).to_string()[1..]);
+    out
 }
 
 /// `Σ tokens x price_per_mtok / 1e6`, rounded up to the next micro-dollar.

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use tokio::time::{Instant, timeout_at};
 
 use crate::body::Body;
@@ -28,6 +28,7 @@ use crate::store::redis::{self, RedisStore};
 
 /// How many times a duplicate re-claims after the first owner released the key.
 const RECLAIMS: usize = 3;
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// What to do with a request after its key was looked at.
 pub enum Begin {
@@ -203,9 +204,8 @@ pub async fn begin(
     endpoint: &str,
     deadline: Instant,
 ) -> Result<Begin, GatewayError> {
-    let (Some(cfg), Some(raw)) = (route.route.idempotency, headers.get("idempotency-key")) else {
-        return Ok(Begin::Run(None));
-    };
+    let Some(cfg) = route.route.idempotency else { return Ok(Begin::Run(None)) };
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else { return Ok(Begin::Run(None)) };
     let key = validate_key(raw.as_bytes()).map_err(|why| {
         GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
     })?;

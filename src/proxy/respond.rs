@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::header::HeaderName;
-use http::{HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -81,19 +81,18 @@ impl Gateway {
         let dialect = ask.dialect();
         rec.served_by = Some(t.series.clone());
         rec.outcome = if served.target > 0 { "fallback" } else { "ok" };
-        let mut builder = Response::builder()
-            .header(ROUTE, route.name_header.clone())
-            .header(PROVIDER, t.provider_header.clone())
-            .header(MODEL, t.model_header.clone())
-            .header(ATTEMPTS, served.attempts);
+        // Headers go straight into a map: `Response::builder` moves its parts on every call.
+        let mut headers = HeaderMap::with_capacity(12);
+        headers.insert(ROUTE, route.name_header.clone());
+        headers.insert(PROVIDER, t.provider_header.clone());
+        headers.insert(MODEL, t.model_header.clone());
+        headers.insert(ATTEMPTS, HeaderValue::from(served.attempts));
         if let Some(reason) = served.fallback_reason {
             rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
             if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                builder = builder.header(FALLBACK, v);
+                headers.insert(FALLBACK, v);
             }
         }
-        let broken =
-            |e: http::Error| GatewayError::new(ErrorCode::UpstreamUnavailable, e.to_string());
         match served.opened {
             Opened::Complete { body, usage, finish } => {
                 rec.usage = usage;
@@ -105,9 +104,11 @@ impl Gateway {
                     rec.spend.streamed_bytes = text.len() as u64;
                 }
                 let (cost, estimated) = rec.cost();
-                builder = builder.header(COST, format_usd(cost));
+                if let Ok(v) = HeaderValue::try_from(format_usd(cost)) {
+                    headers.insert(COST, v);
+                }
                 if estimated {
-                    builder = builder.header(COST_ESTIMATED, HeaderValue::from_static("true"));
+                    headers.insert(COST_ESTIMATED, HeaderValue::from_static("true"));
                 }
                 if let Some(key) = capture_key(route, ask)
                     && let Some((text, model)) = super::tiers::text_of_body(&body, wire)
@@ -119,10 +120,8 @@ impl Gateway {
                     rec.completion = Some(String::from_utf8_lossy(&body).into_owned());
                 }
                 rec.status = 200;
-                builder
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::full(body))
-                    .map_err(broken)
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok(with_headers(Body::full(body), headers))
             }
             Opened::Stream(stream) => {
                 let (tx, rx) = mpsc::channel(16);
@@ -148,10 +147,9 @@ impl Gateway {
                     raw: ask.raw_owned.clone(),
                     include_usage: ask.include_usage(),
                 });
-                if let (Some(c), Some(h)) = (rec.idem.as_mut(), builder.headers_ref()) {
-                    let mut h = h.clone();
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                    c.record_stream(&h);
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                if let Some(c) = rec.idem.as_mut() {
+                    c.record_stream(&headers);
                 }
                 let mut forward = Forward {
                     resume,
@@ -173,15 +171,18 @@ impl Gateway {
                 };
                 forward.prime();
                 tokio::spawn(forward.run());
-                builder
-                    .header(header::CONTENT_TYPE, "text/event-stream")
-                    .header(header::CACHE_CONTROL, "no-cache")
-                    .header(ACCEL_BUFFERING, HeaderValue::from_static("no"))
-                    .body(Body::channel(rx))
-                    .map_err(broken)
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                headers.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
+                Ok(with_headers(Body::channel(rx), headers))
             }
         }
     }
+}
+
+fn with_headers(body: Body, headers: HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// The cache key when the route has a cache tier (only then are answers captured).

@@ -3,17 +3,13 @@
 //! thread keeps its own upstream connection pool, see `providers::client`) and any stream
 //! forwarding stay on that thread, so a request never waits for another thread to wake up.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ConnOptions, Connections};
-use crate::body::{Body, Broken};
+use super::{ConnOptions, Connections, Handler};
 
 /// The acceptor's handle on one worker.
 pub struct Worker {
@@ -76,16 +72,12 @@ impl Drop for Member {
 /// Starts worker `index`; the receiver resolves once it has drained at shutdown, which begins
 /// when the acceptor drops the returned [`Worker`] (every connection handed over before that
 /// is served first).
-pub fn spawn<H, F>(
+pub fn spawn<H: Handler>(
     index: usize,
     handler: H,
     opts: ConnOptions,
     draining: &Draining,
-) -> std::io::Result<(Worker, oneshot::Receiver<()>)>
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
-{
+) -> std::io::Result<(Worker, oneshot::Receiver<()>)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let open = Arc::new(AtomicUsize::new(0));
@@ -103,15 +95,12 @@ where
     Ok((Worker { tx, open }, done_rx))
 }
 
-async fn run<H, F>(
+async fn run<H: Handler>(
     mut rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     handler: H,
     opts: ConnOptions,
     open: Arc<AtomicUsize>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Body>, Broken>> + Send + 'static,
-{
+) {
     let conns = Connections::new(handler, opts);
     // Registering a timer that is due before the timer driver's next wake-up makes tokio wake
     // the driver through its eventfd, a write system call plus an extra epoll return, and hyper
