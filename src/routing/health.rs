@@ -103,13 +103,18 @@ pub const REASON_COOLDOWN: &str = "cooldown";
 /// Breakers for every provider+model, shared across config reloads (keyed by names).
 ///
 /// Thread-safe (`Send + Sync`); wrap it in an `Arc` to share it.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+type Breakers = Map<Map<Breaker>>;
+
 #[derive(Debug)]
 pub struct Health {
     config: BreakerConfig,
     /// Origin of the 1 s bucket clock.
     epoch: Instant,
-    /// provider name -> model name -> breaker; nested so lookups borrow `&str`.
-    breakers: Mutex<HashMap<String, HashMap<String, Breaker>>>,
+    /// provider name -> model name -> breaker; nested so lookups borrow `&str`. The names come
+    /// from the config, never from clients, so a fast hasher without DoS resistance is safe here
+    /// (SipHash was two lookups x two calls per request).
+    breakers: Mutex<Breakers>,
 }
 
 impl Default for Health {
@@ -122,7 +127,7 @@ impl Default for Health {
 impl Health {
     /// Creates an empty set of breakers with `config` for all of them.
     pub fn new(config: BreakerConfig) -> Self {
-        Self { config, epoch: Instant::now(), breakers: Mutex::new(HashMap::new()) }
+        Self { config, epoch: Instant::now(), breakers: Mutex::new(Breakers::default()) }
     }
 
     /// The settings every breaker uses.
@@ -171,7 +176,7 @@ impl Health {
             .is_some_and(|breaker| !matches!(breaker.state, State::Closed))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Breaker>>> {
+    fn lock(&self) -> MutexGuard<'_, Breakers> {
         // A panic while holding the lock leaves counters, not broken invariants: keep going.
         self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
