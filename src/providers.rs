@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
@@ -103,7 +104,10 @@ struct HttpTarget {
     base: String,
     /// The endpoint URIs of this provider's wire, parsed from `base` + path.
     uris: Vec<(&'static str, Uri)>,
-    /// The `Host` header, as hyper's client would derive it from the URI per request.
+    /// The `Host` header of a plain-http base, as hyper's client would derive it from the URI
+    /// per request. `None` for https: ALPN may pick HTTP/2 there, where hyper's client sends
+    /// `:authority` alone and a `Host` header as well is refused by some servers (duplicate
+    /// host), so it is left to hyper to add on HTTP/1 connections.
     host: Option<HeaderValue>,
 }
 
@@ -117,14 +121,14 @@ impl HttpTarget {
             .iter()
             .filter_map(|p| Uri::try_from(format!("{base}{p}")).ok().map(|u| (*p, u)))
             .collect();
-        let host = Uri::try_from(base).ok().and_then(|u| {
-            let host = u.host()?;
-            let default = if u.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
-            match u.port_u16() {
-                Some(p) if p != default => HeaderValue::try_from(format!("{host}:{p}")).ok(),
-                _ => HeaderValue::try_from(host).ok(),
-            }
-        });
+        let host =
+            Uri::try_from(base).ok().filter(|u| u.scheme() == Some(&Scheme::HTTP)).and_then(|u| {
+                let host = u.host()?;
+                match u.port_u16() {
+                    Some(p) if p != 80 => HeaderValue::try_from(format!("{host}:{p}")).ok(),
+                    _ => HeaderValue::try_from(host).ok(),
+                }
+            });
         Self { base: base.to_owned(), uris, host }
     }
 
@@ -265,14 +269,15 @@ mod tests {
         // A path outside the precomputed set is still built from the base.
         assert_eq!(t.uri("/other").unwrap(), "http://127.0.0.1:8080/v1/other");
         assert_eq!(t.host.as_ref().unwrap(), "127.0.0.1:8080");
-        // Default ports are left out of Host, as hyper's client would.
-        let t = HttpTarget::new("https://api.anthropic.com", Wire::Anthropic);
-        assert_eq!(t.uri("/v1/messages").unwrap(), "https://api.anthropic.com/v1/messages");
-        assert_eq!(t.host.as_ref().unwrap(), "api.anthropic.com");
+        // The default port is left out of Host, as hyper's client would.
         let t = HttpTarget::new("http://example.com:80/v1", Wire::OpenAi);
         assert_eq!(t.host.as_ref().unwrap(), "example.com");
-        let t = HttpTarget::new("https://gw.internal:8443/v1", Wire::OpenAi);
-        assert_eq!(t.host.as_ref().unwrap(), "gw.internal:8443");
+        // https may turn out HTTP/2 (ALPN), where Host must not be sent next to :authority:
+        // hyper's client adds it on HTTP/1 connections itself.
+        let t = HttpTarget::new("https://api.anthropic.com", Wire::Anthropic);
+        assert_eq!(t.uri("/v1/messages").unwrap(), "https://api.anthropic.com/v1/messages");
+        assert!(t.host.is_none());
+        assert!(HttpTarget::new("https://gw.internal:8443/v1", Wire::OpenAi).host.is_none());
         let t = HttpTarget::new("http://[::1]:9000/v1", Wire::OpenAi);
         assert_eq!(t.host.as_ref().unwrap(), "[::1]:9000");
     }

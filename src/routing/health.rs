@@ -100,12 +100,12 @@ pub const REASON_CIRCUIT_OPEN: &str = "circuit_open";
 /// Reason word of [`Admission::Skip`] while a target cools down after a 429.
 pub const REASON_COOLDOWN: &str = "cooldown";
 
-/// Breakers for every provider+model, shared across config reloads (keyed by names).
-///
-/// Thread-safe (`Send + Sync`); wrap it in an `Arc` to share it.
 type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
 type Breakers = Map<Map<Breaker>>;
 
+/// Breakers for every provider+model, shared across config reloads (keyed by names).
+///
+/// Thread-safe (`Send + Sync`); wrap it in an `Arc` to share it.
 #[derive(Debug)]
 pub struct Health {
     config: BreakerConfig,

@@ -121,6 +121,65 @@ async fn through_http_mock_provider_plain_stream_and_faults() {
     gw.shutdown().await;
 }
 
+/// What reaches a plain-http upstream, byte for byte: one `Host` naming its port, the
+/// provider's key (never the client's), our content type and user agent, and a body that is
+/// the client's with the upstream model substituted.
+#[tokio::test]
+async fn upstream_request_head_on_the_wire() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Head and body: read until the body's closing brace has arrived.
+        while !buf.ends_with(b"}") {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "gateway closed before sending the request");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let answer = br#"{"id":"c","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(answer).await.unwrap();
+        let _ = tx.send(String::from_utf8(buf).unwrap());
+    });
+    let key_file = std::env::temp_dir().join(format!("tidegate-it-key-{}", std::process::id()));
+    std::fs::write(&key_file, "sk-provider-key\n").unwrap();
+    let gw = start(&format!(
+        "providers:\n  up: {{kind: openai_compatible, base_url: \"http://{up}/v1\", api_key_file: \"{}\"}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: up, model: up-model}}]\n",
+        key_file.display()
+    ))
+    .await;
+    let _ = std::fs::remove_file(&key_file);
+    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-client-secret")
+        .body(Full::new(Bytes::from(chat("x"))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = rx.await.unwrap();
+    let (head, body) = seen.split_once("\r\n\r\n").unwrap();
+    let lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+    assert_eq!(lines[0], "post /v1/chat/completions http/1.1", "{head}");
+    let hosts: Vec<&String> = lines.iter().filter(|l| l.starts_with("host:")).collect();
+    assert_eq!(hosts, [&format!("host: {up}")], "{head}");
+    assert!(lines.contains(&"authorization: bearer sk-provider-key".to_owned()), "{head}");
+    assert!(!head.contains("sk-client-secret"), "{head}");
+    assert!(lines.contains(&"content-type: application/json".to_owned()), "{head}");
+    assert!(lines.iter().any(|l| l.starts_with("user-agent: tidegate/")), "{head}");
+    let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(sent["model"], "up-model");
+    assert_eq!(sent["messages"][0]["content"], "Hello there");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn client_disconnect_over_sockets_cancels_upstream_within_a_second() {
     let (mock, stats) = mock_server().await;
