@@ -103,6 +103,8 @@ pub struct TargetRuntime {
     pub provider: Arc<Provider>,
     pub client: Upstream,
     pub model_header: HeaderValue,
+    /// The upstream model as a JSON string literal, spliced into each upstream body.
+    pub model_json: String,
     pub provider_header: HeaderValue,
     pub series: Arc<TargetSeries>,
 }
@@ -197,6 +199,7 @@ impl Snapshot {
                     .map_err(|e| format!("providers.{}: {e}", t.provider))?;
                 targets.push(TargetRuntime {
                     model_header: header(&t.model)?,
+                    model_json: serde_json::Value::from(t.model.as_str()).to_string(),
                     provider_header: header(&t.provider)?,
                     series: Arc::new(target_series(metrics, &route.name, t, &config)),
                     target: t.clone(),

@@ -193,28 +193,24 @@ impl<'a> Prepared<'a> {
         drop_unsupported: bool,
     ) -> Result<Bytes, TranslateError> {
         let wire = t.provider.spec.wire;
-        let model = serde_json::to_string(&t.target.model).unwrap_or_default();
+        let model = t.model_json.as_str();
         let clamp = self.clamp_field(t);
         let clamp_value = clamp.map(|(_, v)| v.to_string()).unwrap_or_default();
         match (&self.ask, wire) {
             (Ask::Chat(c), Wire::OpenAi) => {
-                let mut replace: Vec<(&str, &str)> = vec![("model", &model)];
-                if let Some(so) = &self.stream_options {
-                    replace.push(("stream_options", so));
-                }
-                if let Some((field, _)) = clamp {
-                    replace.push((field, &clamp_value));
-                }
+                let so = self.stream_options.as_deref().map(|so| ("stream_options", so));
+                let clamped = clamp.map(|(field, _)| (field, clamp_value.as_str()));
+                let replace: Vec<(&str, &str)> =
+                    [Some(("model", model)), so, clamped].into_iter().flatten().collect();
                 Ok(Bytes::from(c.obj.write(&replace, &[])))
             }
             (Ask::Messages(m), Wire::Anthropic) => {
-                let mut replace: Vec<(&str, &str)> = vec![("model", &model)];
-                if clamp.is_some() {
-                    replace.push(("max_tokens", &clamp_value));
-                }
+                let clamped = clamp.map(|_| ("max_tokens", clamp_value.as_str()));
+                let replace: Vec<(&str, &str)> =
+                    [Some(("model", model)), clamped].into_iter().flatten().collect();
                 Ok(Bytes::from(m.obj.write(&replace, &[])))
             }
-            (Ask::Embeddings(e), _) => Ok(Bytes::from(e.obj.write(&[("model", &model)], &[]))),
+            (Ask::Embeddings(e), _) => Ok(Bytes::from(e.obj.write(&[("model", model)], &[]))),
             (ask, _) => {
                 let Some(value) = self.value() else {
                     return Err(TranslateError::body("the request body is not a JSON object"));

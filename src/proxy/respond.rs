@@ -37,6 +37,17 @@ const COST: HeaderName = HeaderName::from_static("x-tidegate-cost-usd");
 const COST_ESTIMATED: HeaderName = HeaderName::from_static("x-tidegate-cost-estimated");
 const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
+/// `x-tidegate-attempts`; the usual counts are static values (no allocation).
+fn attempts_value(n: u32) -> HeaderValue {
+    const SMALL: [HeaderValue; 4] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+    ];
+    SMALL.get(n as usize).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -86,7 +97,7 @@ impl Gateway {
         headers.insert(ROUTE, route.name_header.clone());
         headers.insert(PROVIDER, t.provider_header.clone());
         headers.insert(MODEL, t.model_header.clone());
-        headers.insert(ATTEMPTS, HeaderValue::from(served.attempts));
+        headers.insert(ATTEMPTS, attempts_value(served.attempts));
         if let Some(reason) = served.fallback_reason {
             rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
             if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
@@ -233,7 +244,7 @@ pub(super) fn failed(
             h.insert(ROUTE, route.name_header.clone());
             h.insert(PROVIDER, t.provider_header.clone());
             h.insert(MODEL, t.model_header.clone());
-            h.insert(ATTEMPTS, HeaderValue::from(refused.attempts));
+            h.insert(ATTEMPTS, attempts_value(refused.attempts));
             if let Some(reason) = refused.fallback_reason {
                 rec.metrics()
                     .fallbacks
@@ -244,6 +255,18 @@ pub(super) fn failed(
                 }
             }
             Ok(resp)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_counts_read_as_decimal() {
+        for n in [0u32, 1, 2, 3, 4, 10, 4_000_000_000] {
+            assert_eq!(attempts_value(n), n.to_string().as_str());
         }
     }
 }
