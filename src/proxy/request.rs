@@ -74,7 +74,15 @@ impl<'a> RawObject<'a> {
                 None,
             ));
         }
-        serde_json::from_slice(body).map_err(|e| {
+        // UTF-8 checked once for the whole body: serde_json's `&str` reader then skips the
+        // per-string check its slice reader does.
+        let text = std::str::from_utf8(body).map_err(|e| {
+            GatewayError::invalid(
+                format!("malformed JSON: invalid UTF-8 at byte {}", e.valid_up_to()),
+                None,
+            )
+        })?;
+        serde_json::from_str(text).map_err(|e| {
             let what = if e.is_data() { "expected a JSON object" } else { "malformed JSON" };
             GatewayError::invalid(format!("{what}: {e}"), None)
         })
@@ -251,6 +259,16 @@ impl<'a> EmbeddingsRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_utf8_is_named_with_its_offset() {
+        let e = RawObject::parse(b"{\"model\":\"m\xff\"}").unwrap_err();
+        assert!(e.message.contains("invalid UTF-8 at byte 11"), "{}", e.message);
+        // Escapes still decode on the `&str` path.
+        let o = RawObject::parse(br#"{"k\u00e9y":"v\n"}"#).unwrap();
+        assert_eq!(o.fields[0].0, "k\u{e9}y");
+        assert_eq!(o.fields[0].1.get(), r#""v\n""#);
+    }
 
     #[test]
     fn unknown_fields_pass_through_and_replacements_apply() {
