@@ -39,6 +39,14 @@ pub use errors::{
 };
 pub use usage::Usage;
 
+/// An upstream payload as a JSON value, its UTF-8 checked once for the whole text: serde_json's
+/// slice reader checks every string again, and a stream runs this once per event.
+pub(crate) fn parse_json(data: &[u8]) -> Result<serde_json::Value, String> {
+    let text = std::str::from_utf8(data)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 /// A request that cannot be translated: becomes a 400 `invalid_request` with `param` naming the field.
 ///
 /// The response and stream translators use it too, for upstream bodies or events they cannot

@@ -110,7 +110,7 @@ impl StreamTranslator {
         if self.finished || self.error.is_some() {
             return Ok(Vec::new());
         }
-        let chunk: Value = serde_json::from_slice(data)
+        let chunk: Value = crate::translate::parse_json(data)
             .map_err(|e| TranslateError::body(format!("malformed upstream chunk: {e}")))?;
         if !chunk.is_object() {
             return Err(TranslateError::body("upstream chunk is not a JSON object"));

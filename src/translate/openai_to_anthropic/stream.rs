@@ -112,7 +112,7 @@ impl StreamTranslator {
         if !known {
             return Ok(Vec::new()); // ping, content_block_stop, unknown (versioning policy)
         }
-        let data: Value = serde_json::from_slice(data).map_err(|e| {
+        let data: Value = crate::translate::parse_json(data).map_err(|e| {
             TranslateError::body(format!("malformed upstream `{event}` event: {e}"))
         })?;
         if !data.is_object() {

@@ -97,6 +97,8 @@ fn o2a_stream_protocol_violations_are_errors() {
         .is_err()
     );
     assert!(t.on_event("message_start", b"{not json").is_err());
+    let bad_utf8 = t.on_event("message_start", b"{\"message\":{\"id\":\"\xff\"}}").unwrap_err();
+    assert!(bad_utf8.message.contains("invalid UTF-8 at byte 18"), "{}", bad_utf8.message);
     assert!(t.on_event("message_start", b"[]").is_err());
     assert_eq!(t.on_event("ping", b"garbage").unwrap(), vec![]);
     assert_eq!(t.on_event("content_block_stop", b"").unwrap(), vec![]);
