@@ -100,11 +100,16 @@ struct DeltaWire<'a> {
     function_call: Option<&'a RawValue>,
 }
 
-/// `data` parsed as `T`, its UTF-8 checked once for the whole text: serde_json's slice reader
-/// validates every string it reads again (about 2% of a proxied request's instructions), its
-/// `&str` reader does not need to.
+/// `data` parsed as `T`. Valid UTF-8 (nearly every answer) is checked once for the whole text
+/// and read with serde_json's `&str` reader; its slice reader validates every string it reads
+/// again (about 2% of a proxied request's instructions). Anything else falls back to the slice
+/// reader, which skips the fields we do not read without checking them: invalid UTF-8 in an
+/// answer's `id` or message text is not ours to judge, so it must not make the answer malformed.
 fn parse<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
-    serde_json::from_str(std::str::from_utf8(data).ok()?).ok()
+    match std::str::from_utf8(data) {
+        Ok(text) => serde_json::from_str(text).ok(),
+        Err(_) => serde_json::from_slice(data).ok(),
+    }
 }
 
 /// Parses one stream payload; `None` if it is not valid JSON of the expected shape.
@@ -224,6 +229,9 @@ mod tests {
         );
         assert_eq!(chunk(b"{\"choi"), None);
         assert_eq!(chunk(b"{\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}"), None);
+        // Invalid UTF-8 in a field we do not read is passed through, not judged.
+        let skipped = chunk(b"{\"id\":\"c\xff\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}");
+        assert!(matches!(skipped, Some(ChunkPeek::Chunk { content: true, .. })));
         assert_eq!(chunk(b"{}"), None);
     }
 
@@ -245,6 +253,11 @@ mod tests {
             Some(BodyPeek::Ok { .. })
         ));
         assert_eq!(body(br#"{"data":{}}"#, true), None);
+        let skipped = body(
+            b"{\"id\":\"x\xff\",\"choices\":[{\"message\":{\"content\":\"\xfe\"},\"finish_reason\":\"stop\"}]}",
+            false,
+        );
+        assert_eq!(skipped, Some(BodyPeek::Ok { usage: None, finish: Some("stop".into()) }));
     }
 }
 
@@ -462,6 +475,10 @@ mod anthropic_tests {
             Some(BodyPeek::Error(_))
         ));
         assert_eq!(anthropic_body(br#"{"choices":[]}"#), None);
+        let skipped = anthropic_body(
+            b"{\"type\":\"message\",\"id\":\"m\xff\",\"content\":[{\"type\":\"text\",\"text\":\"\xfe\"}],\"stop_reason\":\"end_turn\"}",
+        );
+        assert_eq!(skipped, Some(BodyPeek::Ok { usage: None, finish: Some("end_turn".into()) }));
     }
 }
 
