@@ -7,17 +7,17 @@
 
 pub mod client;
 pub mod mock;
+pub mod pool;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::uri::Scheme;
-use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::body::BoxError;
 use crate::config::{KeySource, ProviderKind, ProviderSpec, Wire};
@@ -57,7 +57,7 @@ pub fn resolve_key(src: &KeySource) -> Result<Option<Secret>, String> {
 
 /// The body of an upstream response, whatever transport carried it.
 pub enum UpstreamBody {
-    Http(Incoming),
+    Http(pool::PooledBody),
     Mock(mock::MockBody),
 }
 
@@ -102,13 +102,8 @@ enum Transport {
 /// Where an HTTP provider's requests go, parsed once rather than per request.
 struct HttpTarget {
     base: String,
-    /// The endpoint URIs of this provider's wire, parsed from `base` + path.
-    uris: Vec<(&'static str, Uri)>,
-    /// The `Host` header of a plain-http base, as hyper's client would derive it from the URI
-    /// per request. `None` for https: ALPN may pick HTTP/2 there, where hyper's client sends
-    /// `:authority` alone and a `Host` header as well is refused by some servers (duplicate
-    /// host), so it is left to hyper to add on HTTP/1 connections.
-    host: Option<HeaderValue>,
+    /// The endpoints of this provider's wire, parsed from `base` + path.
+    destinations: Vec<(&'static str, client::Destination)>,
 }
 
 impl HttpTarget {
@@ -117,29 +112,21 @@ impl HttpTarget {
             Wire::OpenAi => &["/chat/completions", "/embeddings"],
             Wire::Anthropic => &["/v1/messages"],
         };
-        let uris = paths
+        let destinations = paths
             .iter()
-            .filter_map(|p| Uri::try_from(format!("{base}{p}")).ok().map(|u| (*p, u)))
+            .filter_map(|p| client::Destination::parse(&format!("{base}{p}")).ok().map(|d| (*p, d)))
             .collect();
-        let host =
-            Uri::try_from(base).ok().filter(|u| u.scheme() == Some(&Scheme::HTTP)).and_then(|u| {
-                let host = u.host()?;
-                match u.port_u16() {
-                    Some(p) if p != 80 => HeaderValue::try_from(format!("{host}:{p}")).ok(),
-                    _ => HeaderValue::try_from(host).ok(),
-                }
-            });
-        Self { base: base.to_owned(), uris, host }
+        Self { base: base.to_owned(), destinations }
     }
 
-    fn uri(&self, path: &str) -> Result<Uri, http::Error> {
-        match self.uris.iter().find(|(p, _)| *p == path) {
-            Some((_, u)) => Ok(u.clone()),
+    fn destination(&self, path: &str) -> Result<Cow<'_, client::Destination>, String> {
+        match self.destinations.iter().find(|(p, _)| *p == path) {
+            Some((_, d)) => Ok(Cow::Borrowed(d)),
             None => {
-                let mut uri = String::with_capacity(self.base.len() + path.len());
-                uri.push_str(&self.base);
-                uri.push_str(path);
-                Ok(Uri::try_from(uri)?)
+                let mut url = String::with_capacity(self.base.len() + path.len());
+                url.push_str(&self.base);
+                url.push_str(path);
+                client::Destination::parse(&url).map(Cow::Owned)
             }
         }
     }
@@ -207,12 +194,9 @@ impl Provider {
                 Err(mock::Reset) => Err(SendError::Reset("mock reset".into())),
             },
             Transport::Http(target) => {
-                let uri = target
-                    .uri(path)
-                    .map_err(|e| SendError::Connect(format!("bad upstream URL: {e}")))?;
+                let dest = target.destination(path).map_err(SendError::Connect)?;
                 let mut req = Request::new(Full::new(body));
                 *req.method_mut() = http::Method::POST;
-                *req.uri_mut() = uri;
                 let headers = req.headers_mut();
                 headers.reserve(6);
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -220,9 +204,6 @@ impl Provider {
                     header::USER_AGENT,
                     HeaderValue::from_static(concat!("tidegate/", env!("CARGO_PKG_VERSION"))),
                 );
-                if let Some(host) = &target.host {
-                    headers.insert(header::HOST, host.clone());
-                }
                 if let Some((name, value)) = &self.auth {
                     headers.insert(name.clone(), value.clone());
                 }
@@ -232,11 +213,7 @@ impl Provider {
                         HeaderValue::from_static(ANTHROPIC_VERSION),
                     );
                 }
-                match client.with(|c| c.request(req)).await {
-                    Ok(resp) => Ok(resp.map(UpstreamBody::Http)),
-                    Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
-                    Err(e) => Err(SendError::Reset(error_chain(&e))),
-                }
+                Ok(client.send(&dest, req).await?.map(UpstreamBody::Http))
             }
         }
     }
@@ -259,26 +236,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_targets_parse_their_uris_and_host_once() {
+    fn http_targets_parse_their_destinations_once() {
         let t = HttpTarget::new("http://127.0.0.1:8080/v1", Wire::OpenAi);
-        assert_eq!(
-            t.uri("/chat/completions").unwrap(),
-            "http://127.0.0.1:8080/v1/chat/completions"
-        );
-        assert_eq!(t.uri("/embeddings").unwrap(), "http://127.0.0.1:8080/v1/embeddings");
+        let d = t.destination("/chat/completions").unwrap();
+        assert!(matches!(d, Cow::Borrowed(_)));
+        assert_eq!(d.absolute, "http://127.0.0.1:8080/v1/chat/completions");
+        assert_eq!(d.origin, "/v1/chat/completions");
+        assert_eq!(d.host, "127.0.0.1:8080");
+        assert_eq!(t.destination("/embeddings").unwrap().origin, "/v1/embeddings");
         // A path outside the precomputed set is still built from the base.
-        assert_eq!(t.uri("/other").unwrap(), "http://127.0.0.1:8080/v1/other");
-        assert_eq!(t.host.as_ref().unwrap(), "127.0.0.1:8080");
-        // The default port is left out of Host, as hyper's client would.
+        let d = t.destination("/other").unwrap();
+        assert!(matches!(d, Cow::Owned(_)));
+        assert_eq!(d.absolute, "http://127.0.0.1:8080/v1/other");
+        // The scheme's default port is left out of Host, as hyper's client would.
         let t = HttpTarget::new("http://example.com:80/v1", Wire::OpenAi);
-        assert_eq!(t.host.as_ref().unwrap(), "example.com");
-        // https may turn out HTTP/2 (ALPN), where Host must not be sent next to :authority:
-        // hyper's client adds it on HTTP/1 connections itself.
+        assert_eq!(t.destination("/embeddings").unwrap().host, "example.com");
         let t = HttpTarget::new("https://api.anthropic.com", Wire::Anthropic);
-        assert_eq!(t.uri("/v1/messages").unwrap(), "https://api.anthropic.com/v1/messages");
-        assert!(t.host.is_none());
-        assert!(HttpTarget::new("https://gw.internal:8443/v1", Wire::OpenAi).host.is_none());
+        let d = t.destination("/v1/messages").unwrap();
+        assert_eq!(d.absolute, "https://api.anthropic.com/v1/messages");
+        assert_eq!(d.origin, "/v1/messages");
+        assert_eq!(d.host, "api.anthropic.com");
+        let t = HttpTarget::new("https://gw.internal:8443/v1", Wire::OpenAi);
+        assert_eq!(t.destination("/embeddings").unwrap().host, "gw.internal:8443");
+        let t = HttpTarget::new("https://gw.internal:443/v1", Wire::OpenAi);
+        assert_eq!(t.destination("/embeddings").unwrap().host, "gw.internal");
         let t = HttpTarget::new("http://[::1]:9000/v1", Wire::OpenAi);
-        assert_eq!(t.host.as_ref().unwrap(), "[::1]:9000");
+        assert_eq!(t.destination("/embeddings").unwrap().host, "[::1]:9000");
+        // A base that is no URL fails per request, naming it.
+        let t = HttpTarget::new("not a url", Wire::OpenAi);
+        assert!(t.destination("/embeddings").unwrap_err().contains("not a url"));
     }
 }

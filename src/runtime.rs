@@ -195,7 +195,11 @@ impl Snapshot {
                 })?;
                 let client = shared
                     .clients
-                    .get(route.timeouts.connect, provider.spec.ca_file.as_deref())
+                    .get(
+                        route.timeouts.connect,
+                        provider.spec.ca_file.as_deref(),
+                        &provider.spec.base_url,
+                    )
                     .map_err(|e| format!("providers.{}: {e}", t.provider))?;
                 targets.push(TargetRuntime {
                     model_header: header(&t.model)?,

@@ -1,26 +1,36 @@
-//! The pooled upstream HTTP client: hyper-util's legacy client over rustls (webpki roots plus
-//! an optional extra CA file), HTTP/1.1 and HTTP/2 by ALPN, plain http allowed, keep-alive and
-//! `TCP_NODELAY`.
+//! The upstream HTTP client: hyper's connections over rustls (webpki roots plus an optional
+//! extra CA file), HTTP/1.1 and HTTP/2 by ALPN, plain http allowed, keep-alive and
+//! `TCP_NODELAY`, with idle connections kept by [`super::pool`].
 //!
-//! One [`Upstream`] exists per distinct (connect timeout, CA file) pair, shared across config
-//! reloads so connection pools stay warm. Each thread that sends through it gets its own client
-//! and pool: a data-plane worker's upstream connections are driven by tasks on that worker, so
-//! a request and its upstream call never hop between threads.
+//! One connector exists per distinct (connect timeout, CA file) pair, shared across config
+//! reloads so pooled connections stay warm; an [`Upstream`] is that connector aimed at one
+//! endpoint (scheme and authority), which has a small integer id for the pool. Each thread
+//! keeps its own idle connections: a data-plane worker's upstream connections are driven by
+//! tasks on that worker, so a request and its upstream call never hop between threads.
+//!
+//! [`build`] makes a hyper-util client for the tools that are not on the request path
+//! (`tidegate demo`, `tidegate config`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+
+use super::pool::{self, Idle, Lease, PooledBody};
+use super::{SendError, error_chain};
 
 /// The upstream client type.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
@@ -32,8 +42,9 @@ pub fn build(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<HttpCl
 
 /// What a client is built from; the CA file is read and checked once, when the spec is made.
 struct Spec {
-    connect_timeout: Duration,
-    tls: rustls::ClientConfig,
+    connector: HttpsConnector<HttpConnector>,
+    /// Endpoint ids by `scheme://authority`, so a reload finds its pooled connections again.
+    endpoints: Mutex<HashMap<String, usize>>,
 }
 
 impl Spec {
@@ -58,78 +69,237 @@ impl Spec {
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Self { connect_timeout, tls })
-    }
-
-    fn client(&self) -> HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(self.tls.clone())
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        Ok(Self { connector, endpoints: Mutex::default() })
+    }
+
+    fn client(&self) -> HttpClient {
         Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https)
+            .pool_idle_timeout(pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(pool::MAX_IDLE)
+            .build(self.connector.clone())
+    }
+
+    /// The id of the endpoint `base_url` points at (scheme and authority).
+    fn endpoint(&self, base_url: &str) -> usize {
+        let key = match Uri::try_from(base_url) {
+            Ok(u) => format!(
+                "{}://{}",
+                u.scheme_str().unwrap_or(""),
+                u.authority().map_or("", |a| a.as_str())
+            ),
+            Err(_) => base_url.to_owned(),
+        };
+        let mut map = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(key).or_insert_with(pool::new_endpoint)
     }
 }
 
-/// An upstream client shared by every thread, each of which gets its own connection pool.
+/// Where one request goes, in both forms hyper's connections need: HTTP/1 sends the path and
+/// a `Host` header, HTTP/2 the absolute URI (its `:authority` replaces `Host`).
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub absolute: Uri,
+    pub origin: Uri,
+    /// The authority as a `Host` value, its port left out when it is the scheme's default.
+    pub host: HeaderValue,
+}
+
+impl Destination {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let absolute = Uri::try_from(url).map_err(|e| format!("bad upstream URL {url:?}: {e}"))?;
+        let (Some(scheme), Some(host)) = (absolute.scheme(), absolute.host()) else {
+            return Err(format!("upstream URL {url:?} has no scheme or host"));
+        };
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match absolute.port_u16() {
+            Some(p) if p != default_port => HeaderValue::try_from(format!("{host}:{p}")),
+            _ => HeaderValue::try_from(host),
+        }
+        .map_err(|e| format!("bad upstream host in {url:?}: {e}"))?;
+        let origin = absolute
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        Ok(Self { absolute, origin, host })
+    }
+}
+
+/// An upstream connector aimed at one endpoint.
 #[derive(Clone)]
 pub struct Upstream {
     spec: Arc<Spec>,
+    endpoint: usize,
 }
 
-thread_local! {
-    /// This thread's clients, by spec (a handful at most: one per connect timeout and CA file).
-    static CLIENTS: RefCell<Vec<(Arc<Spec>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+/// The upstream's response, its body holding the connection until it has been read.
+pub type Answer = Response<PooledBody>;
+
+/// A request that failed; `unsent` holds it back when the connection never wrote it.
+struct Failed {
+    unsent: Option<Request<Full<Bytes>>>,
+    error: String,
 }
 
 impl Upstream {
-    /// Runs `f` with this thread's client, building it on the thread's first use.
-    pub fn with<R>(&self, f: impl FnOnce(&HttpClient) -> R) -> R {
-        CLIENTS.with_borrow_mut(|clients| {
-            let at = match clients.iter().position(|(s, _)| Arc::ptr_eq(s, &self.spec)) {
-                Some(at) => at,
-                None => {
-                    // Clients whose spec only this list still holds belong to gateways that
-                    // are gone (tests and embedders start many).
-                    clients.retain(|(s, _)| Arc::strong_count(s) > 1);
-                    clients.push((self.spec.clone(), self.spec.client()));
-                    clients.len() - 1
-                }
-            };
-            f(&clients[at].1)
+    /// Sends `req` (method, headers and body; the URI comes from `dest`) on an idle
+    /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
+    /// request back unsent, and the next one is tried, as a fresh connection is last.
+    pub async fn send(
+        &self,
+        dest: &Destination,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Answer, SendError> {
+        while let Some(conn) = pool::checkout(self.endpoint) {
+            match self.dispatch(conn, dest, req).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failed { unsent: Some(r), .. }) => req = r,
+                Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
+            }
+        }
+        // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
+        // sending on a pooled connection, and it is the rare case.
+        let conn = Box::pin(self.connect(dest)).await?;
+        self.dispatch(conn, dest, req).await.map_err(|f| match f.unsent {
+            // Nothing reached the upstream: as safe to retry as a refused connection.
+            Some(_) => SendError::Connect(f.error),
+            None => SendError::Reset(f.error),
         })
+    }
+
+    async fn dispatch(
+        &self,
+        conn: Idle,
+        dest: &Destination,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Answer, Failed> {
+        let sent = match conn {
+            Idle::H1(mut tx) => {
+                *req.uri_mut() = dest.origin.clone();
+                req.headers_mut().insert(header::HOST, dest.host.clone());
+                tx.try_send_request(req).await.map(|resp| {
+                    resp.map(|b| PooledBody::new(b, Some(Lease::new(self.endpoint, tx))))
+                })
+            }
+            Idle::H2(mut tx) => {
+                *req.uri_mut() = dest.absolute.clone();
+                req.headers_mut().remove(header::HOST);
+                let sent = tx.try_send_request(req).await;
+                if sent.as_ref().is_err_and(|e| e.message().is_some()) {
+                    pool::forget_h2(self.endpoint);
+                }
+                sent.map(|resp| resp.map(|b| PooledBody::new(b, None)))
+            }
+        };
+        sent.map_err(|mut e| Failed { unsent: e.take_message(), error: error_chain(e.error()) })
+    }
+
+    async fn connect(&self, dest: &Destination) -> Result<Idle, SendError> {
+        use tower_service::Service;
+        let mut connector = self.spec.connector.clone();
+        let connect_error = |e: &dyn std::error::Error| SendError::Connect(error_chain(e));
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| connect_error(&*e))?;
+        let io = connector.call(dest.absolute.clone()).await.map_err(|e| connect_error(&*e))?;
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| connect_error(&e))?;
+            drive(conn);
+            pool::share_h2(self.endpoint, &tx);
+            Ok(Idle::H2(tx))
+        } else {
+            let (tx, conn) = http1::handshake(io).await.map_err(|e| connect_error(&e))?;
+            drive(conn);
+            Ok(Idle::H1(tx))
+        }
+    }
+
+    /// This endpoint's pool id (tests).
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+
+    /// Sizes of the futures a request holds (tests).
+    #[cfg(test)]
+    fn future_sizes(&self, dest: &Destination) -> (usize, usize) {
+        let send = std::mem::size_of_val(&self.send(dest, Request::new(Full::default())));
+        let connect = std::mem::size_of_val(&self.connect(dest));
+        (send, connect)
     }
 }
 
-/// Clients by (connect timeout, CA file), reused across reloads.
+/// Runs a connection until it closes, on the current thread's runtime.
+fn drive<F>(conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream connection closed: {}", error_chain(&e));
+        }
+    });
+}
+
+/// What distinguishes connectors: the connect timeout and the extra CA file.
+type SpecKey = (Duration, Option<PathBuf>);
+
+/// Connectors by (connect timeout, CA file), reused across reloads.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<(Duration, Option<PathBuf>), Upstream>>,
+    specs: Mutex<HashMap<SpecKey, Arc<Spec>>>,
 }
 
 impl ClientCache {
+    /// The connector for `connect_timeout` and `ca_file`, aimed at `base_url`'s endpoint.
     pub fn get(
         &self,
         connect_timeout: Duration,
         ca_file: Option<&Path>,
+        base_url: &str,
     ) -> Result<Upstream, String> {
         let key = (connect_timeout, ca_file.map(Path::to_owned));
-        let mut map = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = map.get(&key) {
-            return Ok(c.clone());
-        }
-        let c = Upstream { spec: Arc::new(Spec::new(connect_timeout, ca_file)?) };
-        map.insert(key, c.clone());
-        Ok(c)
+        let spec = {
+            let mut map = self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(Spec::new(connect_timeout, ca_file)?);
+                    map.insert(key, s.clone());
+                    s
+                }
+            }
+        };
+        let endpoint = spec.endpoint(base_url);
+        Ok(Upstream { spec, endpoint })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sending_on_a_pooled_connection_keeps_a_small_future() {
+        let cache = ClientCache::default();
+        let up = cache.get(Duration::from_secs(1), None, "http://127.0.0.1:9/v1").unwrap();
+        let dest = Destination::parse("http://127.0.0.1:9/v1/chat/completions").unwrap();
+        let (send, connect) = up.future_sizes(&dest);
+        // Connecting is boxed: inline, it made every request's future (and each move of it)
+        // 6.6 KiB larger.
+        assert!(send < 2048, "send future is {send} bytes (connect {connect})");
     }
 }

@@ -106,12 +106,14 @@ async fn run<H: Handler>(
     // the driver through its eventfd, a write system call plus an extra epoll return, and hyper
     // registers a fresh header-read timer for every request on a keep-alive connection. A
     // tick every second keeps the next wake-up close, so the timers of a request (all due
-    // later than that) register without it.
+    // later than that) register without it. The tick also closes this worker's expired idle
+    // upstream connections.
     let ticker = tokio::spawn(async {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            crate::providers::pool::sweep();
         }
     });
     // Ends when the acceptor drops its sender at shutdown, after every connection it handed

@@ -22,3 +22,4 @@ mod shared_state;
 mod sockets;
 mod streaming;
 mod tiers;
+mod upstream_pool;
