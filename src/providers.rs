@@ -61,6 +61,23 @@ pub enum UpstreamBody {
     Mock(mock::MockBody),
 }
 
+impl UpstreamBody {
+    /// The answer is whole: the connection is worth keeping while the body's framing ends.
+    pub fn mark_complete(&mut self) {
+        if let Self::Http(b) = self {
+            b.mark_complete();
+        }
+    }
+
+    /// What is left of a complete answer's body, to wait out; see [`pool::PooledBody::take_tail`].
+    pub fn take_tail(&mut self) -> Option<pool::Tail> {
+        match self {
+            Self::Http(b) => b.take_tail(),
+            Self::Mock(_) => None,
+        }
+    }
+}
+
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -10,12 +10,15 @@
 //!   no hashing and no lock, because a data-plane worker serves its requests and drives its
 //!   upstream connections on its own thread;
 //! - an HTTP/1 connection is lent to one request ([`Lease`]) and comes back when its response
-//!   body has been read to the end; a body dropped early takes the connection with it (hyper
-//!   closes it, since the rest of the answer is still in flight);
+//!   body has been read to the end. A stream that ends at its last event (`[DONE]`) marks its
+//!   body complete, and the chunked terminator that often follows in its own packet is waited
+//!   for ([`TAIL_WAIT`]) so the connection is kept; any other body dropped early takes the
+//!   connection with it (hyper closes it, since the rest of the answer is still in flight);
 //! - an HTTP/2 connection (ALPN) is shared by every request of the thread to that endpoint;
-//! - idle connections are kept [`IDLE_TIMEOUT`] at most, [`MAX_IDLE`] per endpoint and thread,
-//!   newest first (the warmest socket, and the oldest age out); [`sweep`] closes the expired
-//!   ones of a thread that stopped sending.
+//! - idle connections are kept [`IDLE_TIMEOUT`] at most (an HTTP/2 one counted from its last
+//!   request), [`MAX_IDLE`] HTTP/1 ones per endpoint and thread, handed out newest first (the
+//!   warmest socket, and the oldest age out); a thread's slots are swept for expired and
+//!   closed connections on its worker's tick and, at most once a second, when it sends.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,8 +41,8 @@ pub type H2 = http2::SendRequest<Full<Bytes>>;
 struct Slot {
     /// Idle HTTP/1 connections and when each came back, oldest first.
     idle: Vec<(H1, Instant)>,
-    /// The shared HTTP/2 connection, if the endpoint speaks it.
-    h2: Option<H2>,
+    /// The shared HTTP/2 connection, if the endpoint speaks it, and when it was last used.
+    h2: Option<(H2, Instant)>,
 }
 
 impl Slot {
@@ -48,9 +51,37 @@ impl Slot {
         let fresh = self.idle.partition_point(|(_, at)| now.duration_since(*at) > IDLE_TIMEOUT);
         self.idle.drain(..fresh);
         self.idle.retain(|(tx, _)| !tx.is_closed());
-        if self.h2.as_ref().is_some_and(H2::is_closed) {
+        if self
+            .h2
+            .as_ref()
+            .is_some_and(|(tx, at)| tx.is_closed() || now.duration_since(*at) > IDLE_TIMEOUT)
+        {
+            // Requests still in flight on it keep it open until they are done.
             self.h2 = None;
         }
+    }
+
+    fn checkout(&mut self, now: Instant) -> Option<Idle> {
+        if let Some((h2, used)) = &mut self.h2 {
+            if !h2.is_closed() {
+                *used = now;
+                return Some(Idle::H2(h2.clone()));
+            }
+            self.h2 = None;
+        }
+        while let Some((tx, at)) = self.idle.pop() {
+            if now.duration_since(at) > IDLE_TIMEOUT {
+                // The rest are older still.
+                self.idle.clear();
+                return None;
+            }
+            // Not ready means closed, or busy in a way it will not recover from (an idle
+            // connection is only put back ready).
+            if tx.is_ready() {
+                return Some(Idle::H1(tx));
+            }
+        }
+        None
     }
 }
 
@@ -62,18 +93,42 @@ pub fn new_endpoint() -> usize {
     NEXT_ENDPOINT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// How often a thread that sends requests looks over all its slots for expired connections,
+/// on top of its worker's tick (a thread that is not a worker has only this).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// This thread's slots, indexed by endpoint id, and when they were last swept.
+struct Slots {
+    slots: Vec<Slot>,
+    swept: Option<Instant>,
+}
+
 thread_local! {
-    /// This thread's slots, indexed by endpoint id.
-    static SLOTS: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Slots> = const { RefCell::new(Slots { slots: Vec::new(), swept: None }) };
+}
+
+impl Slots {
+    fn slot(&mut self, id: usize) -> &mut Slot {
+        if self.slots.len() <= id {
+            self.slots.resize_with(id + 1, Slot::default);
+        }
+        &mut self.slots[id]
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.swept = Some(now);
+        self.slots.iter_mut().for_each(|s| s.expire(now));
+    }
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+            self.sweep(now);
+        }
+    }
 }
 
 fn with_slot<R>(id: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
-    SLOTS.with_borrow_mut(|slots| {
-        if slots.len() <= id {
-            slots.resize_with(id + 1, Slot::default);
-        }
-        f(&mut slots[id])
-    })
+    SLOTS.with_borrow_mut(|slots| f(slots.slot(id)))
 }
 
 /// A connection taken from the pool.
@@ -85,44 +140,31 @@ pub enum Idle {
 /// A ready connection to endpoint `id`, if this thread holds one: the shared HTTP/2 one, else
 /// the most recently returned HTTP/1 one.
 pub fn checkout(id: usize) -> Option<Idle> {
-    with_slot(id, |slot| {
-        if let Some(h2) = &slot.h2 {
-            if !h2.is_closed() {
-                return Some(Idle::H2(h2.clone()));
-            }
-            slot.h2 = None;
-        }
-        let now = Instant::now();
-        while let Some((tx, at)) = slot.idle.pop() {
-            if now.duration_since(at) > IDLE_TIMEOUT {
-                // The rest are older still.
-                slot.idle.clear();
-                return None;
-            }
-            // Not ready means closed, or busy in a way it will not recover from (an idle
-            // connection is only put back ready).
-            if tx.is_ready() {
-                return Some(Idle::H1(tx));
-            }
-        }
-        None
+    let now = Instant::now();
+    SLOTS.with_borrow_mut(|slots| {
+        slots.sweep_if_due(now);
+        slots.slot(id).checkout(now)
     })
 }
 
 /// Shares a new HTTP/2 connection with the thread's later requests to endpoint `id`.
 pub fn share_h2(id: usize, tx: &H2) {
-    with_slot(id, |slot| slot.h2 = Some(tx.clone()));
+    with_slot(id, |slot| slot.h2 = Some((tx.clone(), Instant::now())));
 }
 
-/// Forgets endpoint `id`'s HTTP/2 connection: it refused a request without sending it.
+/// Forgets endpoint `id`'s HTTP/2 connection if it is closing: it refused a request without
+/// sending it. (A new one another request shared meanwhile stays.)
 pub fn forget_h2(id: usize) {
-    with_slot(id, |slot| slot.h2 = None);
+    with_slot(id, |slot| {
+        if slot.h2.as_ref().is_some_and(|(tx, _)| tx.is_closed() || !tx.is_ready()) {
+            slot.h2 = None;
+        }
+    });
 }
 
 /// Closes this thread's expired and closed idle connections; a worker calls it every tick.
 pub fn sweep() {
-    let now = Instant::now();
-    SLOTS.with_borrow_mut(|slots| slots.iter_mut().for_each(|s| s.expire(now)));
+    SLOTS.with_borrow_mut(|slots| slots.sweep(Instant::now()));
 }
 
 /// Idle HTTP/1 connections this thread holds for endpoint `id` (tests).
@@ -144,14 +186,14 @@ impl Lease {
 
     /// Returns the connection to its thread's pool. hyper marks it ready within the poll that
     /// delivered the body's last bytes, so it nearly always is; one that is not yet is put
-    /// back by a task once it is (a closed one is dropped).
+    /// back by a task once it is, within [`TAIL_WAIT`] (a closed one is dropped).
     pub fn release(self) {
         let Self { id, mut tx } = self;
         if tx.is_ready() {
             put(id, tx);
         } else if !tx.is_closed() && tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(async move {
-                if tx.ready().await.is_ok() {
+                if let Ok(Ok(())) = tokio::time::timeout(TAIL_WAIT, tx.ready()).await {
                     put(id, tx);
                 }
             });
@@ -160,23 +202,44 @@ impl Lease {
 }
 
 fn put(id: usize, tx: H1) {
-    with_slot(id, |slot| {
-        if slot.idle.len() < MAX_IDLE {
-            slot.idle.push((tx, Instant::now()));
+    // During thread teardown the slots may be gone already: the connection just closes.
+    let _ = SLOTS.try_with(|slots| {
+        let mut slots = slots.borrow_mut();
+        let idle = &mut slots.slot(id).idle;
+        if idle.len() == MAX_IDLE {
+            // The oldest goes: it is the likeliest to have been closed by the upstream.
+            idle.remove(0);
         }
+        idle.push((tx, Instant::now()));
     });
 }
 
+/// How long a complete answer's body may take to end (an SSE stream's chunked terminator
+/// often comes in its own packet after `[DONE]`) before its connection is closed instead.
+pub const TAIL_WAIT: Duration = Duration::from_secs(1);
+/// Bytes a complete answer's body may still carry before its connection is closed instead.
+const TAIL_MAX: usize = 16 * 1024;
+
 /// An upstream response body that puts its HTTP/1 connection back in the pool once read to
-/// the end (the last frame, or the end of the stream).
+/// the end (the last frame, or the end of the stream). Dropped before that, the connection
+/// comes back only if hyper can finish the body from what it already holds, or, for an
+/// answer marked [`complete`](Self::mark_complete), if the rest arrives within
+/// [`TAIL_WAIT`]; otherwise hyper closes it.
 pub struct PooledBody {
-    body: hyper::body::Incoming,
+    body: Option<hyper::body::Incoming>,
     lease: Option<Lease>,
+    complete: bool,
 }
 
 impl PooledBody {
     pub fn new(body: hyper::body::Incoming, lease: Option<Lease>) -> Self {
-        Self { body, lease }
+        Self { body: Some(body), lease, complete: false }
+    }
+
+    /// The answer is whole (a stream's last event came): what is left of the body is only its
+    /// framing, worth waiting a moment for to keep the connection.
+    pub fn mark_complete(&mut self) {
+        self.complete = true;
     }
 
     fn release(&mut self) {
@@ -195,10 +258,11 @@ impl http_body::Body for PooledBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        let Some(body) = &mut this.body else { return std::task::Poll::Ready(None) };
+        let polled = std::pin::Pin::new(&mut *body).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(None) => this.release(),
-            std::task::Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            std::task::Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.release(),
             // An error leaves the connection broken: it goes with the lease.
             std::task::Poll::Ready(Some(Err(_))) => this.lease = None,
             _ => {}
@@ -207,11 +271,63 @@ impl http_body::Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        self.body.as_ref().map(http_body::Body::size_hint).unwrap_or_default()
+    }
+}
+
+impl PooledBody {
+    /// The rest of a [complete](Self::mark_complete) answer's body, still holding its
+    /// connection, for the caller to [wait out](Tail::wait) on its own task once done with
+    /// everything else (cheaper than the task a drop spawns for it). `None` when there is
+    /// nothing to wait for; this body is left empty.
+    pub fn take_tail(&mut self) -> Option<Tail> {
+        if !self.complete || self.lease.is_none() {
+            return None;
+        }
+        let body = self.body.take()?;
+        Some(Tail(PooledBody { body: Some(body), lease: self.lease.take(), complete: false }))
+    }
+}
+
+/// What is left of a complete answer's body; see [`PooledBody::take_tail`].
+pub struct Tail(PooledBody);
+
+impl Tail {
+    /// Reads the rest of the body, for at most [`TAIL_WAIT`] and [`TAIL_MAX`] bytes: at its end
+    /// the connection goes back to the pool, otherwise it is closed.
+    pub async fn wait(mut self) {
+        let _ = tokio::time::timeout(TAIL_WAIT, async {
+            let mut seen = 0;
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut self.0).await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > TAIL_MAX {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else { return };
+        let Some(body) = self.body.take() else { return };
+        if http_body::Body::is_end_stream(&body) {
+            return lease.release();
+        }
+        if !self.complete || tokio::runtime::Handle::try_current().is_err() {
+            // hyper drains what it already holds of the body, or closes the connection; a
+            // connection that comes out of that ready is put back by the lease's waiter.
+            drop(body);
+            return lease.release();
+        }
+        let tail = Tail(PooledBody { body: Some(body), lease: Some(lease), complete: false });
+        tokio::spawn(tail.wait());
     }
 }
 
@@ -268,11 +384,18 @@ mod tests {
     async fn a_body_dropped_early_takes_its_connection() {
         let id = new_endpoint();
         // The answer does not fit the pipe, so it cannot have arrived whole.
-        let (tx, _server) = connected(1 << 20, 1024).await;
+        let (tx, server) = connected(1 << 20, 1024).await;
         let mut body = ask(id, tx).await.into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.is_data());
         drop(body);
+        // hyper closes the connection, so the server's side ends (the bound only guards
+        // against a hang).
+        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+        // Let the lease's waiter see the close too.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert_eq!(idle_count(id), 0);
         assert!(checkout(id).is_none());
     }
@@ -305,11 +428,50 @@ mod tests {
         assert_eq!(idle_count(id), 0);
         let (tx, _server3) = connected(1, 4096).await;
         ask(id, tx).await.into_body().collect().await.unwrap();
-        with_slot(id, |s| {
-            let old = Instant::now().checked_sub(IDLE_TIMEOUT + Duration::from_secs(1));
-            s.idle[0].1 = old.unwrap();
-        });
-        assert!(checkout(id).is_none());
+        assert!(with_slot(id, |s| s.checkout(later)).is_none());
         assert_eq!(idle_count(id), 0);
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
+        use hyper_util::rt::TokioExecutor;
+        let id = new_endpoint();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (tx, conn) =
+            http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
+        tokio::spawn(conn);
+        share_h2(id, &tx);
+        // Shared, not lent: every checkout gets it, and a working one is not forgotten.
+        assert!(matches!(checkout(id), Some(Idle::H2(_))));
+        forget_h2(id);
+        let Some(Idle::H2(mut again)) = checkout(id) else { panic!("not shared") };
+        let req = Request::get("http://up/").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(again.send_request(req).await.unwrap().status(), 200);
+
+        // Unused for longer than the idle timeout, it is let go.
+        let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
+        with_slot(id, |s| s.expire(later));
+        assert!(checkout(id).is_none());
+
+        // Closed by the upstream, it is not handed out.
+        share_h2(id, &tx);
+        served.abort();
+        let _ = served.await;
+        for _ in 0..100 {
+            if tx.is_closed() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(tx.is_closed());
+        assert!(checkout(id).is_none());
     }
 }

@@ -108,6 +108,17 @@ impl Forward {
     }
 
     pub async fn run(mut self) {
+        self.respond().await;
+        // The client has its answer and the request is recorded (on drop); what remains of a
+        // complete upstream body is waited out here to keep its connection.
+        let tail = self.stream.body.take_tail();
+        drop(self);
+        if let Some(tail) = tail {
+            tail.wait().await;
+        }
+    }
+
+    async fn respond(&mut self) {
         let mut end = self.pump().await;
         if let End::Upstream { reason, .. } = &end
             && RESUMABLE.contains(reason)
@@ -117,7 +128,7 @@ impl Forward {
             end = if !self.flush().await {
                 End::ClientGone
             } else {
-                match resume::resume(&mut self).await {
+                match resume::resume(self).await {
                     Some(Resumed::Complete) => End::Complete,
                     Some(Resumed::ClientGone) => End::ClientGone,
                     None => end,
@@ -261,6 +272,7 @@ impl Forward {
     }
 
     async fn finish(&mut self, upstream_sent_stop: bool) -> End {
+        self.stream.body.mark_complete();
         self.rec.usage = self.stream.usage.or(self.rec.usage);
         self.rec.finish = self.stream.finish.clone();
         if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {

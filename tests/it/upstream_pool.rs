@@ -1,5 +1,6 @@
-//! The upstream connection pool over real sockets: keep-alive connections are reused, and an
-//! upstream that closes its connections gets a fresh one for every request.
+//! The upstream connection pool over real sockets: keep-alive connections are reused (also
+//! after a stream whose chunked terminator comes after its `[DONE]`), and an upstream that
+//! closes its connections, saying so or not, gets a fresh one for every request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,24 +13,65 @@ use crate::common::*;
 
 const ANSWER: &[u8] = br#"{"id":"c","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
 
-/// An HTTP/1 upstream on raw sockets answering every request with a chat completion, keeping
-/// each connection open unless `close` (then it answers `connection: close` and hangs up).
-/// Returns its address and how many connections it accepted.
-async fn counting_upstream(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(answer_each(sock, close));
-        }
-    });
-    (addr, accepted)
+/// How the test upstream answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A chat completion, connection kept open.
+    KeepAlive,
+    /// A chat completion with `connection: close`, then it hangs up.
+    Close,
+    /// A chat completion, then it hangs up without saying so.
+    HangUp,
+    /// A chunked SSE stream whose terminating chunk comes a moment after `[DONE]`.
+    LateTerminator,
 }
 
-async fn answer_each(mut sock: TcpStream, close: bool) {
+/// What the test upstream has seen so far.
+#[derive(Default)]
+struct Counts {
+    /// Connections accepted.
+    accepted: AtomicUsize,
+    /// Connections it is done with.
+    finished: AtomicUsize,
+    /// Answers written whole (the last byte of the body included).
+    answered: AtomicUsize,
+}
+
+impl Counts {
+    fn get(field: &AtomicUsize) -> usize {
+        field.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTP/1 upstream on raw sockets answering every request as `mode` says. Returns its
+/// address and its counters.
+async fn counting_upstream(mode: Mode) -> (SocketAddr, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            // Without it Nagle would hold a late terminator until the gateway's delayed ACK.
+            sock.set_nodelay(true).unwrap();
+            seen.accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                answer_each(sock, mode, &seen).await;
+                seen.finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, counts)
+}
+
+const SSE: &[&str] = &[
+    r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#,
+    r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+    "data: [DONE]",
+];
+
+async fn answer_each(mut sock: TcpStream, mode: Mode, seen: &Counts) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -54,14 +96,32 @@ async fn answer_each(mut sock: TcpStream, close: bool) {
             }
         }
         buf.drain(..head_end + len);
+        if mode == Mode::LateTerminator {
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            for event in SSE {
+                let event = format!("{event}\n\n");
+                out.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+            }
+            sock.write_all(out.as_bytes()).await.unwrap();
+            // The gateway has the whole answer; the end of the body comes separately.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if sock.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+            seen.answered.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
             ANSWER.len(),
-            if close { "connection: close\r\n" } else { "" }
+            if mode == Mode::Close { "connection: close\r\n" } else { "" }
         );
         sock.write_all(head.as_bytes()).await.unwrap();
         sock.write_all(ANSWER).await.unwrap();
-        if close {
+        seen.answered.fetch_add(1, Ordering::SeqCst);
+        if mode != Mode::KeepAlive {
             return;
         }
     }
@@ -75,23 +135,61 @@ fn config_for(up: SocketAddr) -> String {
 
 #[tokio::test]
 async fn keep_alive_connections_are_reused() {
-    let (up, accepted) = counting_upstream(false).await;
+    let (up, counts) = counting_upstream(Mode::KeepAlive).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
         let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(got.json()["choices"][0]["message"]["content"], "hi");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(Counts::get(&counts.accepted), 1);
 }
 
 #[tokio::test]
 async fn an_upstream_closing_each_connection_gets_a_fresh_one_every_time() {
-    let (up, accepted) = counting_upstream(true).await;
+    let (up, counts) = counting_upstream(Mode::Close).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
         let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
         assert_eq!(got.status, 200, "{}", got.text());
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(Counts::get(&counts.accepted), 3);
+}
+
+#[tokio::test]
+async fn an_upstream_hanging_up_idle_connections_gets_a_fresh_one_every_time() {
+    let (up, counts) = counting_upstream(Mode::HangUp).await;
+    let gw = gateway(&config_for(up));
+    for i in 0..3 {
+        // The upstream has closed the previous connection, and its FIN is on the socket: the
+        // pooled connection is found closed (or refuses the request unsent), never used.
+        while Counts::get(&counts.finished) < i {
+            tokio::task::yield_now().await;
+        }
+        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(Counts::get(&counts.accepted), 3);
+}
+
+#[tokio::test]
+async fn a_stream_whose_body_ends_after_its_done_keeps_its_connection() {
+    let (up, counts) = counting_upstream(Mode::LateTerminator).await;
+    let gw = gateway(&config_for(up));
+    for i in 1..=3 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.stream_text(), "hi");
+        assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
+        // The gateway answered at `[DONE]`; its connection comes back once the body ends.
+        // Upstream, gateway and test share this thread, and the terminator is in the
+        // gateway's socket once written: a few scheduler turns let it be read.
+        while Counts::get(&counts.answered) < i {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(Counts::get(&counts.accepted), 1);
 }
