@@ -218,7 +218,7 @@ fn put(id: usize, tx: H1) {
 /// often comes in its own packet after `[DONE]`) before its connection is closed instead.
 pub const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Bytes a complete answer's body may still carry before its connection is closed instead.
-const TAIL_MAX: usize = 16 * 1024;
+pub const TAIL_MAX: usize = 16 * 1024;
 
 /// An upstream response body that puts its HTTP/1 connection back in the pool once read to
 /// the end (the last frame, or the end of the stream). Dropped before that, the connection
