@@ -131,6 +131,14 @@ fn check(path: &std::path::Path) -> u8 {
                         p.name
                     );
                 }
+                if let Some(Err(e)) =
+                    p.ca_file.as_deref().map(tidegate::providers::client::check_ca_file)
+                {
+                    println!(
+                        "warning: providers.{}.ca_file: {e} (serve will refuse to start without it)",
+                        p.name
+                    );
+                }
             }
             0
         }

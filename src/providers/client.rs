@@ -52,16 +52,7 @@ impl Spec {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca_file {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("CA file {} holds no certificate", path.display()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
+            read_ca_file(path, &mut roots)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -104,6 +95,27 @@ impl Spec {
         let mut map = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *map.entry(key).or_insert_with(pool::new_endpoint)
     }
+}
+
+/// Adds the certificates of the PEM file at `path` to `roots`; an unreadable file, bad PEM, no
+/// certificate at all or one rustls cannot use is an error naming the file.
+fn read_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("CA file {} holds no certificate", path.display()));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Checks a provider's `ca_file` as loading the config would (for `tidegate check`).
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    read_ca_file(path, &mut RootCertStore::empty())
 }
 
 /// Where one request goes, in both forms hyper's connections need: HTTP/1 sends the path and

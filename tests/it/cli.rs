@@ -39,6 +39,38 @@ fn check_reports_path_aware_errors_with_exit_1() {
 }
 
 #[test]
+fn check_warns_of_secrets_serve_could_not_load() {
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("tls.yaml");
+    let not_pem = dir.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "providers:\n  a: {{kind: openai_compatible, base_url: \"https://localhost:1/v1\", ca_file: /nonexistent/ca.pem}}\n  b: {{kind: openai_compatible, base_url: \"https://localhost:2/v1\", ca_file: \"{}\", api_key_file: /nonexistent/key}}\n  c: {{kind: openai_compatible, base_url: \"https://localhost:3/v1\", ca_file: \"{}/tests/fixtures/tls/ca.pem\"}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: a, model: m}}, {{provider: b, model: m}}, {{provider: c, model: m}}]\n",
+            not_pem.display(),
+            env!("CARGO_MANIFEST_DIR"),
+        ),
+    )
+    .unwrap();
+    // Secrets may be absent where configs are checked: warnings, exit 0.
+    let out = tidegate().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 3, "{stdout}");
+    assert!(
+        warnings[0].starts_with("warning: providers.a.ca_file: cannot read CA file"),
+        "{stdout}"
+    );
+    assert!(warnings[1].starts_with("warning: providers.b: cannot read key file"), "{stdout}");
+    assert!(warnings[2].starts_with("warning: providers.b.ca_file: CA file"), "{stdout}");
+    assert!(warnings[2].contains("holds no certificate"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn demo_runs_and_prints_a_table() {
     let out = tidegate().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

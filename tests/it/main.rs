@@ -22,4 +22,5 @@ mod shared_state;
 mod sockets;
 mod streaming;
 mod tiers;
+mod tls_upstream;
 mod upstream_pool;

@@ -1,0 +1,295 @@
+//! An https upstream through the real client stack: rustls trusting the provider's `ca_file`,
+//! HTTP/2 or HTTP/1.1 as ALPN decides, pooled connections (one shared HTTP/2 connection, or
+//! HTTP/1 connections reused), an HTTP/2 upstream going away between requests, and an
+//! untrusted certificate answered in the SPEC's error shape without reaching the upstream.
+//!
+//! The certificates are fixtures (`tests/fixtures/tls`, see its README): a test CA, a
+//! `localhost` / `127.0.0.1` / `::1` leaf and an `elsewhere.test` leaf it signed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::common::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+const ANSWER: &str = r#"{"id":"c","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"over tls"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+
+const SSE: &str = concat!(
+    r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{"role":"assistant","content":"over "},"finish_reason":null}]}"#,
+    "\n\n",
+    r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{"content":"tls"},"finish_reason":"stop"}]}"#,
+    "\n\n",
+    r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+    "\n\n",
+    "data: [DONE]\n\n",
+);
+
+/// One request as the upstream saw it.
+#[derive(Debug)]
+struct Seen {
+    version: Version,
+    /// `Host` headers (HTTP/2 carries the authority in `:authority` and must not repeat it).
+    host_headers: Vec<String>,
+    /// The request target's authority (`:authority` on HTTP/2).
+    authority: Option<String>,
+    authorization: String,
+    path: String,
+    model: String,
+}
+
+/// What the upstream has seen and done.
+#[derive(Default)]
+struct Log {
+    /// TLS handshakes completed.
+    accepted: AtomicUsize,
+    /// Connections it is done with.
+    finished: AtomicUsize,
+    requests: Mutex<Vec<Seen>>,
+}
+
+impl Log {
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Seen>> {
+        self.requests.lock().unwrap()
+    }
+}
+
+/// How the upstream treats its connections.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Keeps them open.
+    KeepOpen,
+    /// Sends HTTP/2 GOAWAY (or closes an HTTP/1 one) once its first request is answered.
+    GoAwayAfterOne,
+}
+
+/// An https upstream speaking OpenAI's chat API with the `localhost` certificate, offering
+/// `alpn` (in preference order).
+async fn tls_upstream(alpn: &[&[u8]], after: After) -> (SocketAddr, Arc<Log>) {
+    tls_upstream_as("localhost", alpn, after).await
+}
+
+/// [`tls_upstream`] with the fixture certificate `cert` (`localhost` or `elsewhere`).
+async fn tls_upstream_as(cert: &str, alpn: &[&[u8]], after: After) -> (SocketAddr, Arc<Log>) {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{FIXTURES}/{cert}.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{FIXTURES}/{cert}.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Log::default());
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                // A failed handshake (the gateway not trusting us) is not a connection.
+                let Ok(tls) = acceptor.accept(sock).await else { return };
+                seen.accepted.fetch_add(1, Ordering::SeqCst);
+                serve(tls, after, &seen).await;
+                seen.finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// Serves one TLS connection, HTTP/2 or HTTP/1.1 as the client speaks.
+async fn serve(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    after: After,
+    log: &Arc<Log>,
+) {
+    let answered = Arc::new(Notify::new());
+    let (log2, answered2) = (log.clone(), answered.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (log, answered) = (log2.clone(), answered2.clone());
+        async move {
+            let resp = answer(req, &log).await;
+            answered.notify_one();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    if after == After::GoAwayAfterOne {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = answered.notified() => conn.as_mut().graceful_shutdown(),
+        }
+    }
+    let _ = conn.await;
+}
+
+async fn answer(req: Request<Incoming>, log: &Log) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let header = |k: &str| parts.headers.get(k).map_or("", |v| v.to_str().unwrap()).to_owned();
+    log.requests().push(Seen {
+        version: parts.version,
+        host_headers: parts
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect(),
+        authority: parts.uri.authority().map(ToString::to_string),
+        authorization: header("authorization"),
+        path: parts.uri.path().to_owned(),
+        model: json["model"].as_str().unwrap_or("").to_owned(),
+    });
+    let (kind, text) = if json["stream"] == true {
+        ("text/event-stream", SSE)
+    } else {
+        ("application/json", ANSWER)
+    };
+    Response::builder().header("content-type", kind).body(Full::new(Bytes::from(text))).unwrap()
+}
+
+/// A route to the upstream at `https://{host}:{port}/v1`, trusting the fixture CA unless
+/// `trust` is false.
+fn config_for(host: &str, up: SocketAddr, trust: bool) -> String {
+    let ca = if trust { format!(", ca_file: \"{FIXTURES}/ca.pem\"") } else { String::new() };
+    format!(
+        "providers:\n  up: {{kind: openai_compatible, base_url: \"https://{host}:{port}/v1\", api_key_file: \"{FIXTURES}/upstream-key\"{ca}}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: [{{provider: up, model: up-model}}]\n",
+        port = up.port()
+    )
+}
+
+/// A client request carrying its own credentials, which must not reach the upstream.
+fn with_client_key(body: String) -> Request<Full<Bytes>> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-client")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_http2_upstream_over_tls_serves_every_request_on_one_connection() {
+    let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
+    let gw = gateway(&config_for("localhost", up, true));
+    let got = call_with(&gw, with_client_key(chat("x"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["choices"][0]["message"]["content"], "over tls");
+    assert_eq!(got.header("x-tidegate-provider"), "up");
+
+    let got = call_with(&gw, with_client_key(chat_stream("x"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.stream_text(), "over tls");
+    assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
+
+    // Concurrent requests multiplex on the connection the first ones opened.
+    let calls = (0..4).map(|_| call_with(&gw, with_client_key(chat("x"))));
+    for got in futures_util::future::join_all(calls).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(log.accepted(), 1, "one HTTP/2 connection for all six requests");
+    let seen = log.requests();
+    assert_eq!(seen.len(), 6);
+    for s in seen.iter() {
+        assert_eq!(s.version, Version::HTTP_2, "{s:?}");
+        assert!(s.host_headers.is_empty(), "HTTP/2 request with a Host header: {s:?}");
+        assert_eq!(s.authority.as_deref(), Some(&*format!("localhost:{}", up.port())), "{s:?}");
+        assert_eq!(s.authorization, "Bearer sk-upstream", "{s:?}");
+        assert_eq!(s.path, "/v1/chat/completions");
+        assert_eq!(s.model, "up-model");
+    }
+}
+
+#[tokio::test]
+async fn an_http1_upstream_over_tls_reuses_its_connection() {
+    // An IP address in the URL: the certificate names it too.
+    let (up, log) = tls_upstream(&[b"http/1.1"], After::KeepOpen).await;
+    let gw = gateway(&config_for("127.0.0.1", up, true));
+    for _ in 0..3 {
+        let got = call_with(&gw, with_client_key(chat("x"))).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["choices"][0]["message"]["content"], "over tls");
+    }
+    let got = call_with(&gw, with_client_key(chat_stream("x"))).await;
+    assert_eq!(got.stream_text(), "over tls");
+    assert_eq!(log.accepted(), 1, "keep-alive: one connection for four requests");
+    let seen = log.requests();
+    assert_eq!(seen.len(), 4);
+    for s in seen.iter() {
+        assert_eq!(s.version, Version::HTTP_11, "{s:?}");
+        assert_eq!(s.host_headers, [format!("127.0.0.1:{}", up.port())], "{s:?}");
+        assert_eq!(s.authorization, "Bearer sk-upstream", "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_upstream_going_away_gets_a_fresh_connection() {
+    let (up, log) = tls_upstream(&[b"h2"], After::GoAwayAfterOne).await;
+    let gw = gateway(&config_for("localhost", up, true));
+    for i in 1..=3 {
+        let got = call_with(&gw, with_client_key(chat("x"))).await;
+        assert_eq!(got.status, 200, "request {i}: {}", got.text());
+        // The upstream said GOAWAY after answering; its connection ends once the gateway
+        // has seen that (same thread: a few scheduler turns).
+        while log.finished.load(Ordering::SeqCst) < i {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(log.accepted(), 3);
+    assert_eq!(log.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_an_upstream_error_and_reaches_nothing() {
+    let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
+    // Without the test CA, the webpki roots do not know the upstream's issuer.
+    let gw = gateway(&config_for("localhost", up, false));
+    let got = call_with(&gw, with_client_key(chat("x"))).await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(got.error_code(), "upstream_unavailable");
+    // The client hears that connecting failed; the request log says why.
+    assert!(got.text().contains("connect"), "{}", got.text());
+    let logs = gw.log_sink.lines().join("\n");
+    assert!(logs.contains("UnknownIssuer"), "{logs}");
+    assert_eq!(log.accepted(), 0);
+    assert!(log.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    // Signed by the trusted CA, but for `elsewhere.test`, not `localhost`.
+    let (up, log) = tls_upstream_as("elsewhere", &[b"h2", b"http/1.1"], After::KeepOpen).await;
+    let gw = gateway(&config_for("localhost", up, true));
+    let got = call_with(&gw, with_client_key(chat("x"))).await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(got.error_code(), "upstream_unavailable");
+    let logs = gw.log_sink.lines().join("\n");
+    assert!(logs.contains("certificate not valid for name \\\"localhost\\\""), "{logs}");
+    assert_eq!(log.accepted(), 0);
+}
