@@ -43,6 +43,8 @@ pub fn build(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<HttpCl
 /// What a client is built from; the CA file is read and checked once, when the spec is made.
 struct Spec {
     connector: HttpsConnector<HttpConnector>,
+    /// How long a request waits for a connection another request is making.
+    connect_timeout: Duration,
     /// Endpoint ids by `scheme://authority`, so a reload finds its pooled connections again.
     endpoints: Mutex<HashMap<String, usize>>,
 }
@@ -71,7 +73,7 @@ impl Spec {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(Self { connector, endpoints: Mutex::default() })
+        Ok(Self { connector, connect_timeout, endpoints: Mutex::default() })
     }
 
     fn client(&self) -> HttpClient {
@@ -166,22 +168,40 @@ struct Failed {
 impl Upstream {
     /// Sends `req` (method, headers and body; the URI comes from `dest`) on an idle
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
-    /// request back unsent, and the next one is tried, as a fresh connection is last.
+    /// request back unsent, and the next one is tried, as a fresh connection is last. A
+    /// connection that may turn out HTTP/2 and is being made by another request is waited
+    /// for, once and for the connect timeout at most (see [`pool::connect`]).
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, SendError> {
-        while let Some(conn) = pool::checkout(self.endpoint) {
-            match self.dispatch(conn, dest, req).await {
-                Ok(answer) => return Ok(answer),
-                Err(Failed { unsent: Some(r), .. }) => req = r,
-                Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
+        let mut waited = false;
+        let conn = loop {
+            while let Some(conn) = pool::checkout(self.endpoint) {
+                match self.dispatch(conn, dest, req).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(Failed { unsent: Some(r), .. }) => req = r,
+                    Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
+                }
             }
-        }
-        // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
-        // sending on a pooled connection, and it is the rare case.
-        let conn = Box::pin(self.connect(dest)).await?;
+            // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
+            // sending on a pooled connection, and it is the rare case.
+            let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
+            match if waited { pool::Connect::Alone } else { pool::connect(self.endpoint, https) } {
+                pool::Connect::Alone => break Box::pin(self.connect(dest)).await?,
+                pool::Connect::Lead(leader) => {
+                    let conn = Box::pin(self.connect(dest)).await;
+                    drop(leader);
+                    break conn?;
+                }
+                pool::Connect::Follow(made) => {
+                    waited = true;
+                    let wait = tokio::time::timeout(self.spec.connect_timeout, made.notified());
+                    let _ = Box::pin(wait).await;
+                }
+            }
+        };
         self.dispatch(conn, dest, req).await.map_err(|f| match f.unsent {
             // Nothing reached the upstream: as safe to retry as a refused connection.
             Some(_) => SendError::Connect(f.error),
@@ -236,6 +256,7 @@ impl Upstream {
         } else {
             let (tx, conn) = http1::handshake(io).await.map_err(|e| connect_error(&e))?;
             drive(conn);
+            pool::speaks_http1(self.endpoint);
             Ok(Idle::H1(tx))
         }
     }

@@ -14,7 +14,8 @@
 //!   body complete, and the chunked terminator that often follows in its own packet is waited
 //!   for ([`TAIL_WAIT`]) so the connection is kept; any other body dropped early takes the
 //!   connection with it (hyper closes it, since the rest of the answer is still in flight);
-//! - an HTTP/2 connection (ALPN) is shared by every request of the thread to that endpoint;
+//! - an HTTP/2 connection (ALPN) is shared by every request of the thread to that endpoint,
+//!   and requests arriving while it is being made wait for it ([`connect`]);
 //! - idle connections are kept [`IDLE_TIMEOUT`] at most (an HTTP/2 one counted from its last
 //!   request), [`MAX_IDLE`] HTTP/1 ones per endpoint and thread, handed out newest first (the
 //!   warmest socket, and the oldest age out); a thread's slots are swept for expired and
@@ -22,11 +23,13 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
+use tokio::sync::Notify;
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -43,6 +46,21 @@ struct Slot {
     idle: Vec<(H1, Instant)>,
     /// The shared HTTP/2 connection, if the endpoint speaks it, and when it was last used.
     h2: Option<(H2, Instant)>,
+    /// What the endpoint's last connection from this thread negotiated.
+    speaks: Speaks,
+    /// A connection being made that may turn out HTTP/2, which requests needing one wait for.
+    /// Weak: only its [`Leader`] and the waiters hold it, so it is gone with them even if the
+    /// leader were dropped on another thread.
+    connecting: Option<Weak<Notify>>,
+}
+
+/// What an endpoint was last seen to speak (ALPN decides on https).
+#[derive(Clone, Copy, Default, PartialEq, Debug)]
+enum Speaks {
+    #[default]
+    Unknown,
+    Http1,
+    Http2,
 }
 
 impl Slot {
@@ -149,7 +167,71 @@ pub fn checkout(id: usize) -> Option<Idle> {
 
 /// Shares a new HTTP/2 connection with the thread's later requests to endpoint `id`.
 pub fn share_h2(id: usize, tx: &H2) {
-    with_slot(id, |slot| slot.h2 = Some((tx.clone(), Instant::now())));
+    with_slot(id, |slot| {
+        slot.h2 = Some((tx.clone(), Instant::now()));
+        slot.speaks = Speaks::Http2;
+    });
+}
+
+/// Notes that endpoint `id` answered a new connection with HTTP/1.1: later connections to it
+/// are made without waiting for each other.
+pub fn speaks_http1(id: usize) {
+    with_slot(id, |slot| slot.speaks = Speaks::Http1);
+}
+
+/// What a request that found no idle connection does.
+pub enum Connect {
+    /// Connects; requests of this thread that need a connection to the endpoint meanwhile
+    /// wait for this one, until the guard is dropped.
+    Lead(Leader),
+    /// Waits for the connection another request is making (notified when it is made, or
+    /// failed), then looks for an idle connection again.
+    Follow(Arc<Notify>),
+    /// Connects on its own: the endpoint speaks HTTP/1 (a connection per request anyway).
+    Alone,
+}
+
+/// Decides how a request to endpoint `id` that found no idle connection gets one. Connections
+/// that may turn out HTTP/2 (one that did last time, or an `https` endpoint never connected
+/// from this thread) are made once for every request waiting: a burst of requests would
+/// otherwise open a TLS connection each, of which the pool keeps one.
+pub fn connect(id: usize, https: bool) -> Connect {
+    with_slot(id, |slot| {
+        let shared = match slot.speaks {
+            Speaks::Http2 => true,
+            Speaks::Unknown => https,
+            Speaks::Http1 => false,
+        };
+        if !shared {
+            return Connect::Alone;
+        }
+        if let Some(n) = slot.connecting.as_ref().and_then(Weak::upgrade) {
+            return Connect::Follow(n);
+        }
+        let notify = Arc::new(Notify::new());
+        slot.connecting = Some(Arc::downgrade(&notify));
+        Connect::Lead(Leader { id, notify })
+    })
+}
+
+/// The request making a connection others wait for; dropping it (connected, failed or
+/// cancelled) wakes them.
+pub struct Leader {
+    id: usize,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let _ = SLOTS.try_with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let slot = slots.slot(self.id);
+            if slot.connecting.as_ref().is_some_and(|n| n.as_ptr() == Arc::as_ptr(&self.notify)) {
+                slot.connecting = None;
+            }
+        });
+        self.notify.notify_waiters();
+    }
 }
 
 /// Forgets endpoint `id`'s HTTP/2 connection if it is closing: it refused a request without
@@ -332,146 +414,4 @@ impl Drop for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-
-    use http::{Request, Response};
-    use http_body_util::BodyExt;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    use super::*;
-
-    /// A connection to an in-memory HTTP/1 server answering every request with `answer`
-    /// bytes, and the server's task.
-    async fn connected(answer: usize, buffer: usize) -> (H1, tokio::task::JoinHandle<()>) {
-        let (client, server) = tokio::io::duplex(buffer);
-        let served = tokio::spawn(async move {
-            let svc = service_fn(move |_req| async move {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; answer]))))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server), svc)
-                .await;
-        });
-        let (tx, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
-        tokio::spawn(conn);
-        (tx, served)
-    }
-
-    async fn ask(id: usize, mut tx: H1) -> Response<PooledBody> {
-        let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-        let resp = tx.try_send_request(req).await.map_err(|e| e.into_error()).unwrap();
-        resp.map(|b| PooledBody::new(b, Some(Lease::new(id, tx))))
-    }
-
-    #[tokio::test]
-    async fn a_body_read_to_the_end_returns_its_connection() {
-        let id = new_endpoint();
-        let (tx, _server) = connected(10, 4096).await;
-        let body = ask(id, tx).await.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 10);
-        assert_eq!(idle_count(id), 1);
-        // Handed out again, and it answers.
-        let Some(Idle::H1(tx)) = checkout(id) else { panic!("no idle connection") };
-        assert_eq!(idle_count(id), 0);
-        let body = ask(id, tx).await.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 10);
-        assert_eq!(idle_count(id), 1);
-    }
-
-    #[tokio::test]
-    async fn a_body_dropped_early_takes_its_connection() {
-        let id = new_endpoint();
-        // The answer does not fit the pipe, so it cannot have arrived whole.
-        let (tx, server) = connected(1 << 20, 1024).await;
-        let mut body = ask(id, tx).await.into_body();
-        let first = body.frame().await.unwrap().unwrap();
-        assert!(first.is_data());
-        drop(body);
-        // hyper closes the connection, so the server's side ends (the bound only guards
-        // against a hang).
-        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
-        // Let the lease's waiter see the close too.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(idle_count(id), 0);
-        assert!(checkout(id).is_none());
-    }
-
-    #[tokio::test]
-    async fn closed_and_expired_connections_are_not_handed_out() {
-        let id = new_endpoint();
-        let (tx, server) = connected(1, 4096).await;
-        ask(id, tx).await.into_body().collect().await.unwrap();
-        // The upstream goes away: its idle connection is skipped once hyper sees it close.
-        server.abort();
-        for _ in 0..100 {
-            let closed = with_slot(id, |s| s.idle.iter().all(|(tx, _)| tx.is_closed()));
-            if closed {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(checkout(id).is_none());
-        assert_eq!(idle_count(id), 0);
-
-        // Expired by age, on checkout and on the sweep.
-        let (tx, _server) = connected(1, 4096).await;
-        ask(id, tx).await.into_body().collect().await.unwrap();
-        let (tx, _server2) = connected(1, 4096).await;
-        ask(id, tx).await.into_body().collect().await.unwrap();
-        assert_eq!(idle_count(id), 2);
-        let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
-        with_slot(id, |s| s.expire(later));
-        assert_eq!(idle_count(id), 0);
-        let (tx, _server3) = connected(1, 4096).await;
-        ask(id, tx).await.into_body().collect().await.unwrap();
-        assert!(with_slot(id, |s| s.checkout(later)).is_none());
-        assert_eq!(idle_count(id), 0);
-    }
-
-    #[tokio::test]
-    async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
-        use hyper_util::rt::TokioExecutor;
-        let id = new_endpoint();
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(server), svc)
-                .await;
-        });
-        let (tx, conn) =
-            http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
-        tokio::spawn(conn);
-        share_h2(id, &tx);
-        // Shared, not lent: every checkout gets it, and a working one is not forgotten.
-        assert!(matches!(checkout(id), Some(Idle::H2(_))));
-        forget_h2(id);
-        let Some(Idle::H2(mut again)) = checkout(id) else { panic!("not shared") };
-        let req = Request::get("http://up/").body(Full::new(Bytes::new())).unwrap();
-        assert_eq!(again.send_request(req).await.unwrap().status(), 200);
-
-        // Unused for longer than the idle timeout, it is let go.
-        let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
-        with_slot(id, |s| s.expire(later));
-        assert!(checkout(id).is_none());
-
-        // Closed by the upstream, it is not handed out.
-        share_h2(id, &tx);
-        served.abort();
-        let _ = served.await;
-        for _ in 0..100 {
-            if tx.is_closed() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(tx.is_closed());
-        assert!(checkout(id).is_none());
-    }
-}
+mod tests;

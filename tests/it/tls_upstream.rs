@@ -198,24 +198,30 @@ fn with_client_key(body: String) -> Request<Full<Bytes>> {
 async fn an_http2_upstream_over_tls_serves_every_request_on_one_connection() {
     let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
     let gw = gateway(&config_for("localhost", up, true));
-    let got = call_with(&gw, with_client_key(chat("x"))).await;
-    assert_eq!(got.status, 200, "{}", got.text());
-    assert_eq!(got.json()["choices"][0]["message"]["content"], "over tls");
-    assert_eq!(got.header("x-tidegate-provider"), "up");
+    // A burst before any connection exists: one is made, the others wait for it.
+    let calls = (0..4).map(|_| call_with(&gw, with_client_key(chat("x"))));
+    for got in futures_util::future::join_all(calls).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["choices"][0]["message"]["content"], "over tls");
+        assert_eq!(got.header("x-tidegate-provider"), "up");
+    }
+    assert_eq!(log.accepted(), 1, "a cold burst opened more than one HTTP/2 connection");
 
     let got = call_with(&gw, with_client_key(chat_stream("x"))).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.stream_text(), "over tls");
     assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
 
-    // Concurrent requests multiplex on the connection the first ones opened.
+    // Later requests, one at a time and together, multiplex on the same connection.
+    let got = call_with(&gw, with_client_key(chat("x"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
     let calls = (0..4).map(|_| call_with(&gw, with_client_key(chat("x"))));
     for got in futures_util::future::join_all(calls).await {
         assert_eq!(got.status, 200, "{}", got.text());
     }
-    assert_eq!(log.accepted(), 1, "one HTTP/2 connection for all six requests");
+    assert_eq!(log.accepted(), 1, "one HTTP/2 connection for all ten requests");
     let seen = log.requests();
-    assert_eq!(seen.len(), 6);
+    assert_eq!(seen.len(), 10);
     for s in seen.iter() {
         assert_eq!(s.version, Version::HTTP_2, "{s:?}");
         assert!(s.host_headers.is_empty(), "HTTP/2 request with a Host header: {s:?}");
@@ -231,6 +237,13 @@ async fn an_http1_upstream_over_tls_reuses_its_connection() {
     // An IP address in the URL: the certificate names it too.
     let (up, log) = tls_upstream(&[b"http/1.1"], After::KeepOpen).await;
     let gw = gateway(&config_for("127.0.0.1", up, true));
+    // A cold burst: the requests waiting for the first connection learn it is HTTP/1.1 and
+    // make their own, since an HTTP/1 connection serves one request at a time.
+    let calls = (0..3).map(|_| call_with(&gw, with_client_key(chat("x"))));
+    for got in futures_util::future::join_all(calls).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(log.accepted(), 3);
     for _ in 0..3 {
         let got = call_with(&gw, with_client_key(chat("x"))).await;
         assert_eq!(got.status, 200, "{}", got.text());
@@ -238,9 +251,9 @@ async fn an_http1_upstream_over_tls_reuses_its_connection() {
     }
     let got = call_with(&gw, with_client_key(chat_stream("x"))).await;
     assert_eq!(got.stream_text(), "over tls");
-    assert_eq!(log.accepted(), 1, "keep-alive: one connection for four requests");
+    assert_eq!(log.accepted(), 3, "keep-alive: the burst's connections serve the rest");
     let seen = log.requests();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), 7);
     for s in seen.iter() {
         assert_eq!(s.version, Version::HTTP_11, "{s:?}");
         assert_eq!(s.host_headers, [format!("127.0.0.1:{}", up.port())], "{s:?}");
@@ -270,10 +283,18 @@ async fn an_untrusted_certificate_is_an_upstream_error_and_reaches_nothing() {
     let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
     // Without the test CA, the webpki roots do not know the upstream's issuer.
     let gw = gateway(&config_for("localhost", up, false));
-    let got = call_with(&gw, with_client_key(chat("x"))).await;
-    assert_eq!(got.status, 502, "{}", got.text());
-    assert_eq!(got.error_code(), "upstream_unavailable");
+    // A burst: the requests that waited for the failed connection try their own, and fail
+    // the same way (promptly: nothing waits out a timeout).
+    let started = std::time::Instant::now();
+    let calls = (0..3).map(|_| call_with(&gw, with_client_key(chat("x"))));
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+    for got in &answers {
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(got.error_code(), "upstream_unavailable");
+    }
     // The client hears that connecting failed; the request log says why.
+    let got = &answers[0];
     assert!(got.text().contains("connect"), "{}", got.text());
     let logs = gw.log_sink.lines().join("\n");
     assert!(logs.contains("UnknownIssuer"), "{logs}");

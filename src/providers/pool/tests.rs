@@ -1,0 +1,171 @@
+//! Tests of the pool over in-memory connections (duplex pipes).
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use super::*;
+
+/// A connection to an in-memory HTTP/1 server answering every request with `answer`
+/// bytes, and the server's task.
+async fn connected(answer: usize, buffer: usize) -> (H1, tokio::task::JoinHandle<()>) {
+    let (client, server) = tokio::io::duplex(buffer);
+    let served = tokio::spawn(async move {
+        let svc = service_fn(move |_req| async move {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; answer]))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    let (tx, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
+    tokio::spawn(conn);
+    (tx, served)
+}
+
+async fn ask(id: usize, mut tx: H1) -> Response<PooledBody> {
+    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+    let resp = tx.try_send_request(req).await.map_err(|e| e.into_error()).unwrap();
+    resp.map(|b| PooledBody::new(b, Some(Lease::new(id, tx))))
+}
+
+#[tokio::test]
+async fn a_body_read_to_the_end_returns_its_connection() {
+    let id = new_endpoint();
+    let (tx, _server) = connected(10, 4096).await;
+    let body = ask(id, tx).await.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 10);
+    assert_eq!(idle_count(id), 1);
+    // Handed out again, and it answers.
+    let Some(Idle::H1(tx)) = checkout(id) else { panic!("no idle connection") };
+    assert_eq!(idle_count(id), 0);
+    let body = ask(id, tx).await.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 10);
+    assert_eq!(idle_count(id), 1);
+}
+
+#[tokio::test]
+async fn a_body_dropped_early_takes_its_connection() {
+    let id = new_endpoint();
+    // The answer does not fit the pipe, so it cannot have arrived whole.
+    let (tx, server) = connected(1 << 20, 1024).await;
+    let mut body = ask(id, tx).await.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(body);
+    // hyper closes the connection, so the server's side ends (the bound only guards
+    // against a hang).
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+    // Let the lease's waiter see the close too.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(idle_count(id), 0);
+    assert!(checkout(id).is_none());
+}
+
+#[tokio::test]
+async fn closed_and_expired_connections_are_not_handed_out() {
+    let id = new_endpoint();
+    let (tx, server) = connected(1, 4096).await;
+    ask(id, tx).await.into_body().collect().await.unwrap();
+    // The upstream goes away: its idle connection is skipped once hyper sees it close.
+    server.abort();
+    for _ in 0..100 {
+        let closed = with_slot(id, |s| s.idle.iter().all(|(tx, _)| tx.is_closed()));
+        if closed {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(checkout(id).is_none());
+    assert_eq!(idle_count(id), 0);
+
+    // Expired by age, on checkout and on the sweep.
+    let (tx, _server) = connected(1, 4096).await;
+    ask(id, tx).await.into_body().collect().await.unwrap();
+    let (tx, _server2) = connected(1, 4096).await;
+    ask(id, tx).await.into_body().collect().await.unwrap();
+    assert_eq!(idle_count(id), 2);
+    let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
+    with_slot(id, |s| s.expire(later));
+    assert_eq!(idle_count(id), 0);
+    let (tx, _server3) = connected(1, 4096).await;
+    ask(id, tx).await.into_body().collect().await.unwrap();
+    assert!(with_slot(id, |s| s.checkout(later)).is_none());
+    assert_eq!(idle_count(id), 0);
+}
+
+#[tokio::test]
+async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
+    use hyper_util::rt::TokioExecutor;
+    let id = new_endpoint();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(async move {
+        let svc = service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
+    tokio::spawn(conn);
+    share_h2(id, &tx);
+    // Shared, not lent: every checkout gets it, and a working one is not forgotten.
+    assert!(matches!(checkout(id), Some(Idle::H2(_))));
+    forget_h2(id);
+    let Some(Idle::H2(mut again)) = checkout(id) else { panic!("not shared") };
+    let req = Request::get("http://up/").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(again.send_request(req).await.unwrap().status(), 200);
+
+    // Unused for longer than the idle timeout, it is let go.
+    let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
+    with_slot(id, |s| s.expire(later));
+    assert!(checkout(id).is_none());
+
+    // Closed by the upstream, it is not handed out.
+    share_h2(id, &tx);
+    served.abort();
+    let _ = served.await;
+    for _ in 0..100 {
+        if tx.is_closed() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(tx.is_closed());
+    assert!(checkout(id).is_none());
+}
+
+#[tokio::test]
+async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
+    use futures_util::FutureExt;
+    let id = new_endpoint();
+    // Never connected, over https: the first request connects, the next ones wait.
+    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
+    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let notified = made.notified();
+    let mut notified = std::pin::pin!(notified);
+    assert!(notified.as_mut().now_or_never().is_none(), "woken before the connection was made");
+    drop(leader);
+    assert!(notified.now_or_never().is_some(), "a waiter was not woken");
+    // Nothing is being made any more: the next request leads.
+    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
+
+    // A leader that ends up dropped on another thread leaves nothing stale behind here.
+    std::thread::spawn(move || drop(leader)).join().unwrap();
+    assert!(matches!(connect(id, true), Connect::Lead(_)));
+
+    // HTTP/1 endpoints connect for every request on their own.
+    speaks_http1(id);
+    assert!(matches!(connect(id, true), Connect::Alone));
+    let plain = new_endpoint();
+    assert!(matches!(connect(plain, false), Connect::Alone));
+    // One that spoke HTTP/2 last time is waited for again.
+    with_slot(id, |s| s.speaks = Speaks::Http2);
+    assert!(matches!(connect(id, true), Connect::Lead(_)));
+}
