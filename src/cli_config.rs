@@ -49,7 +49,7 @@ pub async fn run(action: Action, admin: &str, token: Option<String>) -> u8 {
             return 1;
         }
     };
-    let client = match crate::providers::client::build(Duration::from_secs(2), None) {
+    let client = match crate::providers::client::build(Duration::from_secs(2)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tidegate: {e}");

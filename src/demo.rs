@@ -125,7 +125,7 @@ pub async fn run() -> u8 {
             return 2;
         }
     };
-    let client = match crate::providers::client::build(std::time::Duration::from_secs(2), None) {
+    let client = match crate::providers::client::build(std::time::Duration::from_secs(2)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tidegate demo: {e}");

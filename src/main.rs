@@ -135,7 +135,7 @@ fn check(path: &std::path::Path) -> u8 {
                     p.ca_file.as_deref().map(tidegate::providers::client::check_ca_file)
                 {
                     println!(
-                        "warning: providers.{}.ca_file: {e} (serve will refuse to start without it)",
+                        "warning: providers.{}.ca_file: {e} (serve would refuse to start with it)",
                         p.name
                     );
                 }

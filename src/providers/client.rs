@@ -2,8 +2,8 @@
 //! extra CA file), HTTP/1.1 and HTTP/2 by ALPN, plain http allowed, keep-alive and
 //! `TCP_NODELAY`, with idle connections kept by [`super::pool`].
 //!
-//! One connector exists per distinct (connect timeout, CA file) pair, shared across config
-//! reloads so pooled connections stay warm; an [`Upstream`] is that connector aimed at one
+//! One connector exists per distinct (connect timeout, CA file contents) pair, shared across
+//! config reloads so pooled connections stay warm; an [`Upstream`] is that connector aimed at one
 //! endpoint (scheme and authority), which has a small integer id for the pool. Each thread
 //! keeps its own idle connections: a data-plane worker's upstream connections are driven by
 //! tasks on that worker, so a request and its upstream call never hop between threads.
@@ -35,12 +35,15 @@ use super::{SendError, error_chain};
 /// The upstream client type.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
 
-/// Builds one client.
-pub fn build(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<HttpClient, String> {
-    Ok(Spec::new(connect_timeout, ca_file)?.client())
+/// Builds one client, trusting the webpki roots.
+pub fn build(connect_timeout: Duration) -> Result<HttpClient, String> {
+    Ok(Spec::new(connect_timeout, None)?.client())
 }
 
-/// What a client is built from; the CA file is read and checked once, when the spec is made.
+/// A CA file as read: its path (for messages) and its contents.
+type CaFile = (PathBuf, Vec<u8>);
+
+/// What a client is built from.
 struct Spec {
     connector: HttpsConnector<HttpConnector>,
     /// How long a request waits for a connection another request is making.
@@ -50,11 +53,11 @@ struct Spec {
 }
 
 impl Spec {
-    fn new(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Self, String> {
+    fn new(connect_timeout: Duration, ca_file: Option<&CaFile>) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = ca_file {
-            read_ca_file(path, &mut roots)?;
+        if let Some((path, pem)) = ca_file {
+            add_certificates(path, pem, &mut roots)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -99,11 +102,17 @@ impl Spec {
     }
 }
 
-/// Adds the certificates of the PEM file at `path` to `roots`; an unreadable file, bad PEM, no
-/// certificate at all or one rustls cannot use is an error naming the file.
-fn read_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+/// Reads the CA file at `path`.
+fn read_ca_file(path: &Path) -> Result<CaFile, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    Ok((path.to_owned(), pem))
+}
+
+/// Adds the certificates of the PEM file `path` holds to `roots`; bad PEM, no certificate at
+/// all or one rustls cannot use is an error naming the file.
+fn add_certificates(path: &Path, pem: &[u8], roots: &mut RootCertStore) -> Result<(), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
     if certs.is_empty() {
@@ -117,7 +126,8 @@ fn read_ca_file(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
 
 /// Checks a provider's `ca_file` as loading the config would (for `tidegate check`).
 pub fn check_ca_file(path: &Path) -> Result<(), String> {
-    read_ca_file(path, &mut RootCertStore::empty())
+    let (path, pem) = read_ca_file(path)?;
+    add_certificates(&path, &pem, &mut RootCertStore::empty())
 }
 
 /// Where one request goes, in both forms hyper's connections need: HTTP/1 sends the path and
@@ -170,13 +180,16 @@ impl Upstream {
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
     /// request back unsent, and the next one is tried, as a fresh connection is last. A
     /// connection that may turn out HTTP/2 and is being made by another request is waited
-    /// for, once and for the connect timeout at most (see [`pool::connect`]).
+    /// for (see [`pool::connect`]), for the connect timeout at most: a request whose wait
+    /// runs out fails as a connect error rather than start its own connect timeout.
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, SendError> {
-        let mut waited = false;
+        let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
+        // Once a waited-for connection is finished, this request connects on its own.
+        let mut alone = false;
         let conn = loop {
             while let Some(conn) = pool::checkout(self.endpoint) {
                 match self.dispatch(conn, dest, req).await {
@@ -185,20 +198,31 @@ impl Upstream {
                     Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
                 }
             }
-            // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
-            // sending on a pooled connection, and it is the rare case.
-            let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
-            match if waited { pool::Connect::Alone } else { pool::connect(self.endpoint, https) } {
+            let how =
+                if alone { pool::Connect::Alone } else { pool::connect(self.endpoint, https) };
+            match how {
+                // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
+                // sending on a pooled connection, and it is the rare case.
                 pool::Connect::Alone => break Box::pin(self.connect(dest)).await?,
                 pool::Connect::Lead(leader) => {
                     let conn = Box::pin(self.connect(dest)).await;
-                    drop(leader);
+                    leader.finish();
                     break conn?;
                 }
                 pool::Connect::Follow(made) => {
-                    waited = true;
-                    let wait = tokio::time::timeout(self.spec.connect_timeout, made.notified());
-                    let _ = Box::pin(wait).await;
+                    let within = self.spec.connect_timeout;
+                    match Box::pin(made.wait(within)).await {
+                        // Made or failed: an HTTP/2 connection is in the pool now; otherwise
+                        // (HTTP/1.1, or the leader's connect failed) connect for this request.
+                        Some(pool::Ended::Finished) => alone = true,
+                        // The leader went away: one of its waiters takes over.
+                        Some(pool::Ended::Abandoned) => {}
+                        None => {
+                            return Err(SendError::Connect(format!(
+                                "no connection within {within:?} (another request was making it)"
+                            )));
+                        }
+                    }
                 }
             }
         };
@@ -236,7 +260,15 @@ impl Upstream {
         sent.map_err(|mut e| Failed { unsent: e.take_message(), error: error_chain(e.error()) })
     }
 
+    /// Makes a connection: TCP, TLS and the HTTP handshake, all within the connect timeout.
     async fn connect(&self, dest: &Destination) -> Result<Idle, SendError> {
+        let within = self.spec.connect_timeout;
+        tokio::time::timeout(within, self.handshake(dest))
+            .await
+            .unwrap_or_else(|_| Err(SendError::Connect(format!("no connection within {within:?}"))))
+    }
+
+    async fn handshake(&self, dest: &Destination) -> Result<Idle, SendError> {
         use tower_service::Service;
         let mut connector = self.spec.connector.clone();
         let connect_error = |e: &dyn std::error::Error| SendError::Connect(error_chain(e));
@@ -287,30 +319,33 @@ where
     });
 }
 
-/// What distinguishes connectors: the connect timeout and the extra CA file.
-type SpecKey = (Duration, Option<PathBuf>);
+/// What distinguishes connectors: the connect timeout and the extra CA file, path and contents.
+type SpecKey = (Duration, Option<CaFile>);
 
-/// Connectors by (connect timeout, CA file), reused across reloads.
+/// Connectors by (connect timeout, CA file), reused across reloads. The CA file is read at
+/// every load, so a reload after it was replaced makes a new connector (and new connections)
+/// trusting the new contents.
 #[derive(Default)]
 pub struct ClientCache {
     specs: Mutex<HashMap<SpecKey, Arc<Spec>>>,
 }
 
 impl ClientCache {
-    /// The connector for `connect_timeout` and `ca_file`, aimed at `base_url`'s endpoint.
+    /// The connector for `connect_timeout` and `ca_file`, aimed at `base_url`'s endpoint; an
+    /// unreadable or bad CA file is an error naming it.
     pub fn get(
         &self,
         connect_timeout: Duration,
         ca_file: Option<&Path>,
         base_url: &str,
     ) -> Result<Upstream, String> {
-        let key = (connect_timeout, ca_file.map(Path::to_owned));
+        let key = (connect_timeout, ca_file.map(read_ca_file).transpose()?);
         let spec = {
             let mut map = self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match map.get(&key) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Arc::new(Spec::new(connect_timeout, ca_file)?);
+                    let s = Arc::new(Spec::new(connect_timeout, key.1.as_ref())?);
                     map.insert(key, s.clone());
                     s
                 }

@@ -22,14 +22,15 @@
 //!   closed connections on its worker's tick and, at most once a second, when it sends.
 
 use std::cell::RefCell;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
-use tokio::sync::Notify;
+
+pub use connecting::{Connect, Connecting, Ended, Leader, connect, speaks_http1};
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -49,9 +50,9 @@ struct Slot {
     /// What the endpoint's last connection from this thread negotiated.
     speaks: Speaks,
     /// A connection being made that may turn out HTTP/2, which requests needing one wait for.
-    /// Weak: only its [`Leader`] and the waiters hold it, so it is gone with them even if the
-    /// leader were dropped on another thread.
-    connecting: Option<Weak<Notify>>,
+    /// Weak: only its [`Leader`] and the waiters hold it; one that has ended is ignored (its
+    /// leader may have been dropped on another thread, which cannot clear this).
+    connecting: Option<Weak<Connecting>>,
 }
 
 /// What an endpoint was last seen to speak (ALPN decides on https).
@@ -171,67 +172,6 @@ pub fn share_h2(id: usize, tx: &H2) {
         slot.h2 = Some((tx.clone(), Instant::now()));
         slot.speaks = Speaks::Http2;
     });
-}
-
-/// Notes that endpoint `id` answered a new connection with HTTP/1.1: later connections to it
-/// are made without waiting for each other.
-pub fn speaks_http1(id: usize) {
-    with_slot(id, |slot| slot.speaks = Speaks::Http1);
-}
-
-/// What a request that found no idle connection does.
-pub enum Connect {
-    /// Connects; requests of this thread that need a connection to the endpoint meanwhile
-    /// wait for this one, until the guard is dropped.
-    Lead(Leader),
-    /// Waits for the connection another request is making (notified when it is made, or
-    /// failed), then looks for an idle connection again.
-    Follow(Arc<Notify>),
-    /// Connects on its own: the endpoint speaks HTTP/1 (a connection per request anyway).
-    Alone,
-}
-
-/// Decides how a request to endpoint `id` that found no idle connection gets one. Connections
-/// that may turn out HTTP/2 (one that did last time, or an `https` endpoint never connected
-/// from this thread) are made once for every request waiting: a burst of requests would
-/// otherwise open a TLS connection each, of which the pool keeps one.
-pub fn connect(id: usize, https: bool) -> Connect {
-    with_slot(id, |slot| {
-        let shared = match slot.speaks {
-            Speaks::Http2 => true,
-            Speaks::Unknown => https,
-            Speaks::Http1 => false,
-        };
-        if !shared {
-            return Connect::Alone;
-        }
-        if let Some(n) = slot.connecting.as_ref().and_then(Weak::upgrade) {
-            return Connect::Follow(n);
-        }
-        let notify = Arc::new(Notify::new());
-        slot.connecting = Some(Arc::downgrade(&notify));
-        Connect::Lead(Leader { id, notify })
-    })
-}
-
-/// The request making a connection others wait for; dropping it (connected, failed or
-/// cancelled) wakes them.
-pub struct Leader {
-    id: usize,
-    notify: Arc<Notify>,
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        let _ = SLOTS.try_with(|slots| {
-            let mut slots = slots.borrow_mut();
-            let slot = slots.slot(self.id);
-            if slot.connecting.as_ref().is_some_and(|n| n.as_ptr() == Arc::as_ptr(&self.notify)) {
-                slot.connecting = None;
-            }
-        });
-        self.notify.notify_waiters();
-    }
 }
 
 /// Forgets endpoint `id`'s HTTP/2 connection if it is closing: it refused a request without
@@ -413,5 +353,6 @@ impl Drop for PooledBody {
     }
 }
 
+mod connecting;
 #[cfg(test)]
 mod tests;

@@ -92,7 +92,7 @@ pub async fn admin(
     body: &str,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     let mut req = Request::builder().method(method).uri(format!("http://{}{path}", r.admin_addr));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));

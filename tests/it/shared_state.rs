@@ -72,7 +72,7 @@ async fn send(
     body: &str,
     key: Option<&str>,
 ) -> Option<Got> {
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).ok()?;
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).ok()?;
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))

@@ -34,7 +34,7 @@ fn http_pair(mock: SocketAddr, primary: &str, backup: &str) -> String {
 }
 
 async fn send(addr: SocketAddr, path: &str, body: &str) -> Got {
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     let req = Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
@@ -156,7 +156,7 @@ async fn upstream_request_head_on_the_wire() {
     ))
     .await;
     let _ = std::fs::remove_file(&key_file);
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-client-secret")
@@ -247,7 +247,7 @@ async fn load_shedding_answers_503_fast() {
     ))
     .await;
     let addr = gw.data_addr;
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     let req = Request::post(format!("http://{addr}/v1/chat/completions"))
         .body(Full::new(Bytes::from(chat_stream("x"))))
         .unwrap();
@@ -276,7 +276,7 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn admin_plane_probes_and_metrics() {
     let gw = start(&single("m", "")).await;
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/nope", 404)] {
         let resp = client
             .request(
@@ -312,7 +312,7 @@ async fn shutdown_drains_a_stream_and_fails_readiness() {
     ))
     .await;
     let (data, admin) = (gw.data_addr, gw.admin_addr);
-    let client = tidegate::providers::client::build(Duration::from_secs(2), None).unwrap();
+    let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();
     let req = Request::post(format!("http://{data}/v1/chat/completions"))
         .body(Full::new(Bytes::from(chat_stream("x"))))
         .unwrap();

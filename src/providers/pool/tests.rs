@@ -141,24 +141,36 @@ async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
     assert!(checkout(id).is_none());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
     use futures_util::FutureExt;
+    let long = Duration::from_secs(10);
     let id = new_endpoint();
     // Never connected, over https: the first request connects, the next ones wait.
     let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
     let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
-    let notified = made.notified();
-    let mut notified = std::pin::pin!(notified);
-    assert!(notified.as_mut().now_or_never().is_none(), "woken before the connection was made");
-    drop(leader);
-    assert!(notified.now_or_never().is_some(), "a waiter was not woken");
+    let mut waiting = std::pin::pin!(made.wait(long));
+    assert!(waiting.as_mut().now_or_never().is_none(), "woken before the connection was made");
+    leader.finish();
+    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Finished)), "a waiter was not woken");
+    // Ended already: a late waiter does not wait.
+    assert_eq!(made.wait(long).now_or_never(), Some(Some(Ended::Finished)));
     // Nothing is being made any more: the next request leads.
     let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
-
-    // A leader that ends up dropped on another thread leaves nothing stale behind here.
+    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    // A leader dropped on another thread (it cannot clear this thread's slot) while a waiter
+    // still holds the wait: the waiter hears it was abandoned, and the next request leads
+    // instead of following a connect nobody makes.
     std::thread::spawn(move || drop(leader)).join().unwrap();
-    assert!(matches!(connect(id, true), Connect::Lead(_)));
+    assert_eq!(made.wait(long).await, Some(Ended::Abandoned));
+    let Connect::Lead(leader) = connect(id, true) else { panic!("followed an abandoned connect") };
+
+    // A wait runs out at its limit.
+    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let started = tokio::time::Instant::now();
+    assert_eq!(made.wait(Duration::from_secs(3)).await, None);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    drop(leader);
 
     // HTTP/1 endpoints connect for every request on their own.
     speaks_http1(id);
