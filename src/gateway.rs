@@ -56,6 +56,8 @@ impl Gateway {
     pub fn install(&self, snap: Snapshot) {
         let old = self.current.swap(Arc::new(snap));
         self.mark_active(Some(&old));
+        drop(old);
+        self.shared.clients.prune();
     }
 
     fn mark_active(&self, old: Option<&Snapshot>) {

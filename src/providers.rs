@@ -96,7 +96,8 @@ impl HttpBody for UpstreamBody {
 /// A transport failure before any response.
 #[derive(Debug, Clone)]
 pub enum SendError {
-    /// The TCP/TLS connection could not be made (includes the connect timeout).
+    /// The connection could not be made (includes the connect timeout), or the connect this
+    /// request waited for failed or did not end within the connect timeout.
     Connect(String),
     /// The connection broke before the response headers.
     Reset(String),

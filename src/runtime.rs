@@ -15,8 +15,8 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use crate::config::{Config, Route, Target};
 use crate::error::{ErrorCode, GatewayError};
 use crate::metrics::Metrics;
-use crate::providers::client::ClientCache;
 use crate::providers::client::Upstream;
+use crate::providers::client::{ClientCache, read_ca_file};
 use crate::providers::mock::MockStats;
 use crate::providers::{Provider, resolve_key};
 
@@ -178,8 +178,13 @@ impl Snapshot {
     /// request fail for configuration reasons (a missing key, an unreadable CA file).
     pub fn prepare(config: Config, shared: &Shared, metrics: &Metrics) -> Result<Snapshot, String> {
         let mut providers: BTreeMap<String, Arc<Provider>> = BTreeMap::new();
+        let mut ca_files = HashMap::new();
         for (name, spec) in &config.providers {
             let key = resolve_key(&spec.key).map_err(|e| format!("providers.{name}: {e}"))?;
+            if let Some(path) = &spec.ca_file {
+                let ca = read_ca_file(path).map_err(|e| format!("providers.{name}: {e}"))?;
+                ca_files.insert(name.as_str(), ca);
+            }
             let stats =
                 (spec.kind == crate::config::ProviderKind::Mock).then(|| shared.mock_stats(name));
             providers.insert(name.clone(), Arc::new(Provider::new(spec.clone(), key, stats)));
@@ -197,7 +202,7 @@ impl Snapshot {
                     .clients
                     .get(
                         route.timeouts.connect,
-                        provider.spec.ca_file.as_deref(),
+                        ca_files.get(&*t.provider),
                         &provider.spec.base_url,
                     )
                     .map_err(|e| format!("providers.{}: {e}", t.provider))?;

@@ -41,12 +41,13 @@ pub fn build(connect_timeout: Duration) -> Result<HttpClient, String> {
 }
 
 /// A CA file as read: its path (for messages) and its contents.
-type CaFile = (PathBuf, Vec<u8>);
+pub type CaFile = (PathBuf, Vec<u8>);
 
 /// What a client is built from.
 struct Spec {
     connector: HttpsConnector<HttpConnector>,
-    /// How long a request waits for a connection another request is making.
+    /// How long making a connection may take (TCP, TLS, HTTP/2 handshake), and how long a
+    /// request waits for one another request is making.
     connect_timeout: Duration,
     /// Endpoint ids by `scheme://authority`, so a reload finds its pooled connections again.
     endpoints: Mutex<HashMap<String, usize>>,
@@ -102,8 +103,9 @@ impl Spec {
     }
 }
 
-/// Reads the CA file at `path`.
-fn read_ca_file(path: &Path) -> Result<CaFile, String> {
+/// Reads the CA file at `path`, once per provider and config load (so one config version
+/// trusts one content of it).
+pub fn read_ca_file(path: &Path) -> Result<CaFile, String> {
     let pem =
         std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
     Ok((path.to_owned(), pem))
@@ -180,16 +182,18 @@ impl Upstream {
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
     /// request back unsent, and the next one is tried, as a fresh connection is last. A
     /// connection that may turn out HTTP/2 and is being made by another request is waited
-    /// for (see [`pool::connect`]), for the connect timeout at most: a request whose wait
-    /// runs out fails as a connect error rather than start its own connect timeout.
+    /// for (see [`pool::connect`]), for the connect timeout at most; a request whose wait runs
+    /// out, or whose awaited connect failed, fails as a connect error rather than try again.
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, SendError> {
         let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
-        // Once a waited-for connection is finished, this request connects on its own.
+        // Once a waited-for HTTP/1.1 connection is made, this request connects on its own.
         let mut alone = false;
+        // Waiting for other requests' connects ends here, however many there are.
+        let mut deadline = None;
         let conn = loop {
             while let Some(conn) = pool::checkout(self.endpoint) {
                 match self.dispatch(conn, dest, req).await {
@@ -206,15 +210,24 @@ impl Upstream {
                 pool::Connect::Alone => break Box::pin(self.connect(dest)).await?,
                 pool::Connect::Lead(leader) => {
                     let conn = Box::pin(self.connect(dest)).await;
-                    leader.finish();
+                    leader.finish(conn.as_ref().err().map(|e| match e {
+                        SendError::Connect(e) | SendError::Reset(e) => e.clone(),
+                    }));
                     break conn?;
                 }
                 pool::Connect::Follow(made) => {
                     let within = self.spec.connect_timeout;
-                    match Box::pin(made.wait(within)).await {
-                        // Made or failed: an HTTP/2 connection is in the pool now; otherwise
-                        // (HTTP/1.1, or the leader's connect failed) connect for this request.
-                        Some(pool::Ended::Finished) => alone = true,
+                    let until =
+                        *deadline.get_or_insert_with(|| tokio::time::Instant::now() + within);
+                    match Box::pin(made.wait(until)).await {
+                        // An HTTP/2 connection is in the pool now; an HTTP/1.1 one is not
+                        // shared, so this request makes its own.
+                        Some(pool::Ended::Made) => alone = true,
+                        Some(pool::Ended::Failed(error)) => {
+                            return Err(SendError::Connect(format!(
+                                "{error} (the connect this request waited for)"
+                            )));
+                        }
                         // The leader went away: one of its waiters takes over.
                         Some(pool::Ended::Abandoned) => {}
                         None => {
@@ -331,15 +344,15 @@ pub struct ClientCache {
 }
 
 impl ClientCache {
-    /// The connector for `connect_timeout` and `ca_file`, aimed at `base_url`'s endpoint; an
-    /// unreadable or bad CA file is an error naming it.
+    /// The connector for `connect_timeout` and `ca_file` ([`read_ca_file`]), aimed at
+    /// `base_url`'s endpoint; a CA file rustls cannot use is an error naming it.
     pub fn get(
         &self,
         connect_timeout: Duration,
-        ca_file: Option<&Path>,
+        ca_file: Option<&CaFile>,
         base_url: &str,
     ) -> Result<Upstream, String> {
-        let key = (connect_timeout, ca_file.map(read_ca_file).transpose()?);
+        let key = (connect_timeout, ca_file.cloned());
         let spec = {
             let mut map = self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match map.get(&key) {
@@ -353,6 +366,21 @@ impl ClientCache {
         };
         let endpoint = spec.endpoint(base_url);
         Ok(Upstream { spec, endpoint })
+    }
+}
+
+impl ClientCache {
+    /// Forgets the connectors no live config uses any more (its CA file was replaced, its
+    /// connect timeout changed); called after a config is activated. A connector in use is
+    /// held by the snapshots' targets as well as here.
+    pub fn prune(&self) {
+        let mut map = self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, spec| Arc::strong_count(spec) > 1);
+    }
+
+    /// How many connectors are kept (tests).
+    pub fn connectors(&self) -> usize {
+        self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 }
 

@@ -300,8 +300,8 @@ async fn an_untrusted_certificate_is_an_upstream_error_and_reaches_nothing() {
     let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
     // Without the test CA, the webpki roots do not know the upstream's issuer.
     let gw = gateway(&config_for("localhost", up, false));
-    // A burst: the requests that waited for the failed connection try their own, and fail
-    // the same way (promptly: nothing waits out a timeout).
+    // A burst: the requests that waited for the failed connection fail with it (within the
+    // 30 s connect timeout: nothing waits it out).
     let calls = (0..3).map(|_| call_with(&gw, with_client_key(chat("x"))));
     let answers = within_10s(futures_util::future::join_all(calls)).await;
     for got in &answers {
@@ -350,6 +350,8 @@ async fn a_replaced_ca_file_is_trusted_after_a_reload() {
     let got = call_with(&gw, with_client_key(chat("x"))).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(log.accepted(), 1);
+    // The connector trusting the old contents is gone with the config that used it.
+    assert_eq!(gw.shared.clients.connectors(), 1);
 
     // A file that went bad fails the reload, naming it; the active config keeps serving.
     std::fs::write(&ca, "not a certificate").unwrap();
@@ -365,9 +367,12 @@ async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
     // Accepts TCP and then says nothing: the TLS handshake hangs.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     let held = tokio::spawn(async move {
         let mut socks = Vec::new();
         while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             socks.push(sock);
         }
     });
@@ -381,5 +386,6 @@ async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
     }
     let logs = gw.log_sink.lines().join("\n");
     assert!(logs.contains("no connection within 300ms"), "{logs}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the waiting request connected too");
     held.abort();
 }

@@ -1,9 +1,7 @@
 //! Requests waiting for a connection another request is making: a connection that may turn
 //! out HTTP/2 is made once for every request of the thread that needs one (see [`connect`]).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
 
 use tokio::sync::Notify;
 
@@ -43,78 +41,71 @@ pub fn connect(id: usize, https: bool) -> Connect {
             return Connect::Alone;
         }
         if let Some(c) = slot.connecting.as_ref().and_then(Weak::upgrade) {
-            if c.outcome().is_none() {
+            // An ended one may linger here when its leader was dropped on another thread.
+            if c.ended.get().is_none() {
                 return Connect::Follow(c);
             }
         }
-        let connecting = Arc::new(Connecting { notify: Notify::new(), outcome: AtomicU8::new(0) });
+        let connecting = Arc::new(Connecting::default());
         slot.connecting = Some(Arc::downgrade(&connecting));
         Connect::Lead(Leader { id, connecting })
     })
 }
 
 /// A connection being made, as the requests waiting for it see it.
+#[derive(Default)]
 pub struct Connecting {
     notify: Notify,
-    /// 0 while being made, then an [`Ended`] as `u8`.
-    outcome: AtomicU8,
+    /// How it ended; set once, before the waiters are woken.
+    ended: OnceLock<Ended>,
 }
 
 /// How the making of a connection others waited for ended.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Ended {
-    /// Made (an HTTP/2 one is now idle in the pool, an HTTP/1 one is its leader's) or failed.
-    Finished = 1,
+    /// Made: an HTTP/2 one is now idle in the pool; an HTTP/1 one is its leader's, and each
+    /// waiter connects on its own.
+    Made,
+    /// Failed, for this reason: the waiters fail with it rather than each try again.
+    Failed(Arc<str>),
     /// The leading request went away first (its client left, its deadline passed): a waiter
-    /// may take its place.
-    Abandoned = 2,
+    /// takes its place.
+    Abandoned,
 }
 
 impl Connecting {
-    fn outcome(&self) -> Option<Ended> {
-        match self.outcome.load(Ordering::Acquire) {
-            0 => None,
-            1 => Some(Ended::Finished),
-            _ => Some(Ended::Abandoned),
+    /// Waits until the connection is made, has failed or was abandoned, until `deadline` at
+    /// most (`None` when that passed first).
+    pub async fn wait(&self, deadline: tokio::time::Instant) -> Option<Ended> {
+        // A `Notified` hears `notify_waiters` from its creation on, so an end between here
+        // and the check below is not missed.
+        let notified = self.notify.notified();
+        if let Some(ended) = self.ended.get() {
+            return Some(ended.clone());
         }
-    }
-
-    /// Waits until the connection is made or has failed, for `within` at most (`None` when
-    /// that passed first).
-    pub async fn wait(&self, within: Duration) -> Option<Ended> {
-        let mut notified = std::pin::pin!(self.notify.notified());
-        // Registered before the check, so an end between the two is not missed.
-        notified.as_mut().enable();
-        if let Some(ended) = self.outcome() {
-            return Some(ended);
-        }
-        tokio::time::timeout(within, notified).await.ok()?;
-        self.outcome()
+        tokio::time::timeout_at(deadline, notified).await.ok()?;
+        self.ended.get().cloned()
     }
 }
 
 /// The request making a connection others wait for; [`Leader::finish`] or dropping it
-/// (cancelled) wakes them.
+/// (abandoned) wakes them.
 pub struct Leader {
     id: usize,
     connecting: Arc<Connecting>,
 }
 
 impl Leader {
-    /// Ends the wait: the connection is made (and, if HTTP/2, shared) or has failed.
-    pub fn finish(self) {
-        self.connecting.outcome.store(Ended::Finished as u8, Ordering::Release);
+    /// Ends the wait: the connection is made (and, if HTTP/2, shared), or it failed for
+    /// `error`.
+    pub fn finish(self, error: Option<String>) {
+        let _ = self.connecting.ended.set(error.map_or(Ended::Made, |e| Ended::Failed(e.into())));
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let _ = self.connecting.outcome.compare_exchange(
-            0,
-            Ended::Abandoned as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self.connecting.ended.set(Ended::Abandoned);
         let _ = SLOTS.try_with(|slots| {
             let mut slots = slots.borrow_mut();
             let slot = slots.slot(self.id);

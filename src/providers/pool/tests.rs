@@ -144,31 +144,49 @@ async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
     use futures_util::FutureExt;
-    let long = Duration::from_secs(10);
+    let later = || tokio::time::Instant::now() + Duration::from_secs(10);
     let id = new_endpoint();
     // Never connected, over https: the first request connects, the next ones wait.
     let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
     let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
-    let mut waiting = std::pin::pin!(made.wait(long));
+    let mut waiting = std::pin::pin!(made.wait(later()));
     assert!(waiting.as_mut().now_or_never().is_none(), "woken before the connection was made");
-    leader.finish();
-    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Finished)), "a waiter was not woken");
+    leader.finish(None);
+    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Made)), "a waiter was not woken");
     // Ended already: a late waiter does not wait.
-    assert_eq!(made.wait(long).now_or_never(), Some(Some(Ended::Finished)));
-    // Nothing is being made any more: the next request leads.
+    assert_eq!(made.wait(later()).now_or_never(), Some(Some(Ended::Made)));
+
+    // A failed connect fails its waiters with its reason.
     let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
     let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
-    // A leader dropped on another thread (it cannot clear this thread's slot) while a waiter
-    // still holds the wait: the waiter hears it was abandoned, and the next request leads
-    // instead of following a connect nobody makes.
+    let mut waiting = std::pin::pin!(made.wait(later()));
+    assert!(waiting.as_mut().now_or_never().is_none());
+    leader.finish(Some("refused".into()));
+    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Failed("refused".into()))));
+
+    // A leader dropped unfinished (its request went away) hands over to a waiter.
+    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
+    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let mut waiting = std::pin::pin!(made.wait(later()));
+    assert!(waiting.as_mut().now_or_never().is_none());
+    drop(leader);
+    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Abandoned)));
+    let Connect::Lead(leader) = connect(id, true) else { panic!("the waiter did not take over") };
+
+    // Dropped on another thread, which cannot clear this thread's slot, while a waiter waits:
+    // the waiter is woken, and the next request leads instead of following a connect nobody
+    // makes.
+    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let mut waiting = std::pin::pin!(made.wait(later()));
+    assert!(waiting.as_mut().now_or_never().is_none());
     std::thread::spawn(move || drop(leader)).join().unwrap();
-    assert_eq!(made.wait(long).await, Some(Ended::Abandoned));
+    assert_eq!(waiting.await, Some(Ended::Abandoned));
     let Connect::Lead(leader) = connect(id, true) else { panic!("followed an abandoned connect") };
 
-    // A wait runs out at its limit.
+    // A wait runs out at its deadline.
     let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
     let started = tokio::time::Instant::now();
-    assert_eq!(made.wait(Duration::from_secs(3)).await, None);
+    assert_eq!(made.wait(started + Duration::from_secs(3)).await, None);
     assert_eq!(started.elapsed(), Duration::from_secs(3));
     drop(leader);
 
