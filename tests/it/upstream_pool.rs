@@ -1,6 +1,7 @@
 //! The upstream connection pool over real sockets: keep-alive connections are reused (also
-//! after a stream whose chunked terminator comes after its `[DONE]`), and an upstream that
-//! closes its connections, saying so or not, gets a fresh one for every request.
+//! after a stream whose chunked terminator comes after its `[DONE]`), an upstream that closes
+//! its connections, saying so or not, gets a fresh one for every request, and an answer whose
+//! body ends with its connection (no length, no chunking) arrives whole.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ enum Mode {
     HangUp,
     /// A chunked SSE stream whose terminating chunk comes a moment after `[DONE]`.
     LateTerminator,
+    /// A chat completion without length or chunking: its body ends when the upstream closes
+    /// the connection (as HTTP/1.0 servers and some proxies answer).
+    CloseDelimited,
 }
 
 /// What the test upstream has seen so far.
@@ -95,7 +99,19 @@ async fn answer_each(mut sock: TcpStream, mode: Mode, seen: &Counts) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        let streamed =
+            String::from_utf8_lossy(&buf[head_end..head_end + len]).contains("\"stream\":true");
         buf.drain(..head_end + len);
+        if mode == Mode::CloseDelimited && streamed {
+            let mut out =
+                String::from("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n");
+            for event in SSE {
+                out.push_str(&format!("{event}\n\n"));
+            }
+            sock.write_all(out.as_bytes()).await.unwrap();
+            seen.answered.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         if mode == Mode::LateTerminator {
             let mut out = String::from(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -113,11 +129,16 @@ async fn answer_each(mut sock: TcpStream, mode: Mode, seen: &Counts) {
             seen.answered.fetch_add(1, Ordering::SeqCst);
             continue;
         }
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
-            ANSWER.len(),
-            if mode == Mode::Close { "connection: close\r\n" } else { "" }
-        );
+        let head = match mode {
+            Mode::CloseDelimited => {
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n".into()
+            }
+            _ => format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+                ANSWER.len(),
+                if mode == Mode::Close { "connection: close\r\n" } else { "" }
+            ),
+        };
         sock.write_all(head.as_bytes()).await.unwrap();
         sock.write_all(ANSWER).await.unwrap();
         seen.answered.fetch_add(1, Ordering::SeqCst);
@@ -154,6 +175,26 @@ async fn an_upstream_closing_each_connection_gets_a_fresh_one_every_time() {
         assert_eq!(got.status, 200, "{}", got.text());
     }
     assert_eq!(Counts::get(&counts.accepted), 3);
+}
+
+#[tokio::test]
+async fn an_answer_ending_at_the_close_of_its_connection_is_whole_and_not_reused() {
+    let (up, counts) = counting_upstream(Mode::CloseDelimited).await;
+    let gw = gateway(&config_for(up));
+    for _ in 0..3 {
+        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.body.as_ref(), ANSWER);
+        assert_eq!(got.json()["usage"]["total_tokens"], 2);
+    }
+    // Streams too: the events are forwarded to `[DONE]`, and the connection is not kept.
+    for _ in 0..2 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.stream_text(), "hi");
+        assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
+    }
+    assert_eq!(Counts::get(&counts.accepted), 5);
 }
 
 #[tokio::test]
