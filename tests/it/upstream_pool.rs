@@ -28,6 +28,9 @@ enum Mode {
     /// A chat completion without length or chunking: its body ends when the upstream closes
     /// the connection (as HTTP/1.0 servers and some proxies answer).
     CloseDelimited,
+    /// A chat completion followed by bytes its length does not cover (a broken upstream or a
+    /// desynchronized proxy): the connection cannot be trusted with another request.
+    TrailingGarbage,
 }
 
 /// What the test upstream has seen so far.
@@ -141,8 +144,11 @@ async fn answer_each(mut sock: TcpStream, mode: Mode, seen: &Counts) {
         };
         sock.write_all(head.as_bytes()).await.unwrap();
         sock.write_all(ANSWER).await.unwrap();
+        if mode == Mode::TrailingGarbage {
+            let _ = sock.write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n").await;
+        }
         seen.answered.fetch_add(1, Ordering::SeqCst);
-        if mode != Mode::KeepAlive {
+        if !matches!(mode, Mode::KeepAlive | Mode::TrailingGarbage) {
             return;
         }
     }
@@ -195,6 +201,19 @@ async fn an_answer_ending_at_the_close_of_its_connection_is_whole_and_not_reused
         assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
     }
     assert_eq!(Counts::get(&counts.accepted), 5);
+}
+
+#[tokio::test]
+async fn bytes_after_an_answer_never_reach_the_next_request() {
+    let (up, counts) = counting_upstream(Mode::TrailingGarbage).await;
+    let gw = gateway(&config_for(up));
+    for _ in 0..3 {
+        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.body.as_ref(), ANSWER);
+    }
+    // hyper reads the stray bytes as a message on an idle connection and closes it.
+    assert_eq!(Counts::get(&counts.accepted), 3);
 }
 
 #[tokio::test]
