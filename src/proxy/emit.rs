@@ -97,7 +97,9 @@ impl Emitter {
                     t.on_event(name.unwrap_or(""), data).map_err(|e| EmitError(e.message))?;
                 for o in outs {
                     match o {
-                        openai_to_anthropic::StreamOut::Chunk(v) => frame_json(out, &v),
+                        openai_to_anthropic::StreamOut::Chunk(json) => {
+                            frame_data(out, json.as_bytes())
+                        }
                         openai_to_anthropic::StreamOut::Done => {
                             out.extend_from_slice(crate::sse::DONE)
                         }

@@ -62,7 +62,7 @@ fn check(name: &str, doc: &Value) -> Result<(), String> {
                     let data = serde_json::to_vec(&ev["data"]).unwrap_or_default();
                     match t.on_event(ev["event"].as_str().unwrap_or(""), &data) {
                         Ok(items) => out.extend(items.into_iter().map(|o| match o {
-                            openai_to_anthropic::StreamOut::Chunk(c) => c,
+                            openai_to_anthropic::StreamOut::Chunk(c) => serde_json::from_str(&c).unwrap(),
                             openai_to_anthropic::StreamOut::Done => json!("[DONE]"),
                             openai_to_anthropic::StreamOut::UpstreamError { error_type, message } => {
                                 json!({ "upstream_error": { "error_type": error_type, "message": message } })

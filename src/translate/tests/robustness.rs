@@ -228,9 +228,42 @@ const EVENTS: &[&str] = &[
     "",
 ];
 
+/// The Anthropic → OpenAI stream translator, and the same without its fast road for deltas:
+/// every event must get the same bytes (or the same error) from both.
+struct Both {
+    fast: openai_to_anthropic::StreamTranslator,
+    general: openai_to_anthropic::StreamTranslator,
+}
+
+impl Both {
+    fn new(include_usage: bool) -> Self {
+        let t = openai_to_anthropic::StreamTranslator::new(include_usage, 1);
+        Self { general: t.clone().general_only(), fast: t }
+    }
+
+    fn on_event(
+        &mut self,
+        event: &str,
+        data: &[u8],
+    ) -> Result<Vec<openai_to_anthropic::StreamOut>, crate::translate::TranslateError> {
+        let fast = self.fast.on_event(event, data);
+        let general = self.general.on_event(event, data);
+        assert_eq!(fast, general, "{event}: {}", String::from_utf8_lossy(data));
+        fast
+    }
+
+    fn usage(&self) -> crate::translate::Usage {
+        self.fast.usage()
+    }
+
+    fn finished(&self) -> bool {
+        self.fast.finished()
+    }
+}
+
 /// Feed a sequence of payloads to both stream translators, in every mode.
 fn all_streams(payloads: &[Vec<u8>], rng: &mut Rng) {
-    let mut o2a = openai_to_anthropic::StreamTranslator::new(rng.below(2) == 0, 1);
+    let mut o2a = Both::new(rng.below(2) == 0);
     let mut a2o = anthropic_to_openai::StreamTranslator::new(7);
     for data in payloads {
         let event = rng.pick(EVENTS);
@@ -307,7 +340,7 @@ fn golden_streams_with_real_event_names_survive_mutation() {
         for _ in 0..300 {
             let mut events = doc["input"].clone();
             mutate(&mut events, &mut rng);
-            let mut t = openai_to_anthropic::StreamTranslator::new(rng.below(2) == 0, 1);
+            let mut t = Both::new(rng.below(2) == 0);
             for ev in events.as_array().into_iter().flatten() {
                 let data = serde_json::to_vec(&ev["data"]).unwrap_or_default();
                 let _ = t.on_event(ev["event"].as_str().unwrap_or("message_start"), &data);
@@ -337,5 +370,49 @@ fn arbitrary_bytes_never_panic() {
                 all_translators(&v, &mut rng);
             }
         }
+    }
+}
+
+#[test]
+fn deltas_read_the_fast_way_serialize_as_the_general_way() {
+    let texts = [
+        "plain",
+        "quote \" backslash \\ slash /",
+        "controls \u{0} \u{1} \t \n \r \u{1f}",
+        "unicode é 漢字 🌊 \u{2028} \u{2029} \u{fffd}",
+        "</script>",
+    ];
+    for include_usage in [false, true] {
+        let mut t = Both::new(include_usage);
+        let start = json!({ "type": "message_start", "message": { "id": "msg_\"delta\":null", "model": "m\u{1}odel\"delta\":", "usage": { "input_tokens": 3 } } });
+        let role = t.on_event("message_start", start.to_string().as_bytes()).unwrap();
+        let [openai_to_anthropic::StreamOut::Chunk(role)] = &role[..] else { panic!("{role:?}") };
+        let role: Value = serde_json::from_str(role).unwrap();
+        assert_eq!(role["choices"][0]["delta"], json!({ "role": "assistant", "content": "" }));
+        assert_eq!(role["model"], "m\u{1}odel\"delta\":");
+        let block = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
+        t.on_event("content_block_start", block.to_string().as_bytes()).unwrap();
+        for text in texts {
+            let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
+            // As serde_json writes it, and with the escapes an upstream may choose instead.
+            let escaped = delta.to_string().replace('é', "\\u00e9").replace('/', "\\/");
+            for data in [delta.to_string(), escaped] {
+                let out = t.on_event("content_block_delta", data.as_bytes()).unwrap();
+                let [openai_to_anthropic::StreamOut::Chunk(chunk)] = &out[..] else {
+                    panic!("{out:?}")
+                };
+                let chunk: Value = serde_json::from_str(chunk).unwrap();
+                assert_eq!(chunk["choices"][0]["delta"]["content"], text);
+                assert_eq!(chunk["id"], "chatcmpl-msg_\"delta\":null");
+                assert_eq!(chunk["model"], "m\u{1}odel\"delta\":");
+            }
+        }
+        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
+        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
+        let args = json!({ "index": 1, "delta": { "type": "input_json_delta", "partial_json": "{\"a\": \"\\u00e9\"" } });
+        assert_eq!(
+            t.on_event("content_block_delta", args.to_string().as_bytes()).unwrap().len(),
+            1
+        );
     }
 }

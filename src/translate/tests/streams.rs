@@ -48,6 +48,7 @@ fn cumulative_usage_is_kept_not_summed() {
     let StreamOut::Chunk(usage_chunk) = &out[out.len() - 2] else {
         panic!("expected the usage chunk")
     };
+    let usage_chunk: Value = serde_json::from_str(usage_chunk).unwrap();
     assert_eq!(usage_chunk["usage"]["completion_tokens"], json!(20));
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(out.last(), Some(&StreamOut::Done));
@@ -79,7 +80,10 @@ fn tool_call_index_is_the_tool_ordinal_when_text_precedes() {
     let indexes: Vec<Value> = out
         .iter()
         .filter_map(|o| match o {
-            StreamOut::Chunk(c) => c["choices"][0]["delta"]["tool_calls"][0].get("index").cloned(),
+            StreamOut::Chunk(c) => {
+                let c: Value = serde_json::from_str(c).unwrap();
+                c["choices"][0]["delta"]["tool_calls"][0].get("index").cloned()
+            }
             _ => None,
         })
         .collect();
