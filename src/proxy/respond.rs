@@ -56,11 +56,13 @@ fn unix_now() -> u64 {
 fn translate_body(body: Bytes, client: Dialect, wire: Wire) -> Result<Bytes, GatewayError> {
     let translated = match (client, wire) {
         (Dialect::OpenAi, Wire::OpenAi) | (Dialect::Anthropic, Wire::Anthropic) => return Ok(body),
-        (Dialect::OpenAi, Wire::Anthropic) => serde_json::from_slice::<Value>(&body)
+        // `parse_json`: one UTF-8 check, then serde_json's `&str` reader (a `Value` keeps every
+        // string, so invalid UTF-8 anywhere fails either way).
+        (Dialect::OpenAi, Wire::Anthropic) => crate::translate::parse_json(&body)
             .ok()
             .map(|v| openai_to_anthropic::response(&v, unix_now())),
         (Dialect::Anthropic, Wire::OpenAi) => {
-            serde_json::from_slice::<Value>(&body).ok().map(|v| anthropic_to_openai::response(&v))
+            crate::translate::parse_json(&body).ok().map(|v| anthropic_to_openai::response(&v))
         }
     };
     match translated {
