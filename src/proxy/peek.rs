@@ -43,10 +43,33 @@ impl From<UsageWire> for Usage {
     }
 }
 
+/// A string borrowed from the payload when it has no escapes. serde borrows a `Cow<str>`
+/// field but not one inside an `Option` (serde-rs/serde#2016): `Option<Cow<str>>` allocated
+/// every chunk's text.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a> Str<'a> {
+    fn cow(self) -> Cow<'a, str> {
+        self.0
+    }
+
+    fn owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
 #[derive(Deserialize)]
 struct ErrorWire<'a> {
     #[serde(default, borrow)]
-    message: Option<Cow<'a, str>>,
+    message: Option<Str<'a>>,
 }
 
 /// One `data:` payload of an OpenAI chat stream.
@@ -85,17 +108,17 @@ struct ChoiceWire<'a> {
     #[serde(default, borrow)]
     delta: Option<DeltaWire<'a>>,
     #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct DeltaWire<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(default, borrow)]
     tool_calls: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<Str<'a>>,
     #[serde(default, borrow)]
     function_call: Option<&'a RawValue>,
 }
@@ -120,7 +143,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
     let w: ChunkWire<'_> = parse(data)?;
     if let Some(e) = w.error {
         return Some(ChunkPeek::Error(
-            e.message.map_or_else(|| "upstream stream error".to_owned(), Cow::into_owned),
+            e.message.map_or_else(|| "upstream stream error".to_owned(), Str::owned),
         ));
     }
     let choices = w.choices?;
@@ -137,12 +160,12 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
                 || d.refusal.as_deref().is_some_and(|s| !s.is_empty())
                 || tool;
             if let Some(t) = d.content.filter(|t| !t.is_empty()) {
-                text = Some(t);
+                text = Some(t.cow());
             }
         }
         if let Some(f) = c.finish_reason {
             content = true;
-            finish = Some(f.into_owned());
+            finish = Some(f.owned());
         }
     }
     Some(ChunkPeek::Chunk {
@@ -177,7 +200,7 @@ struct CompletionWire<'a> {
 #[derive(Deserialize)]
 struct FinishWire<'a> {
     #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 /// Parses a chat completion (`embeddings == false`) or an embeddings list; `None` if the body
@@ -186,7 +209,7 @@ pub fn body(data: &[u8], embeddings: bool) -> Option<BodyPeek> {
     let w: CompletionWire<'_> = parse(data)?;
     if let Some(e) = w.error {
         return Some(BodyPeek::Error(
-            e.message.map_or_else(|| "upstream error".to_owned(), Cow::into_owned),
+            e.message.map_or_else(|| "upstream error".to_owned(), Str::owned),
         ));
     }
     let finish = if embeddings {
@@ -306,27 +329,27 @@ struct AnthropicMessageWire<'a> {
     #[serde(default)]
     usage: Option<AnthropicUsageWire>,
     #[serde(default, borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(default, borrow)]
-    stop_reason: Option<Cow<'a, str>>,
+    stop_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct AnthropicDeltaWire<'a> {
     #[serde(default, borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(default, borrow)]
-    partial_json: Option<Cow<'a, str>>,
+    partial_json: Option<Str<'a>>,
     #[serde(default, borrow)]
-    stop_reason: Option<Cow<'a, str>>,
+    stop_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct AnthropicBlockWire<'a> {
     #[serde(default, borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
 }
 
 /// Classifies one Anthropic stream event. Usage in `message_delta` is cumulative output only;
@@ -346,13 +369,13 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
     match name.unwrap_or("") {
         "error" => Some(ChunkPeek::Error(
             w.error
-                .and_then(|e| e.message.map(Cow::into_owned))
+                .and_then(|e| e.message.map(Str::owned))
                 .unwrap_or_else(|| "upstream stream error".into()),
         )),
         "message_stop" => Some(ChunkPeek::Done),
         "message_start" => chunk(false, None, w.message?.usage.map(|u| u.usage())),
         "content_block_start" => {
-            let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| k == "tool_use");
+            let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| &*k == "tool_use");
             Some(ChunkPeek::Chunk {
                 content: tool,
                 finish: None,
@@ -364,8 +387,9 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
         }
         "content_block_delta" => {
             let d = w.delta?;
-            let tool = d.partial_json.is_some() || d.kind.is_some_and(|k| k == "input_json_delta");
-            let text = d.text.filter(|t| !t.is_empty());
+            let tool =
+                d.partial_json.is_some() || d.kind.is_some_and(|k| &*k == "input_json_delta");
+            let text = d.text.filter(|t| !t.is_empty()).map(Str::cow);
             Some(ChunkPeek::Chunk {
                 content: tool || text.is_some(),
                 finish: None,
@@ -376,7 +400,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
             })
         }
         "message_delta" => {
-            let finish = w.delta.and_then(|d| d.stop_reason).map(Cow::into_owned);
+            let finish = w.delta.and_then(|d| d.stop_reason).map(Str::owned);
             chunk(finish.is_some(), finish, w.usage.map(|u| u.usage()))
         }
         // ping, content_block_stop, and event types added later: nothing the client waits for.
@@ -389,7 +413,7 @@ pub fn anthropic_body(data: &[u8]) -> Option<BodyPeek> {
     let w: AnthropicEventWire<'_> = parse(data)?;
     if let Some(e) = w.error {
         return Some(BodyPeek::Error(
-            e.message.map_or_else(|| "upstream error".to_owned(), Cow::into_owned),
+            e.message.map_or_else(|| "upstream error".to_owned(), Str::owned),
         ));
     }
     // The message is the top-level object: re-read it as one.
@@ -397,10 +421,7 @@ pub fn anthropic_body(data: &[u8]) -> Option<BodyPeek> {
     if m.kind.as_deref() != Some("message") {
         return None;
     }
-    Some(BodyPeek::Ok {
-        usage: m.usage.map(|u| u.usage()),
-        finish: m.stop_reason.map(Cow::into_owned),
-    })
+    Some(BodyPeek::Ok { usage: m.usage.map(|u| u.usage()), finish: m.stop_reason.map(Str::owned) })
 }
 
 /// Folds a new usage report into what was seen: zero fields keep earlier values (Anthropic's

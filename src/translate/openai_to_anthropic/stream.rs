@@ -25,13 +25,14 @@
 //! `content_block_delta` events, nearly all of a stream, take a faster road to the same bytes:
 //! read into borrowing structs instead of a `Value`, their chunk written into the serialized
 //! chunk around its `delta` (the rest is the same for every chunk of the stream). An event
-//! that road cannot read exactly (not an object, a field of an unexpected type, a duplicate
-//! key) takes the general one, which decides as before; a test runs both on mutated streams
-//! and compares their bytes.
+//! that road cannot read exactly (not an object, a field it does not read, a field of an
+//! unexpected type, a duplicate key) takes the general one, which decides as before; tests run
+//! both on mutated streams and on odd deltas and compare their bytes.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::reply::chat_id;
@@ -75,29 +76,46 @@ pub struct StreamTranslator {
     finish_sent: bool,
     finished: bool,
     failed: bool,
-    /// A content chunk serialized around its `delta`: the text before and after it. Made when
-    /// the first delta arrives (id and model are known by then).
+    /// A content chunk serialized around its `delta`: the text before and after it. Made at
+    /// `message_start`, which fixes everything else in a chunk (id, model).
     frame: Option<(String, String)>,
-    /// Whether `content_block_delta` events take the fast road (tests turn it off to compare).
+    /// Whether content chunks take the fast road (tests turn it off to compare).
     fast: bool,
 }
 
-/// A `content_block_delta` event as the fast road reads it.
+/// A `content_block_delta` event as the fast road reads it. Only the fields it reads are
+/// allowed: serde skips an unknown field's value without the checks a `Value` makes (number
+/// range, nesting depth, lone surrogates), so an event with one takes the general road.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeltaEvent<'a> {
+    #[serde(default, rename = "type", borrow)]
+    _kind: Option<Str<'a>>,
     index: u64,
+    /// Raw, then read as a [`DeltaBody`] only if it is an object: serde reads a struct from an
+    /// array too, and the general road finds nothing in an array.
     #[serde(borrow)]
-    delta: DeltaBody<'a>,
+    delta: &'a RawValue,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeltaBody<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Str<'a>>,
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(default, borrow)]
-    partial_json: Option<Cow<'a, str>>,
+    partial_json: Option<Str<'a>>,
+}
+
+/// A string borrowed from the event when it has no escapes: serde borrows a `Cow` field, but
+/// not a `Cow` inside an `Option` (serde-rs/serde#2016).
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn field<'b>(f: &'b Option<Str<'_>>) -> &'b str {
+    f.as_ref().map_or("", |s| &s.0)
 }
 
 impl StreamTranslator {
@@ -199,10 +217,13 @@ impl StreamTranslator {
         self.id = chat_id(message.get("id"));
         self.model = message.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
         self.merge_usage(message.get("usage"));
-        self.frame = Some(self.make_frame());
-        let role = serde_json::to_string(&json!({ "role": "assistant", "content": "" }));
-        let role = role.unwrap_or_default();
-        vec![self.framed(|out| out.push_str(&role))]
+        self.frame = self.make_frame();
+        let role = json!({ "role": "assistant", "content": "" });
+        // In the frame when there is one: the same bytes, a `Value` chunk fewer to build.
+        match (&self.frame, serde_json::to_string(&role)) {
+            (Some(frame), Ok(role)) if self.fast => vec![framed(frame, |out| out.push_str(&role))],
+            _ => vec![self.chunk(role, Value::Null)],
+        }
     }
 
     fn block_start(&mut self, data: &Value) -> Result<Vec<StreamOut>, TranslateError> {
@@ -243,62 +264,46 @@ impl StreamTranslator {
 
     /// [`Self::block_delta`] for an event read into [`DeltaEvent`]; `None` when it cannot be
     /// read so (the general road then decides, errors included).
-    fn fast_delta(&mut self, data: &[u8]) -> Option<Vec<StreamOut>> {
+    fn fast_delta(&self, data: &[u8]) -> Option<Vec<StreamOut>> {
+        let frame = self.frame.as_ref()?;
         let text = std::str::from_utf8(data).ok()?;
         // Serde reads a struct from an array too; the general road calls that malformed.
         if !text.trim_start().starts_with('{') {
             return None;
         }
         let event: DeltaEvent<'_> = serde_json::from_str(text).ok()?;
-        fn field<'b>(f: &'b Option<Cow<'_, str>>) -> &'b str {
-            f.as_deref().unwrap_or("")
+        if !event.delta.get().starts_with('{') {
+            return None;
         }
-        let delta = &event.delta;
-        Some(match (delta.kind.as_deref(), self.block_kind(event.index)) {
-            (Some("text_delta"), Some(Block::Text) | None) if !field(&delta.text).is_empty() => {
+        let delta: DeltaBody<'_> = serde_json::from_str(event.delta.get()).ok()?;
+        Some(match (field(&delta.kind), self.block_kind(event.index)) {
+            ("text_delta", Some(Block::Text) | None) if !field(&delta.text).is_empty() => {
                 // `{"content": text}` as a `Value` would serialize: one key, no spaces.
                 let text = serde_json::to_string(field(&delta.text)).ok()?;
-                vec![self.framed(|out| {
+                vec![framed(frame, |out| {
                     out.push_str(r#"{"content":"#);
                     out.push_str(&text);
                     out.push('}');
                 })]
             }
-            (Some("input_json_delta"), Some(Block::Tool { ordinal }))
+            ("input_json_delta", Some(Block::Tool { ordinal }))
                 if !field(&delta.partial_json).is_empty() =>
             {
                 let call = json!({ "index": ordinal, "function": { "arguments": field(&delta.partial_json) } });
                 let delta = serde_json::to_string(&json!({ "tool_calls": [call] })).ok()?;
-                vec![self.framed(|out| out.push_str(&delta))]
+                vec![framed(frame, |out| out.push_str(&delta))]
             }
             _ => Vec::new(),
         })
     }
 
-    /// A content chunk (no finish reason) whose serialized delta `write_delta` writes, in the
-    /// stream's frame: the same bytes [`Self::chunk`] serializes.
-    fn framed(&mut self, write_delta: impl FnOnce(&mut String)) -> StreamOut {
-        let (before, after) = match self.frame.take() {
-            Some(frame) => frame,
-            None => self.make_frame(),
-        };
-        let mut out = String::with_capacity(before.len() + after.len() + 64);
-        out.push_str(&before);
-        write_delta(&mut out);
-        out.push_str(&after);
-        self.frame = Some((before, after));
-        StreamOut::Chunk(out)
-    }
-
-    /// The text of a content chunk before and after its delta, cut at its only `"delta":`
-    /// (inside the id or model string a quote is escaped, so it cannot appear there).
-    fn make_frame(&self) -> (String, String) {
-        const KEY: &str = "\"delta\":";
-        let whole = serde_json::to_string(&self.chunk_value(Value::Null, Value::Null));
-        let whole = whole.unwrap_or_default();
-        let at = whole.find(KEY).map_or(whole.len(), |i| i + KEY.len());
-        let after = whole.get(at..).and_then(|rest| rest.strip_prefix("null")).unwrap_or("");
-        (whole[..at].to_owned(), after.to_owned())
+    /// The text of a content chunk before and after its delta, split at its only
+    /// `"delta":null` (inside the id or model string a quote is escaped, so the pattern cannot
+    /// appear there). `None` would leave every delta to the general road.
+    fn make_frame(&self) -> Option<(String, String)> {
+        let whole = serde_json::to_string(&self.chunk_value(Value::Null, Value::Null)).ok()?;
+        let (before, after) = whole.split_once(r#""delta":null"#)?;
+        Some((format!(r#"{before}"delta":"#), after.to_owned()))
     }
 
     fn block_delta(&mut self, data: &Value) -> Result<Vec<StreamOut>, TranslateError> {
@@ -383,6 +388,17 @@ impl StreamTranslator {
         }
         chunk
     }
+}
+
+/// A content chunk (no finish reason) whose serialized delta `write_delta` writes, in the
+/// stream's `frame`: the same bytes [`StreamTranslator::chunk`] serializes.
+fn framed(frame: &(String, String), write_delta: impl FnOnce(&mut String)) -> StreamOut {
+    let (before, after) = frame;
+    let mut out = String::with_capacity(before.len() + after.len() + 64);
+    out.push_str(before);
+    write_delta(&mut out);
+    out.push_str(after);
+    StreamOut::Chunk(out)
 }
 
 fn serialized(chunk: &Value) -> StreamOut {

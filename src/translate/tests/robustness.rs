@@ -416,3 +416,58 @@ fn deltas_read_the_fast_way_serialize_as_the_general_way() {
         );
     }
 }
+
+#[test]
+fn odd_deltas_get_what_the_general_road_gives() {
+    let deep = format!("{}0{}", "[".repeat(130), "]".repeat(130));
+    let bodies = [
+        // Arrays where objects belong (serde reads a struct from an array).
+        r#"{"index":0,"delta":["text_delta","hi"]}"#.to_owned(),
+        r#"{"index":1,"delta":["input_json_delta",null,"{\"a\""]}"#.to_owned(),
+        r#"[0,{"type":"text_delta","text":"hi"}]"#.to_owned(),
+        // Values a skipped field would not check, at the top level and inside the delta.
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":1e400}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":1e400}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":"\ud800"}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":"\ud800"}}"#.to_owned(),
+        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi"}},"x":{deep}}}"#),
+        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi","x":{deep}}}}}"#),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"\ud800"}}"#.to_owned(),
+        // Framing and duplicates.
+        "\u{feff}{\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}".to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}} x"#.to_owned(),
+        r#" {"index":0,"delta":{"type":"text_delta","text":"hi"}} "#.to_owned(),
+        r#"{"index":0,"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","type":"x","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","text":"ho"}}"#.to_owned(),
+        // Indexes the general road does not read as a block index.
+        r#"{"index":-1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":1.0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":18446744073709551616,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":"0","delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        // Fields of other types, or missing.
+        r#"{"index":0,"delta":{"type":"text_delta","text":7}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":null}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":7,"text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":null}"#.to_owned(),
+        r#"{"index":0}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#.to_owned(),
+        r#"{"index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#.to_owned(),
+        r#"{"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+    ];
+    for include_usage in [false, true] {
+        let mut t = Both::new(include_usage);
+        let start =
+            json!({ "message": { "id": "m", "model": "claude", "usage": { "input_tokens": 1 } } });
+        t.on_event("message_start", start.to_string().as_bytes()).unwrap();
+        let text = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
+        t.on_event("content_block_start", text.to_string().as_bytes()).unwrap();
+        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
+        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
+        for body in &bodies {
+            // `Both` asserts that the two roads agree, errors included.
+            let _ = t.on_event("content_block_delta", body.as_bytes());
+        }
+    }
+}
