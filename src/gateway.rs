@@ -49,6 +49,9 @@ impl Gateway {
 
     /// Prepares `config` without activating it.
     pub fn prepare(&self, config: Config) -> Result<Snapshot, String> {
+        // Connectors left by prepares that were never installed (a pinned candidate, a
+        // rejected config) go first; live and in-progress snapshots hold theirs.
+        self.shared.clients.prune();
         Snapshot::prepare(config, &self.shared, &self.metrics)
     }
 

@@ -103,11 +103,13 @@ impl Spec {
     }
 }
 
-/// Reads the CA file at `path`, once per provider and config load (so one config version
-/// trusts one content of it).
+/// Reads and checks the CA file at `path`, once per provider and config load (so one config
+/// version trusts one content of it, and a bad file fails the load whether a route uses the
+/// provider or not).
 pub fn read_ca_file(path: &Path) -> Result<CaFile, String> {
     let pem =
         std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    add_certificates(path, &pem, &mut RootCertStore::empty())?;
     Ok((path.to_owned(), pem))
 }
 
@@ -128,8 +130,7 @@ fn add_certificates(path: &Path, pem: &[u8], roots: &mut RootCertStore) -> Resul
 
 /// Checks a provider's `ca_file` as loading the config would (for `tidegate check`).
 pub fn check_ca_file(path: &Path) -> Result<(), String> {
-    let (path, pem) = read_ca_file(path)?;
-    add_certificates(&path, &pem, &mut RootCertStore::empty())
+    read_ca_file(path).map(drop)
 }
 
 /// Where one request goes, in both forms hyper's connections need: HTTP/1 sends the path and
@@ -209,7 +210,18 @@ impl Upstream {
                 // sending on a pooled connection, and it is the rare case.
                 pool::Connect::Alone => break Box::pin(self.connect(dest)).await?,
                 pool::Connect::Lead(leader) => {
-                    let conn = Box::pin(self.connect(dest)).await;
+                    // A waiter taking over keeps the deadline it waited under.
+                    let conn = match deadline {
+                        None => Box::pin(self.connect(dest)).await,
+                        Some(until) => tokio::time::timeout_at(until, Box::pin(self.connect(dest)))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(SendError::Connect(format!(
+                                    "no connection within {:?}",
+                                    self.spec.connect_timeout
+                                )))
+                            }),
+                    };
                     leader.finish(conn.as_ref().err().map(|e| match e {
                         SendError::Connect(e) | SendError::Reset(e) => e.clone(),
                     }));

@@ -359,6 +359,17 @@ async fn a_replaced_ca_file_is_trusted_after_a_reload() {
     assert!(err.contains("holds no certificate") && err.contains("ca.pem"), "{err}");
     let got = call_with(&gw, with_client_key(chat("x"))).await;
     assert_eq!(got.status, 200, "{}", got.text());
+    // So does a bad CA file of a provider no route uses (as `tidegate check` warns).
+    std::fs::copy(format!("{FIXTURES}/ca.pem"), &ca).unwrap();
+    let spare = dir.join("spare.pem");
+    std::fs::write(&spare, "not a certificate").unwrap();
+    let with_spare = yaml.replacen(
+        "providers:\n",
+        &format!("providers:\n  spare: {{kind: openai_compatible, base_url: \"https://localhost:1/v1\", ca_file: \"{}\"}}\n", spare.display()),
+        1,
+    );
+    let err = gw.prepare(config(&with_spare)).err().expect("an unused bad CA file loaded");
+    assert!(err.contains("providers.spare") && err.contains("holds no certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

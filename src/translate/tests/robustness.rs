@@ -455,6 +455,16 @@ fn odd_deltas_get_what_the_general_road_gives() {
         r#"{"index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#.to_owned(),
         r#"{"index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#.to_owned(),
         r#"{"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        // Whitespace, top-level types, empty deltas, escapes (owned strings).
+        r#"{ "index" : 0 , "delta" : { "type" : "text_delta" , "text" : "hi" } }"#.to_owned(),
+        r#"{"type":1,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"type":null,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{}}"#.to_owned(),
+        r#"{}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hé "\ 
+"}}"#
+            .to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
     ];
     for include_usage in [false, true] {
         let mut t = Both::new(include_usage);
