@@ -47,6 +47,29 @@ pub(crate) fn parse_json(data: &[u8]) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
+/// A string read borrowed from the payload when it has no escapes. serde borrows a `Cow<str>`
+/// field but not one inside an `Option` (serde-rs/serde#2016), so `Option<Cow<str>>` copies
+/// every string; `Option<Str>` does not.
+#[derive(serde::Deserialize)]
+pub(crate) struct Str<'a>(#[serde(borrow)] pub std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a> Str<'a> {
+    pub fn cow(self) -> std::borrow::Cow<'a, str> {
+        self.0
+    }
+
+    pub fn owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
 /// A request that cannot be translated: becomes a 400 `invalid_request` with `param` naming the field.
 ///
 /// The response and stream translators use it too, for upstream bodies or events they cannot

@@ -190,7 +190,6 @@ impl Upstream {
         dest: &Destination,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, SendError> {
-        let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
         // Once a waited-for HTTP/1.1 connection is made, this request connects on its own.
         let mut alone = false;
         // Waiting for other requests' connects ends here, however many there are.
@@ -203,25 +202,18 @@ impl Upstream {
                     Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
                 }
             }
-            let how =
-                if alone { pool::Connect::Alone } else { pool::connect(self.endpoint, https) };
+            let how = if alone {
+                pool::Connect::Alone
+            } else {
+                pool::connect(self.endpoint, dest.absolute.scheme() == Some(&Scheme::HTTPS))
+            };
             match how {
                 // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
                 // sending on a pooled connection, and it is the rare case.
-                pool::Connect::Alone => break Box::pin(self.connect(dest)).await?,
+                pool::Connect::Alone => break Box::pin(self.connect(dest, None)).await?,
                 pool::Connect::Lead(leader) => {
                     // A waiter taking over keeps the deadline it waited under.
-                    let conn = match deadline {
-                        None => Box::pin(self.connect(dest)).await,
-                        Some(until) => tokio::time::timeout_at(until, Box::pin(self.connect(dest)))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(SendError::Connect(format!(
-                                    "no connection within {:?}",
-                                    self.spec.connect_timeout
-                                )))
-                            }),
-                    };
+                    let conn = Box::pin(self.connect(dest, deadline)).await;
                     leader.finish(conn.as_ref().err().map(|e| match e {
                         SendError::Connect(e) | SendError::Reset(e) => e.clone(),
                     }));
@@ -286,9 +278,16 @@ impl Upstream {
     }
 
     /// Makes a connection: TCP, TLS and the HTTP handshake, all within the connect timeout.
-    async fn connect(&self, dest: &Destination) -> Result<Idle, SendError> {
+    /// `until`: the connect timeout from now, or the deadline a waiter taking over an
+    /// abandoned connect already waited under.
+    async fn connect(
+        &self,
+        dest: &Destination,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Idle, SendError> {
         let within = self.spec.connect_timeout;
-        tokio::time::timeout(within, self.handshake(dest))
+        let until = until.unwrap_or_else(|| tokio::time::Instant::now() + within);
+        tokio::time::timeout_at(until, self.handshake(dest))
             .await
             .unwrap_or_else(|_| Err(SendError::Connect(format!("no connection within {within:?}"))))
     }
@@ -327,7 +326,7 @@ impl Upstream {
     #[cfg(test)]
     fn future_sizes(&self, dest: &Destination) -> (usize, usize) {
         let send = std::mem::size_of_val(&self.send(dest, Request::new(Full::default())));
-        let connect = std::mem::size_of_val(&self.connect(dest));
+        let connect = std::mem::size_of_val(&self.connect(dest, None));
         (send, connect)
     }
 }

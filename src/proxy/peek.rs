@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::translate::Str;
+
 /// Token usage as tidegate accounts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -40,29 +42,6 @@ impl From<UsageWire> for Usage {
             output: u.completion_tokens,
             cached_input: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
         }
-    }
-}
-
-/// A string borrowed from the payload when it has no escapes. serde borrows a `Cow<str>`
-/// field but not one inside an `Option` (serde-rs/serde#2016): `Option<Cow<str>>` allocated
-/// every chunk's text.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'a> Str<'a> {
-    fn cow(self) -> Cow<'a, str> {
-        self.0
-    }
-
-    fn owned(self) -> String {
-        self.0.into_owned()
     }
 }
 

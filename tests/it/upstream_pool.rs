@@ -154,6 +154,18 @@ async fn answer_each(mut sock: TcpStream, mode: Mode, seen: &Counts) {
     }
 }
 
+/// Posts `body` as a chat request, which must succeed.
+async fn post_ok(gw: &Arc<tidegate::gateway::Gateway>, body: &str) -> Got {
+    let got = post(gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got
+}
+
+/// A non-stream chat request, which must succeed.
+async fn chat_ok(gw: &Arc<tidegate::gateway::Gateway>) -> Got {
+    post_ok(gw, &chat("x")).await
+}
+
 fn config_for(up: SocketAddr) -> String {
     format!(
         "providers:\n  up: {{kind: openai_compatible, base_url: \"http://{up}/v1\"}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: [{{provider: up, model: up-model}}]\n"
@@ -165,8 +177,7 @@ async fn keep_alive_connections_are_reused() {
     let (up, counts) = counting_upstream(Mode::KeepAlive).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
-        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        let got = chat_ok(&gw).await;
         assert_eq!(got.json()["choices"][0]["message"]["content"], "hi");
     }
     assert_eq!(Counts::get(&counts.accepted), 1);
@@ -177,8 +188,7 @@ async fn an_upstream_closing_each_connection_gets_a_fresh_one_every_time() {
     let (up, counts) = counting_upstream(Mode::Close).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
-        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        chat_ok(&gw).await;
     }
     assert_eq!(Counts::get(&counts.accepted), 3);
 }
@@ -188,15 +198,13 @@ async fn an_answer_ending_at_the_close_of_its_connection_is_whole_and_not_reused
     let (up, counts) = counting_upstream(Mode::CloseDelimited).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
-        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        let got = chat_ok(&gw).await;
         assert_eq!(got.body.as_ref(), ANSWER);
         assert_eq!(got.json()["usage"]["total_tokens"], 2);
     }
     // Streams too: the events are forwarded to `[DONE]`, and the connection is not kept.
     for _ in 0..2 {
-        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        let got = post_ok(&gw, &chat_stream("x")).await;
         assert_eq!(got.stream_text(), "hi");
         assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
     }
@@ -208,8 +216,7 @@ async fn bytes_after_an_answer_never_reach_the_next_request() {
     let (up, counts) = counting_upstream(Mode::TrailingGarbage).await;
     let gw = gateway(&config_for(up));
     for _ in 0..3 {
-        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        let got = chat_ok(&gw).await;
         assert_eq!(got.body.as_ref(), ANSWER);
     }
     // hyper reads the stray bytes as a message on an idle connection and closes it.
@@ -226,8 +233,7 @@ async fn an_upstream_hanging_up_idle_connections_gets_a_fresh_one_every_time() {
         while Counts::get(&counts.finished) < i {
             tokio::task::yield_now().await;
         }
-        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        chat_ok(&gw).await;
     }
     assert_eq!(Counts::get(&counts.accepted), 3);
 }
@@ -237,8 +243,7 @@ async fn a_stream_whose_body_ends_after_its_done_keeps_its_connection() {
     let (up, counts) = counting_upstream(Mode::LateTerminator).await;
     let gw = gateway(&config_for(up));
     for i in 1..=3 {
-        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
-        assert_eq!(got.status, 200, "{}", got.text());
+        let got = post_ok(&gw, &chat_stream("x")).await;
         assert_eq!(got.stream_text(), "hi");
         assert!(got.text().ends_with("data: [DONE]\n\n"), "{}", got.text());
         // The gateway answered at `[DONE]`; its connection comes back once the body ends.

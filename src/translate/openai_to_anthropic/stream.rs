@@ -29,8 +29,6 @@
 //! unexpected type, a duplicate key) takes the general one, which decides as before; tests run
 //! both on mutated streams and on odd deltas and compare their bytes.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -38,7 +36,7 @@ use serde_json::{Map, Value, json};
 use super::reply::chat_id;
 use crate::translate::errors::openai_error_from_anthropic;
 use crate::translate::finish::openai_finish_reason;
-use crate::translate::{TranslateError, Usage};
+use crate::translate::{Str, TranslateError, Usage};
 
 /// What to send the OpenAI client for one upstream event.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,13 +107,8 @@ struct DeltaBody<'a> {
     partial_json: Option<Str<'a>>,
 }
 
-/// A string borrowed from the event when it has no escapes: serde borrows a `Cow` field, but
-/// not a `Cow` inside an `Option` (serde-rs/serde#2016).
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
 fn field<'b>(f: &'b Option<Str<'_>>) -> &'b str {
-    f.as_ref().map_or("", |s| &s.0)
+    f.as_deref().unwrap_or("")
 }
 
 impl StreamTranslator {
