@@ -209,6 +209,11 @@ pub enum KeySource {
     File(PathBuf),
 }
 
+/// Default `http2_max_streams`: RFC 9113 (§6.5.2) recommends upstreams allow at least 100
+/// concurrent streams, so staying within it never queues a request behind a compliant
+/// upstream's limit.
+pub const HTTP2_MAX_STREAMS: u32 = 100;
+
 /// `providers.<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderSpec {
@@ -221,6 +226,9 @@ pub struct ProviderSpec {
     pub key: KeySource,
     /// Extra CA certificates (PEM) trusted besides the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// Requests one shared HTTP/2 connection to the provider carries at once, per worker
+    /// thread; one more opens another connection. Default [`HTTP2_MAX_STREAMS`].
+    pub http2_max_streams: u32,
     /// Accepts a trailing assistant message as a prefix to continue (used by stream resume).
     pub supports_prefill: bool,
 }

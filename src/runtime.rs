@@ -204,6 +204,7 @@ impl Snapshot {
                         route.timeouts.connect,
                         ca_files.get(&*t.provider),
                         &provider.spec.base_url,
+                        provider.spec.http2_max_streams as usize,
                     )
                     .map_err(|e| format!("providers.{}: {e}", t.provider))?;
                 targets.push(TargetRuntime {

@@ -95,6 +95,7 @@ pub struct RawProvider {
     pub api_key_env: Option<String>,
     pub api_key_file: Option<String>,
     pub ca_file: Option<String>,
+    pub http2_max_streams: Option<u32>,
     pub supports_prefill: Option<bool>,
     /// `mock` only: the wire format it speaks (`openai` or `anthropic`).
     pub api: Option<String>,

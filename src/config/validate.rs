@@ -325,18 +325,39 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
             "the OpenAI API does not continue a trailing assistant message",
         ));
     }
+    let http2_max_streams = match (kind, p.http2_max_streams) {
+        (_, None) => super::HTTP2_MAX_STREAMS,
+        (ProviderKind::Mock, Some(_)) => {
+            return Err(cx.err(
+                format!("{path}.http2_max_streams"),
+                "a mock provider runs in-process and has no connections",
+            ));
+        }
+        (_, Some(n)) if (1..=MAX_HTTP2_STREAMS).contains(&n) => n,
+        (_, Some(n)) => {
+            return Err(cx.err(
+                format!("{path}.http2_max_streams"),
+                format!("expected 1 to {MAX_HTTP2_STREAMS} requests per connection, got {n}"),
+            ));
+        }
+    };
     Ok(ProviderSpec {
         name: name.to_owned(),
         kind,
         base_url,
         key,
         ca_file: p.ca_file.map(PathBuf::from),
+        http2_max_streams,
         supports_prefill: p
             .supports_prefill
             .unwrap_or(matches!(kind, ProviderKind::Mock | ProviderKind::Anthropic)),
         wire,
     })
 }
+
+/// The largest `http2_max_streams`: far above any upstream's stream limit (nginx allows 128,
+/// hyper 200, Go 250), so a larger value is a typo.
+const MAX_HTTP2_STREAMS: u32 = 10_000;
 
 /// Names appear in URL paths and metric labels: keep them to a safe alphabet.
 fn check_name(cx: &Ctx<'_>, path: &str, name: &str) -> Result<(), ConfigError> {
@@ -585,6 +606,24 @@ mod tests {
             let e = load_str(&format!("server: {{worker_threads: {bad}}}\n{MIN}")).unwrap_err();
             assert_eq!(e.path, "server.worker_threads", "{e}");
         }
+    }
+
+    #[test]
+    fn http2_max_streams_defaults_and_bounds() {
+        let up = "providers:\n  up: {kind: openai_compatible, base_url: \"https://x/v1\"STREAMS}\nroutes:\n  chat:\n    targets: [{provider: up, model: ok}]\n";
+        let c = load_str(&up.replace("STREAMS", "")).unwrap();
+        assert_eq!(c.providers["up"].http2_max_streams, 100);
+        let c = load_str(&up.replace("STREAMS", ", http2_max_streams: 8")).unwrap();
+        assert_eq!(c.providers["up"].http2_max_streams, 8);
+        for bad in ["0", "10001", "-1", "many"] {
+            let e = load_str(&up.replace("STREAMS", &format!(", http2_max_streams: {bad}")))
+                .unwrap_err();
+            assert_eq!(e.path, "providers.up.http2_max_streams", "{bad}: {e}");
+        }
+        let e = load_str(&MIN.replace("{kind: mock}", "{kind: mock, http2_max_streams: 8}"))
+            .unwrap_err();
+        assert_eq!(e.path, "providers.sim.http2_max_streams");
+        assert!(e.message.contains("in-process"), "{e}");
     }
 
     #[test]

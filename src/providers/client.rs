@@ -167,6 +167,9 @@ impl Destination {
 pub struct Upstream {
     spec: Arc<Spec>,
     endpoint: usize,
+    /// Requests one shared HTTP/2 connection carries at once (the provider's
+    /// `http2_max_streams`); one more opens another connection.
+    max_streams: usize,
 }
 
 /// The upstream's response, its body holding the connection until it has been read.
@@ -183,31 +186,28 @@ impl Upstream {
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
     /// request back unsent, and the next one is tried, as a fresh connection is last. A
     /// connection that may turn out HTTP/2 and is being made by another request is waited
-    /// for (see [`pool::connect`]), for the connect timeout at most; a request whose wait runs
-    /// out, or whose awaited connect failed, fails as a connect error rather than try again.
+    /// for (see [`pool::connect`]), for the connect timeout at most in all; a request whose
+    /// wait runs out, or whose awaited connect failed, fails as a connect error rather than
+    /// try again. A waiter that finds the new HTTP/2 connection full (the requests that waited
+    /// with it took its streams) waits for, or makes, the next one; after a new HTTP/1.1
+    /// connection each waiter makes its own.
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: Request<Full<Bytes>>,
     ) -> Result<Answer, SendError> {
-        // Once a waited-for HTTP/1.1 connection is made, this request connects on its own.
-        let mut alone = false;
         // Waiting for other requests' connects ends here, however many there are.
         let mut deadline = None;
         let conn = loop {
-            while let Some(conn) = pool::checkout(self.endpoint) {
+            while let Some(conn) = pool::checkout(self.endpoint, self.max_streams) {
                 match self.dispatch(conn, dest, req).await {
                     Ok(answer) => return Ok(answer),
                     Err(Failed { unsent: Some(r), .. }) => req = r,
                     Err(Failed { error, .. }) => return Err(SendError::Reset(error)),
                 }
             }
-            let how = if alone {
-                pool::Connect::Alone
-            } else {
-                pool::connect(self.endpoint, dest.absolute.scheme() == Some(&Scheme::HTTPS))
-            };
-            match how {
+            let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
+            match pool::connect(self.endpoint, https) {
                 // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
                 // sending on a pooled connection, and it is the rare case.
                 pool::Connect::Alone => break Box::pin(self.connect(dest, None)).await?,
@@ -224,9 +224,9 @@ impl Upstream {
                     let until =
                         *deadline.get_or_insert_with(|| tokio::time::Instant::now() + within);
                     match Box::pin(made.wait(until)).await {
-                        // An HTTP/2 connection is in the pool now; an HTTP/1.1 one is not
-                        // shared, so this request makes its own.
-                        Some(pool::Ended::Made) => alone = true,
+                        // An HTTP/2 connection is in the pool now; after an HTTP/1.1 one, the
+                        // endpoint is known to speak HTTP/1, so this request makes its own.
+                        Some(pool::Ended::Made) => {}
                         Some(pool::Ended::Failed(error)) => {
                             return Err(SendError::Connect(format!(
                                 "{error} (the connect this request waited for)"
@@ -264,14 +264,14 @@ impl Upstream {
                     resp.map(|b| PooledBody::new(b, Some(Lease::new(self.endpoint, tx))))
                 })
             }
-            Idle::H2(mut tx) => {
+            Idle::H2(mut tx, stream) => {
                 *req.uri_mut() = dest.absolute.clone();
                 req.headers_mut().remove(header::HOST);
                 let sent = tx.try_send_request(req).await;
                 if sent.as_ref().is_err_and(|e| e.message().is_some()) {
                     pool::forget_h2(self.endpoint);
                 }
-                sent.map(|resp| resp.map(|b| PooledBody::new(b, None)))
+                sent.map(|resp| resp.map(|b| PooledBody::on_stream(b, stream)))
             }
         };
         sent.map_err(|mut e| Failed { unsent: e.take_message(), error: error_chain(e.error()) })
@@ -307,8 +307,7 @@ impl Upstream {
                 .await
                 .map_err(|e| connect_error(&e))?;
             drive(conn);
-            pool::share_h2(self.endpoint, &tx);
-            Ok(Idle::H2(tx))
+            Ok(pool::share_h2(self.endpoint, &tx))
         } else {
             let (tx, conn) = http1::handshake(io).await.map_err(|e| connect_error(&e))?;
             drive(conn);
@@ -356,12 +355,14 @@ pub struct ClientCache {
 
 impl ClientCache {
     /// The connector for `connect_timeout` and `ca_file` ([`read_ca_file`]), aimed at
-    /// `base_url`'s endpoint; a CA file rustls cannot use is an error naming it.
+    /// `base_url`'s endpoint, sharing an HTTP/2 connection among `max_streams` requests at
+    /// most; a CA file rustls cannot use is an error naming it.
     pub fn get(
         &self,
         connect_timeout: Duration,
         ca_file: Option<&CaFile>,
         base_url: &str,
+        max_streams: usize,
     ) -> Result<Upstream, String> {
         let key = (connect_timeout, ca_file.cloned());
         let spec = {
@@ -376,7 +377,7 @@ impl ClientCache {
             }
         };
         let endpoint = spec.endpoint(base_url);
-        Ok(Upstream { spec, endpoint })
+        Ok(Upstream { spec, endpoint, max_streams })
     }
 }
 
@@ -402,7 +403,7 @@ mod tests {
     #[test]
     fn sending_on_a_pooled_connection_keeps_a_small_future() {
         let cache = ClientCache::default();
-        let up = cache.get(Duration::from_secs(1), None, "http://127.0.0.1:9/v1").unwrap();
+        let up = cache.get(Duration::from_secs(1), None, "http://127.0.0.1:9/v1", 100).unwrap();
         let dest = Destination::parse("http://127.0.0.1:9/v1/chat/completions").unwrap();
         let (send, connect) = up.future_sizes(&dest);
         // Connecting is boxed: inline, it made every request's future (and each move of it)

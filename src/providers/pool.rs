@@ -14,12 +14,15 @@
 //!   body complete, and the chunked terminator that often follows in its own packet is waited
 //!   for ([`TAIL_WAIT`]) so the connection is kept; any other body dropped early takes the
 //!   connection with it (hyper closes it, since the rest of the answer is still in flight);
-//! - an HTTP/2 connection (ALPN) is shared by every request of the thread to that endpoint,
-//!   and requests arriving while it is being made wait for it ([`connect`]);
-//! - idle connections are kept [`IDLE_TIMEOUT`] at most (an HTTP/2 one counted from its last
-//!   request), [`MAX_IDLE`] HTTP/1 ones per endpoint and thread, handed out newest first (the
-//!   warmest socket, and the oldest age out); a thread's slots are swept for expired and
-//!   closed connections on its worker's tick and, at most once a second, when it sends.
+//! - an HTTP/2 connection (ALPN) is shared by the thread's requests to that endpoint, up to
+//!   the provider's `http2_max_streams` at once ([`Stream`] counts them); one more request
+//!   opens another connection rather than queue behind the upstream's stream limit, and
+//!   requests arriving while a connection is being made wait for it ([`connect`]);
+//! - idle connections are kept [`IDLE_TIMEOUT`] at most (an HTTP/2 one counted from when its
+//!   last request began, and kept while any is in flight), [`MAX_IDLE`] HTTP/1 ones per
+//!   endpoint and thread, handed out newest first (the warmest socket, and the oldest age
+//!   out); a thread's slots are swept for expired and closed connections on its worker's tick
+//!   and, at most once a second, when it sends.
 
 use std::cell::RefCell;
 use std::sync::Weak;
@@ -45,8 +48,8 @@ pub type H2 = http2::SendRequest<Full<Bytes>>;
 struct Slot {
     /// Idle HTTP/1 connections and when each came back, oldest first.
     idle: Vec<(H1, Instant)>,
-    /// The shared HTTP/2 connection, if the endpoint speaks it, and when it was last used.
-    h2: Option<(H2, Instant)>,
+    /// The shared HTTP/2 connections, if the endpoint speaks it, oldest first.
+    h2: Vec<SharedH2>,
     /// What the endpoint's last connection from this thread negotiated.
     speaks: Speaks,
     /// A connection being made that may turn out HTTP/2, which requests needing one wait for.
@@ -64,29 +67,52 @@ enum Speaks {
     Http2,
 }
 
+/// An HTTP/2 connection shared by the requests of one thread.
+struct SharedH2 {
+    tx: H2,
+    /// When a request last took a stream of it.
+    used: Instant,
+    /// Cloned into each request's [`Stream`]: the streams in flight are its other holders.
+    streams: std::sync::Arc<()>,
+}
+
+impl SharedH2 {
+    fn in_flight(&self) -> usize {
+        std::sync::Arc::strong_count(&self.streams) - 1
+    }
+
+    fn stream(&mut self, now: Instant) -> Idle {
+        self.used = now;
+        Idle::H2(self.tx.clone(), Stream { _held: self.streams.clone() })
+    }
+}
+
+/// A request's stream on a shared HTTP/2 connection, counted against the provider's
+/// `http2_max_streams` until dropped (with the response body, or the request that failed).
+pub struct Stream {
+    _held: std::sync::Arc<()>,
+}
+
 impl Slot {
     fn expire(&mut self, now: Instant) {
         // Oldest first: everything before the first fresh one has expired.
         let fresh = self.idle.partition_point(|(_, at)| now.duration_since(*at) > IDLE_TIMEOUT);
         self.idle.drain(..fresh);
         self.idle.retain(|(tx, _)| !tx.is_closed());
-        if self
-            .h2
-            .as_ref()
-            .is_some_and(|(tx, at)| tx.is_closed() || now.duration_since(*at) > IDLE_TIMEOUT)
-        {
-            // Requests still in flight on it keep it open until they are done.
-            self.h2 = None;
-        }
+        // One carrying a stream is never idle, however long ago that stream began.
+        self.h2.retain(|c| {
+            !c.tx.is_closed() && (c.in_flight() > 0 || now.duration_since(c.used) <= IDLE_TIMEOUT)
+        });
     }
 
-    fn checkout(&mut self, now: Instant) -> Option<Idle> {
-        if let Some((h2, used)) = &mut self.h2 {
-            if !h2.is_closed() {
-                *used = now;
-                return Some(Idle::H2(h2.clone()));
+    /// A connection for one request: a stream of the oldest shared HTTP/2 connection with
+    /// fewer than `max_streams` in flight, else the newest idle HTTP/1 one.
+    fn checkout(&mut self, now: Instant, max_streams: usize) -> Option<Idle> {
+        if !self.h2.is_empty() {
+            self.h2.retain(|c| !c.tx.is_closed());
+            if let Some(c) = self.h2.iter_mut().find(|c| c.in_flight() < max_streams) {
+                return Some(c.stream(now));
             }
-            self.h2 = None;
         }
         while let Some((tx, at)) = self.idle.pop() {
             if now.duration_since(at) > IDLE_TIMEOUT {
@@ -150,38 +176,46 @@ fn with_slot<R>(id: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
     SLOTS.with_borrow_mut(|slots| f(slots.slot(id)))
 }
 
-/// A connection taken from the pool.
+/// A connection taken from the pool: an HTTP/1 one lent whole, or one stream of a shared
+/// HTTP/2 one.
 pub enum Idle {
     H1(H1),
-    H2(H2),
+    H2(H2, Stream),
 }
 
-/// A ready connection to endpoint `id`, if this thread holds one: the shared HTTP/2 one, else
-/// the most recently returned HTTP/1 one.
-pub fn checkout(id: usize) -> Option<Idle> {
+/// A ready connection to endpoint `id`, if this thread holds one: a stream of a shared HTTP/2
+/// connection with fewer than `max_streams` in flight, else the most recently returned HTTP/1
+/// one.
+pub fn checkout(id: usize, max_streams: usize) -> Option<Idle> {
     let now = Instant::now();
     SLOTS.with_borrow_mut(|slots| {
         slots.sweep_if_due(now);
-        slots.slot(id).checkout(now)
+        slots.slot(id).checkout(now, max_streams)
     })
 }
 
-/// Shares a new HTTP/2 connection with the thread's later requests to endpoint `id`.
-pub fn share_h2(id: usize, tx: &H2) {
+/// Shares a new HTTP/2 connection with the thread's later requests to endpoint `id`, and
+/// hands out its first stream.
+pub fn share_h2(id: usize, tx: &H2) -> Idle {
     with_slot(id, |slot| {
-        slot.h2 = Some((tx.clone(), Instant::now()));
         slot.speaks = Speaks::Http2;
-    });
+        let now = Instant::now();
+        let mut shared = SharedH2 { tx: tx.clone(), used: now, streams: Default::default() };
+        let first = shared.stream(now);
+        slot.h2.push(shared);
+        first
+    })
 }
 
-/// Forgets endpoint `id`'s HTTP/2 connection if it is closing: it refused a request without
-/// sending it. (A new one another request shared meanwhile stays.)
+/// Forgets endpoint `id`'s HTTP/2 connections that are closing: one refused a request without
+/// sending it. (Working ones, such as a new one another request shared meanwhile, stay.)
 pub fn forget_h2(id: usize) {
-    with_slot(id, |slot| {
-        if slot.h2.as_ref().is_some_and(|(tx, _)| tx.is_closed() || !tx.is_ready()) {
-            slot.h2 = None;
-        }
-    });
+    with_slot(id, |slot| slot.h2.retain(|c| !c.tx.is_closed() && c.tx.is_ready()));
+}
+
+/// Shared HTTP/2 connections this thread holds for endpoint `id` (tests).
+pub fn h2_count(id: usize) -> usize {
+    with_slot(id, |slot| slot.h2.len())
 }
 
 /// Closes this thread's expired and closed idle connections; a worker calls it every tick.
@@ -242,6 +276,16 @@ pub const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Bytes a complete answer's body may still carry before its connection is closed instead.
 pub const TAIL_MAX: usize = 16 * 1024;
 
+/// What a [`PooledBody`] holds of its connection (one enum, no larger than the lease alone:
+/// the data plane's futures carry the body).
+enum Hold {
+    Nothing,
+    /// An HTTP/1 connection, to put back once the body is read.
+    Lease(Lease),
+    /// A stream of a shared HTTP/2 connection, freed at the body's end.
+    Stream(#[expect(dead_code, reason = "held to be dropped")] Stream),
+}
+
 /// An upstream response body that puts its HTTP/1 connection back in the pool once read to
 /// the end (the last frame, or the end of the stream). Dropped before that, the connection
 /// comes back only if hyper can finish the body from what it already holds, or, for an
@@ -249,13 +293,28 @@ pub const TAIL_MAX: usize = 16 * 1024;
 /// [`TAIL_WAIT`]; otherwise hyper closes it.
 pub struct PooledBody {
     body: Option<hyper::body::Incoming>,
-    lease: Option<Lease>,
+    /// The connection, or the HTTP/2 stream, the body arrives on.
+    hold: Hold,
     complete: bool,
 }
 
 impl PooledBody {
     pub fn new(body: hyper::body::Incoming, lease: Option<Lease>) -> Self {
-        Self { body: Some(body), lease, complete: false }
+        let hold = lease.map_or(Hold::Nothing, Hold::Lease);
+        Self { body: Some(body), hold, complete: false }
+    }
+
+    /// The body of an answer on a shared HTTP/2 connection's `stream`.
+    pub fn on_stream(body: hyper::body::Incoming, stream: Stream) -> Self {
+        Self { body: Some(body), hold: Hold::Stream(stream), complete: false }
+    }
+
+    fn lease(&mut self) -> Option<Lease> {
+        match std::mem::replace(&mut self.hold, Hold::Nothing) {
+            Hold::Lease(lease) => Some(lease),
+            // A stream is freed here, by dropping it.
+            Hold::Stream(_) | Hold::Nothing => None,
+        }
     }
 
     /// The answer is whole (a stream's last event came): what is left of the body is only its
@@ -265,7 +324,7 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
+        if let Some(lease) = self.lease() {
             lease.release();
         }
     }
@@ -286,7 +345,7 @@ impl http_body::Body for PooledBody {
             std::task::Poll::Ready(None) => this.release(),
             std::task::Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.release(),
             // An error leaves the connection broken: it goes with the lease.
-            std::task::Poll::Ready(Some(Err(_))) => this.lease = None,
+            std::task::Poll::Ready(Some(Err(_))) => this.hold = Hold::Nothing,
             _ => {}
         }
         polled
@@ -307,11 +366,11 @@ impl PooledBody {
     /// everything else (cheaper than the task a drop spawns for it). `None` when there is
     /// nothing to wait for; this body is left empty.
     pub fn take_tail(&mut self) -> Option<Tail> {
-        if !self.complete || self.lease.is_none() {
+        if !self.complete || !matches!(self.hold, Hold::Lease(_)) {
             return None;
         }
         let body = self.body.take()?;
-        Some(Tail(PooledBody { body: Some(body), lease: self.lease.take(), complete: false }))
+        Some(Tail(PooledBody::new(body, self.lease())))
     }
 }
 
@@ -337,7 +396,7 @@ impl Tail {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else { return };
+        let Some(lease) = self.lease() else { return };
         let Some(body) = self.body.take() else { return };
         if http_body::Body::is_end_stream(&body) {
             return lease.release();
@@ -348,7 +407,7 @@ impl Drop for PooledBody {
             drop(body);
             return lease.release();
         }
-        let tail = Tail(PooledBody { body: Some(body), lease: Some(lease), complete: false });
+        let tail = Tail(PooledBody::new(body, Some(lease)));
         tokio::spawn(tail.wait());
     }
 }

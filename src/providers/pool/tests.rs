@@ -40,7 +40,7 @@ async fn a_body_read_to_the_end_returns_its_connection() {
     assert_eq!(body.len(), 10);
     assert_eq!(idle_count(id), 1);
     // Handed out again, and it answers.
-    let Some(Idle::H1(tx)) = checkout(id) else { panic!("no idle connection") };
+    let Some(Idle::H1(tx)) = checkout(id, 100) else { panic!("no idle connection") };
     assert_eq!(idle_count(id), 0);
     let body = ask(id, tx).await.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), 10);
@@ -64,7 +64,7 @@ async fn a_body_dropped_early_takes_its_connection() {
         tokio::task::yield_now().await;
     }
     assert_eq!(idle_count(id), 0);
-    assert!(checkout(id).is_none());
+    assert!(checkout(id, 100).is_none());
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn closed_and_expired_connections_are_not_handed_out() {
         }
         tokio::task::yield_now().await;
     }
-    assert!(checkout(id).is_none());
+    assert!(checkout(id, 100).is_none());
     assert_eq!(idle_count(id), 0);
 
     // Expired by age, on checkout and on the sweep.
@@ -95,7 +95,7 @@ async fn closed_and_expired_connections_are_not_handed_out() {
     assert_eq!(idle_count(id), 0);
     let (tx, _server3) = connected(1, 4096).await;
     ask(id, tx).await.into_body().collect().await.unwrap();
-    assert!(with_slot(id, |s| s.checkout(later)).is_none());
+    assert!(with_slot(id, |s| s.checkout(later, 100)).is_none());
     assert_eq!(idle_count(id), 0);
 }
 
@@ -114,21 +114,22 @@ async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
     });
     let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
     tokio::spawn(conn);
-    share_h2(id, &tx);
+    drop(share_h2(id, &tx));
     // Shared, not lent: every checkout gets it, and a working one is not forgotten.
-    assert!(matches!(checkout(id), Some(Idle::H2(_))));
+    assert!(matches!(checkout(id, 100), Some(Idle::H2(..))));
     forget_h2(id);
-    let Some(Idle::H2(mut again)) = checkout(id) else { panic!("not shared") };
+    let Some(Idle::H2(mut again, stream)) = checkout(id, 100) else { panic!("not shared") };
     let req = Request::get("http://up/").body(Full::new(Bytes::new())).unwrap();
     assert_eq!(again.send_request(req).await.unwrap().status(), 200);
+    drop(stream);
 
     // Unused for longer than the idle timeout, it is let go.
     let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
     with_slot(id, |s| s.expire(later));
-    assert!(checkout(id).is_none());
+    assert!(checkout(id, 100).is_none());
 
     // Closed by the upstream, it is not handed out.
-    share_h2(id, &tx);
+    drop(share_h2(id, &tx));
     served.abort();
     let _ = served.await;
     for _ in 0..100 {
@@ -138,7 +139,64 @@ async fn an_http2_connection_is_shared_until_closed_or_idle_too_long() {
         tokio::task::yield_now().await;
     }
     assert!(tx.is_closed());
-    assert!(checkout(id).is_none());
+    assert!(checkout(id, 100).is_none());
+}
+
+/// An HTTP/2 connection to an in-memory server that answers nothing (these tests only count
+/// streams), and the server's task.
+async fn h2_connected() -> (H2, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::TokioExecutor;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(async move {
+        let svc =
+            service_fn(|_req| std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>());
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
+    tokio::spawn(conn);
+    (tx, served)
+}
+
+fn stream_of(idle: Option<Idle>) -> Stream {
+    match idle {
+        Some(Idle::H2(_, stream)) => stream,
+        Some(Idle::H1(_)) => panic!("an HTTP/1 connection"),
+        None => panic!("no connection"),
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_carries_max_streams_requests_then_another_is_needed() {
+    let id = new_endpoint();
+    let (first, _server) = h2_connected().await;
+    // The request that made it holds its first stream.
+    let made = stream_of(Some(share_h2(id, &first)));
+    let second = stream_of(checkout(id, 2));
+    assert!(checkout(id, 2).is_none(), "a third request on a connection allowing two");
+    // A stream ending (its body done or dropped) frees its place.
+    drop(second);
+    let second = stream_of(checkout(id, 2));
+    assert!(checkout(id, 2).is_none());
+
+    // Another connection takes the next ones; the oldest is filled first, so the newer one
+    // goes idle (and ages out) when the load falls.
+    let (other, _server2) = h2_connected().await;
+    let third = stream_of(Some(share_h2(id, &other)));
+    assert_eq!(h2_count(id), 2);
+    drop((made, third));
+    let again = stream_of(checkout(id, 2));
+    let in_flight = with_slot(id, |s| s.h2.iter().map(SharedH2::in_flight).collect::<Vec<_>>());
+    assert_eq!(in_flight, [2, 0]);
+
+    // A connection carrying a stream is not idle, however long ago that stream began.
+    let later = Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1);
+    with_slot(id, |s| s.expire(later));
+    assert_eq!(h2_count(id), 1, "the busy connection went, or the idle one stayed");
+    drop((second, again));
+    with_slot(id, |s| s.expire(later));
+    assert_eq!(h2_count(id), 0);
 }
 
 #[tokio::test(start_paused = true)]
