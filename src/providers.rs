@@ -41,15 +41,24 @@ impl std::fmt::Debug for Secret {
 
 /// Resolves a key source now (env var or file), naming what is missing.
 pub fn resolve_key(src: &KeySource) -> Result<Option<Secret>, String> {
+    resolve_key_with(src, |path| std::fs::read(path))
+}
+
+/// [`resolve_key`], reading a key file through `read` (which can note what it read).
+pub fn resolve_key_with(
+    src: &KeySource,
+    read: impl FnOnce(&std::path::Path) -> std::io::Result<Vec<u8>>,
+) -> Result<Option<Secret>, String> {
     match src {
         KeySource::None => Ok(None),
         KeySource::Env(name) => match std::env::var(name) {
             Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().into()))),
             _ => Err(format!("environment variable {name} is not set")),
         },
-        KeySource::File(path) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().into()))),
-            Ok(_) => Err(format!("key file {} is empty", path.display())),
+        KeySource::File(path) => match read(path).map(String::from_utf8) {
+            Ok(Ok(v)) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().into()))),
+            Ok(Ok(_)) => Err(format!("key file {} is empty", path.display())),
+            Ok(Err(_)) => Err(format!("key file {} is not UTF-8 text", path.display())),
             Err(e) => Err(format!("cannot read key file {}: {e}", path.display())),
         },
     }

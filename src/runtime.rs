@@ -6,8 +6,11 @@
 //! requests and streams finish on the version they started with.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
 
 use http::HeaderValue;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -18,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::providers::client::Upstream;
 use crate::providers::client::{ClientCache, read_ca_file};
 use crate::providers::mock::MockStats;
-use crate::providers::{Provider, resolve_key};
+use crate::providers::{Provider, resolve_key_with};
 
 /// State that outlives config versions: connection pools, breakers, budgets, rate limiters,
 /// idempotency records and mock counters.
@@ -135,6 +138,29 @@ pub struct Snapshot {
     pub version_header: HeaderValue,
     pub label_header: Option<HeaderValue>,
     pub loaded_at: SystemTime,
+    /// The key and CA files this version was prepared from.
+    pub sources: Sources,
+}
+
+/// The files a version was prepared from (provider key and CA files) and a digest of what each
+/// held, so that a rotated Secret is noticed ([`Sources::changed`]) and the version prepared
+/// again with it. Digests, not contents: no second copy of a key is kept.
+#[derive(Default)]
+pub struct Sources(Vec<(PathBuf, [u8; 32])>);
+
+impl Sources {
+    fn note(&mut self, path: &Path, bytes: &[u8]) {
+        self.0.push((path.to_owned(), Sha256::digest(bytes).into()));
+    }
+
+    /// The first file that no longer holds what this version was prepared from (one that
+    /// cannot be read counts), if any.
+    pub fn changed(&self) -> Option<&Path> {
+        self.0.iter().find_map(|(path, digest)| {
+            let same = std::fs::read(path).is_ok_and(|b| Sha256::digest(&b)[..] == digest[..]);
+            (!same).then_some(path.as_path())
+        })
+    }
 }
 
 /// Resolving the series also creates them, so dashboards see zeros rather than gaps.
@@ -179,10 +205,17 @@ impl Snapshot {
     pub fn prepare(config: Config, shared: &Shared, metrics: &Metrics) -> Result<Snapshot, String> {
         let mut providers: BTreeMap<String, Arc<Provider>> = BTreeMap::new();
         let mut ca_files = HashMap::new();
+        let mut sources = Sources::default();
         for (name, spec) in &config.providers {
-            let key = resolve_key(&spec.key).map_err(|e| format!("providers.{name}: {e}"))?;
+            let key = resolve_key_with(&spec.key, |path| {
+                let bytes = std::fs::read(path)?;
+                sources.note(path, &bytes);
+                Ok(bytes)
+            })
+            .map_err(|e| format!("providers.{name}: {e}"))?;
             if let Some(path) = &spec.ca_file {
                 let ca = read_ca_file(path).map_err(|e| format!("providers.{name}: {e}"))?;
+                sources.note(path, &ca.1);
                 ca_files.insert(name.as_str(), ca);
             }
             let stats =
@@ -258,6 +291,7 @@ impl Snapshot {
             by_model,
             default,
             loaded_at: SystemTime::now(),
+            sources,
         };
         Ok(snap)
     }

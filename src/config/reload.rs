@@ -6,6 +6,9 @@
 //! atomically. Anything that fails before the swap leaves the running version alone. Requests
 //! hold the snapshot they started with, so in-flight work finishes on its version.
 //!
+//! Each check also looks at the provider key and CA files the active version was prepared
+//! from, and prepares it again when one has changed (a rotated Secret).
+//!
 //! All operations run under one mutex, on a blocking thread (they read files and build clients);
 //! the async entry points hand them to `spawn_blocking`. What triggers a reload (directory watch,
 //! SIGHUP, a periodic check) lives in `reload/triggers.rs`.
@@ -60,6 +63,9 @@ struct Inner {
     last_error: Option<String>,
     restart_required: Option<String>,
     persist_warning: Option<String>,
+    /// Why the active version could not take a changed key or CA file, as last reported (so
+    /// the same failure is logged once, and its `last_error` cleared once the file is fixed).
+    sources_error: Option<String>,
 }
 
 impl Reloader {
@@ -124,6 +130,7 @@ impl Reloader {
                 last_error: (!notes.is_empty()).then(|| notes.join("; ")),
                 restart_required: None,
                 persist_warning: None,
+                sources_error: None,
             }),
         });
         Ok((gw, reloader))
@@ -184,8 +191,51 @@ impl Reloader {
         run_blocking(move || me.rollback_blocking()).await
     }
 
+    /// Looks at the config file, then, unless that activated a new version (which read them
+    /// afresh), at the key and CA files of the active one.
     fn reload_blocking(&self, trigger: Trigger) -> ReloadResult {
         let mut inner = self.lock();
+        let result = self.reload_file(&mut inner, trigger);
+        if !matches!(result, ReloadResult::Applied(_)) {
+            self.refresh_sources(&mut inner);
+        }
+        result
+    }
+
+    /// Prepares the active version again when a provider key or CA file it was prepared from
+    /// has changed (a rotated Secret): new connections and requests use what the file holds
+    /// now, with no config change. A pin freezes the config, not its credentials. A file that
+    /// went bad (empty, unreadable, no certificate) keeps the running version, and is reported
+    /// once in the log and in `last_error`.
+    fn refresh_sources(&self, inner: &mut Inner) {
+        let snap = self.gw.snapshot();
+        let Some(changed) = snap.sources.changed() else { return };
+        let changed = changed.display().to_string();
+        let prepared = Config::from_bytes(&snap.config.source, &snap.config.content)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| self.gw.prepare(cfg));
+        drop(snap);
+        match prepared {
+            Ok(next) => {
+                self.gw.install(next);
+                tracing::info!(version = %inner.history.active, file = %changed, "key or CA file changed: active version prepared again with it");
+                if inner.sources_error.is_some() && inner.last_error == inner.sources_error {
+                    inner.last_error = None;
+                }
+                inner.sources_error = None;
+            }
+            Err(e) => {
+                let msg = format!("{changed} changed, but the active version cannot use it: {e}");
+                if inner.sources_error.as_ref() != Some(&msg) {
+                    tracing::error!(error = %msg, "keeping the key and CA files the active version was prepared with");
+                    inner.last_error = Some(msg.clone());
+                    inner.sources_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn reload_file(&self, inner: &mut Inner, trigger: Trigger) -> ReloadResult {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) => {
@@ -194,7 +244,7 @@ impl Reloader {
                     return ReloadResult::Unchanged;
                 }
                 inner.last_seen = msg.clone();
-                return self.reject(&mut inner, None, msg, trigger);
+                return self.reject(inner, None, msg, trigger);
             }
         };
         let version = version_of(&bytes);
@@ -212,14 +262,14 @@ impl Reloader {
         }
         let cfg = match Config::from_bytes(&self.path, &bytes) {
             Ok(c) => c,
-            Err(e) => return self.reject(&mut inner, Some(version), e.to_string(), trigger),
+            Err(e) => return self.reject(inner, Some(version), e.to_string(), trigger),
         };
         let m = &self.gw.metrics;
         if inner.pinned {
             let info = VersionInfo::of(&cfg, trigger, Outcome::Deferred);
             // Prepare and drop: a candidate should be as ready to activate as a reload would be.
             if let Err(e) = self.gw.prepare(cfg) {
-                return self.reject(&mut inner, Some(version), e, trigger);
+                return self.reject(inner, Some(version), e, trigger);
             }
             tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), "config candidate (pinned: not activated)");
             inner.history.push(info);
@@ -233,7 +283,7 @@ impl Reloader {
         let restart = static_keys::changes(&self.boot_static, &cfg);
         match self.gw.prepare(cfg) {
             Ok(snap) => self.gw.install(snap),
-            Err(e) => return self.reject(&mut inner, Some(version), e, trigger),
+            Err(e) => return self.reject(inner, Some(version), e, trigger),
         }
         tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), ?trigger, "config applied");
         if let Some(r) = &restart {

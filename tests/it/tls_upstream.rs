@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::common::*;
+use tidegate::config::reload::ReloadResult;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
 
@@ -469,4 +470,59 @@ async fn requests_beyond_http2_max_streams_open_another_connection() {
         assert_eq!(got.status, 200, "{}", got.text());
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn rotated_key_and_ca_files_apply_to_the_running_version() {
+    use crate::config_lifecycle::{TempDir, active, start_file};
+    let (up, log) = tls_upstream(&[b"h2", b"http/1.1"], After::KeepOpen).await;
+    let dir = TempDir::new("rotate");
+    let (ca, key, path) = (dir.join("ca.pem"), dir.join("api-key"), dir.join("tidegate.yaml"));
+    // A CA file that did not sign the upstream's certificate, as a Secret holds it before a
+    // rotation, and a first key.
+    std::fs::copy(format!("{FIXTURES}/elsewhere.pem"), &ca).unwrap();
+    std::fs::write(&key, "sk-one\n").unwrap();
+    let yaml = config_trusting("localhost", up, ca.to_str().unwrap())
+        .replace(&format!("{FIXTURES}/upstream-key"), key.to_str().unwrap());
+    std::fs::write(&path, &yaml).unwrap();
+    let r = start_file(&path, tidegate::app::StateDir::InMemory, "", false).await;
+    let v0 = active(&r);
+    let ask = || async { call_with(&r.gateway, with_client_key(chat("x"))).await };
+    let last_key = || log.requests().last().map(|s| s.authorization.clone());
+    assert_eq!(ask().await.status, 502);
+
+    // The CA file is replaced (the config is not): the next check trusts what it holds now.
+    std::fs::copy(format!("{FIXTURES}/ca.pem"), &ca).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    let got = ask().await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-config-version"), v0);
+    assert_eq!(last_key().as_deref(), Some("Bearer sk-one"));
+
+    // A rotated key, while pinned: a pin freezes the config, not its credentials. The
+    // connection stays (same connector).
+    r.reloader.pin(None).await.unwrap();
+    std::fs::write(&key, "sk-two\n").unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(last_key().as_deref(), Some("Bearer sk-two"));
+    assert!(r.reloader.status().pinned);
+    assert_eq!(active(&r), v0);
+
+    // A key file gone bad keeps the last good key, and says why.
+    std::fs::write(&key, "").unwrap();
+    r.reloader.reload_now().await;
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(last_key().as_deref(), Some("Bearer sk-two"));
+    let error = r.reloader.status().last_error.unwrap_or_default();
+    assert!(error.contains("api-key") && error.contains("is empty"), "{error}");
+
+    // Fixed: used, and the error is gone.
+    std::fs::write(&key, "sk-three").unwrap();
+    r.reloader.reload_now().await;
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(last_key().as_deref(), Some("Bearer sk-three"));
+    assert_eq!(r.reloader.status().last_error, None);
+    assert_eq!(log.accepted(), 1);
+    r.shutdown().await;
 }
