@@ -78,6 +78,14 @@ impl UpstreamBody {
         }
     }
 
+    /// Lets go of the answer now, as dropping it would (a connection whose answer is not read
+    /// to its end closes; an HTTP/2 stream is reset), leaving an empty body: a broken stream's
+    /// upstream stops generating, and its connection or stream is free, before another
+    /// attempt takes over.
+    pub fn close(&mut self) {
+        *self = Self::Http(pool::PooledBody::empty());
+    }
+
     /// What is left of a complete answer's body, to wait out; see [`pool::PooledBody::take_tail`].
     pub fn take_tail(&mut self) -> Option<pool::Tail> {
         match self {

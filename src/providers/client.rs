@@ -88,9 +88,13 @@ impl Spec {
             .build(self.connector.clone())
     }
 
-    /// The id of the endpoint `base_url` points at (scheme and authority).
-    fn endpoint(&self, base_url: &str) -> usize {
+    /// The id of the endpoint `base_url` points at (scheme and authority; for https, where
+    /// HTTP/2 may be spoken, with `max_streams` too, so that a connection carries one limit).
+    fn endpoint(&self, base_url: &str, max_streams: usize) -> usize {
         let key = match Uri::try_from(base_url) {
+            Ok(u) if u.scheme() == Some(&Scheme::HTTPS) => {
+                format!("https://{} {max_streams}", u.authority().map_or("", |a| a.as_str()))
+            }
             Ok(u) => format!(
                 "{}://{}",
                 u.scheme_str().unwrap_or(""),
@@ -186,11 +190,11 @@ impl Upstream {
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
     /// request back unsent, and the next one is tried, as a fresh connection is last. A
     /// connection that may turn out HTTP/2 and is being made by another request is waited
-    /// for (see [`pool::connect`]), for the connect timeout at most in all; a request whose
-    /// wait runs out, or whose awaited connect failed, fails as a connect error rather than
-    /// try again. A waiter that finds the new HTTP/2 connection full (the requests that waited
-    /// with it took its streams) waits for, or makes, the next one; after a new HTTP/1.1
-    /// connection each waiter makes its own.
+    /// for (see [`pool::connect`]); a request whose awaited connect failed fails as a connect
+    /// error rather than try again. A waiter that finds the new HTTP/2 connection full (the
+    /// requests that waited with it took its streams) waits for, or makes, the next one; after
+    /// a new HTTP/1.1 connection each waiter makes its own. Either way a request spends the
+    /// connect timeout at most, in all, getting a connection.
     pub async fn send(
         &self,
         dest: &Destination,
@@ -210,13 +214,22 @@ impl Upstream {
             match pool::connect(self.endpoint, https) {
                 // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
                 // sending on a pooled connection, and it is the rare case.
-                pool::Connect::Alone => break Box::pin(self.connect(dest, None)).await?,
+                pool::Connect::Alone => break Box::pin(self.connect(dest, deadline)).await?,
                 pool::Connect::Lead(leader) => {
                     // A waiter taking over keeps the deadline it waited under.
                     let conn = Box::pin(self.connect(dest, deadline)).await;
-                    leader.finish(conn.as_ref().err().map(|e| match e {
-                        SendError::Connect(e) | SendError::Reset(e) => e.clone(),
-                    }));
+                    match &conn {
+                        Ok(_) => leader.finish(None),
+                        // Out of the time this request had left from its wait: that says
+                        // nothing about the upstream, so its waiters, with time of their own,
+                        // take over rather than fail with it.
+                        Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                            drop(leader);
+                        }
+                        Err(SendError::Connect(e) | SendError::Reset(e)) => {
+                            leader.finish(Some(e.clone()));
+                        }
+                    }
                     break conn?;
                 }
                 pool::Connect::Follow(made) => {
@@ -376,7 +389,7 @@ impl ClientCache {
                 }
             }
         };
-        let endpoint = spec.endpoint(base_url);
+        let endpoint = spec.endpoint(base_url, max_streams);
         Ok(Upstream { spec, endpoint, max_streams })
     }
 }

@@ -304,6 +304,11 @@ impl PooledBody {
         Self { body: Some(body), hold, complete: false }
     }
 
+    /// A body that has ended.
+    pub fn empty() -> Self {
+        Self { body: None, hold: Hold::Nothing, complete: false }
+    }
+
     /// The body of an answer on a shared HTTP/2 connection's `stream`.
     pub fn on_stream(body: hyper::body::Incoming, stream: Stream) -> Self {
         Self { body: Some(body), hold: Hold::Stream(stream), complete: false }
@@ -321,6 +326,11 @@ impl PooledBody {
     /// framing, worth waiting a moment for to keep the connection.
     pub fn mark_complete(&mut self) {
         self.complete = true;
+        // An HTTP/2 stream's end is only its last frame now: its place is free for the next
+        // request while this one's last bytes reach its client.
+        if matches!(self.hold, Hold::Stream(_)) {
+            self.hold = Hold::Nothing;
+        }
     }
 
     fn release(&mut self) {

@@ -326,6 +326,8 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
     if fwd.in_tool || fwd.sent_text.is_empty() || Instant::now() >= fwd.deadline {
         return None;
     }
+    // A stalled upstream may still be generating (and holds its connection): stop it.
+    fwd.stream.body.close();
     let route = &kit.snap.routes[kit.route];
     // The broken attempt answered in part: its cost is the request's, its reservation settles.
     let (served, usage, series) = (fwd.rec.served_by.clone(), fwd.rec.usage, fwd.rec.route.clone());

@@ -105,3 +105,30 @@ async fn anthropic_clients_get_a_resumed_stream_too() {
         assert!(!got.text().contains("event: error"), "{api}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_upstream_is_cancelled_as_its_stream_resumes() {
+    // The first call stalls after 2 words; the continuation finishes, a word every 100 ms. The
+    // stalled call is let go (cancelled upstream) before the continuation's words reach the
+    // client, not when the whole request ends.
+    let model = "p+chunks=6+delay=100ms+stall=2+fail_first=1";
+    let gw = gateway(&single(model, "    timeouts: {idle: 1s}\n"));
+    let req = http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat_stream("x"))))
+        .unwrap();
+    let mut body = gw.handle(req).await.into_body();
+    let mut text = String::new();
+    while !text.contains(" rises") {
+        let frame = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let stats = gw.mock_stats("sim").get(model);
+    assert_eq!((stats.calls, stats.cancels), (2, 1), "{text}");
+    let rest = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
+    assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
+    assert_eq!(gw.mock_stats("sim").get(model).completed, 1);
+}

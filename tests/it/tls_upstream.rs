@@ -25,6 +25,8 @@ use tokio::sync::Notify;
 use crate::common::*;
 use tidegate::config::reload::ReloadResult;
 
+mod streams;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
 
 const ANSWER: &str = r#"{"id":"c","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"over tls"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
@@ -405,71 +407,6 @@ async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
     assert!(logs.contains("no connection within 300ms"), "{logs}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "the waiting request connected too");
     held.abort();
-}
-
-#[tokio::test]
-async fn requests_beyond_http2_max_streams_open_another_connection() {
-    // An HTTP/2 upstream allowing two streams per connection, holding every answer until the
-    // test lets them go: requests past the limit on one connection would wait for a stream.
-    let acceptor = acceptor("localhost", &[b"h2"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let (accepted, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let (count, holding, gate) = (accepted.clone(), held.clone(), release.clone());
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let tls = acceptor.accept(sock).await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            let (holding, gate) = (holding.clone(), gate.clone());
-            let service = service_fn(move |req: Request<Incoming>| {
-                let (holding, gate) = (holding.clone(), gate.clone());
-                async move {
-                    req.into_body().collect().await.unwrap();
-                    holding.fetch_add(1, Ordering::SeqCst);
-                    gate.acquire().await.unwrap().forget();
-                    let answer = Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(ANSWER.as_bytes())));
-                    Ok::<_, Infallible>(answer.unwrap())
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(2)
-                    .serve_connection(TokioIo::new(tls), service),
-            );
-        }
-    });
-    let yaml = config_for("localhost", up, true)
-        .replace("api_key_file", "http2_max_streams: 2, api_key_file");
-    let gw = gateway(&yaml);
-    let burst = |n: usize| {
-        let calls = (0..n).map(|_| call_with(&gw, with_client_key(chat("x"))));
-        futures_util::future::join_all(calls)
-    };
-    let all_held = |n: usize| {
-        let (held, release) = (held.clone(), release.clone());
-        async move {
-            while held.load(Ordering::SeqCst) < n {
-                tokio::task::yield_now().await;
-            }
-            release.add_permits(n);
-        }
-    };
-    // Five at once, cold: every one reaches the upstream while the others are still held,
-    // over three connections.
-    let (answers, ()) = within_10s(futures_util::future::join(burst(5), all_held(5))).await;
-    for got in answers {
-        assert_eq!(got.status, 200, "{}", got.text());
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    // Their streams ended with their answers: the next burst fits the connections there are.
-    let (answers, ()) = within_10s(futures_util::future::join(burst(6), all_held(11))).await;
-    for got in answers {
-        assert_eq!(got.status, 200, "{}", got.text());
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

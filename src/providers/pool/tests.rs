@@ -199,6 +199,59 @@ async fn an_http2_connection_carries_max_streams_requests_then_another_is_needed
     assert_eq!(h2_count(id), 0);
 }
 
+#[tokio::test]
+async fn an_http2_answer_body_holds_its_stream_until_it_ends_fails_or_goes() {
+    use hyper_util::rt::TokioExecutor;
+    // Answers `/end` whole, and every other path with headers and a body that never ends.
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(async move {
+        let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+            type B = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+            let body: B = if req.uri().path() == "/end" {
+                Full::new(Bytes::from_static(b"ok")).boxed()
+            } else {
+                http_body_util::StreamBody::new(futures_util::stream::pending()).boxed()
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.unwrap();
+    tokio::spawn(conn);
+    let id = new_endpoint();
+    drop(share_h2(id, &tx));
+    let in_flight = || with_slot(id, |s| s.h2[0].in_flight());
+    let open = |path: &'static str| async move {
+        let Some(Idle::H2(mut tx, stream)) = checkout(id, 100) else { panic!("no stream") };
+        let req = Request::get(format!("http://up{path}")).body(Full::new(Bytes::new())).unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        PooledBody::on_stream(resp.into_body(), stream)
+    };
+    // Read to its end.
+    let body = open("/end").await;
+    assert_eq!(in_flight(), 1);
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(in_flight(), 0);
+    // Dropped midway (a client that went away).
+    let body = open("/hold").await;
+    assert_eq!(in_flight(), 1);
+    drop(body);
+    assert_eq!(in_flight(), 0);
+    // A whole answer whose last frame is still to come.
+    let mut body = open("/hold").await;
+    body.mark_complete();
+    assert_eq!(in_flight(), 0);
+    drop(body);
+    // Broken: the upstream goes away mid-body.
+    let mut body = open("/hold").await;
+    assert_eq!(in_flight(), 1);
+    served.abort();
+    assert!(body.frame().await.unwrap().is_err());
+    assert_eq!(in_flight(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
     use futures_util::FutureExt;
