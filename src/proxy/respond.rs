@@ -58,9 +58,18 @@ fn translate_body(body: Bytes, client: Dialect, wire: Wire) -> Result<Bytes, Gat
         (Dialect::OpenAi, Wire::OpenAi) | (Dialect::Anthropic, Wire::Anthropic) => return Ok(body),
         // `parse_json`: one UTF-8 check, then serde_json's `&str` reader (a `Value` keeps every
         // string, so invalid UTF-8 anywhere fails either way).
-        (Dialect::OpenAi, Wire::Anthropic) => crate::translate::parse_json(&body)
-            .ok()
-            .map(|v| openai_to_anthropic::response(&v, unix_now())),
+        (Dialect::OpenAi, Wire::Anthropic) => {
+            let created = unix_now();
+            let fast = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|text| openai_to_anthropic::response_bytes(text, created));
+            if let Some(bytes) = fast {
+                return Ok(Bytes::from(bytes));
+            }
+            crate::translate::parse_json(&body)
+                .ok()
+                .map(|v| openai_to_anthropic::response(&v, created))
+        }
         (Dialect::Anthropic, Wire::OpenAi) => {
             crate::translate::parse_json(&body).ok().map(|v| anthropic_to_openai::response(&v))
         }

@@ -41,7 +41,7 @@ use serde_json::{Map, Value, json};
 use super::util::{array, body_object, boolean, given, number, positive_int, string, unsupported};
 use super::{RequestOptions, TranslateError};
 
-pub use reply::response;
+pub use reply::{response, response_bytes};
 pub use stream::{StreamOut, StreamTranslator};
 
 const TARGET: &str = "Anthropic Messages";

@@ -1,11 +1,13 @@
 //! Tests of the translation module. Goldens: every file in `tests/fixtures/translate/` holds an
 //! input and its reviewed expected output (`{"kind", "note", "input", "expected" |
 //! "expected_error", ...}`); the goldens are the spec. `cases`, `streams` and `maps` pin down the
-//! targeted behaviours; `robustness` feeds arbitrary and mutated input to every translator.
+//! targeted behaviours; `robustness` feeds arbitrary and mutated input to every translator, and
+//! `roads` compares the fast roads with the general ones.
 
 mod cases;
 mod golden;
 mod maps;
+mod roads;
 mod robustness;
 mod streams;
 

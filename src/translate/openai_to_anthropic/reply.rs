@@ -12,12 +12,21 @@
 //!   serialized as compact JSON.
 //! * `finish_reason`: see [`crate::translate::finish`]. `usage`: `prompt_tokens = input +
 //!   cache_read + cache_creation`, `cached_tokens = cache_read` (see [`Usage`]).
+//!
+//! A plain text answer, nearly every one, takes a faster road to the same bytes
+//! ([`response_bytes`]): read into borrowing structs and written out directly, instead of a
+//! `Value` in and a `Value` out. An answer that road cannot read exactly (a field it does not
+//! read, a field of an unexpected type, a duplicate key, a tool call) takes the general one;
+//! tests run both on mutated answers and compare their bytes.
 
+use std::io::Write;
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::translate::finish::openai_finish_reason;
 use crate::translate::util::{body_object, prefixed, to_json_string};
-use crate::translate::{TranslateError, Usage};
+use crate::translate::{Str, TranslateError, Usage};
 
 /// Translate an Anthropic Messages response body into an OpenAI `chat.completion`.
 pub fn response(body: &Value, created_unix: u64) -> Result<Value, TranslateError> {
@@ -74,4 +83,132 @@ pub fn response(body: &Value, created_unix: u64) -> Result<Value, TranslateError
 /// `chatcmpl-` + the Anthropic message id (`chatcmpl-unknown` when the upstream sent none).
 pub(super) fn chat_id(id: Option<&Value>) -> String {
     prefixed("chatcmpl-", id.and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("unknown"))
+}
+
+/// An Anthropic `message` as the fast road reads it: every field it may carry in a plain text
+/// answer, typed so that anything a `Value` would read differently fails here instead.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageWire<'a> {
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    #[expect(dead_code, reason = "read to check its type")]
+    role: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    model: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    content: Option<Vec<BlockWire<'a>>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    #[expect(dead_code, reason = "read to check its type")]
+    stop_sequence: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    usage: Option<UsageWire<'a>>,
+    /// Sent as `null` unless a server tool ran.
+    #[serde(default)]
+    #[expect(dead_code, reason = "read to check it is null")]
+    container: Option<Nothing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockWire<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    /// A text block's citations, when there are none.
+    #[serde(default)]
+    #[expect(dead_code, reason = "read to check it is null")]
+    citations: Option<Nothing>,
+}
+
+/// Counts as non-negative integers only (others take the general road, which reads them
+/// leniently).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageWire<'a> {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    #[expect(dead_code, reason = "read to check its type")]
+    cache_creation: Option<CacheCreationWire>,
+    #[serde(default, borrow)]
+    #[expect(dead_code, reason = "read to check its type")]
+    service_tier: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "read to check their types")]
+struct CacheCreationWire {
+    #[serde(default)]
+    ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
+}
+
+/// A field accepted only when `null` (or absent): nothing deserializes into it.
+#[derive(Deserialize)]
+enum Nothing {}
+
+/// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
+/// `None` sends it to the general road.
+pub fn response_bytes(text: &str, created_unix: u64) -> Option<Vec<u8>> {
+    let m: MessageWire<'_> = serde_json::from_str(text).ok()?;
+    if m.kind.as_deref() == Some("error") {
+        return None;
+    }
+    let mut answer = String::new();
+    for block in m.content.as_ref()? {
+        match block.kind.as_deref() {
+            Some("text") => answer.push_str(block.text.as_deref().unwrap_or("")),
+            Some("tool_use") => return None,
+            _ => {}
+        }
+    }
+    let usage = m.usage.as_ref().map_or_else(Usage::default, |u| {
+        let uncached = u.input_tokens.unwrap_or(0);
+        let cached_input = u.cache_read_input_tokens.unwrap_or(0);
+        let cache_creation = u.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input: uncached.saturating_add(cached_input).saturating_add(cache_creation),
+            output: u.output_tokens.unwrap_or(0),
+            cached_input,
+            cache_creation,
+        }
+    });
+    let finish = openai_finish_reason(m.stop_reason.as_deref().unwrap_or("end_turn"));
+    let id = prefixed("chatcmpl-", m.id.as_deref().filter(|s| !s.is_empty()).unwrap_or("unknown"));
+    // Keys in the order serde_json writes a `Value`'s (sorted).
+    let mut out = Vec::with_capacity(text.len() + 160);
+    out.extend_from_slice(br#"{"choices":[{"finish_reason":""#);
+    out.extend_from_slice(finish.as_bytes());
+    out.extend_from_slice(br#"","index":0,"logprobs":null,"message":{"content":"#);
+    serde_json::to_writer(&mut out, &answer).ok()?;
+    out.extend_from_slice(br#","refusal":null,"role":"assistant"}}],"created":"#);
+    write!(out, "{created_unix},\"id\":").ok()?;
+    serde_json::to_writer(&mut out, &id).ok()?;
+    out.extend_from_slice(br#","model":"#);
+    serde_json::to_writer(&mut out, m.model.as_deref().unwrap_or("")).ok()?;
+    write!(
+        out,
+        r#","object":"chat.completion","usage":{{"completion_tokens":{},"prompt_tokens":{},"prompt_tokens_details":{{"cached_tokens":{}}},"total_tokens":{}}}}}"#,
+        usage.output,
+        usage.input,
+        usage.cached_input,
+        usage.total()
+    )
+    .ok()?;
+    Some(out)
 }

@@ -4,22 +4,23 @@
 
 use serde_json::{Map, Value, json};
 
+use super::roads::{Both, answer_roads_agree};
 use super::{FIXTURES, parse};
 use crate::translate::{RequestOptions, anthropic_to_openai, openai_to_anthropic};
 
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+    pub(super) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len())]
     }
 }
@@ -162,7 +163,7 @@ fn random_value(rng: &mut Rng, depth: usize) -> Value {
 }
 
 /// Replace, delete or retype one random node of `v`.
-fn mutate(v: &mut Value, rng: &mut Rng) {
+pub(super) fn mutate(v: &mut Value, rng: &mut Rng) {
     let depth = rng.below(6);
     mutate_at(v, rng, depth);
 }
@@ -214,6 +215,7 @@ fn all_translators(v: &Value, rng: &mut Rng) {
     let _ = anthropic_to_openai::request(v, &opts);
     let _ = openai_to_anthropic::response(v, 0);
     let _ = anthropic_to_openai::response(v);
+    answer_roads_agree(&v.to_string());
 }
 
 const EVENTS: &[&str] = &[
@@ -227,39 +229,6 @@ const EVENTS: &[&str] = &[
     "error",
     "",
 ];
-
-/// The Anthropic → OpenAI stream translator, and the same without its fast road for deltas:
-/// every event must get the same bytes (or the same error) from both.
-struct Both {
-    fast: openai_to_anthropic::StreamTranslator,
-    general: openai_to_anthropic::StreamTranslator,
-}
-
-impl Both {
-    fn new(include_usage: bool) -> Self {
-        let t = openai_to_anthropic::StreamTranslator::new(include_usage, 1);
-        Self { general: t.clone().general_only(), fast: t }
-    }
-
-    fn on_event(
-        &mut self,
-        event: &str,
-        data: &[u8],
-    ) -> Result<Vec<openai_to_anthropic::StreamOut>, crate::translate::TranslateError> {
-        let fast = self.fast.on_event(event, data);
-        let general = self.general.on_event(event, data);
-        assert_eq!(fast, general, "{event}: {}", String::from_utf8_lossy(data));
-        fast
-    }
-
-    fn usage(&self) -> crate::translate::Usage {
-        self.fast.usage()
-    }
-
-    fn finished(&self) -> bool {
-        self.fast.finished()
-    }
-}
 
 /// Feed a sequence of payloads to both stream translators, in every mode.
 fn all_streams(payloads: &[Vec<u8>], rng: &mut Rng) {
@@ -369,115 +338,6 @@ fn arbitrary_bytes_never_panic() {
             if let Ok(v) = serde_json::from_slice::<Value>(p) {
                 all_translators(&v, &mut rng);
             }
-        }
-    }
-}
-
-#[test]
-fn deltas_read_the_fast_way_serialize_as_the_general_way() {
-    let texts = [
-        "plain",
-        "quote \" backslash \\ slash /",
-        "controls \u{0} \u{1} \t \n \r \u{1f}",
-        "unicode é 漢字 🌊 \u{2028} \u{2029} \u{fffd}",
-        "</script>",
-    ];
-    for include_usage in [false, true] {
-        let mut t = Both::new(include_usage);
-        let start = json!({ "type": "message_start", "message": { "id": "msg_\"delta\":null", "model": "m\u{1}odel\"delta\":", "usage": { "input_tokens": 3 } } });
-        let role = t.on_event("message_start", start.to_string().as_bytes()).unwrap();
-        let [openai_to_anthropic::StreamOut::Chunk(role)] = &role[..] else { panic!("{role:?}") };
-        let role: Value = serde_json::from_str(role).unwrap();
-        assert_eq!(role["choices"][0]["delta"], json!({ "role": "assistant", "content": "" }));
-        assert_eq!(role["model"], "m\u{1}odel\"delta\":");
-        let block = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
-        t.on_event("content_block_start", block.to_string().as_bytes()).unwrap();
-        for text in texts {
-            let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
-            // As serde_json writes it, and with the escapes an upstream may choose instead.
-            let escaped = delta.to_string().replace('é', "\\u00e9").replace('/', "\\/");
-            for data in [delta.to_string(), escaped] {
-                let out = t.on_event("content_block_delta", data.as_bytes()).unwrap();
-                let [openai_to_anthropic::StreamOut::Chunk(chunk)] = &out[..] else {
-                    panic!("{out:?}")
-                };
-                let chunk: Value = serde_json::from_str(chunk).unwrap();
-                assert_eq!(chunk["choices"][0]["delta"]["content"], text);
-                assert_eq!(chunk["id"], "chatcmpl-msg_\"delta\":null");
-                assert_eq!(chunk["model"], "m\u{1}odel\"delta\":");
-            }
-        }
-        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
-        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
-        let args = json!({ "index": 1, "delta": { "type": "input_json_delta", "partial_json": "{\"a\": \"\\u00e9\"" } });
-        assert_eq!(
-            t.on_event("content_block_delta", args.to_string().as_bytes()).unwrap().len(),
-            1
-        );
-    }
-}
-
-#[test]
-fn odd_deltas_get_what_the_general_road_gives() {
-    let deep = format!("{}0{}", "[".repeat(130), "]".repeat(130));
-    let bodies = [
-        // Arrays where objects belong (serde reads a struct from an array).
-        r#"{"index":0,"delta":["text_delta","hi"]}"#.to_owned(),
-        r#"{"index":1,"delta":["input_json_delta",null,"{\"a\""]}"#.to_owned(),
-        r#"[0,{"type":"text_delta","text":"hi"}]"#.to_owned(),
-        // Values a skipped field would not check, at the top level and inside the delta.
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":1e400}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":1e400}}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":"\ud800"}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":"\ud800"}}"#.to_owned(),
-        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi"}},"x":{deep}}}"#),
-        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi","x":{deep}}}}}"#),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"\ud800"}}"#.to_owned(),
-        // Framing and duplicates.
-        "\u{feff}{\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}".to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}} x"#.to_owned(),
-        r#" {"index":0,"delta":{"type":"text_delta","text":"hi"}} "#.to_owned(),
-        r#"{"index":0,"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","type":"x","text":"hi"}}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","text":"ho"}}"#.to_owned(),
-        // Indexes the general road does not read as a block index.
-        r#"{"index":-1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"index":1.0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"index":18446744073709551616,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"index":"0","delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        // Fields of other types, or missing.
-        r#"{"index":0,"delta":{"type":"text_delta","text":7}}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":null}}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":7,"text":"hi"}}"#.to_owned(),
-        r#"{"index":0,"delta":{"text":"hi"}}"#.to_owned(),
-        r#"{"index":0,"delta":null}"#.to_owned(),
-        r#"{"index":0}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#.to_owned(),
-        r#"{"index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#.to_owned(),
-        r#"{"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        // Whitespace, top-level types, empty deltas, escapes (owned strings).
-        r#"{ "index" : 0 , "delta" : { "type" : "text_delta" , "text" : "hi" } }"#.to_owned(),
-        r#"{"type":1,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"type":null,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-        r#"{"index":0,"delta":{}}"#.to_owned(),
-        r#"{}"#.to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hé "\ 
-"}}"#
-            .to_owned(),
-        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
-    ];
-    for include_usage in [false, true] {
-        let mut t = Both::new(include_usage);
-        let start =
-            json!({ "message": { "id": "m", "model": "claude", "usage": { "input_tokens": 1 } } });
-        t.on_event("message_start", start.to_string().as_bytes()).unwrap();
-        let text = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
-        t.on_event("content_block_start", text.to_string().as_bytes()).unwrap();
-        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
-        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
-        for body in &bodies {
-            // `Both` asserts that the two roads agree, errors included.
-            let _ = t.on_event("content_block_delta", body.as_bytes());
         }
     }
 }

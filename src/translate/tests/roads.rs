@@ -1,0 +1,286 @@
+//! The translators' fast roads against their general ones: a stream's text deltas and a plain
+//! text answer are read into borrowing structs and written out directly; whatever they read,
+//! their bytes (or errors) must be the general road's. Golden, mutated and hand-written odd
+//! inputs.
+
+use serde_json::{Value, json};
+
+use super::robustness::{Rng, mutate};
+use super::{FIXTURES, parse};
+use crate::translate::openai_to_anthropic;
+
+/// The Anthropic → OpenAI stream translator, and the same without its fast road for deltas:
+/// every event must get the same bytes (or the same error) from both.
+pub(super) struct Both {
+    fast: openai_to_anthropic::StreamTranslator,
+    general: openai_to_anthropic::StreamTranslator,
+}
+
+impl Both {
+    pub(super) fn new(include_usage: bool) -> Self {
+        let t = openai_to_anthropic::StreamTranslator::new(include_usage, 1);
+        Self { general: t.clone().general_only(), fast: t }
+    }
+
+    pub(super) fn on_event(
+        &mut self,
+        event: &str,
+        data: &[u8],
+    ) -> Result<Vec<openai_to_anthropic::StreamOut>, crate::translate::TranslateError> {
+        let fast = self.fast.on_event(event, data);
+        let general = self.general.on_event(event, data);
+        assert_eq!(fast, general, "{event}: {}", String::from_utf8_lossy(data));
+        fast
+    }
+
+    pub(super) fn usage(&self) -> crate::translate::Usage {
+        self.fast.usage()
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        self.fast.finished()
+    }
+}
+
+/// An Anthropic answer through both roads of [`openai_to_anthropic::response_bytes`]: when the
+/// fast one reads it, its bytes must be the general one's. Returns whether it did.
+pub(super) fn answer_roads_agree(text: &str) -> bool {
+    let Some(fast) = openai_to_anthropic::response_bytes(text, 7) else { return false };
+    let general = crate::translate::parse_json(text.as_bytes())
+        .map_err(crate::translate::TranslateError::body)
+        .and_then(|v| openai_to_anthropic::response(&v, 7))
+        .unwrap_or_else(|e| {
+            panic!("the general road refused what the fast one read ({e}): {text}")
+        });
+    let general = serde_json::to_string(&general).unwrap();
+    assert_eq!(String::from_utf8(fast).unwrap(), general, "{text}");
+    true
+}
+
+#[test]
+fn deltas_read_the_fast_way_serialize_as_the_general_way() {
+    let texts = [
+        "plain",
+        "quote \" backslash \\ slash /",
+        "controls \u{0} \u{1} \t \n \r \u{1f}",
+        "unicode é 漢字 🌊 \u{2028} \u{2029} \u{fffd}",
+        "</script>",
+    ];
+    for include_usage in [false, true] {
+        let mut t = Both::new(include_usage);
+        let start = json!({ "type": "message_start", "message": { "id": "msg_\"delta\":null", "model": "m\u{1}odel\"delta\":", "usage": { "input_tokens": 3 } } });
+        let role = t.on_event("message_start", start.to_string().as_bytes()).unwrap();
+        let [openai_to_anthropic::StreamOut::Chunk(role)] = &role[..] else { panic!("{role:?}") };
+        let role: Value = serde_json::from_str(role).unwrap();
+        assert_eq!(role["choices"][0]["delta"], json!({ "role": "assistant", "content": "" }));
+        assert_eq!(role["model"], "m\u{1}odel\"delta\":");
+        let block = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
+        t.on_event("content_block_start", block.to_string().as_bytes()).unwrap();
+        for text in texts {
+            let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
+            // As serde_json writes it, and with the escapes an upstream may choose instead.
+            let escaped = delta.to_string().replace('é', "\\u00e9").replace('/', "\\/");
+            for data in [delta.to_string(), escaped] {
+                let out = t.on_event("content_block_delta", data.as_bytes()).unwrap();
+                let [openai_to_anthropic::StreamOut::Chunk(chunk)] = &out[..] else {
+                    panic!("{out:?}")
+                };
+                let chunk: Value = serde_json::from_str(chunk).unwrap();
+                assert_eq!(chunk["choices"][0]["delta"]["content"], text);
+                assert_eq!(chunk["id"], "chatcmpl-msg_\"delta\":null");
+                assert_eq!(chunk["model"], "m\u{1}odel\"delta\":");
+            }
+        }
+        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
+        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
+        let args = json!({ "index": 1, "delta": { "type": "input_json_delta", "partial_json": "{\"a\": \"\\u00e9\"" } });
+        assert_eq!(
+            t.on_event("content_block_delta", args.to_string().as_bytes()).unwrap().len(),
+            1
+        );
+    }
+}
+
+#[test]
+fn odd_deltas_get_what_the_general_road_gives() {
+    let deep = format!("{}0{}", "[".repeat(130), "]".repeat(130));
+    let bodies = [
+        // Arrays where objects belong (serde reads a struct from an array).
+        r#"{"index":0,"delta":["text_delta","hi"]}"#.to_owned(),
+        r#"{"index":1,"delta":["input_json_delta",null,"{\"a\""]}"#.to_owned(),
+        r#"[0,{"type":"text_delta","text":"hi"}]"#.to_owned(),
+        // Values a skipped field would not check, at the top level and inside the delta.
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":1e400}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":1e400}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"},"x":"\ud800"}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","x":"\ud800"}}"#.to_owned(),
+        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi"}},"x":{deep}}}"#),
+        format!(r#"{{"index":0,"delta":{{"type":"text_delta","text":"hi","x":{deep}}}}}"#),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"\ud800"}}"#.to_owned(),
+        // Framing and duplicates.
+        "\u{feff}{\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}".to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}} x"#.to_owned(),
+        r#" {"index":0,"delta":{"type":"text_delta","text":"hi"}} "#.to_owned(),
+        r#"{"index":0,"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","type":"x","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi","text":"ho"}}"#.to_owned(),
+        // Indexes the general road does not read as a block index.
+        r#"{"index":-1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":1.0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":18446744073709551616,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":"0","delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        // Fields of other types, or missing.
+        r#"{"index":0,"delta":{"type":"text_delta","text":7}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":null}}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":7,"text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{"text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":null}"#.to_owned(),
+        r#"{"index":0}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#.to_owned(),
+        r#"{"index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#.to_owned(),
+        r#"{"index":1,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        // Whitespace, top-level types, empty deltas, escapes (owned strings).
+        r#"{ "index" : 0 , "delta" : { "type" : "text_delta" , "text" : "hi" } }"#.to_owned(),
+        r#"{"type":1,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"type":null,"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+        r#"{"index":0,"delta":{}}"#.to_owned(),
+        r#"{}"#.to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hé "\ 
+"}}"#
+            .to_owned(),
+        r#"{"index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned(),
+    ];
+    for include_usage in [false, true] {
+        let mut t = Both::new(include_usage);
+        let start =
+            json!({ "message": { "id": "m", "model": "claude", "usage": { "input_tokens": 1 } } });
+        t.on_event("message_start", start.to_string().as_bytes()).unwrap();
+        let text = json!({ "index": 0, "content_block": { "type": "text", "text": "" } });
+        t.on_event("content_block_start", text.to_string().as_bytes()).unwrap();
+        let tool = json!({ "index": 1, "content_block": { "type": "tool_use", "id": "t", "name": "f", "input": {} } });
+        t.on_event("content_block_start", tool.to_string().as_bytes()).unwrap();
+        for body in &bodies {
+            // `Both` asserts that the two roads agree, errors included.
+            let _ = t.on_event("content_block_delta", body.as_bytes());
+        }
+    }
+}
+
+#[test]
+fn answers_read_the_fast_way_serialize_as_the_general_way() {
+    // The golden answers: the plain text ones take the fast road, the tool calls do not.
+    let mut fast = 0;
+    for (name, text) in FIXTURES {
+        let doc = parse(name, text);
+        if doc["kind"] == "o2a_response" {
+            fast += usize::from(answer_roads_agree(&doc["input"].to_string()));
+        }
+    }
+    assert!(fast >= 6, "only {fast} golden answers took the fast road");
+    // Mutated: whichever road each takes, they agree.
+    let mut rng = Rng(0x0005_EED0_FA11_5AFE);
+    let (mut tried, mut taken) = (0, 0);
+    for (name, text) in FIXTURES {
+        let doc = parse(name, text);
+        if doc["kind"] != "o2a_response" {
+            continue;
+        }
+        for _ in 0..300 {
+            let mut input = doc["input"].clone();
+            for _ in 0..1 + rng.below(2) {
+                mutate(&mut input, &mut rng);
+            }
+            tried += 1;
+            taken += usize::from(answer_roads_agree(&input.to_string()));
+        }
+    }
+    assert!(taken > tried / 10, "the fast road read {taken} of {tried} mutated answers");
+}
+
+#[test]
+fn odd_answers_get_what_the_general_road_gives() {
+    let base = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":2}}"#;
+    assert!(answer_roads_agree(base), "the plain answer took the general road");
+    // A real answer's full usage, and the nulls it carries.
+    let real = base.replace(
+        r#""usage":{"input_tokens":3,"output_tokens":2}"#,
+        r#""usage":{"input_tokens":3,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":2,"service_tier":"standard"},"container":null"#,
+    );
+    assert!(answer_roads_agree(&real), "a real answer took the general road: {real}");
+    let cases: Vec<String> = [
+        // Texts needing escapes, and characters that need none.
+        (r#""text":"Hi""#, r#""text":"a\"b\\c\n\t\u0001 é 🌊 \u00e9 \ud83c\udf0a </x>""#),
+        (r#""text":"Hi""#, r#""text":"\ud800""#),
+        (r#""text":"Hi""#, r#""text":"""#),
+        (r#""text":"Hi""#, r#""text":null"#),
+        (r#""text":"Hi""#, r#""text":5"#),
+        (r#""text":"Hi""#, r#""text":"a","text":"b""#),
+        (r#""text":"Hi""#, r#""text":"Hi","citations":[]"#),
+        (r#""text":"Hi""#, r#""text":"Hi","citations":null"#),
+        // Blocks of other kinds, or none.
+        (
+            r#"{"type":"text","text":"Hi"}"#,
+            r#"{"type":"thinking","thinking":"hm","signature":"s"},{"type":"text","text":"Hi"}"#,
+        ),
+        (
+            r#"{"type":"text","text":"Hi"}"#,
+            r#"{"type":"future"},{"type":"text","text":"Hi"},{"type":"text","text":" there"}"#,
+        ),
+        (r#"{"type":"text","text":"Hi"}"#, r#"{"type":"tool_use"}"#),
+        (r#"{"type":"text","text":"Hi"}"#, r#"{"text":"Hi"}"#),
+        (r#"{"type":"text","text":"Hi"}"#, r#""Hi""#),
+        (r#"[{"type":"text","text":"Hi"}]"#, "[]"),
+        (r#"[{"type":"text","text":"Hi"}]"#, "null"),
+        (r#"[{"type":"text","text":"Hi"}]"#, r#"{"type":"text"}"#),
+        // Ids, models and stop reasons.
+        (r#""id":"msg_1""#, r#""id":"""#),
+        (r#""id":"msg_1""#, r#""id":null"#),
+        (r#""id":"msg_1""#, r#""id":"chatcmpl-x""#),
+        (r#""id":"msg_1""#, r#""id":7"#),
+        (r#""model":"claude-x""#, r#""model":null"#),
+        (r#""model":"claude-x""#, r#""model":"a\"b""#),
+        (r#""stop_reason":"end_turn""#, r#""stop_reason":null"#),
+        (r#""stop_reason":"end_turn""#, r#""stop_reason":"max_tokens""#),
+        (r#""stop_reason":"end_turn""#, r#""stop_reason":"tool_use""#),
+        (r#""stop_reason":"end_turn""#, r#""stop_reason":"refusal""#),
+        (r#""stop_reason":"end_turn""#, r#""stop_reason":["x"]"#),
+        (r#""type":"message""#, r#""type":"error""#),
+        (r#""type":"message""#, r#""type":null"#),
+        (r#""stop_sequence":null"#, r#""stop_sequence":"END""#),
+        (r#""stop_sequence":null"#, r#""stop_sequence":1e999"#),
+        (r#""stop_sequence":null"#, r#""container":{"id":"c"}"#),
+        (r#""stop_sequence":null"#, r#""extra":1"#),
+        // Counts: floats, negatives, huge, null, strings, a usage of another shape.
+        (r#""input_tokens":3"#, r#""input_tokens":3.0"#),
+        (r#""input_tokens":3"#, r#""input_tokens":-3"#),
+        (r#""input_tokens":3"#, r#""input_tokens":18446744073709551615"#),
+        (r#""input_tokens":3"#, r#""input_tokens":18446744073709551616"#),
+        (r#""input_tokens":3"#, r#""input_tokens":null"#),
+        (r#""input_tokens":3"#, r#""input_tokens":"3""#),
+        (r#""input_tokens":3"#, r#""usage":{"output_tokens":1}"#),
+        (r#""usage":{"input_tokens":3,"output_tokens":2}"#, r#""usage":null"#),
+        (r#""usage":{"input_tokens":3,"output_tokens":2}"#, r#""usage":5"#),
+        (
+            r#""usage":{"input_tokens":3,"output_tokens":2}"#,
+            r#""usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":9}"#,
+        ),
+        (r#""role":"assistant""#, r#""role":1"#),
+        (r#""role":"assistant""#, r#""role":"assistant","role":"user""#),
+        // Whitespace and key order.
+        (r#","#, " ,\n\t"),
+    ]
+    .iter()
+    .map(|(from, to)| base.replacen(from, to, 1))
+    .chain([
+        format!(" {base} "),
+        "{}".into(),
+        "[]".into(),
+        "null".into(),
+        base[..base.len() - 1].into(),
+    ])
+    .collect();
+    for text in &cases {
+        // Asserts the two roads agree whenever the fast one reads the answer.
+        answer_roads_agree(text);
+    }
+}
