@@ -64,7 +64,9 @@ struct Inner {
     restart_required: Option<String>,
     persist_warning: Option<String>,
     /// Why the active version could not take a changed key or CA file, as last reported (so
-    /// the same failure is logged once, and its `last_error` cleared once the file is fixed).
+    /// the same failure is reported once); kept apart from `last_error`, which is about config
+    /// files, and shown beside it. Cleared when the files are good again or another snapshot is
+    /// installed.
     sources_error: Option<String>,
 }
 
@@ -206,7 +208,8 @@ impl Reloader {
     /// has changed (a rotated Secret): new connections and requests use what the file holds
     /// now, with no config change. A pin freezes the config, not its credentials. A file that
     /// went bad (empty, unreadable, no certificate) keeps the running version, and is reported
-    /// once in the log and in `last_error`.
+    /// once: in the log, in `tidegate_config_reloads_total{result="rejected"}` and in
+    /// `last_error` (until the files are good again).
     fn refresh_sources(&self, inner: &mut Inner) {
         let snap = self.gw.snapshot();
         let Some(changed) = snap.sources.changed() else { return };
@@ -218,17 +221,15 @@ impl Reloader {
         match prepared {
             Ok(next) => {
                 self.gw.install(next);
-                tracing::info!(version = %inner.history.active, file = %changed, "key or CA file changed: active version prepared again with it");
-                if inner.sources_error.is_some() && inner.last_error == inner.sources_error {
-                    inner.last_error = None;
-                }
                 inner.sources_error = None;
+                tracing::info!(version = %inner.history.active, file = %changed, "key or CA file changed: active version prepared again with it");
             }
             Err(e) => {
-                let msg = format!("{changed} changed, but the active version cannot use it: {e}");
+                let msg =
+                    format!("a key or CA file changed, but the active version cannot use it: {e}");
                 if inner.sources_error.as_ref() != Some(&msg) {
                     tracing::error!(error = %msg, "keeping the key and CA files the active version was prepared with");
-                    inner.last_error = Some(msg.clone());
+                    self.gw.metrics.config_reloads.with_label_values(&["rejected"]).inc();
                     inner.sources_error = Some(msg);
                 }
             }
@@ -285,6 +286,8 @@ impl Reloader {
             Ok(snap) => self.gw.install(snap),
             Err(e) => return self.reject(inner, Some(version), e, trigger),
         }
+        // The new version read its key and CA files afresh.
+        inner.sources_error = None;
         tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), ?trigger, "config applied");
         if let Some(r) = &restart {
             tracing::warn!("{r}");
@@ -326,6 +329,7 @@ impl Reloader {
         let restart = static_keys::changes(&self.boot_static, &cfg);
         let snap = self.gw.prepare(cfg).map_err(|e| OpError::conflict("prepare_failed", e))?;
         self.gw.install(snap);
+        inner.sources_error = None;
         inner.restart_required = restart;
         inner.history.mark_active(version, outcome);
         tracing::info!(%version, ?outcome, "config activated");
@@ -413,7 +417,10 @@ impl Reloader {
             pinned: inner.pinned,
             candidates: inner.history.candidates(),
             history: inner.history.entries(),
-            last_error: inner.last_error.clone(),
+            last_error: match (&inner.last_error, &inner.sources_error) {
+                (Some(config), Some(sources)) => Some(format!("{config}; {sources}")),
+                (config, sources) => config.clone().or_else(|| sources.clone()),
+            },
             restart_required: inner.restart_required.clone(),
             state: StateInfo {
                 dir: self.store.dir().map(|d| d.display().to_string()),

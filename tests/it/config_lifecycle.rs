@@ -3,6 +3,7 @@
 //! `tidegate config` CLI in `admin.rs`.
 
 mod admin;
+mod sources;
 mod watch;
 
 use std::path::{Path, PathBuf};
