@@ -71,6 +71,11 @@ fn translate_body(body: Bytes, client: Dialect, wire: Wire) -> Result<Bytes, Gat
                 .map(|v| openai_to_anthropic::response(&v, created))
         }
         (Dialect::Anthropic, Wire::OpenAi) => {
+            let fast =
+                std::str::from_utf8(&body).ok().and_then(anthropic_to_openai::response_bytes);
+            if let Some(bytes) = fast {
+                return Ok(Bytes::from(bytes));
+            }
             crate::translate::parse_json(&body).ok().map(|v| anthropic_to_openai::response(&v))
         }
     };

@@ -36,7 +36,7 @@ use super::util::{
 };
 use super::{RequestOptions, TranslateError};
 
-pub use reply::response;
+pub use reply::{response, response_bytes};
 pub use stream::{AnthropicEvent, StreamTranslator};
 
 const TARGET: &str = "OpenAI chat completions";

@@ -14,12 +14,21 @@
 //! * `stop_reason`: see [`crate::translate::finish`]; `stop_sequence` is always `null` (OpenAI
 //!   does not say which sequence matched). `usage`: `input_tokens = prompt_tokens - cached -
 //!   cache writes`, `cache_read_input_tokens = cached_tokens`, `output_tokens = completion_tokens`.
+//!
+//! A plain text answer, nearly every one, takes a faster road to the same bytes
+//! ([`response_bytes`]): read into borrowing structs and written out directly, instead of a
+//! `Value` in and a `Value` out. An answer that road cannot read exactly (a field it does not
+//! read, a field of an unexpected type, a duplicate key, tool calls, content parts) takes the
+//! general one; tests run both on mutated answers and compare their bytes.
 
+use std::io::Write;
+
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::translate::finish::anthropic_stop_reason;
 use crate::translate::util::{anthropic_tool_id, body_object, prefixed};
-use crate::translate::{TranslateError, Usage};
+use crate::translate::{Str, TranslateError, Usage};
 
 /// Translate an OpenAI chat-completions response body into an Anthropic `message`.
 pub fn response(body: &Value) -> Result<Value, TranslateError> {
@@ -114,4 +123,172 @@ fn tool_input(arguments: Option<&Value>) -> Value {
         },
         _ => json!({}),
     }
+}
+
+/// An OpenAI chat completion as the fast road reads it: the fields a plain text answer carries
+/// (OpenAI's, and the nulls vLLM adds), typed so that anything a `Value` would read
+/// differently fails here instead.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct CompletionWire<'a> {
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    object: Option<Str<'a>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(default, borrow)]
+    model: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoiceWire<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageWire>,
+    #[serde(default, borrow)]
+    system_fingerprint: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    service_tier: Option<Str<'a>>,
+    #[serde(default)]
+    error: Option<Nothing>,
+    #[serde(default)]
+    prompt_logprobs: Option<Nothing>,
+    #[serde(default)]
+    kv_transfer_params: Option<Nothing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct ChoiceWire<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    message: Option<MessageWire<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Str<'a>>,
+    #[serde(default)]
+    logprobs: Option<Nothing>,
+    /// vLLM's matched stop string or token, when none matched.
+    #[serde(default)]
+    stop_reason: Option<Nothing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct MessageWire<'a> {
+    #[serde(default, borrow)]
+    role: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    refusal: Option<Str<'a>>,
+    /// Only when empty: tool calls take the general road.
+    #[serde(default)]
+    tool_calls: Option<Vec<Nothing>>,
+    #[serde(default)]
+    annotations: Option<Vec<Nothing>>,
+    #[serde(default)]
+    function_call: Option<Nothing>,
+    #[serde(default)]
+    audio: Option<Nothing>,
+    #[serde(default)]
+    reasoning_content: Option<Nothing>,
+}
+
+/// Counts as non-negative integers only (others take the general road, which reads them
+/// leniently).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct UsageWire {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetailsWire>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetailsWire>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct PromptDetailsWire {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+    #[serde(default)]
+    audio_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "fields read only to check their types")]
+struct CompletionDetailsWire {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    audio_tokens: Option<u64>,
+    #[serde(default)]
+    accepted_prediction_tokens: Option<u64>,
+    #[serde(default)]
+    rejected_prediction_tokens: Option<u64>,
+}
+
+/// A field accepted only when `null` (or absent), or an array only when empty: nothing
+/// deserializes into it.
+#[derive(Deserialize)]
+enum Nothing {}
+
+/// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
+/// `None` sends it to the general road.
+pub fn response_bytes(text: &str) -> Option<Vec<u8>> {
+    let c: CompletionWire<'_> = serde_json::from_str(text).ok()?;
+    let choices = c.choices.as_ref()?;
+    let choice = choices.iter().find(|c| c.index == Some(0)).or_else(|| choices.first())?;
+    let message = choice.message.as_ref();
+    let refusal = message.and_then(|m| m.refusal.as_deref()).filter(|r| !r.is_empty());
+    let mut answer = message.and_then(|m| m.content.as_deref()).unwrap_or("");
+    if let (true, Some(r)) = (answer.is_empty(), refusal) {
+        answer = r;
+    }
+    let finish = choice.finish_reason.as_deref().unwrap_or("stop");
+    let stop_reason = if refusal.is_some() { "refusal" } else { anthropic_stop_reason(finish) };
+    let usage = c.usage.as_ref().map_or_else(Usage::default, |u| {
+        let details = u.prompt_tokens_details.as_ref();
+        Usage {
+            input: u.prompt_tokens.unwrap_or(0),
+            output: u.completion_tokens.unwrap_or(0),
+            cached_input: details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            cache_creation: details.and_then(|d| d.cache_write_tokens).unwrap_or(0),
+        }
+    });
+    let id = prefixed("msg_", c.id.as_deref().filter(|s| !s.is_empty()).unwrap_or("unknown"));
+    // Keys in the order serde_json writes a `Value`'s (sorted).
+    let mut out = Vec::with_capacity(text.len() + 160);
+    if answer.is_empty() {
+        out.extend_from_slice(br#"{"content":[],"id":"#);
+    } else {
+        out.extend_from_slice(br#"{"content":[{"text":"#);
+        serde_json::to_writer(&mut out, answer).ok()?;
+        out.extend_from_slice(br#","type":"text"}],"id":"#);
+    }
+    serde_json::to_writer(&mut out, &id).ok()?;
+    out.extend_from_slice(br#","model":"#);
+    serde_json::to_writer(&mut out, c.model.as_deref().unwrap_or("")).ok()?;
+    write!(
+        out,
+        r#","role":"assistant","stop_reason":"{stop_reason}","stop_sequence":null,"type":"message","usage":{{"cache_creation_input_tokens":{},"cache_read_input_tokens":{},"input_tokens":{},"output_tokens":{}}}}}"#,
+        usage.cache_creation,
+        usage.cached_input,
+        usage.uncached_input(),
+        usage.output
+    )
+    .ok()?;
+    Some(out)
 }

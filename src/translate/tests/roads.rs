@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::robustness::{Rng, mutate};
 use super::{FIXTURES, parse};
-use crate::translate::openai_to_anthropic;
+use crate::translate::{anthropic_to_openai, openai_to_anthropic};
 
 /// The Anthropic → OpenAI stream translator, and the same without its fast road for deltas:
 /// every event must get the same bytes (or the same error) from both.
@@ -45,6 +45,26 @@ impl Both {
 /// An Anthropic answer through both roads of [`openai_to_anthropic::response_bytes`]: when the
 /// fast one reads it, its bytes must be the general one's. Returns whether it did.
 pub(super) fn answer_roads_agree(text: &str) -> bool {
+    let a2o = openai_answer_roads_agree(text);
+    anthropic_answer_roads_agree(text) || a2o
+}
+
+/// [`answer_roads_agree`] for [`anthropic_to_openai::response_bytes`] (an OpenAI answer).
+fn openai_answer_roads_agree(text: &str) -> bool {
+    let Some(fast) = anthropic_to_openai::response_bytes(text) else { return false };
+    let general = crate::translate::parse_json(text.as_bytes())
+        .map_err(crate::translate::TranslateError::body)
+        .and_then(|v| anthropic_to_openai::response(&v))
+        .unwrap_or_else(|e| {
+            panic!("the general road refused what the fast one read ({e}): {text}")
+        });
+    let general = serde_json::to_string(&general).unwrap();
+    assert_eq!(String::from_utf8(fast).unwrap(), general, "{text}");
+    true
+}
+
+/// [`answer_roads_agree`] for [`openai_to_anthropic::response_bytes`] (an Anthropic answer).
+fn anthropic_answer_roads_agree(text: &str) -> bool {
     let Some(fast) = openai_to_anthropic::response_bytes(text, 7) else { return false };
     let general = crate::translate::parse_json(text.as_bytes())
         .map_err(crate::translate::TranslateError::body)
@@ -168,33 +188,103 @@ fn odd_deltas_get_what_the_general_road_gives() {
 
 #[test]
 fn answers_read_the_fast_way_serialize_as_the_general_way() {
-    // The golden answers: the plain text ones take the fast road, the tool calls do not.
-    let mut fast = 0;
-    for (name, text) in FIXTURES {
-        let doc = parse(name, text);
-        if doc["kind"] == "o2a_response" {
-            fast += usize::from(answer_roads_agree(&doc["input"].to_string()));
-        }
-    }
-    assert!(fast >= 6, "only {fast} golden answers took the fast road");
-    // Mutated: whichever road each takes, they agree.
+    // Anthropic answers (o2a) and OpenAI ones (a2o): the golden plain text ones take the fast
+    // road, tool calls do not; mutated, whichever road each takes, they agree.
     let mut rng = Rng(0x0005_EED0_FA11_5AFE);
-    let (mut tried, mut taken) = (0, 0);
-    for (name, text) in FIXTURES {
-        let doc = parse(name, text);
-        if doc["kind"] != "o2a_response" {
-            continue;
-        }
-        for _ in 0..300 {
-            let mut input = doc["input"].clone();
-            for _ in 0..1 + rng.below(2) {
-                mutate(&mut input, &mut rng);
+    for (kind, golden_fast) in [("o2a_response", 6), ("a2o_response", 3)] {
+        let goldens: Vec<Value> = FIXTURES
+            .iter()
+            .map(|(name, text)| parse(name, text))
+            .filter(|doc| doc["kind"] == kind)
+            .map(|doc| doc["input"].clone())
+            .collect();
+        let fast = goldens.iter().filter(|v| answer_roads_agree(&v.to_string())).count();
+        assert!(fast >= golden_fast, "{kind}: only {fast} golden answers took the fast road");
+        let (mut tried, mut taken) = (0, 0);
+        for golden in &goldens {
+            for _ in 0..300 {
+                let mut input = golden.clone();
+                for _ in 0..1 + rng.below(2) {
+                    mutate(&mut input, &mut rng);
+                }
+                tried += 1;
+                taken += usize::from(answer_roads_agree(&input.to_string()));
             }
-            tried += 1;
-            taken += usize::from(answer_roads_agree(&input.to_string()));
         }
+        assert!(taken > tried / 10, "{kind}: the fast road read {taken} of {tried} mutated");
     }
-    assert!(taken > tried / 10, "the fast road read {taken} of {tried} mutated answers");
+}
+
+#[test]
+fn odd_openai_answers_get_what_the_general_road_gives() {
+    let base = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+    assert!(openai_answer_roads_agree(base), "the plain answer took the general road");
+    // A real OpenAI answer's extra fields, and vLLM's.
+    let real = base
+        .replace(r#""refusal":null"#, r#""refusal":null,"annotations":[]"#)
+        .replace(r#""total_tokens":5"#, r#""total_tokens":5,"prompt_tokens_details":{"cached_tokens":1,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}"#)
+        .replace(r#""created":1"#, r#""created":1,"service_tier":"default","system_fingerprint":"fp_1""#);
+    assert!(openai_answer_roads_agree(&real), "a real answer took the general road: {real}");
+    let vllm = base
+        .replace(r#""refusal":null"#, r#""refusal":null,"tool_calls":[],"reasoning_content":null,"function_call":null,"audio":null"#)
+        .replace(r#""finish_reason":"stop""#, r#""finish_reason":"stop","stop_reason":null"#)
+        .replace(r#""created":1"#, r#""created":1,"prompt_logprobs":null,"kv_transfer_params":null"#);
+    assert!(openai_answer_roads_agree(&vllm), "a vLLM answer took the general road: {vllm}");
+    let cases: Vec<String> = [
+        (r#""content":"Hi""#, r#""content":"a\"b\\c\n\t\u0001 é 🌊 \u00e9 \ud83c\udf0a""#),
+        (r#""content":"Hi""#, r#""content":"\ud800""#),
+        (r#""content":"Hi""#, r#""content":"""#),
+        (r#""content":"Hi""#, r#""content":null"#),
+        (r#""content":"Hi""#, r#""content":5"#),
+        (r#""content":"Hi""#, r#""content":[{"type":"text","text":"Hi"}]"#),
+        (r#""content":"Hi""#, r#""content":"a","content":"b""#),
+        (r#""refusal":null"#, r#""refusal":"No.""#),
+        (r#""refusal":null"#, r#""refusal":"""#),
+        (r#""content":"Hi","refusal":null"#, r#""content":"","refusal":"No.""#),
+        (r#""refusal":null"#, r#""refusal":7"#),
+        (r#""refusal":null"#, r#""tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]"#),
+        (r#""refusal":null"#, r#""tool_calls":{}"#),
+        (r#""refusal":null"#, r#""reasoning_content":"hm""#),
+        (r#""refusal":null"#, r#""function_call":{"name":"f"}"#),
+        (r#""finish_reason":"stop""#, r#""finish_reason":"length""#),
+        (r#""finish_reason":"stop""#, r#""finish_reason":"tool_calls""#),
+        (r#""finish_reason":"stop""#, r#""finish_reason":"content_filter""#),
+        (r#""finish_reason":"stop""#, r#""finish_reason":null"#),
+        (r#""finish_reason":"stop""#, r#""finish_reason":1"#),
+        (r#""index":0"#, r#""index":1"#),
+        (r#""index":0"#, r#""index":-1"#),
+        (r#""index":0"#, r#""index":0.0"#),
+        (r#""index":0,"#, ""),
+        (r#""logprobs":null"#, r#""logprobs":{"content":[]}"#),
+        (r#""message":{"role":"assistant","content":"Hi","refusal":null},"#, ""),
+        (r#""message":{"role":"assistant","content":"Hi","refusal":null}"#, r#""message":null"#),
+        (r#""id":"chatcmpl-1""#, r#""id":"""#),
+        (r#""id":"chatcmpl-1""#, r#""id":"msg_x""#),
+        (r#""id":"chatcmpl-1""#, r#""id":null"#),
+        (r#""model":"gpt-x""#, r#""model":7"#),
+        (r#""created":1"#, r#""created":1.5"#),
+        (r#""created":1"#, r#""error":null"#),
+        (r#""created":1"#, r#""error":{"message":"x"}"#),
+        (r#""prompt_tokens":3"#, r#""prompt_tokens":3.0"#),
+        (r#""prompt_tokens":3"#, r#""prompt_tokens":-3"#),
+        (r#""prompt_tokens":3"#, r#""prompt_tokens":null"#),
+        (r#""prompt_tokens":3"#, r#""prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":5,"cache_write_tokens":2}"#),
+        (r#""prompt_tokens":3"#, r#""prompt_tokens":3,"prompt_tokens_details":null"#),
+        (r#""prompt_tokens":3"#, r#""usage":{"prompt_tokens":9}"#),
+        (r#""usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}"#, r#""usage":null"#),
+        (r#""usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}"#, r#""usage":[]"#),
+        (r#"[{"index":0"#, r#"[{"index":1,"message":{"content":"other"}},{"index":0"#),
+        (r#"[{"index":0"#, r#"[{"index":2,"message":{"content":"first"}},{"index":1"#),
+        (r#""choices":[{"#, r#""choices":[],"x":[{"#),
+        (r#","#, " ,\n\t"),
+    ]
+    .iter()
+    .map(|(from, to)| base.replacen(from, to, 1))
+    .chain([format!(" {base} "), "{}".into(), r#"{"choices":[]}"#.into(), r#"{"choices":[{}]}"#.into(), base[..base.len() - 1].into()])
+    .collect();
+    for text in &cases {
+        openai_answer_roads_agree(text);
+    }
 }
 
 #[test]
