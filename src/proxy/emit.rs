@@ -113,6 +113,10 @@ impl Emitter {
                 if data == b"[DONE]" {
                     return Ok(());
                 }
+                if let Some(delta) = t.text_delta(data) {
+                    frame_event(out, "content_block_delta", delta.as_bytes());
+                    return Ok(());
+                }
                 let events = t.on_chunk(data).map_err(|e| EmitError(e.message))?;
                 if let Some((_, message)) = t.upstream_error() {
                     return Err(EmitError(message.to_owned()));

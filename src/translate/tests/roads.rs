@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use super::robustness::{Rng, mutate};
 use super::{FIXTURES, parse};
-use crate::translate::{anthropic_to_openai, openai_to_anthropic};
+use crate::translate::anthropic_to_openai::{AnthropicEvent, StreamTranslator};
+use crate::translate::{TranslateError, anthropic_to_openai, openai_to_anthropic};
 
 /// The Anthropic → OpenAI stream translator, and the same without its fast road for deltas:
 /// every event must get the same bytes (or the same error) from both.
@@ -47,6 +48,29 @@ impl Both {
 pub(super) fn answer_roads_agree(text: &str) -> bool {
     let a2o = openai_answer_roads_agree(text);
     anthropic_answer_roads_agree(text) || a2o
+}
+
+/// One OpenAI chunk through both roads of the OpenAI → Anthropic stream translator: when
+/// [`StreamTranslator::text_delta`] reads it, [`StreamTranslator::on_chunk`] must give exactly
+/// that one event and leave the translator as it was (the fast road changes nothing).
+pub(super) fn a2o_chunk(
+    t: &mut StreamTranslator,
+    data: &[u8],
+) -> Result<Vec<AnthropicEvent>, TranslateError> {
+    let fast = t.text_delta(data);
+    let before = format!("{t:?}");
+    let general = t.on_chunk(data);
+    if let Some(fast) = fast {
+        let text = String::from_utf8_lossy(data);
+        let events = general.as_ref().unwrap_or_else(|e| {
+            panic!("the general road refused what the fast one read ({}): {text}", e.message)
+        });
+        assert_eq!(events.len(), 1, "{text}: {events:?}");
+        assert_eq!(events[0].event, "content_block_delta", "{text}");
+        assert_eq!(serde_json::to_string(&events[0].data).unwrap(), fast, "{text}");
+        assert_eq!(format!("{t:?}"), before, "the general road changed state: {text}");
+    }
+    general
 }
 
 /// [`answer_roads_agree`] for [`anthropic_to_openai::response_bytes`] (an OpenAI answer).
@@ -373,4 +397,106 @@ fn odd_answers_get_what_the_general_road_gives() {
         // Asserts the two roads agree whenever the fast one reads the answer.
         answer_roads_agree(text);
     }
+}
+
+/// `chunk` with `delta` as its choice's delta and `extra` spliced into the choice and the chunk.
+fn openai_chunk(delta: &str, choice_extra: &str, chunk_extra: &str) -> String {
+    format!(
+        r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-x","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":null{choice_extra}}}]{chunk_extra}}}"#
+    )
+}
+
+#[test]
+fn openai_chunks_read_the_fast_way_give_the_general_event() {
+    // Golden streams: their text chunks after the first (which opens the block) take the fast
+    // road. (Mutated golden streams go through both roads in `robustness`.)
+    let mut fast = 0;
+    for (name, text) in FIXTURES {
+        let doc = parse(name, text);
+        if doc["kind"] != "a2o_stream" {
+            continue;
+        }
+        let mut t = StreamTranslator::new(5);
+        for chunk in doc["input"].as_array().unwrap() {
+            let data = serde_json::to_vec(chunk).unwrap();
+            fast += usize::from(t.text_delta(&data).is_some());
+            let _ = a2o_chunk(&mut t, &data);
+        }
+    }
+    assert!(fast >= 1, "no golden chunk took the fast road");
+
+    // Odd chunks, each after a stream whose text block is open.
+    let mut open = StreamTranslator::new(5);
+    a2o_chunk(&mut open, openai_chunk(r#"{"role":"assistant","content":""}"#, "", "").as_bytes())
+        .unwrap();
+    a2o_chunk(&mut open, openai_chunk(r#"{"content":"Hi"}"#, "", "").as_bytes()).unwrap();
+    let plain = openai_chunk(r#"{"content":" there"}"#, "", "");
+    assert!(open.text_delta(plain.as_bytes()).is_some(), "a text chunk took the general road");
+    let real = openai_chunk(
+        r#"{"content":" there"}"#,
+        r#","stop_reason":null"#,
+        r#","usage":null,"system_fingerprint":"fp","service_tier":"default","obfuscation":"x1""#,
+    );
+    assert!(open.text_delta(real.as_bytes()).is_some(), "a real chunk took the general road");
+    let cases = [
+        openai_chunk(r#"{"content":"a\"b\\c\n\u0001 é 🌊 \u00e9 \ud83c\udf0a"}"#, "", ""),
+        openai_chunk(r#"{"content":"\ud800"}"#, "", ""),
+        openai_chunk(r#"{"content":""}"#, "", ""),
+        openai_chunk(r#"{"content":null}"#, "", ""),
+        openai_chunk(r#"{"content":5}"#, "", ""),
+        openai_chunk(r#"{"content":"a","content":"b"}"#, "", ""),
+        openai_chunk(
+            r#"{"content":"a","role":"assistant","refusal":null,"tool_calls":[]}"#,
+            "",
+            "",
+        ),
+        openai_chunk(r#"{"content":"a","reasoning_content":"hm"}"#, "", ""),
+        openai_chunk(r#"{"refusal":"No."}"#, "", ""),
+        openai_chunk(r#"{"content":"a","refusal":"No."}"#, "", ""),
+        openai_chunk(
+            r#"{"content":"a","tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}"#,
+            "",
+            "",
+        ),
+        openai_chunk(
+            r#"{"content":"a"}"#,
+            "",
+            r#","usage":{"prompt_tokens":1,"completion_tokens":2}"#,
+        ),
+        openai_chunk(r#"{"content":"a"}"#, "", r#","error":{"message":"x"}"#),
+        openai_chunk(r#"{"content":"a"}"#, "", r#","extra":1"#),
+        openai_chunk(r#"{"content":"a"}"#, "", r#","created":1.5"#),
+        openai_chunk(r#"{"content":"a"}"#, r#","finish_reason":"stop""#, "").replacen(
+            r#""finish_reason":null,"#,
+            "",
+            1,
+        ),
+        openai_chunk(r#"{"content":"a"}"#, "", "").replace(r#""index":0"#, r#""index":1"#),
+        openai_chunk(r#"{"content":"a"}"#, "", "").replace(r#""index":0"#, r#""index":"0""#),
+        openai_chunk(r#"{"content":"a"}"#, "", "").replace(r#""index":0,"#, ""),
+        openai_chunk(r#"{"content":"a"}"#, "", "")
+            .replace(r#""logprobs":null"#, r#""logprobs":{"content":[]}"#),
+        openai_chunk(r#"{"content":"a"}"#, "", "")
+            .replace(r#""choices":[{"#, r#""choices":[{"index":1,"delta":{"content":"b"}},{"#),
+        openai_chunk(r#"{"content":"a"}"#, "", "")
+            .replace(r#""choices":[{"#, r#""choices":[],"x":[{"#),
+        openai_chunk(r#"{"content":"a"}"#, "", "").replace(',', " ,\n\t"),
+        r#"{"choices":[{"delta":{"content":"a"}}]}"#.to_owned(),
+        "[]".to_owned(),
+        "{}".to_owned(),
+    ];
+    for case in &cases {
+        let _ = a2o_chunk(&mut open.clone(), case.as_bytes());
+    }
+    // After a finish reason, or before any block, text takes the general road.
+    let mut done = open.clone();
+    a2o_chunk(
+        &mut done,
+        openai_chunk("{}", r#","finish_reason":"stop""#, "")
+            .replacen(r#""finish_reason":null,"#, "", 1)
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(done.text_delta(plain.as_bytes()).is_none());
+    assert!(StreamTranslator::new(5).text_delta(plain.as_bytes()).is_none());
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::roads::{Both, answer_roads_agree};
+use super::roads::{Both, a2o_chunk, answer_roads_agree};
 use super::{FIXTURES, parse};
 use crate::translate::{RequestOptions, anthropic_to_openai, openai_to_anthropic};
 
@@ -237,7 +237,7 @@ fn all_streams(payloads: &[Vec<u8>], rng: &mut Rng) {
     for data in payloads {
         let event = rng.pick(EVENTS);
         let _ = o2a.on_event(event, data);
-        let _ = a2o.on_chunk(data);
+        let _ = a2o_chunk(&mut a2o, data);
         let _ = (o2a.usage(), o2a.finished(), a2o.usage(), a2o.upstream_error());
     }
     let _ = a2o.finish();
