@@ -70,6 +70,37 @@ impl<'a> Str<'a> {
     }
 }
 
+/// `T` read only from a JSON object. A struct that derives `Deserialize` also reads a JSON
+/// array, element by element in field order, where a `Value` lookup finds nothing: the fast
+/// roads (typed reads that must agree with the general `Value` ones) wrap every struct in this.
+pub(crate) struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Object<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+impl<T> std::ops::Deref for Object<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A request that cannot be translated: becomes a 400 `invalid_request` with `param` naming the field.
 ///
 /// The response and stream translators use it too, for upstream bodies or events they cannot

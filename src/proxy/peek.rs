@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::translate::Str;
+use crate::translate::{Object, Str};
 
 /// Token usage as tidegate accounts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,11 +107,15 @@ struct DeltaWire<'a> {
 /// again (about 2% of a proxied request's instructions). Anything else falls back to the slice
 /// reader, which skips the fields we do not read without checking them: invalid UTF-8 in an
 /// answer's `id` or message text is not ours to judge, so it must not make the answer malformed.
+///
+/// Only a JSON object reads as `T` (a derived struct would also read an array, element by
+/// element): an upstream that answers `[...]` sent no answer.
 fn parse<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
-    match std::str::from_utf8(data) {
+    let read: Option<Object<T>> = match std::str::from_utf8(data) {
         Ok(text) => serde_json::from_str(text).ok(),
         Err(_) => serde_json::from_slice(data).ok(),
-    }
+    };
+    read.map(|Object(t)| t)
 }
 
 /// Parses one stream payload; `None` if it is not valid JSON of the expected shape.
@@ -255,6 +259,9 @@ mod tests {
             Some(BodyPeek::Ok { .. })
         ));
         assert_eq!(body(br#"{"data":{}}"#, true), None);
+        // An array is no answer, though a derived struct would read one field by field.
+        assert_eq!(body(br#"[null,[{"finish_reason":"stop"}]]"#, false), None);
+        assert_eq!(chunk(br#"[null,[{"delta":{"content":"x"}}]]"#), None);
         let skipped = body(
             b"{\"id\":\"x\xff\",\"choices\":[{\"message\":{\"content\":\"\xfe\"},\"finish_reason\":\"stop\"}]}",
             false,
@@ -475,6 +482,7 @@ mod anthropic_tests {
             Some(BodyPeek::Error(_))
         ));
         assert_eq!(anthropic_body(br#"{"choices":[]}"#), None);
+        assert_eq!(anthropic_body(br#"["message",[],"end_turn"]"#), None);
         let skipped = anthropic_body(
             b"{\"type\":\"message\",\"id\":\"m\xff\",\"content\":[{\"type\":\"text\",\"text\":\"\xfe\"}],\"stop_reason\":\"end_turn\"}",
         );

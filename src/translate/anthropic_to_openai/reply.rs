@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::translate::finish::anthropic_stop_reason;
 use crate::translate::util::{anthropic_tool_id, body_object, prefixed};
-use crate::translate::{Str, TranslateError, Usage};
+use crate::translate::{Object, Str, TranslateError, Usage};
 
 /// Translate an OpenAI chat-completions response body into an Anthropic `message`.
 pub fn response(body: &Value) -> Result<Value, TranslateError> {
@@ -141,9 +141,9 @@ struct CompletionWire<'a> {
     #[serde(default, borrow)]
     model: Option<Str<'a>>,
     #[serde(default, borrow)]
-    choices: Option<Vec<ChoiceWire<'a>>>,
+    choices: Option<Vec<Object<ChoiceWire<'a>>>>,
     #[serde(default)]
-    usage: Option<UsageWire>,
+    usage: Option<Object<UsageWire>>,
     #[serde(default, borrow)]
     system_fingerprint: Option<Str<'a>>,
     #[serde(default, borrow)]
@@ -163,7 +163,7 @@ struct ChoiceWire<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(default, borrow)]
-    message: Option<MessageWire<'a>>,
+    message: Option<Object<MessageWire<'a>>>,
     #[serde(default, borrow)]
     finish_reason: Option<Str<'a>>,
     #[serde(default)]
@@ -209,9 +209,9 @@ struct UsageWire {
     #[serde(default)]
     total_tokens: Option<u64>,
     #[serde(default)]
-    prompt_tokens_details: Option<PromptDetailsWire>,
+    prompt_tokens_details: Option<Object<PromptDetailsWire>>,
     #[serde(default)]
-    completion_tokens_details: Option<CompletionDetailsWire>,
+    completion_tokens_details: Option<Object<CompletionDetailsWire>>,
 }
 
 #[derive(Deserialize)]
@@ -248,7 +248,7 @@ enum Nothing {}
 /// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
 /// `None` sends it to the general road.
 pub fn response_bytes(text: &str) -> Option<Vec<u8>> {
-    let c: CompletionWire<'_> = serde_json::from_str(text).ok()?;
+    let Object(c): Object<CompletionWire<'_>> = serde_json::from_str(text).ok()?;
     let choices = c.choices.as_ref()?;
     let choice = choices.iter().find(|c| c.index == Some(0)).or_else(|| choices.first())?;
     let message = choice.message.as_ref();

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use super::reply::{message_id, tool_id};
 use crate::translate::errors::{anthropic_error_body, anthropic_error_from_openai};
 use crate::translate::finish::anthropic_stop_reason;
-use crate::translate::{Str, TranslateError, Usage};
+use crate::translate::{Object, Str, TranslateError, Usage};
 
 /// One Anthropic SSE event: `event: <event>` + `data: <json>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,7 +176,8 @@ impl StreamTranslator {
         {
             return None;
         }
-        let chunk: TextChunk<'_> = serde_json::from_str(std::str::from_utf8(data).ok()?).ok()?;
+        let Object(chunk): Object<TextChunk<'_>> =
+            serde_json::from_str(std::str::from_utf8(data).ok()?).ok()?;
         let [choice] = chunk.choices.as_slice() else { return None };
         let text = choice.delta.content.as_deref().filter(|t| !t.is_empty())?;
         if choice.index.is_some_and(|i| i != 0) {
@@ -361,7 +362,7 @@ struct TextChunk<'a> {
     #[serde(default, borrow)]
     obfuscation: Option<Str<'a>>,
     #[serde(borrow)]
-    choices: Vec<TextChoice<'a>>,
+    choices: Vec<Object<TextChoice<'a>>>,
     #[serde(default)]
     usage: Option<Nothing>,
     #[serde(default)]
@@ -375,7 +376,7 @@ struct TextChoice<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow)]
-    delta: TextDelta<'a>,
+    delta: Object<TextDelta<'a>>,
     #[serde(default)]
     logprobs: Option<Nothing>,
     #[serde(default)]

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::translate::finish::openai_finish_reason;
 use crate::translate::util::{body_object, prefixed, to_json_string};
-use crate::translate::{Str, TranslateError, Usage};
+use crate::translate::{Object, Str, TranslateError, Usage};
 
 /// Translate an Anthropic Messages response body into an OpenAI `chat.completion`.
 pub fn response(body: &Value, created_unix: u64) -> Result<Value, TranslateError> {
@@ -100,14 +100,14 @@ struct MessageWire<'a> {
     #[serde(default, borrow)]
     model: Option<Str<'a>>,
     #[serde(default, borrow)]
-    content: Option<Vec<BlockWire<'a>>>,
+    content: Option<Vec<Object<BlockWire<'a>>>>,
     #[serde(default, borrow)]
     stop_reason: Option<Str<'a>>,
     #[serde(default, borrow)]
     #[expect(dead_code, reason = "read to check its type")]
     stop_sequence: Option<Str<'a>>,
     #[serde(default, borrow)]
-    usage: Option<UsageWire<'a>>,
+    usage: Option<Object<UsageWire<'a>>>,
     /// Sent as `null` unless a server tool ran.
     #[serde(default)]
     #[expect(dead_code, reason = "read to check it is null")]
@@ -142,7 +142,7 @@ struct UsageWire<'a> {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     #[expect(dead_code, reason = "read to check its type")]
-    cache_creation: Option<CacheCreationWire>,
+    cache_creation: Option<Object<CacheCreationWire>>,
     #[serde(default, borrow)]
     #[expect(dead_code, reason = "read to check its type")]
     service_tier: Option<Str<'a>>,
@@ -165,7 +165,7 @@ enum Nothing {}
 /// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
 /// `None` sends it to the general road.
 pub fn response_bytes(text: &str, created_unix: u64) -> Option<Vec<u8>> {
-    let m: MessageWire<'_> = serde_json::from_str(text).ok()?;
+    let Object(m): Object<MessageWire<'_>> = serde_json::from_str(text).ok()?;
     if m.kind.as_deref() == Some("error") {
         return None;
     }

@@ -309,6 +309,17 @@ fn odd_openai_answers_get_what_the_general_road_gives() {
     for text in &cases {
         openai_answer_roads_agree(text);
     }
+    for text in [
+        r#"[null,null,null,null,[{"message":{"content":"hi"}}]]"#,
+        r#"{"id":"c","model":"m","choices":[[0,[null,"hi"]]]}"#,
+        r#"{"id":"c","model":"m","choices":[{"index":0,"message":[null,"hi"]}]}"#,
+        r#"{"id":"c","model":"m","choices":[{"index":0,"message":{"content":"hi"}}],"usage":[9,2,11,[4,1]]}"#,
+        r#"{"id":"c","model":"m","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"prompt_tokens_details":[4,1]}}"#,
+        r#"{"id":"c","model":"m","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"completion_tokens_details":[1]}}"#,
+    ] {
+        assert!(anthropic_to_openai::response_bytes(text).is_none(), "{text}");
+        openai_answer_roads_agree(text);
+    }
 }
 
 #[test]
@@ -395,6 +406,17 @@ fn odd_answers_get_what_the_general_road_gives() {
     .collect();
     for text in &cases {
         // Asserts the two roads agree whenever the fast one reads the answer.
+        answer_roads_agree(text);
+    }
+    // Arrays where objects belong: a derived struct reads them field by field, a `Value`
+    // lookup finds nothing (helper-21's counterexamples).
+    for text in [
+        r#"[null,null,null,null,[{"type":"text","text":"hi"}]]"#,
+        r#"{"id":"msg_1","model":"m","content":[["text","hi"]]}"#,
+        r#"{"id":"msg_1","model":"m","content":[],"usage":[5,7]}"#,
+        r#"{"id":"msg_1","model":"m","content":[],"usage":{"cache_creation":[1,2]}}"#,
+    ] {
+        assert!(openai_to_anthropic::response_bytes(text, 7).is_none(), "{text}");
         answer_roads_agree(text);
     }
 }
@@ -484,7 +506,14 @@ fn openai_chunks_read_the_fast_way_give_the_general_event() {
         r#"{"choices":[{"delta":{"content":"a"}}]}"#.to_owned(),
         "[]".to_owned(),
         "{}".to_owned(),
+        // Arrays where objects belong (helper-21's counterexamples).
+        r#"[null,null,null,null,null,null,null,[{"delta":{"content":"x"}}]]"#.to_owned(),
+        r#"{"id":"c","choices":[[0,{"content":"x"}]]}"#.to_owned(),
+        r#"{"id":"c","choices":[{"index":0,"delta":["x"]}]}"#.to_owned(),
     ];
+    for case in &cases[cases.len() - 3..] {
+        assert!(open.text_delta(case.as_bytes()).is_none(), "{case}");
+    }
     for case in &cases {
         let _ = a2o_chunk(&mut open.clone(), case.as_bytes());
     }
