@@ -1,6 +1,8 @@
 //! Just-enough parsing of OpenAI-style upstream answers: is it an error, does it carry content,
 //! how did it finish, what usage did it report. Typed borrowing structs skip everything else, so
 //! the bytes can be forwarded as they came.
+//! Usage is read leniently (`peek/lenient.rs`): odd counts are accounting trouble, not a malformed
+//! answer.
 
 use std::borrow::Cow;
 
@@ -8,6 +10,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::translate::{Object, Str};
+
+mod lenient;
+use lenient::{Count, Lenient};
 
 /// Token usage as tidegate accounts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,28 +24,29 @@ pub struct Usage {
     pub cached_input: u64,
 }
 
+/// OpenAI usage, read leniently (see [`lenient`]).
 #[derive(Deserialize)]
 struct UsageWire {
     #[serde(default)]
-    prompt_tokens: u64,
+    prompt_tokens: Count,
     #[serde(default)]
-    completion_tokens: u64,
+    completion_tokens: Count,
     #[serde(default)]
-    prompt_tokens_details: Option<Details>,
+    prompt_tokens_details: Lenient<Details>,
 }
 
 #[derive(Deserialize)]
 struct Details {
     #[serde(default)]
-    cached_tokens: Option<u64>,
+    cached_tokens: Count,
 }
 
 impl From<UsageWire> for Usage {
     fn from(u: UsageWire) -> Self {
         Usage {
-            input: u.prompt_tokens,
-            output: u.completion_tokens,
-            cached_input: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            input: u.prompt_tokens.0,
+            output: u.completion_tokens.0,
+            cached_input: u.prompt_tokens_details.0.map_or(0, |d| d.cached_tokens.0),
         }
     }
 }
@@ -79,7 +85,7 @@ struct ChunkWire<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<ChoiceWire<'a>>>,
     #[serde(default)]
-    usage: Option<UsageWire>,
+    usage: Lenient<UsageWire>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +136,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         ));
     }
     let choices = w.choices?;
-    let usage_only = choices.is_empty() && w.usage.is_some();
+    let usage_only = choices.is_empty() && w.usage.0.is_some();
     let mut content = false;
     let mut finish = None;
     let mut text = None;
@@ -155,7 +161,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         content,
         finish,
         usage_only,
-        usage: w.usage.map(Usage::from),
+        usage: w.usage.0.map(Usage::from),
         text,
         tool,
     })
@@ -177,7 +183,7 @@ struct CompletionWire<'a> {
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
     #[serde(default)]
-    usage: Option<UsageWire>,
+    usage: Lenient<UsageWire>,
 }
 
 #[derive(Deserialize)]
@@ -202,95 +208,32 @@ pub fn body(data: &[u8], embeddings: bool) -> Option<BodyPeek> {
         let choices = w.choices?;
         choices.first().and_then(|c| c.finish_reason.as_deref().map(str::to_owned))
     };
-    Some(BodyPeek::Ok { usage: w.usage.map(Usage::from), finish })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_kinds() {
-        assert_eq!(chunk(b"[DONE]"), Some(ChunkPeek::Done));
-        assert!(
-            matches!(chunk(br#"{"error":{"message":"boom"}}"#), Some(ChunkPeek::Error(m)) if m == "boom")
-        );
-        let role = chunk(br#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#);
-        assert!(matches!(role, Some(ChunkPeek::Chunk { content: false, .. })));
-        let text = chunk(br#"{"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#);
-        assert!(matches!(text, Some(ChunkPeek::Chunk { content: true, usage: None, .. })));
-        let tool = chunk(br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#);
-        assert!(matches!(tool, Some(ChunkPeek::Chunk { content: true, .. })));
-        let usage = chunk(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}"#);
-        assert_eq!(
-            usage,
-            Some(ChunkPeek::Chunk {
-                content: false,
-                finish: None,
-                usage: Some(Usage { input: 3, output: 4, cached_input: 1 }),
-                usage_only: true,
-                text: None,
-                tool: false
-            })
-        );
-        assert_eq!(chunk(b"{\"choi"), None);
-        assert_eq!(chunk(b"{\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}"), None);
-        // Invalid UTF-8 in a field we do not read is passed through, not judged.
-        let skipped = chunk(b"{\"id\":\"c\xff\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}");
-        assert!(matches!(skipped, Some(ChunkPeek::Chunk { content: true, .. })));
-        assert_eq!(chunk(b"{}"), None);
-    }
-
-    #[test]
-    fn bodies() {
-        assert!(matches!(body(br#"{"error":{"message":"x"}}"#, false), Some(BodyPeek::Error(_))));
-        assert_eq!(body(br#"{"id":"x"}"#, false), None);
-        assert_eq!(body(b"<html>", false), None);
-        let ok = body(br#"{"choices":[{"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#, false);
-        assert_eq!(
-            ok,
-            Some(BodyPeek::Ok {
-                usage: Some(Usage { input: 1, output: 2, cached_input: 0 }),
-                finish: Some("length".into())
-            })
-        );
-        assert!(matches!(
-            body(br#"{"data":[],"usage":{"prompt_tokens":1}}"#, true),
-            Some(BodyPeek::Ok { .. })
-        ));
-        assert_eq!(body(br#"{"data":{}}"#, true), None);
-        // An array is no answer, though a derived struct would read one field by field.
-        assert_eq!(body(br#"[null,[{"finish_reason":"stop"}]]"#, false), None);
-        assert_eq!(chunk(br#"[null,[{"delta":{"content":"x"}}]]"#), None);
-        let skipped = body(
-            b"{\"id\":\"x\xff\",\"choices\":[{\"message\":{\"content\":\"\xfe\"},\"finish_reason\":\"stop\"}]}",
-            false,
-        );
-        assert_eq!(skipped, Some(BodyPeek::Ok { usage: None, finish: Some("stop".into()) }));
-    }
+    Some(BodyPeek::Ok { usage: w.usage.0.map(Usage::from), finish })
 }
 
 #[derive(Deserialize)]
 struct AnthropicUsageWire {
     #[serde(default)]
-    input_tokens: Option<u64>,
+    input_tokens: Count,
     #[serde(default)]
-    output_tokens: Option<u64>,
+    output_tokens: Count,
     #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
+    cache_read_input_tokens: Count,
     #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Count,
 }
 
 impl AnthropicUsageWire {
     /// In tidegate's terms: input includes cache reads and writes (Anthropic's excludes them).
     fn usage(&self) -> Usage {
-        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        let cached = self.cache_read_input_tokens.0;
         Usage {
-            input: self.input_tokens.unwrap_or(0)
-                + cached
-                + self.cache_creation_input_tokens.unwrap_or(0),
-            output: self.output_tokens.unwrap_or(0),
+            input: self
+                .input_tokens
+                .0
+                .saturating_add(cached)
+                .saturating_add(self.cache_creation_input_tokens.0),
+            output: self.output_tokens.0,
             cached_input: cached,
         }
     }
@@ -305,7 +248,7 @@ struct AnthropicEventWire<'a> {
     #[serde(default, borrow)]
     content_block: Option<AnthropicBlockWire<'a>>,
     #[serde(default)]
-    usage: Option<AnthropicUsageWire>,
+    usage: Lenient<AnthropicUsageWire>,
     #[serde(default, borrow)]
     error: Option<ErrorWire<'a>>,
 }
@@ -313,7 +256,7 @@ struct AnthropicEventWire<'a> {
 #[derive(Deserialize)]
 struct AnthropicMessageWire<'a> {
     #[serde(default)]
-    usage: Option<AnthropicUsageWire>,
+    usage: Lenient<AnthropicUsageWire>,
     #[serde(default, borrow, rename = "type")]
     kind: Option<Str<'a>>,
     #[serde(default, borrow)]
@@ -359,7 +302,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
                 .unwrap_or_else(|| "upstream stream error".into()),
         )),
         "message_stop" => Some(ChunkPeek::Done),
-        "message_start" => chunk(false, None, w.message?.usage.map(|u| u.usage())),
+        "message_start" => chunk(false, None, w.message?.usage.0.map(|u| u.usage())),
         "content_block_start" => {
             let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| &*k == "tool_use");
             Some(ChunkPeek::Chunk {
@@ -387,7 +330,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
         }
         "message_delta" => {
             let finish = w.delta.and_then(|d| d.stop_reason).map(Str::owned);
-            chunk(finish.is_some(), finish, w.usage.map(|u| u.usage()))
+            chunk(finish.is_some(), finish, w.usage.0.map(|u| u.usage()))
         }
         // ping, content_block_stop, and event types added later: nothing the client waits for.
         _ => chunk(false, None, None),
@@ -407,7 +350,10 @@ pub fn anthropic_body(data: &[u8]) -> Option<BodyPeek> {
     if m.kind.as_deref() != Some("message") {
         return None;
     }
-    Some(BodyPeek::Ok { usage: m.usage.map(|u| u.usage()), finish: m.stop_reason.map(Str::owned) })
+    Some(BodyPeek::Ok {
+        usage: m.usage.0.map(|u| u.usage()),
+        finish: m.stop_reason.map(Str::owned),
+    })
 }
 
 /// Folds a new usage report into what was seen: zero fields keep earlier values (Anthropic's
@@ -424,83 +370,4 @@ pub fn merge_usage(old: Option<Usage>, new: Option<Usage>) -> Option<Usage> {
 }
 
 #[cfg(test)]
-mod anthropic_tests {
-    use super::*;
-
-    #[test]
-    fn anthropic_events() {
-        let start = anthropic_event(Some("message_start"), br#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}}"#);
-        assert_eq!(
-            start,
-            Some(ChunkPeek::Chunk {
-                content: false,
-                finish: None,
-                usage: Some(Usage { input: 15, output: 1, cached_input: 5 }),
-                usage_only: false,
-                text: None,
-                tool: false
-            })
-        );
-        let text = anthropic_event(Some("content_block_delta"), br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#);
-        assert!(matches!(text, Some(ChunkPeek::Chunk { content: true, .. })));
-        let delta = anthropic_event(Some("message_delta"), br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#);
-        assert!(
-            matches!(delta, Some(ChunkPeek::Chunk { content: true, finish: Some(ref f), .. }) if f == "end_turn")
-        );
-        assert_eq!(
-            anthropic_event(Some("message_stop"), br#"{"type":"message_stop"}"#),
-            Some(ChunkPeek::Done)
-        );
-        assert!(
-            matches!(anthropic_event(Some("error"), br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#), Some(ChunkPeek::Error(m)) if m == "Overloaded")
-        );
-        assert!(matches!(
-            anthropic_event(Some("brand_new_event"), b"{}"),
-            Some(ChunkPeek::Chunk { content: false, .. })
-        ));
-        assert_eq!(anthropic_event(Some("message_start"), b"{\"type\":"), None);
-        // Cumulative usage: the latest output count wins, input from message_start stays.
-        let merged = merge_usage(
-            Some(Usage { input: 15, output: 1, cached_input: 5 }),
-            Some(Usage { input: 0, output: 7, cached_input: 0 }),
-        );
-        assert_eq!(merged, Some(Usage { input: 15, output: 7, cached_input: 5 }));
-    }
-
-    #[test]
-    fn anthropic_bodies() {
-        let ok = anthropic_body(br#"{"type":"message","content":[],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":4}}"#);
-        assert_eq!(
-            ok,
-            Some(BodyPeek::Ok {
-                usage: Some(Usage { input: 3, output: 4, cached_input: 0 }),
-                finish: Some("end_turn".into())
-            })
-        );
-        assert!(matches!(
-            anthropic_body(br#"{"type":"error","error":{"type":"api_error","message":"x"}}"#),
-            Some(BodyPeek::Error(_))
-        ));
-        assert_eq!(anthropic_body(br#"{"choices":[]}"#), None);
-        assert_eq!(anthropic_body(br#"["message",[],"end_turn"]"#), None);
-        let skipped = anthropic_body(
-            b"{\"type\":\"message\",\"id\":\"m\xff\",\"content\":[{\"type\":\"text\",\"text\":\"\xfe\"}],\"stop_reason\":\"end_turn\"}",
-        );
-        assert_eq!(skipped, Some(BodyPeek::Ok { usage: None, finish: Some("end_turn".into()) }));
-    }
-}
-
-#[cfg(test)]
-mod bench_body_tests {
-    use super::*;
-
-    #[test]
-    fn a_full_anthropic_message_with_text_content() {
-        let body = br#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"The tide rises and the gate holds steady."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}"#;
-        assert!(
-            matches!(anthropic_body(body), Some(BodyPeek::Ok { .. })),
-            "{:?}",
-            anthropic_body(body)
-        );
-    }
-}
+mod tests;
