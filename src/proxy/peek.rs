@@ -41,13 +41,17 @@ struct Details {
     cached_tokens: Count,
 }
 
-impl From<UsageWire> for Usage {
-    fn from(u: UsageWire) -> Self {
-        Usage {
-            input: u.prompt_tokens.0,
-            output: u.completion_tokens.0,
-            cached_input: u.prompt_tokens_details.0.map_or(0, |d| d.cached_tokens.0),
+impl UsageWire {
+    /// The usage, if it has a count to read (else the request's estimate is billed).
+    fn usage(self) -> Option<Usage> {
+        if self.prompt_tokens.0.is_none() && self.completion_tokens.0.is_none() {
+            return None;
         }
+        Some(Usage {
+            input: self.prompt_tokens.or_zero(),
+            output: self.completion_tokens.or_zero(),
+            cached_input: self.prompt_tokens_details.0.map_or(0, |d| d.cached_tokens.or_zero()),
+        })
     }
 }
 
@@ -84,8 +88,10 @@ struct ChunkWire<'a> {
     error: Option<ErrorWire<'a>>,
     #[serde(default, borrow)]
     choices: Option<Vec<ChoiceWire<'a>>>,
+    /// `Some` for any value but `null`: a chunk with no choices and a usage, even one that
+    /// cannot be read, is the usage chunk (stripped when the client did not ask for it).
     #[serde(default)]
-    usage: Lenient<UsageWire>,
+    usage: Option<Lenient<UsageWire>>,
 }
 
 #[derive(Deserialize)]
@@ -136,7 +142,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         ));
     }
     let choices = w.choices?;
-    let usage_only = choices.is_empty() && w.usage.0.is_some();
+    let usage_only = choices.is_empty() && w.usage.is_some();
     let mut content = false;
     let mut finish = None;
     let mut text = None;
@@ -161,7 +167,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         content,
         finish,
         usage_only,
-        usage: w.usage.0.map(Usage::from),
+        usage: w.usage.and_then(|u| u.0).and_then(UsageWire::usage),
         text,
         tool,
     })
@@ -208,7 +214,7 @@ pub fn body(data: &[u8], embeddings: bool) -> Option<BodyPeek> {
         let choices = w.choices?;
         choices.first().and_then(|c| c.finish_reason.as_deref().map(str::to_owned))
     };
-    Some(BodyPeek::Ok { usage: w.usage.0.map(Usage::from), finish })
+    Some(BodyPeek::Ok { usage: w.usage.0.and_then(UsageWire::usage), finish })
 }
 
 #[derive(Deserialize)]
@@ -225,17 +231,27 @@ struct AnthropicUsageWire {
 
 impl AnthropicUsageWire {
     /// In tidegate's terms: input includes cache reads and writes (Anthropic's excludes them).
-    fn usage(&self) -> Usage {
-        let cached = self.cache_read_input_tokens.0;
-        Usage {
+    /// In tidegate's terms, if it has a count to read (else the estimate is billed).
+    fn usage(&self) -> Option<Usage> {
+        let counts = [
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+        ];
+        if counts.iter().all(|c| c.0.is_none()) {
+            return None;
+        }
+        let cached = self.cache_read_input_tokens.or_zero();
+        Some(Usage {
             input: self
                 .input_tokens
-                .0
+                .or_zero()
                 .saturating_add(cached)
-                .saturating_add(self.cache_creation_input_tokens.0),
-            output: self.output_tokens.0,
+                .saturating_add(self.cache_creation_input_tokens.or_zero()),
+            output: self.output_tokens.or_zero(),
             cached_input: cached,
-        }
+        })
     }
 }
 
@@ -302,7 +318,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
                 .unwrap_or_else(|| "upstream stream error".into()),
         )),
         "message_stop" => Some(ChunkPeek::Done),
-        "message_start" => chunk(false, None, w.message?.usage.0.map(|u| u.usage())),
+        "message_start" => chunk(false, None, w.message?.usage.0.and_then(|u| u.usage())),
         "content_block_start" => {
             let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| &*k == "tool_use");
             Some(ChunkPeek::Chunk {
@@ -330,7 +346,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
         }
         "message_delta" => {
             let finish = w.delta.and_then(|d| d.stop_reason).map(Str::owned);
-            chunk(finish.is_some(), finish, w.usage.0.map(|u| u.usage()))
+            chunk(finish.is_some(), finish, w.usage.0.and_then(|u| u.usage()))
         }
         // ping, content_block_stop, and event types added later: nothing the client waits for.
         _ => chunk(false, None, None),
@@ -351,7 +367,7 @@ pub fn anthropic_body(data: &[u8]) -> Option<BodyPeek> {
         return None;
     }
     Some(BodyPeek::Ok {
-        usage: m.usage.0.map(|u| u.usage()),
+        usage: m.usage.0.and_then(|u| u.usage()),
         finish: m.stop_reason.map(Str::owned),
     })
 }

@@ -286,9 +286,9 @@ async fn close(
     if let Some(u) = usage {
         fwd.rec.usage = Some(match fwd.rec.usage {
             Some(o) => peek::Usage {
-                input: o.input + u.input,
-                output: o.output + u.output,
-                cached_input: o.cached_input + u.cached_input,
+                input: o.input.saturating_add(u.input),
+                output: o.output.saturating_add(u.output),
+                cached_input: o.cached_input.saturating_add(u.cached_input),
             },
             None => u,
         });
@@ -312,7 +312,7 @@ async fn close(
     if include_usage {
         let u = fwd.rec.usage.unwrap_or_default();
         let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "model": model, "choices": [],
-            "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output}});
+            "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input.saturating_add(u.output)}});
         fwd.out.extend_from_slice(&crate::sse::encode_data(c.to_string().as_bytes()));
     }
     fwd.rec.finish = Some(finish.to_owned());

@@ -1,8 +1,9 @@
 //! Usage read leniently. Usage is accounting, not the answer: an odd count (null, negative,
 //! fractional, a string) or a usage that is not an object must not make a good answer
-//! malformed (which would retry it, fail it over, or break a stream at its last chunk). Counts
-//! read as the translators read them (`translate::util::count`), so a pass-through and a
-//! translated route account the same answer alike.
+//! malformed (which would retry it, fail it over, or break a stream at its last chunk). A count
+//! reads as the translators read one for the usage they show clients (`translate::util::count`:
+//! a non-negative integer or an integral float); anything else is unreadable, and a usage with
+//! no readable count is no usage, so the request's estimate is billed rather than nothing.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -32,10 +33,16 @@ macro_rules! read_as_nothing {
     };
 }
 
-/// A token count: a non-negative integer, or an integral float below 1.8e19; anything
-/// else is 0.
+/// A token count: a non-negative integer, or an integral float below 1.8e19; `None` for
+/// anything else (or when absent).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Count(pub u64);
+pub struct Count(pub Option<u64>);
+
+impl Count {
+    pub fn or_zero(self) -> u64 {
+        self.0.unwrap_or(0)
+    }
+}
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -46,20 +53,20 @@ impl<'de> Deserialize<'de> for Count {
                 f.write_str("a token count")
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
-                Ok(Count(n))
+                Ok(Count(Some(n)))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
-                Ok(Count(u64::try_from(n).unwrap_or(0)))
+                Ok(Count(u64::try_from(n).ok()))
             }
             fn visit_f64<E: de::Error>(self, f: f64) -> Result<Count, E> {
                 let whole = f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 1.8e19;
-                Ok(Count(if whole { f as u64 } else { 0 }))
+                Ok(Count(whole.then_some(f as u64)))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Count(0))
+                Ok(Count(None))
             }
-            read_as_nothing!(Count(0));
+            read_as_nothing!(Count(None));
         }
         d.deserialize_any(V)
     }

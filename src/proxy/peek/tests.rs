@@ -65,48 +65,56 @@ mod openai {
 
     #[test]
     fn odd_usage_is_read_leniently_not_as_a_malformed_answer() {
-        // (usage as sent, what it reads as): counts as the translators read them.
+        // (usage as sent, what it reads as): counts as the translators read them; a usage
+        // with no readable count, or not an object, is no usage (the estimate is billed).
         let cases = [
             (r#"{"prompt_tokens":-1,"completion_tokens":2}"#, Some((0, 2, 0))),
-            (r#"{"prompt_tokens":null,"completion_tokens":null}"#, Some((0, 0, 0))),
+            (r#"{"prompt_tokens":null,"completion_tokens":null}"#, None),
             (r#"{"prompt_tokens":12.0,"completion_tokens":2.5}"#, Some((12, 0, 0))),
-            (
-                r#"{"prompt_tokens":"12","completion_tokens":[1],"total_tokens":{}}"#,
-                Some((0, 0, 0)),
-            ),
-            (r#"{"prompt_tokens":1e999}"#, None),
+            (r#"{"prompt_tokens":"12","completion_tokens":[1],"total_tokens":{}}"#, None),
+            (r#"{}"#, None),
             (r#"{"prompt_tokens":18446744073709551616,"completion_tokens":3}"#, Some((0, 3, 0))),
+            (r#"{"prompt_tokens":0,"completion_tokens":0}"#, Some((0, 0, 0))),
             (
                 r#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":-1}}"#,
                 Some((5, 0, 0)),
             ),
             (r#"{"prompt_tokens":5,"prompt_tokens_details":[2]}"#, Some((5, 0, 0))),
             (r#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":2}}"#, Some((5, 0, 2))),
-            ("[5,7]", Some((0, 0, 0))),
-            ("5", Some((0, 0, 0))),
-            (r#""x""#, Some((0, 0, 0))),
+            ("[5,7]", None),
+            ("5", None),
+            (r#""x""#, None),
         ];
         for (usage, want) in cases {
             let want =
                 want.map(|(input, output, cached_input)| Usage { input, output, cached_input });
-            let read = body(
-                format!(r#"{{"choices":[{{"finish_reason":"stop"}}],"usage":{usage}}}"#).as_bytes(),
-                false,
-            );
-            match (read, want) {
-                (Some(BodyPeek::Ok { usage: got, .. }), Some(w)) => {
-                    // A usage that is not an object reads as none.
-                    let w = (usage.starts_with('{')).then_some(w);
-                    assert_eq!(got, w, "{usage}");
-                }
-                // 1e999 is not JSON serde_json reads (out of range): malformed as before.
-                (read, None) => assert_eq!(read, None, "{usage}"),
-                (read, _) => panic!("{usage}: {read:?}"),
-            }
+            let data = format!(r#"{{"choices":[{{"finish_reason":"stop"}}],"usage":{usage}}}"#);
+            let read = body(data.as_bytes(), false);
+            assert_eq!(read, Some(BodyPeek::Ok { usage: want, finish: Some("stop".into()) }));
+            // The usage chunk: stripped for clients that did not ask (usage_only) whatever its
+            // usage holds.
             let data = format!(r#"{{"choices":[],"usage":{usage}}}"#);
-            let chunk_read = chunk(data.as_bytes());
-            assert_eq!(chunk_read.is_some(), want.is_some(), "{usage}: {chunk_read:?}");
+            let read = chunk(data.as_bytes());
+            assert!(
+                matches!(read, Some(ChunkPeek::Chunk { usage_only: true, usage, .. }) if usage == want),
+                "{usage}: {read:?}"
+            );
+            // Readable counts read as the translators read them.
+            if let Some(w) = want {
+                let t = crate::translate::Usage::from_openai(&serde_json::from_str(usage).unwrap());
+                assert_eq!(
+                    (t.input, t.output, t.cached_input),
+                    (w.input, w.output, w.cached_input)
+                );
+            }
         }
+        // A number serde_json cannot read (out of range) is malformed JSON, as before.
+        let out_of_range =
+            r#"{"choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":1e999}}"#;
+        assert_eq!(body(out_of_range.as_bytes(), false), None);
+        // `null` is no usage and no usage chunk.
+        let null = chunk(br#"{"choices":[],"usage":null}"#);
+        assert!(matches!(null, Some(ChunkPeek::Chunk { usage_only: false, usage: None, .. })));
     }
 }
 
