@@ -94,6 +94,11 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
     }
 }
 
+/// A field a fast road accepts only as `null` (or absent) as `Option<Nothing>`, or only as an
+/// empty array as `Option<Vec<Nothing>>`: nothing deserializes into it.
+#[derive(serde::Deserialize)]
+pub(crate) enum Nothing {}
+
 impl<T> std::ops::Deref for Object<T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -92,14 +92,12 @@ impl Spec {
     /// HTTP/2 may be spoken, with `max_streams` too, so that a connection carries one limit).
     fn endpoint(&self, base_url: &str, max_streams: usize) -> usize {
         let key = match Uri::try_from(base_url) {
-            Ok(u) if u.scheme() == Some(&Scheme::HTTPS) => {
-                format!("https://{} {max_streams}", u.authority().map_or("", |a| a.as_str()))
+            Ok(u) => {
+                let (scheme, authority) =
+                    (u.scheme_str().unwrap_or(""), u.authority().map_or("", |a| a.as_str()));
+                let streams = if u.scheme() == Some(&Scheme::HTTPS) { max_streams } else { 0 };
+                format!("{scheme}://{authority} {streams}")
             }
-            Ok(u) => format!(
-                "{}://{}",
-                u.scheme_str().unwrap_or(""),
-                u.authority().map_or("", |a| a.as_str())
-            ),
             Err(_) => base_url.to_owned(),
         };
         let mut map = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -114,7 +114,7 @@ impl Emitter {
                     return Ok(());
                 }
                 if let Some(delta) = t.text_delta(data) {
-                    frame_event(out, "content_block_delta", delta.as_bytes());
+                    frame_event(out, "content_block_delta", &delta);
                     return Ok(());
                 }
                 let events = t.on_chunk(data).map_err(|e| EmitError(e.message))?;

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::translate::finish::anthropic_stop_reason;
 use crate::translate::util::{anthropic_tool_id, body_object, prefixed};
-use crate::translate::{Object, Str, TranslateError, Usage};
+use crate::translate::{Nothing, Object, Str, TranslateError, Usage};
 
 /// Translate an OpenAI chat-completions response body into an Anthropic `message`.
 pub fn response(body: &Value) -> Result<Value, TranslateError> {
@@ -239,11 +239,6 @@ struct CompletionDetailsWire {
     #[serde(default)]
     rejected_prediction_tokens: Option<u64>,
 }
-
-/// A field accepted only when `null` (or absent), or an array only when empty: nothing
-/// deserializes into it.
-#[derive(Deserialize)]
-enum Nothing {}
 
 /// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
 /// `None` sends it to the general road.

@@ -29,13 +29,15 @@
 //! exactly (a field it does not read, a field of an unexpected type, a duplicate key, anything
 //! besides text) takes the general one; tests run both on mutated streams and compare.
 
+use std::io::Write;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::reply::{message_id, tool_id};
 use crate::translate::errors::{anthropic_error_body, anthropic_error_from_openai};
 use crate::translate::finish::anthropic_stop_reason;
-use crate::translate::{Object, Str, TranslateError, Usage};
+use crate::translate::{Nothing, Object, Str, TranslateError, Usage};
 
 /// One Anthropic SSE event: `event: <event>` + `data: <json>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +172,7 @@ impl StreamTranslator {
     /// The `content_block_delta` event's data, serialized, that [`Self::on_chunk`] would give
     /// for `data` when it only adds text to the open text block (and changes nothing else);
     /// `None` for anything else, which then takes `on_chunk`.
-    pub fn text_delta(&self, data: &[u8]) -> Option<String> {
+    pub fn text_delta(&self, data: &[u8]) -> Option<Vec<u8>> {
         let Some(Open::Text { index }) = self.open else { return None };
         if self.id.is_none() || self.stop_reason.is_some() || self.finished || self.error.is_some()
         {
@@ -184,12 +186,11 @@ impl StreamTranslator {
             return None;
         }
         // Keys in the order serde_json writes a `Value`'s (sorted).
-        let mut out = String::with_capacity(text.len() + 80);
-        out.push_str(r#"{"delta":{"text":"#);
-        out.push_str(&serde_json::to_string(text).ok()?);
-        out.push_str(r#","type":"text_delta"},"index":"#);
-        out.push_str(&index.to_string());
-        out.push_str(r#","type":"content_block_delta"}"#);
+        let mut out = Vec::with_capacity(text.len() + 80);
+        out.extend_from_slice(br#"{"delta":{"text":"#);
+        serde_json::to_writer(&mut out, text).ok()?;
+        write!(out, r#","type":"text_delta"}},"index":{index},"type":"content_block_delta"}}"#)
+            .ok()?;
         Some(out)
     }
 
@@ -404,7 +405,3 @@ struct TextDelta<'a> {
     #[serde(default)]
     reasoning_content: Option<Nothing>,
 }
-
-/// A field accepted only when `null` (or absent), or an array only when empty.
-#[derive(Deserialize)]
-enum Nothing {}

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::translate::finish::openai_finish_reason;
 use crate::translate::util::{body_object, prefixed, to_json_string};
-use crate::translate::{Object, Str, TranslateError, Usage};
+use crate::translate::{Nothing, Object, Str, TranslateError, Usage};
 
 /// Translate an Anthropic Messages response body into an OpenAI `chat.completion`.
 pub fn response(body: &Value, created_unix: u64) -> Result<Value, TranslateError> {
@@ -157,10 +157,6 @@ struct CacheCreationWire {
     #[serde(default)]
     ephemeral_1h_input_tokens: Option<u64>,
 }
-
-/// A field accepted only when `null` (or absent): nothing deserializes into it.
-#[derive(Deserialize)]
-enum Nothing {}
 
 /// [`response`] serialized, for an answer the fast road reads exactly (see the module docs);
 /// `None` sends it to the general road.

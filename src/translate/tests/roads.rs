@@ -67,6 +67,7 @@ pub(super) fn a2o_chunk(
         });
         assert_eq!(events.len(), 1, "{text}: {events:?}");
         assert_eq!(events[0].event, "content_block_delta", "{text}");
+        let fast = String::from_utf8(fast).unwrap();
         assert_eq!(serde_json::to_string(&events[0].data).unwrap(), fast, "{text}");
         assert_eq!(format!("{t:?}"), before, "the general road changed state: {text}");
     }
@@ -75,24 +76,27 @@ pub(super) fn a2o_chunk(
 
 /// [`answer_roads_agree`] for [`anthropic_to_openai::response_bytes`] (an OpenAI answer).
 fn openai_answer_roads_agree(text: &str) -> bool {
-    let Some(fast) = anthropic_to_openai::response_bytes(text) else { return false };
-    let general = crate::translate::parse_json(text.as_bytes())
-        .map_err(crate::translate::TranslateError::body)
-        .and_then(|v| anthropic_to_openai::response(&v))
-        .unwrap_or_else(|e| {
-            panic!("the general road refused what the fast one read ({e}): {text}")
-        });
-    let general = serde_json::to_string(&general).unwrap();
-    assert_eq!(String::from_utf8(fast).unwrap(), general, "{text}");
-    true
+    roads_agree(text, anthropic_to_openai::response_bytes(text), anthropic_to_openai::response)
 }
 
 /// [`answer_roads_agree`] for [`openai_to_anthropic::response_bytes`] (an Anthropic answer).
 fn anthropic_answer_roads_agree(text: &str) -> bool {
-    let Some(fast) = openai_to_anthropic::response_bytes(text, 7) else { return false };
+    roads_agree(text, openai_to_anthropic::response_bytes(text, 7), |v| {
+        openai_to_anthropic::response(v, 7)
+    })
+}
+
+/// Whether the fast road read `text` (as `fast`); if it did, `general` must succeed on it and
+/// serialize to the same bytes.
+fn roads_agree(
+    text: &str,
+    fast: Option<Vec<u8>>,
+    general: impl FnOnce(&Value) -> Result<Value, TranslateError>,
+) -> bool {
+    let Some(fast) = fast else { return false };
     let general = crate::translate::parse_json(text.as_bytes())
-        .map_err(crate::translate::TranslateError::body)
-        .and_then(|v| openai_to_anthropic::response(&v, 7))
+        .map_err(TranslateError::body)
+        .and_then(|v| general(&v))
         .unwrap_or_else(|e| {
             panic!("the general road refused what the fast one read ({e}): {text}")
         });

@@ -71,6 +71,32 @@ fn serve_h2(
     );
 }
 
+/// An HTTP/2 upstream allowing `max_streams` streams per connection whose answers wait for
+/// `release`, and what it counts: TLS connections `accepted`, requests `held`.
+struct Held {
+    up: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    held: Arc<AtomicUsize>,
+    release: Arc<Semaphore>,
+}
+
+async fn held_upstream(max_streams: u32) -> Held {
+    let acceptor = acceptor("localhost", &[b"h2"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (accepted, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let release = Arc::new(Semaphore::new(0));
+    let (count, holding, gate) = (accepted.clone(), held.clone(), release.clone());
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let tls = acceptor.accept(sock).await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            serve_h2(tls, max_streams, holding.clone(), Some(gate.clone()));
+        }
+    });
+    Held { up, accepted, held, release }
+}
+
 /// `yaml` with the upstream provider's `http2_max_streams` set to `n`.
 fn with_max_streams(yaml: String, n: usize) -> String {
     yaml.replace("api_key_file", &format!("http2_max_streams: {n}, api_key_file"))
@@ -82,19 +108,7 @@ async fn requests_beyond_http2_max_streams_open_another_connection() {
     // at once and holds its body until the test lets it go: a request past the limit on one
     // connection would wait for a stream, so would one on a stream counted free too early
     // (at its headers).
-    let acceptor = acceptor("localhost", &[b"h2"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let (accepted, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let release = Arc::new(Semaphore::new(0));
-    let (count, holding, gate) = (accepted.clone(), held.clone(), release.clone());
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let tls = acceptor.accept(sock).await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            serve_h2(tls, 2, holding.clone(), Some(gate.clone()));
-        }
-    });
+    let Held { up, accepted, held, release } = held_upstream(2).await;
     let gw = gateway(&with_max_streams(config_for("localhost", up, true), 2));
     let burst = |n: usize| {
         let calls = (0..n).map(|_| call_with(&gw, with_client_key(chat("x"))));
@@ -130,19 +144,7 @@ async fn requests_beyond_http2_max_streams_open_another_connection() {
 async fn a_stream_counts_until_its_body_has_ended() {
     // Two streams per connection; each answer's headers and first event come at once, the
     // rest when the test lets it.
-    let acceptor = acceptor("localhost", &[b"h2"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let (accepted, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let release = Arc::new(Semaphore::new(0));
-    let (count, holding, gate) = (accepted.clone(), held.clone(), release.clone());
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let tls = acceptor.accept(sock).await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            serve_h2(tls, 2, holding.clone(), Some(gate.clone()));
-        }
-    });
+    let Held { up, accepted, held, release } = held_upstream(2).await;
     let gw = gateway(&with_max_streams(config_for("localhost", up, true), 2));
     let open = || async {
         let resp = gw.handle(with_client_key(chat_stream("x"))).await;
