@@ -188,10 +188,11 @@ impl Upstream {
     /// connection, or a new one. A pooled connection the upstream closed meanwhile hands the
     /// request back unsent, and the next one is tried, as a fresh connection is last. A
     /// connection that may turn out HTTP/2 and is being made by another request is waited
-    /// for (see [`pool::connect`]); a request whose awaited connect failed fails as a connect
-    /// error rather than try again. A waiter that finds the new HTTP/2 connection full (the
-    /// requests that waited with it took its streams) waits for, or makes, the next one; after
-    /// a new HTTP/1.1 connection each waiter makes its own. Either way a request spends the
+    /// for, as many requests as it will carry, while the next ones make the next connection at
+    /// the same time (see [`pool::connect`]); a request whose awaited connect failed fails as
+    /// a connect error rather than try again. A waiter that finds the new HTTP/2 connection
+    /// full (requests arriving meanwhile took its streams) waits for, or makes, another one;
+    /// after a new HTTP/1.1 connection each waiter makes its own. Either way a request spends the
     /// connect timeout at most, in all, getting a connection.
     pub async fn send(
         &self,
@@ -209,7 +210,7 @@ impl Upstream {
                 }
             }
             let https = dest.absolute.scheme() == Some(&Scheme::HTTPS);
-            match pool::connect(self.endpoint, https) {
+            match pool::connect(self.endpoint, https, self.max_streams) {
                 // Boxed: connecting (TLS, the HTTP/2 handshake) needs a far larger future than
                 // sending on a pooled connection, and it is the rare case.
                 pool::Connect::Alone => break Box::pin(self.connect(dest, deadline)).await?,

@@ -17,7 +17,8 @@
 //! - an HTTP/2 connection (ALPN) is shared by the thread's requests to that endpoint, up to
 //!   the provider's `http2_max_streams` at once ([`Stream`] counts them); one more request
 //!   opens another connection rather than queue behind the upstream's stream limit, and
-//!   requests arriving while a connection is being made wait for it ([`connect`]);
+//!   requests arriving while a connection is being made wait for it, as many as it will
+//!   carry, while the next ones make the next connection at the same time ([`connect`]);
 //! - idle connections are kept [`IDLE_TIMEOUT`] at most (an HTTP/2 one counted from when its
 //!   last request began, and kept while any is in flight), [`MAX_IDLE`] HTTP/1 ones per
 //!   endpoint and thread, handed out newest first (the warmest socket, and the oldest age
@@ -33,7 +34,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 
-pub use connecting::{Connect, Connecting, Ended, Leader, connect, speaks_http1};
+use connecting::Connecting;
+pub use connecting::{Claim, Connect, Ended, Leader, connect, speaks_http1};
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -52,10 +54,10 @@ struct Slot {
     h2: Vec<SharedH2>,
     /// What the endpoint's last connection from this thread negotiated.
     speaks: Speaks,
-    /// A connection being made that may turn out HTTP/2, which requests needing one wait for.
-    /// Weak: only its [`Leader`] and the waiters hold it; one that has ended is ignored (its
-    /// leader may have been dropped on another thread, which cannot clear this).
-    connecting: Option<Weak<Connecting>>,
+    /// Connections being made that may turn out HTTP/2, which requests needing one wait for.
+    /// Weak: only their [`Leader`] and the waiters hold them; one that has ended is ignored
+    /// (its leader may have been dropped on another thread, which cannot clear this).
+    connecting: Vec<Weak<Connecting>>,
 }
 
 /// What an endpoint was last seen to speak (ALPN decides on https).

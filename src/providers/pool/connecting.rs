@@ -1,6 +1,8 @@
 //! Requests waiting for a connection another request is making: a connection that may turn
-//! out HTTP/2 is made once for every request of the thread that needs one (see [`connect`]).
+//! out HTTP/2 is made once for as many requests of the thread as it will carry (see
+//! [`connect`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use tokio::sync::Notify;
@@ -18,9 +20,9 @@ pub enum Connect {
     /// Connects; requests of this thread that need a connection to the endpoint meanwhile
     /// wait for this one, until the guard is finished or dropped.
     Lead(Leader),
-    /// Waits for the connection another request is making ([`Connecting::wait`]), then looks
+    /// Waits for the connection another request is making ([`Claim::wait`]), then looks
     /// for an idle connection again.
-    Follow(Arc<Connecting>),
+    Follow(Claim),
     /// Connects on its own: the endpoint speaks HTTP/1, so every concurrent request needs a
     /// connection of its own anyway.
     Alone,
@@ -28,9 +30,12 @@ pub enum Connect {
 
 /// Decides how a request to endpoint `id` that found no idle connection gets one. Connections
 /// that may turn out HTTP/2 (one that did last time, or an `https` endpoint never connected
-/// from this thread) are made once for every request waiting: a burst of requests would
-/// otherwise open a TLS connection each, of which the pool keeps one.
-pub fn connect(id: usize, https: bool) -> Connect {
+/// from this thread) are shared: a request waits for one being made that it would get a stream
+/// of (fewer than `max_streams` requests lead or wait for it), and otherwise makes the next one,
+/// at the same time. A burst of requests would otherwise open a TLS connection each, of which
+/// the pool keeps one; and a burst larger than one connection carries would otherwise make its
+/// connections one after another, each wave waiting for the last one's handshake.
+pub fn connect(id: usize, https: bool, max_streams: usize) -> Connect {
     with_slot(id, |slot| {
         let shared = match slot.speaks {
             Speaks::Http2 => true,
@@ -40,14 +45,16 @@ pub fn connect(id: usize, https: bool) -> Connect {
         if !shared {
             return Connect::Alone;
         }
-        if let Some(c) = slot.connecting.as_ref().and_then(Weak::upgrade) {
-            // An ended one may linger here when its leader was dropped on another thread.
-            if c.ended.get().is_none() {
-                return Connect::Follow(c);
+        // Ended ones may linger here when their leader was dropped on another thread.
+        slot.connecting.retain(|c| c.upgrade().is_some_and(|c| c.ended.get().is_none()));
+        for c in slot.connecting.iter().filter_map(Weak::upgrade) {
+            if c.claims.load(Ordering::Relaxed) < max_streams {
+                c.claims.fetch_add(1, Ordering::Relaxed);
+                return Connect::Follow(Claim(c));
             }
         }
-        let connecting = Arc::new(Connecting::default());
-        slot.connecting = Some(Arc::downgrade(&connecting));
+        let connecting = Arc::new(Connecting { claims: AtomicUsize::new(1), ..Default::default() });
+        slot.connecting.push(Arc::downgrade(&connecting));
         Connect::Lead(Leader { id, connecting })
     })
 }
@@ -56,6 +63,8 @@ pub fn connect(id: usize, https: bool) -> Connect {
 #[derive(Default)]
 pub struct Connecting {
     notify: Notify,
+    /// The requests that would take a stream of it: its leader and its waiters.
+    claims: AtomicUsize,
     /// How it ended; set once, before the waiters are woken.
     ended: OnceLock<Ended>,
 }
@@ -73,18 +82,27 @@ pub enum Ended {
     Abandoned,
 }
 
-impl Connecting {
+/// A request's place among those waiting for a connection being made; given up when dropped.
+pub struct Claim(Arc<Connecting>);
+
+impl Claim {
     /// Waits until the connection is made, has failed or was abandoned, until `deadline` at
     /// most (`None` when that passed first).
     pub async fn wait(&self, deadline: tokio::time::Instant) -> Option<Ended> {
         // A `Notified` hears `notify_waiters` from its creation on, so an end between here
         // and the check below is not missed.
-        let notified = self.notify.notified();
-        if let Some(ended) = self.ended.get() {
+        let notified = self.0.notify.notified();
+        if let Some(ended) = self.0.ended.get() {
             return Some(ended.clone());
         }
         tokio::time::timeout_at(deadline, notified).await.ok()?;
-        self.ended.get().cloned()
+        self.0.ended.get().cloned()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.claims.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -108,11 +126,8 @@ impl Drop for Leader {
         let _ = self.connecting.ended.set(Ended::Abandoned);
         let _ = SLOTS.try_with(|slots| {
             let mut slots = slots.borrow_mut();
-            let slot = slots.slot(self.id);
-            if slot.connecting.as_ref().is_some_and(|c| c.as_ptr() == Arc::as_ptr(&self.connecting))
-            {
-                slot.connecting = None;
-            }
+            let me = Arc::as_ptr(&self.connecting);
+            slots.slot(self.id).connecting.retain(|c| c.as_ptr() != me);
         });
         self.connecting.notify.notify_waiters();
     }

@@ -258,8 +258,8 @@ async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
     let later = || tokio::time::Instant::now() + Duration::from_secs(10);
     let id = new_endpoint();
     // Never connected, over https: the first request connects, the next ones wait.
-    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
-    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let Connect::Lead(leader) = connect(id, true, 100) else { panic!("no leader") };
+    let Connect::Follow(made) = connect(id, true, 100) else { panic!("not following") };
     let mut waiting = std::pin::pin!(made.wait(later()));
     assert!(waiting.as_mut().now_or_never().is_none(), "woken before the connection was made");
     leader.finish(None);
@@ -268,34 +268,38 @@ async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
     assert_eq!(made.wait(later()).now_or_never(), Some(Some(Ended::Made)));
 
     // A failed connect fails its waiters with its reason.
-    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
-    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let Connect::Lead(leader) = connect(id, true, 100) else { panic!("no leader") };
+    let Connect::Follow(made) = connect(id, true, 100) else { panic!("not following") };
     let mut waiting = std::pin::pin!(made.wait(later()));
     assert!(waiting.as_mut().now_or_never().is_none());
     leader.finish(Some("refused".into()));
     assert_eq!(waiting.now_or_never(), Some(Some(Ended::Failed("refused".into()))));
 
     // A leader dropped unfinished (its request went away) hands over to a waiter.
-    let Connect::Lead(leader) = connect(id, true) else { panic!("no leader") };
-    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let Connect::Lead(leader) = connect(id, true, 100) else { panic!("no leader") };
+    let Connect::Follow(made) = connect(id, true, 100) else { panic!("not following") };
     let mut waiting = std::pin::pin!(made.wait(later()));
     assert!(waiting.as_mut().now_or_never().is_none());
     drop(leader);
     assert_eq!(waiting.now_or_never(), Some(Some(Ended::Abandoned)));
-    let Connect::Lead(leader) = connect(id, true) else { panic!("the waiter did not take over") };
+    let Connect::Lead(leader) = connect(id, true, 100) else {
+        panic!("the waiter did not take over")
+    };
 
     // Dropped on another thread, which cannot clear this thread's slot, while a waiter waits:
     // the waiter is woken, and the next request leads instead of following a connect nobody
     // makes.
-    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let Connect::Follow(made) = connect(id, true, 100) else { panic!("not following") };
     let mut waiting = std::pin::pin!(made.wait(later()));
     assert!(waiting.as_mut().now_or_never().is_none());
     std::thread::spawn(move || drop(leader)).join().unwrap();
     assert_eq!(waiting.await, Some(Ended::Abandoned));
-    let Connect::Lead(leader) = connect(id, true) else { panic!("followed an abandoned connect") };
+    let Connect::Lead(leader) = connect(id, true, 100) else {
+        panic!("followed an abandoned connect")
+    };
 
     // A wait runs out at its deadline.
-    let Connect::Follow(made) = connect(id, true) else { panic!("not following") };
+    let Connect::Follow(made) = connect(id, true, 100) else { panic!("not following") };
     let started = tokio::time::Instant::now();
     assert_eq!(made.wait(started + Duration::from_secs(3)).await, None);
     assert_eq!(started.elapsed(), Duration::from_secs(3));
@@ -303,10 +307,39 @@ async fn a_connection_that_may_be_http2_is_made_once_for_all_waiting() {
 
     // HTTP/1 endpoints connect for every request on their own.
     speaks_http1(id);
-    assert!(matches!(connect(id, true), Connect::Alone));
+    assert!(matches!(connect(id, true, 100), Connect::Alone));
     let plain = new_endpoint();
-    assert!(matches!(connect(plain, false), Connect::Alone));
+    assert!(matches!(connect(plain, false, 100), Connect::Alone));
     // One that spoke HTTP/2 last time is waited for again.
     with_slot(id, |s| s.speaks = Speaks::Http2);
-    assert!(matches!(connect(id, true), Connect::Lead(_)));
+    assert!(matches!(connect(id, true, 100), Connect::Lead(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_larger_than_one_connection_carries_makes_its_connections_at_once() {
+    use futures_util::FutureExt;
+    let later = tokio::time::Instant::now() + Duration::from_secs(10);
+    let id = new_endpoint();
+    // Two streams per connection: five requests make three connections at once, each waited
+    // for by as many requests as will get a stream of it.
+    let Connect::Lead(first) = connect(id, true, 2) else { panic!("no leader") };
+    let Connect::Follow(on_first) = connect(id, true, 2) else { panic!("not following") };
+    let Connect::Lead(second) = connect(id, true, 2) else { panic!("waited for a full one") };
+    let Connect::Follow(on_second) = connect(id, true, 2) else { panic!("not following") };
+    let Connect::Lead(third) = connect(id, true, 2) else { panic!("waited for a full one") };
+    // A waiter that goes away frees its place.
+    drop(on_second);
+    let Connect::Follow(on_second) = connect(id, true, 2) else { panic!("place not freed") };
+    // Each connect ends for its own waiters only.
+    let mut waiting = std::pin::pin!(on_second.wait(later));
+    assert!(waiting.as_mut().now_or_never().is_none());
+    first.finish(None);
+    assert_eq!(on_first.wait(later).now_or_never(), Some(Some(Ended::Made)));
+    assert!(waiting.as_mut().now_or_never().is_none(), "woken by another connect");
+    drop(second);
+    assert_eq!(waiting.now_or_never(), Some(Some(Ended::Abandoned)));
+    // The ended ones are gone; the third, with room, is followed.
+    let Connect::Follow(on_third) = connect(id, true, 2) else { panic!("not following third") };
+    let Connect::Lead(fourth) = connect(id, true, 2) else { panic!("the third is full") };
+    drop((third, on_third, fourth));
 }

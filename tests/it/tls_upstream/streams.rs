@@ -141,6 +141,43 @@ async fn requests_beyond_http2_max_streams_open_another_connection() {
 }
 
 #[tokio::test]
+async fn a_cold_burst_makes_the_connections_it_needs_at_once() {
+    // Two streams per connection, and an upstream that finishes no TLS handshake until three
+    // connections are waiting for one: five requests at once need three connections, and get
+    // them only if the second and third are made while the first is (made one after another,
+    // each wave waiting for the last, the first never ends and the test runs out of time).
+    let acceptor = acceptor("localhost", &[b"h2"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (held, accepted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (holding, count) = (held.clone(), accepted.clone());
+    tokio::spawn(async move {
+        let mut waiting = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            waiting.push(sock);
+            count.fetch_add(1, Ordering::SeqCst);
+            if waiting.len() < 3 {
+                continue;
+            }
+            for sock in waiting.drain(..) {
+                let (acceptor, holding) = (acceptor.clone(), holding.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(sock).await.unwrap();
+                    serve_h2(tls, 2, holding, None);
+                });
+            }
+        }
+    });
+    let gw = gateway(&with_max_streams(config_for("localhost", up, true), 2));
+    let calls = (0..5).map(|_| call_with(&gw, with_client_key(chat("x"))));
+    for got in within_10s(futures_util::future::join_all(calls)).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["choices"][0]["message"]["content"], "over tls");
+    }
+    assert_eq!((accepted.load(Ordering::SeqCst), held.load(Ordering::SeqCst)), (3, 5));
+}
+
+#[tokio::test]
 async fn a_stream_counts_until_its_body_has_ended() {
     // Two streams per connection; each answer's headers and first event come at once, the
     // rest when the test lets it.
@@ -173,57 +210,62 @@ async fn a_stream_counts_until_its_body_has_ended() {
 
 #[tokio::test]
 async fn a_waiter_taking_over_a_connect_is_bounded_by_its_own_deadline_not_its_followers() {
-    // One stream per connection. The first request (A) holds its stream; the second (B)
-    // waited for A's connection, found it full and leads the next connect with what is left
-    // of its 1 s; that connection's TLS handshake never ends. A third request (C) arrives
-    // half a second later and waits for B's connect. When B runs out of time, C, with time of
-    // its own left, takes over rather than fail with B.
+    // Two streams per connection, a 1 s connect timeout, and an upstream whose first two TLS
+    // handshakes never end. A request (A) on a route with 200 ms in all leads the first
+    // connect; B, on a route with time to spare, waits for it. A's deadline passes and B takes
+    // over with what is left of its 1 s. A third request (C) arrives half a second later and
+    // waits for B's connect. When B runs out of time, C, with time of its own left, takes over
+    // rather than fail with B.
     let acceptor = acceptor("localhost", &[b"h2"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
     let (handshakes, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let second_accepted = Arc::new(Notify::new());
-    let release = Arc::new(Semaphore::new(0));
-    let (count, holding, gate, second) =
-        (handshakes.clone(), held.clone(), release.clone(), second_accepted.clone());
+    let (count, holding, second) = (handshakes.clone(), held.clone(), second_accepted.clone());
     tokio::spawn(async move {
         let mut silent = Vec::new();
         for n in 1.. {
             let Ok((sock, _)) = listener.accept().await else { return };
-            if n == 2 {
-                // Accepted, then nothing: B's TLS handshake hangs.
+            if n <= 2 {
+                // Accepted, then nothing: A's and B's TLS handshakes hang.
                 silent.push(sock);
-                second.notify_one();
+                if n == 2 {
+                    second.notify_one();
+                }
                 continue;
             }
             let tls = acceptor.accept(sock).await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            // Only the first connection's answers wait (A's).
-            let gate = (n == 1).then(|| gate.clone());
-            serve_h2(tls, 1, holding.clone(), gate);
+            serve_h2(tls, 2, holding.clone(), None);
         }
     });
-    let yaml = config_for("localhost", up, true).replace("connect: 30s", "connect: 1s");
-    let gw = gateway(&with_max_streams(yaml, 1));
-    let ask = || call_with(&gw, with_client_key(chat("x")));
+    let long = config_for("localhost", up, true).replace("connect: 30s", "connect: 1s, total: 10s");
+    let short = long
+        .replace("  r:\n    default: true\n", "  short:\n")
+        .replace("total: 10s", "total: 200ms");
+    let routes = short.split_once("routes:\n").unwrap().1;
+    let gw = gateway(&with_max_streams(format!("{long}{routes}"), 2));
+    let ask = |path: &'static str| {
+        let mut req = with_client_key(chat("x"));
+        *req.uri_mut() = http::Uri::from_static(path);
+        call_with(&gw, req)
+    };
     let late = async {
         second_accepted.notified().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        ask().await
+        ask("/v1/chat/completions").await
     };
-    let ((a, b), c) =
-        within_10s(futures_util::future::join(futures_util::future::join(ask(), ask()), async {
-            let c = late.await;
-            // C is through: let A's answer go.
-            release.add_permits(1);
-            c
-        }))
-        .await;
+    let (a, b, c) = within_10s(futures_util::future::join3(
+        ask("/r/short/v1/chat/completions"),
+        ask("/v1/chat/completions"),
+        late,
+    ))
+    .await;
+    assert_eq!(a.status, 504, "{}", a.text());
     assert_eq!(b.status, 502, "{}", b.text());
     assert_eq!(c.status, 200, "{}", c.text());
-    assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(handshakes.load(Ordering::SeqCst), 2);
-    assert_eq!(held.load(Ordering::SeqCst), 2);
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(held.load(Ordering::SeqCst), 1);
     let logs = gw.log_sink.lines().join("\n");
     assert!(logs.contains("no connection within 1s"), "{logs}");
     assert!(!logs.contains("the connect this request waited for"), "{logs}");
