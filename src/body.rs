@@ -94,14 +94,19 @@ impl HttpBody for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(&self.kind, Kind::Full(None))
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Channel(_) => false,
+            Kind::Mock(m) => m.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Channel(_) | Kind::Mock(_) => SizeHint::default(),
+            Kind::Channel(_) => SizeHint::default(),
+            Kind::Mock(m) => m.size_hint(),
         }
     }
 }

@@ -95,9 +95,12 @@ impl std::fmt::Display for Cut {
 
 impl std::error::Error for Cut {}
 
-/// The mock's response body, fed by a task that plays the behaviour's script.
+/// The mock's response body: whole, for an answer sent in one piece (served with a
+/// `content-length`, head and body in one write, as providers answer), or fed by a task that
+/// plays the behaviour's script.
 pub struct MockBody {
-    rx: mpsc::Receiver<Result<Bytes, Cut>>,
+    whole: Option<Bytes>,
+    rx: Option<mpsc::Receiver<Result<Bytes, Cut>>>,
 }
 
 impl HttpBody for MockBody {
@@ -108,7 +111,26 @@ impl HttpBody for MockBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
-        self.get_mut().rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        let this = self.get_mut();
+        if let Some(whole) = this.whole.take() {
+            return Poll::Ready(Some(Ok(Frame::data(whole))));
+        }
+        match &mut this.rx {
+            Some(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.whole.is_none() && self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.whole, &self.rx) {
+            (Some(b), None) => http_body::SizeHint::with_exact(b.len() as u64),
+            (None, None) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 
@@ -195,15 +217,22 @@ pub(crate) struct Script {
     pub steps: Vec<Step>,
 }
 
-fn play(stats: Arc<MockStats>, model: String, script: Script) -> Response<MockBody> {
-    let (tx, rx) = mpsc::channel(8);
-    let mut resp = Response::new(MockBody { rx });
+fn play(stats: Arc<MockStats>, model: String, mut script: Script) -> Response<MockBody> {
+    script.steps.retain(|s| !matches!(s, Step::Sleep(d) if d.is_zero()));
+    let mut resp = Response::new(MockBody { whole: None, rx: None });
     *resp.status_mut() = StatusCode::from_u16(script.status).unwrap_or(StatusCode::OK);
     for (k, v) in script.headers {
         if let Ok(v) = http::HeaderValue::from_str(&v) {
             resp.headers_mut().insert(k, v);
         }
     }
+    if let [Step::Send(whole)] = script.steps.as_slice() {
+        resp.body_mut().whole = Some(whole.clone());
+        stats.bump(&model, |c| c.completed += 1);
+        return resp;
+    }
+    let (tx, rx) = mpsc::channel(8);
+    resp.body_mut().rx = Some(rx);
     tokio::spawn(async move {
         let cancelled = tokio::select! {
             done = run_steps(&tx, script.steps) => !done,

@@ -95,6 +95,26 @@ async fn worker_threads_serve_and_drain() {
     drain.await.unwrap();
 }
 
+/// Whole answers come with a `content-length` (head and body in one write, as providers send
+/// them), streams chunked; both count as completed.
+#[tokio::test]
+async fn the_mock_provider_sends_whole_answers_with_their_length() {
+    let (mock, stats) = mock_server().await;
+    let got = send(mock, "/v1/chat/completions", &chat("whole")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("content-length"), got.body.len().to_string());
+    assert!(got.headers.get("transfer-encoding").is_none());
+    let got = send(mock, "/v1/chat/completions", &chat("whole-err+status=503")).await;
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(got.header("content-length"), got.body.len().to_string());
+    let got = send(mock, "/v1/chat/completions", &chat_stream("streamed")).await;
+    assert_eq!(got.header("transfer-encoding"), "chunked");
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    for model in ["whole", "whole-err+status=503", "streamed"] {
+        assert_eq!((stats.get(model).calls, stats.get(model).completed), (1, 1), "{model}");
+    }
+}
+
 #[tokio::test]
 async fn through_http_mock_provider_plain_stream_and_faults() {
     let (mock, stats) = mock_server().await;
