@@ -217,8 +217,7 @@ pub(crate) struct Script {
     pub steps: Vec<Step>,
 }
 
-fn play(stats: Arc<MockStats>, model: String, mut script: Script) -> Response<MockBody> {
-    script.steps.retain(|s| !matches!(s, Step::Sleep(d) if d.is_zero()));
+fn play(stats: Arc<MockStats>, model: String, script: Script) -> Response<MockBody> {
     let mut resp = Response::new(MockBody { whole: None, rx: None });
     *resp.status_mut() = StatusCode::from_u16(script.status).unwrap_or(StatusCode::OK);
     for (k, v) in script.headers {
@@ -226,7 +225,9 @@ fn play(stats: Arc<MockStats>, model: String, mut script: Script) -> Response<Mo
             resp.headers_mut().insert(k, v);
         }
     }
-    if let [Step::Send(whole)] = script.steps.as_slice() {
+    // One piece, after no wait (a stream's zero delays are kept: its chunks go one by one).
+    let mut pieces = script.steps.iter().filter(|s| !matches!(s, Step::Sleep(d) if d.is_zero()));
+    if let (Some(Step::Send(whole)), None) = (pieces.next(), pieces.next()) {
         resp.body_mut().whole = Some(whole.clone());
         stats.bump(&model, |c| c.completed += 1);
         return resp;
