@@ -76,6 +76,10 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Time a client has to send the request headers. Default 10 s.
     pub header_read_timeout: Duration,
+    /// Time a client has to send the whole request body, counted from its headers; a body
+    /// still arriving then gets a 408 `request_timeout` and its connection is closed, so a
+    /// stalled or trickling client cannot hold a `max_concurrent_requests` place. Default 30 s.
+    pub body_read_timeout: Duration,
     /// Data-plane threads, each an event loop that owns the connections it is given. Default:
     /// the CPUs this process may use (its cgroup quota counts), at least 1.
     pub worker_threads: usize,

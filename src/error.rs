@@ -46,6 +46,8 @@ pub enum ErrorCode {
     NotFound,
     /// The endpoint exists but not for this method (405).
     MethodNotAllowed,
+    /// The request body did not arrive within `server.body_read_timeout` (408).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -68,6 +70,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -79,6 +82,7 @@ impl ErrorCode {
             }
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BudgetExhausted | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -101,7 +105,8 @@ impl ErrorCode {
             | Self::RequestTooLarge
             | Self::ModelNotFound
             | Self::NotFound
-            | Self::MethodNotAllowed => "invalid_request_error",
+            | Self::MethodNotAllowed
+            | Self::RequestTimeout => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",
             Self::ContractViolation | Self::UpstreamUnavailable => "upstream_error",
@@ -119,7 +124,7 @@ impl ErrorCode {
             | Self::IdempotencyKeyReused
             | Self::IdempotencyInFlight => "invalid_request_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
-            Self::MethodNotAllowed => "invalid_request_error",
+            Self::MethodNotAllowed | Self::RequestTimeout => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::RequestTooLarge => "request_too_large",
             Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",

@@ -19,6 +19,9 @@ pub struct Gateway {
     pub shared: Shared,
     /// `server.max_concurrent_requests` permits; a request that finds none is shed with 503.
     pub limiter: Arc<Semaphore>,
+    /// `server.max_body_bytes` and `server.body_read_timeout` as the process started with them
+    /// (static settings: a reload that changes them says they need a restart).
+    pub body_limits: (usize, std::time::Duration),
     pub log_sink: Arc<LogSink>,
     draining: AtomicBool,
 }
@@ -29,12 +32,14 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let shared = Shared::new(&config, &metrics)?;
         let permits = config.server.max_concurrent_requests;
+        let body_limits = (config.server.max_body_bytes, config.server.body_read_timeout);
         let snap = Snapshot::prepare(config, &shared, &metrics)?;
         let gw = Arc::new(Self {
             current: ArcSwap::from_pointee(snap),
             metrics,
             shared,
             limiter: Arc::new(Semaphore::new(permits)),
+            body_limits,
             log_sink: Arc::new(log_sink),
             draining: AtomicBool::new(false),
         });

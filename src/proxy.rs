@@ -196,9 +196,10 @@ impl Gateway {
                 ));
             }
         }
-        let limit = snap.config.server.max_body_bytes;
+        let (limit, within) = self.body_limits;
         let mut body = std::pin::pin!(body);
-        let bytes = match read_limited(body.as_mut(), limit).await {
+        let read = tokio::time::timeout_at(rec.start + within, read_limited(body.as_mut(), limit));
+        let bytes = match read.await.unwrap_or(Err(ReadError::TimedOut)) {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
                 // Read what the client is still sending (bounded) so it sees the 413, not a reset.
@@ -216,7 +217,12 @@ impl Gateway {
                 ));
             }
             Err(ReadError::TimedOut) => {
-                return Err(GatewayError::invalid("the request body did not arrive in time", None));
+                return Err(GatewayError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {within:?} (server.body_read_timeout)"
+                    ),
+                ));
             }
         };
         if snap.config.logging.content {
@@ -315,7 +321,8 @@ fn outcome_of(code: ErrorCode) -> &'static str {
         | ErrorCode::InputTokensExceeded
         | ErrorCode::CostCeilingExceeded
         | ErrorCode::IdempotencyKeyReused
-        | ErrorCode::MethodNotAllowed => "invalid",
+        | ErrorCode::MethodNotAllowed
+        | ErrorCode::RequestTimeout => "invalid",
         ErrorCode::ModelNotFound | ErrorCode::NotFound => "not_found",
         ErrorCode::Unauthorized => "unauthorized",
         ErrorCode::BudgetExhausted

@@ -280,6 +280,10 @@ async fn static_changes_are_reported() {
     assert!(note.contains("server.max_body_bytes"), "{note}");
     let got = post(&r.gateway, "/v1/chat/completions", &chat("x")).await;
     assert_eq!(got.header("x-tidegate-provider"), "b");
+    // Static means so until the restart: the running limit (8 MiB) still holds.
+    let big = chat("x").replace("Hello there", &"tide ".repeat(300_000));
+    let got = post(&r.gateway, "/v1/chat/completions", &big).await;
+    assert_eq!(got.status, 200, "{}", got.text());
     r.shutdown().await;
 }
 

@@ -294,6 +294,33 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_gets_a_408_and_frees_its_place() {
+    // One place in all: a client that sends its headers and part of its body, then nothing,
+    // holds it only until the body read timeout, and then hears why.
+    let cfg = "server: {body_read_timeout: 2s, max_concurrent_requests: 1}\n";
+    let gw = start(&format!("{cfg}{}", single("m", ""))).await;
+    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"").await.unwrap();
+    // The place is taken while the body is awaited (once the gateway has the headers).
+    let taken = async {
+        while send(gw.data_addr, "/v1/chat/completions", &chat("x")).await.status != 503 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), taken).await.expect("the place was not taken");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection of a stalled body was not closed");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-tidegate-error-code: request_timeout"), "{text}");
+    assert!(text.contains("server.body_read_timeout"), "{text}");
+    let got = send(gw.data_addr, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn admin_plane_probes_and_metrics() {
     let gw = start(&single("m", "")).await;
     let client = tidegate::providers::client::build(Duration::from_secs(2)).unwrap();

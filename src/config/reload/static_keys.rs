@@ -14,6 +14,7 @@ pub(super) fn changes(running: &(Server, StateConfig), cfg: &Config) -> Option<S
         ("server.max_concurrent_requests", s.max_concurrent_requests != n.max_concurrent_requests),
         ("server.shutdown_grace", s.shutdown_grace != n.shutdown_grace),
         ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
+        ("server.body_read_timeout", s.body_read_timeout != n.body_read_timeout),
         ("server.worker_threads", s.worker_threads != n.worker_threads),
         ("state", *st != cfg.state),
     ]
