@@ -42,7 +42,10 @@ struct Fields {
 /// One line (without its terminator): an event when it is the blank line ending one.
 fn line(line: &[u8], f: &mut Fields) -> Result<Option<Event>, SseError> {
     if line.is_empty() {
-        if !f.has_data && f.event.is_none() {
+        // An event without data is not dispatched (WHATWG SSE: an empty data buffer resets the
+        // event type): `event: ping` alone is a keep-alive, not a chunk to judge.
+        if !f.has_data {
+            f.event = None;
             return Ok(None);
         }
         let ev = Event { event: f.event.take(), data: f.data.split().freeze() };
@@ -228,6 +231,11 @@ mod tests {
     fn comments_and_unknown_fields_are_skipped() {
         let e = all(&[b": ping\nid: 3\nretry: 10\ndata:x\n\n"]);
         assert_eq!(e, vec![Event { event: None, data: Bytes::from_static(b"x") }]);
+        // An event with no data is not one, and its name does not carry to the next; an empty
+        // `data:` line is data.
+        let e = all(&[b"event: ping\n\nid: 4\n\ndata: y\n\nevent: e\ndata:\n\n"]);
+        let want = [(None, &b"y"[..]), (Some("e".to_owned()), &b""[..])];
+        assert_eq!(e.iter().map(|e| (e.event.clone(), &e.data[..])).collect::<Vec<_>>(), want);
     }
 
     #[test]

@@ -72,8 +72,12 @@ async fn counting_upstream(mode: Mode) -> (SocketAddr, Arc<Counts>) {
     (addr, counts)
 }
 
+/// An OpenAI stream, with keep-alive events (a name and no data, which are not events at all)
+/// before and after its content.
 const SSE: &[&str] = &[
+    "event: ping",
     r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#,
+    "event: ping",
     r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"up-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
     "data: [DONE]",
 ];
