@@ -83,6 +83,16 @@ pub struct Attempt<'a> {
     pub deadline: Instant,
 }
 
+/// An attempt's clock: when it began, and when its first token and its whole answer are due.
+#[derive(Clone, Copy)]
+struct Times {
+    start: Instant,
+    first_token_end: Instant,
+    attempt_end: Instant,
+    /// The limit a wait for the first byte runs into.
+    first_phase: &'static str,
+}
+
 /// Time accounting the caller folds into the request record.
 #[derive(Default)]
 pub struct Waited {
@@ -137,6 +147,26 @@ impl Attempt<'_> {
             waited.upstream += t.elapsed();
             return Err(classify::from_status(parts.status, &parts.headers, bytes));
         }
+        let times = Times { start, first_token_end, attempt_end, first_phase };
+        // The provider took the request and answered it: whatever fails now carries the
+        // status, which is what makes such an attempt billable.
+        self.answered(&parts, body, times, waited).await.map_err(|mut f| {
+            f.status.get_or_insert(parts.status.as_u16());
+            f
+        })
+    }
+
+    /// Reads a success answer (2xx): a stream up to its commit point, or a whole JSON body.
+    async fn answered(
+        &self,
+        parts: &http::response::Parts,
+        mut body: UpstreamBody,
+        times: Times,
+        waited: &mut Waited,
+    ) -> Result<Opened, AttemptFailure> {
+        let Times { start, first_token_end, attempt_end, first_phase } = times;
+        let phase = |first: bool| if first { first_phase } else { "timeout_attempt" };
+        let wire = self.target.provider.spec.wire;
         let ct = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let is_sse = ct.starts_with("text/event-stream");
         let is_json = ct.starts_with("application/json");

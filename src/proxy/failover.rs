@@ -358,8 +358,8 @@ pub(super) fn billable(f: &AttemptFailure) -> bool {
     // `timeout_upstream` is the provider's own 408: a refusal by status, not billed.
     (f.reason.starts_with("timeout") && f.reason != "timeout_upstream")
         || f.reason == "cut"
-        || (f.status == Some(200)
-            && matches!(f.reason, "malformed" | "error_event" | "content_type"))
+        || (f.status.is_some_and(|s| (200..300).contains(&s))
+            && matches!(f.reason, "malformed" | "error_event" | "error_body" | "content_type"))
 }
 
 fn describe(t: &TargetRuntime, f: &AttemptFailure) -> String {

@@ -392,6 +392,50 @@ async fn attempts_that_fail_after_taking_the_request_are_charged() {
     assert_eq!(((charged("p+hang") + charged("b")) * 1e6).round() as u64, cost);
 }
 
+/// A 200 that was not an answer (HTML, an error body or first event, garbage, no body) came
+/// after the provider took the request: each such attempt is charged its input, as a timeout
+/// is, in the cost metric, the request's cost and the budget, streamed or not.
+#[tokio::test(start_paused = true)]
+async fn a_200_that_was_not_an_answer_is_charged_its_input() {
+    let bad = ["p+html", "p+error200", "p+garbage", "p+empty"];
+    let models: String = bad
+        .iter()
+        .chain(&["b"])
+        .map(|m| format!("  \"{m}\": {{input: 1.0, output: 1.0, context: 100000}}\n"))
+        .collect();
+    let targets: String = bad
+        .iter()
+        .chain(&["b"])
+        .map(|m| format!("      - {{provider: sim, model: \"{m}\"}}\n"))
+        .collect();
+    let yaml = format!(
+        "providers:\n  sim: {{kind: mock}}\nmodels:\n{models}routes:\n  r:\n    default: true\n    retries: {{per_target: 0, total: 5}}\n    limits: {{max_output_tokens: 10, budget: {{usd: 1, per: 1h}}}}\n    targets:\n{targets}"
+    );
+    for stream in [false, true] {
+        let gw = gateway(&yaml);
+        let body = if stream { chat_stream("x") } else { chat("x") };
+        let got = post(&gw, "/v1/chat/completions", &body).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.header("x-tidegate-provider"), "sim");
+        let charged = |m: &str| {
+            metric(
+                &gw,
+                &format!("tidegate_cost_usd_total{{model=\"{m}\",provider=\"sim\",route=\"r\"}}"),
+            )
+        };
+        let each: Vec<f64> = bad.iter().map(|m| charged(m)).collect();
+        assert!(each.iter().all(|&c| c > 0.0), "stream {stream}: {bad:?} charged {each:?}");
+        let total = each.iter().sum::<f64>() + charged("b");
+        // A stream's cost is known at its end: in its log line.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let line: serde_json::Value =
+            serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+        let cost = micros(line["cost_usd"].as_str().unwrap());
+        assert_eq!((total * 1e6).round() as u64, cost, "stream {stream}: {line}");
+        assert_eq!(((1.0 - remaining(&gw)) * 1e6).round() as u64, cost, "stream {stream}");
+    }
+}
+
 /// Every attempt of a resumable stream breaks: whatever the resume tried, the ledger, the log
 /// line's cost and the cost metric agree (nothing counted twice, nothing left reserved).
 #[tokio::test(start_paused = true)]
