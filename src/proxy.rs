@@ -103,11 +103,45 @@ fn request_id(headers: &HeaderMap) -> String {
     String::from_utf8_lossy(&id).into_owned()
 }
 
-/// `x-stainless-read-timeout` (seconds, from the OpenAI and Anthropic SDKs): the client gives up
-/// after this, so working longer is waste.
+/// `x-stainless-read-timeout` (seconds, from the OpenAI and Anthropic SDKs): the longest the
+/// client waits for a byte of the answer. It gives up then (and hangs up, which cancels the
+/// work), so tidegate stops waiting [`CLIENT_MARGIN`] later: the client's own timeout always
+/// fires first, and it sees the same error, with its own retries, every time.
 fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
     let s = headers.get(READ_TIMEOUT)?.to_str().ok()?.trim().parse::<f64>().ok()?;
-    (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)))
+    (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)) + CLIENT_MARGIN)
+}
+
+/// How long after a client's read timeout tidegate stops waiting for it (see
+/// [`client_timeout`]).
+const CLIENT_MARGIN: Duration = Duration::from_secs(1);
+
+/// When a request's answer is due.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    /// The answer must begin by then: a whole answer, or a stream's first bytes (every attempt,
+    /// backoff and wait included): the route's `timeouts.total`, or the client's read timeout
+    /// when sooner.
+    pub begin: Instant,
+    /// A stream must end by then: the route's `timeouts.total` (a client's read timeout bounds
+    /// the gaps between its bytes, not its length).
+    pub end: Instant,
+    /// The longest gap between a stream's events: `timeouts.idle`, or the client's read
+    /// timeout when shorter.
+    pub idle: Duration,
+    /// `begin` is the client's read timeout (sooner than the route's total).
+    pub client_bound: bool,
+}
+
+impl Deadlines {
+    fn new(route: &RouteRuntime, start: Instant, client: Option<Duration>, stream: bool) -> Self {
+        let t = &route.route.timeouts;
+        let end = start + t.total;
+        let begin = client.map_or(end, |c| end.min(start + c));
+        let idle = client.map_or(t.idle, |c| t.idle.min(c));
+        let client_bound = begin < end;
+        Self { begin, end: if stream { end } else { begin }, idle, client_bound }
+    }
 }
 
 impl Gateway {
@@ -229,7 +263,7 @@ impl Gateway {
             rec.log_content = true;
             rec.prompt = Some(String::from_utf8_lossy(&bytes).into_owned());
         }
-        let deadline_cap = client_timeout(&parts.headers);
+        let client_wait = client_timeout(&parts.headers);
         let ask = match call {
             Call::Chat => Ask::Chat(ChatRequest::parse(&bytes)?),
             Call::Messages => Ask::Messages(MessagesRequest::parse(&bytes)?),
@@ -241,7 +275,7 @@ impl Gateway {
         rec.stream = ask.stream();
         rec.spend.body_bytes = bytes.len() as u64;
         ask.clamp_output(route.route.limits.max_output_tokens);
-        let deadline = deadline_for(route, rec.start, deadline_cap);
+        let due = Deadlines::new(route, rec.start, client_wait, ask.stream());
         let endpoint = match call {
             Call::Chat => "chat",
             Call::Messages => "messages",
@@ -254,7 +288,7 @@ impl Gateway {
             &parts.headers,
             &bytes,
             endpoint,
-            deadline,
+            due.begin,
         );
         match begin.await? {
             idem::Begin::Answer(resp) => {
@@ -265,7 +299,7 @@ impl Gateway {
             idem::Begin::Run(capture) => rec.idem = capture,
         }
         admit::request(route, &ask, &self.shared, rec).await?;
-        let resp = self.serve(snap, route, &ask, deadline, rec).await;
+        let resp = self.serve(snap, route, &ask, due, rec).await;
         if let (Some(c), Ok(r)) = (rec.idem.as_mut(), &resp) {
             c.record_response(r.status(), r.headers(), r.body().full_bytes());
         }
@@ -277,7 +311,7 @@ impl Gateway {
         snap: &Arc<Snapshot>,
         route: &RouteRuntime,
         ask: &Prepared<'_>,
-        deadline: Instant,
+        due: Deadlines,
         rec: &mut RequestRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let drop_unsupported = route.route.drop_unsupported_params;
@@ -290,13 +324,14 @@ impl Gateway {
             route,
             endpoint: ask.endpoint(),
             stream: ask.stream(),
-            deadline,
+            deadline: due.begin,
+            client_bound: due.client_bound,
             body_for: |t: &crate::runtime::TargetRuntime| {
                 ask.body_for(t, &snap.config, drop_unsupported)
             },
         };
         match plan.run(rec).await {
-            Ok(served) => self.respond(snap, route, served, ask, deadline, rec),
+            Ok(served) => self.respond(snap, route, served, ask, due, rec),
             Err(failover::Failed::Exhausted { error, reason }) => {
                 let attempts = rec.attempts.len() as u32;
                 match tiers::serve(&self.shared.answers, route, ask, reason, attempts, rec) {
@@ -307,11 +342,6 @@ impl Gateway {
             Err(f) => respond::failed(f, ask.dialect(), route, rec),
         }
     }
-}
-
-fn deadline_for(route: &RouteRuntime, start: Instant, cap: Option<Duration>) -> Instant {
-    let total = cap.map_or(route.route.timeouts.total, |c| c.min(route.route.timeouts.total));
-    start + total
 }
 
 fn outcome_of(code: ErrorCode) -> &'static str {

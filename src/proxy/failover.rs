@@ -56,7 +56,11 @@ pub struct Plan<'a, F> {
     pub route: &'a RouteRuntime,
     pub endpoint: Endpoint,
     pub stream: bool,
+    /// When the answer must begin ([`super::Deadlines::begin`]).
     pub deadline: Instant,
+    /// `deadline` is the client's read timeout: an attempt it cut short is no failure of the
+    /// target's.
+    pub client_bound: bool,
     /// The upstream body for a target.
     pub body_for: F,
     /// The request (for the cost ceiling and budget of each target, SPEC §6).
@@ -276,10 +280,12 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             Err(f) if f.reason == "rate_limited" => {
                 f.retry_after.map_or(Outcome::Neutral, Outcome::RateLimited)
             }
-            // The request's fault, not the target's.
+            // The request's fault, not the target's; or its client's read timeout ran out
+            // before the target had run out of its own time.
             Err(f)
                 if matches!(f.next, Next::Stop | Next::ContextLength)
-                    || f.reason == "unsupported" =>
+                    || f.reason == "unsupported"
+                    || (f.deadline && self.client_bound) =>
             {
                 Outcome::Neutral
             }

@@ -8,7 +8,6 @@ use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::ask::Prepared;
 use super::attempt::Opened;
@@ -100,7 +99,7 @@ impl Gateway {
         route: &RouteRuntime,
         served: Served,
         ask: &Prepared<'_>,
-        deadline: Instant,
+        due: super::Deadlines,
         rec: &mut RequestRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let t = &route.targets[served.target];
@@ -188,8 +187,8 @@ impl Gateway {
                     stream,
                     tx,
                     rec: rec.take(),
-                    deadline,
-                    idle: route.route.timeouts.idle,
+                    deadline: due.end,
+                    idle: due.idle,
                     wire,
                     emitter,
                     dialect,

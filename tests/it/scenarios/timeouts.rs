@@ -62,25 +62,72 @@ async fn s09_stall_before_content_fails_over_at_idle() {
     }
 }
 
-/// Scenario 17: the client's `x-stainless-read-timeout: 2` caps `timeouts.total: 30s`: a hanging
-/// primary (with a `first_token` of 10 s) ends in a 504 at 2 s; the backup is never called.
+/// Sends `body` carrying the SDKs' `x-stainless-read-timeout: {secs}` and measures the virtual
+/// time until the whole response was read.
+async fn timed_with_read_timeout(gw: &Arc<Gateway>, body: String, secs: &str) -> (Got, Duration) {
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-stainless-read-timeout", secs)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let t0 = Instant::now();
+    let got = call_with(gw, req).await;
+    (got, t0.elapsed())
+}
+
+/// Scenario 17: the client's `x-stainless-read-timeout: 2` caps `timeouts.total: 30s` for the
+/// wait for an answer: a hanging primary (with a `first_token` of 10 s) ends in a 504 a second
+/// after the client's own timeout (which, a real client, has hung up by then, so its timeout
+/// is what it sees, every time); the backup is never called.
 #[tokio::test(start_paused = true)]
-async fn s17_client_read_timeout_caps_the_total_deadline() {
+async fn s17_client_read_timeout_caps_the_wait_for_an_answer() {
     let primary = "p+hang";
     for stream in [false, true] {
         let gw = gateway(&pair(primary, BACKUP, "    timeouts: {first_token: 10s, total: 30s}\n"));
-        let req = Request::post("/v1/chat/completions")
-            .header("content-type", "application/json")
-            .header("x-stainless-read-timeout", "2")
-            .body(Full::new(Bytes::from(request(stream))))
-            .unwrap();
-        let t0 = Instant::now();
-        let got = call_with(&gw, req).await;
-        assert_eq!(t0.elapsed(), secs(2), "stream={stream}");
+        let (got, took) = timed_with_read_timeout(&gw, request(stream), "2").await;
+        assert_eq!(took, secs(3), "stream={stream}");
         assert_eq!(got.status, 504, "{}", got.text());
         assert_eq!(got.error_code(), "deadline_exceeded");
         assert_eq!(calls(&gw, "sim", primary), 1);
         assert_eq!(cancels(&gw, "sim", primary).await, 1);
         assert_eq!(calls(&gw, "backup", BACKUP), 0);
     }
+}
+
+/// A read timeout bounds the gaps between a stream's bytes, not its length (as the SDKs' HTTP
+/// client applies it): a 10 s stream whose chunks come a second apart is whole with a 2 s read
+/// timeout, and one whose next chunk is 5 s away ends with the error event a second after the
+/// client's timeout.
+#[tokio::test(start_paused = true)]
+async fn s17b_client_read_timeout_bounds_a_streams_gaps_not_its_length() {
+    let model = "p+chunks=10+delay=1s";
+    let gw = gateway(&route(&[("sim", model)], ""));
+    let (got, took) = timed_with_read_timeout(&gw, request(true), "2").await;
+    assert_eq!(took, secs(9));
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+    assert_eq!(got.stream_text().split(' ').count(), 10, "{}", got.text());
+
+    let model = "p+chunks=3+delay=5s";
+    let gw = gateway(&route(&[("sim", model)], "    resume: off\n"));
+    let (got, took) = timed_with_read_timeout(&gw, request(true), "2").await;
+    assert_eq!(took, secs(3));
+    assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    assert!(!got.text().contains("[DONE]"), "{}", got.text());
+}
+
+/// A client's read timeout running out is not the target's failure: impatient clients do not
+/// open the target's circuit breaker (five failures in a row would), and a patient client is
+/// still served.
+#[tokio::test(start_paused = true)]
+async fn s17c_client_read_timeouts_do_not_open_the_breaker() {
+    let model = "p+latency=4s";
+    let gw = gateway(&route(&[("sim", model)], NO_RETRY));
+    for _ in 0..8 {
+        let (got, took) = timed_with_read_timeout(&gw, request(false), "1").await;
+        assert_eq!((got.status.as_u16(), took), (504, secs(2)), "{}", got.text());
+    }
+    let (got, took) = timed(&gw, false).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(took, secs(4));
+    assert_eq!(calls(&gw, "sim", model), 9);
 }
