@@ -55,6 +55,9 @@ pub struct Forward {
     pub resume: Option<ResumeKit>,
     /// The answer text the client has received (kept only when resuming is possible).
     pub sent_text: String,
+    /// The first bytes an OpenAI client received (kept only when resuming is possible): a
+    /// resumed stream's chunks carry the same `id` and `created`.
+    pub first_out: Option<Bytes>,
     /// The answer includes a tool call: never resumed.
     pub in_tool: bool,
     /// Anthropic clients: content blocks started and stopped so far in the client's stream, so
@@ -96,6 +99,9 @@ impl Forward {
         }
         if self.primed.is_none() && !self.out.is_empty() {
             let chunk = self.out.split().freeze();
+            if self.resume.is_some() && self.dialect == Dialect::OpenAi {
+                self.first_out = Some(chunk.clone());
+            }
             if self.tx.try_send(chunk.clone()).is_ok() {
                 if let Some(c) = &mut self.rec.idem {
                     c.push(&chunk);

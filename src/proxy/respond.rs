@@ -180,6 +180,7 @@ impl Gateway {
                 let mut forward = Forward {
                     resume,
                     sent_text: String::new(),
+                    first_out: None,
                     in_tool: false,
                     blocks_started: 0,
                     blocks_stopped: 0,

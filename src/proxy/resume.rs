@@ -143,14 +143,61 @@ async fn open(
     }
 }
 
+/// What an OpenAI client's resumed chunks look like: the `id` and `created` of the chunks it
+/// already has (one seamless stream), the resuming target's model, and a `usage` of `null`
+/// on each when the client asked for usage (as OpenAI sends them).
+struct Shape<'a> {
+    id: String,
+    created: u64,
+    model: &'a str,
+    include_usage: bool,
+}
+
+impl<'a> Shape<'a> {
+    /// Reads `id` and `created` from the first chunk the client received (`first_out`: SSE
+    /// frames); a fresh id and the time now when there is none to read.
+    fn new(first_out: Option<&Bytes>, model: &'a str, include_usage: bool) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            id: String,
+            created: u64,
+        }
+        let head = first_out.and_then(|out| {
+            let line = out.split(|&b| b == b'\n').next()?;
+            serde_json::from_slice::<Head>(line.strip_prefix(b"data: ")?).ok()
+        });
+        let (id, created) = head.map_or_else(
+            || {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                ("chatcmpl-tidegate-resume".to_owned(), now.map_or(0, |d| d.as_secs()))
+            },
+            |h| (h.id, h.created),
+        );
+        Self { id, created, model, include_usage }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
+        let mut c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        crate::sse::encode_data(c.to_string().as_bytes())
+    }
+
+    fn usage_chunk(&self, u: peek::Usage) -> Bytes {
+        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
+            "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input.saturating_add(u.output)}});
+        crate::sse::encode_data(c.to_string().as_bytes())
+    }
+}
+
 /// One piece of resumed text in the client's dialect. An Anthropic client gets it in its open
 /// text block, or in a new one after the last block it saw.
-fn emit_text(fwd: &mut Forward, model: &str, piece: &str) {
+fn emit_text(fwd: &mut Forward, shape: &Shape<'_>, piece: &str) {
     fwd.rec.spend.streamed_bytes += piece.len() as u64;
     match fwd.dialect {
-        Dialect::OpenAi => {
-            fwd.out.extend_from_slice(&chunk(model, json!({"content": piece}), None))
-        }
+        Dialect::OpenAi => fwd.out.extend_from_slice(&shape.chunk(json!({"content": piece}), None)),
         Dialect::Anthropic => {
             let index = fwd.blocks_started.saturating_sub(1);
             let index = if fwd.blocks_started > fwd.blocks_stopped {
@@ -173,23 +220,13 @@ fn emit_text(fwd: &mut Forward, model: &str, piece: &str) {
     }
 }
 
-fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-    crate::sse::encode_data(c.to_string().as_bytes())
-}
-
 /// Forwards the new stream's text (after the overlap, for a splice) and closes the answer.
 async fn forward_rest(
     fwd: &mut Forward,
     mut s: OpenStream,
     wire: Wire,
-    model: &str,
+    shape: &Shape<'_>,
     mode: Mode,
-    include_usage: bool,
 ) -> Option<Resumed> {
     let sent = fwd.sent_text.clone();
     let mut pending = String::new();
@@ -234,7 +271,7 @@ async fn forward_rest(
                     };
                     if !piece.is_empty() {
                         fwd.sent_text.push_str(&piece);
-                        emit_text(fwd, model, &piece);
+                        emit_text(fwd, shape, &piece);
                     }
                 }
             }
@@ -268,31 +305,22 @@ async fn forward_rest(
             _ => return None,
         }
     }
-    close(fwd, model, finish.as_deref().unwrap_or("stop"), usage, include_usage, splicing).await
+    close(fwd, shape, finish.as_deref().unwrap_or("stop"), usage, splicing).await
 }
 
 async fn close(
     fwd: &mut Forward,
-    model: &str,
+    shape: &Shape<'_>,
     finish: &str,
     usage: Option<peek::Usage>,
-    include_usage: bool,
     still_splicing: bool,
 ) -> Option<Resumed> {
     if still_splicing {
         // The restarted answer ended before it covered what the client already has.
         return None;
     }
-    if let Some(u) = usage {
-        fwd.rec.usage = Some(match fwd.rec.usage {
-            Some(o) => peek::Usage {
-                input: o.input.saturating_add(u.input),
-                output: o.output.saturating_add(u.output),
-                cached_input: o.cached_input.saturating_add(u.cached_input),
-            },
-            None => u,
-        });
-    }
+    // Every attempt's tokens: the broken ones' output at least the text they streamed.
+    fwd.rec.usage = Some(fwd.rec.spend.request_usage(usage.as_ref()));
     if fwd.dialect == Dialect::Anthropic {
         if fwd.blocks_started > fwd.blocks_stopped {
             let stop = json!({"type": "content_block_stop", "index": fwd.blocks_started - 1});
@@ -308,12 +336,9 @@ async fn close(
         fwd.rec.finish = Some(finish.to_owned());
         return Some(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone });
     }
-    fwd.out.extend_from_slice(&chunk(model, json!({}), Some(finish)));
-    if include_usage {
-        let u = fwd.rec.usage.unwrap_or_default();
-        let c = json!({"id": "chatcmpl-tidegate-resume", "object": "chat.completion.chunk", "model": model, "choices": [],
-            "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input.saturating_add(u.output)}});
-        fwd.out.extend_from_slice(&crate::sse::encode_data(c.to_string().as_bytes()));
+    fwd.out.extend_from_slice(&shape.chunk(json!({}), Some(finish)));
+    if shape.include_usage {
+        fwd.out.extend_from_slice(&shape.usage_chunk(fwd.rec.usage.unwrap_or_default()));
     }
     fwd.rec.finish = Some(finish.to_owned());
     fwd.out.extend_from_slice(crate::sse::DONE);
@@ -353,9 +378,9 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                         .inc();
                     fwd.rec.served_by = Some(t.series.clone());
                     fwd.rec.spend.begin_resumed();
-                    let done =
-                        forward_rest(fwd, stream, wire, &t.target.model, mode, kit.include_usage)
-                            .await;
+                    let shape =
+                        Shape::new(fwd.first_out.as_ref(), &t.target.model, kit.include_usage);
+                    let done = forward_rest(fwd, stream, wire, &shape, mode).await;
                     if done.is_some() {
                         tracing::info!(route = %route.route.name, provider = %t.target.provider, tier = mode.tier(), "stream resumed after the commit point");
                         return done;

@@ -75,6 +75,8 @@ pub struct Spend {
     /// then resumed elsewhere), and whether any of it was estimated.
     prior: u64,
     prior_estimated: bool,
+    /// Tokens of those earlier attempts (their output at least what they streamed).
+    prior_usage: Usage,
     /// The current attempt was closed by a resume and no new one has opened yet: it costs
     /// nothing more.
     closed: bool,
@@ -143,6 +145,9 @@ impl Spend {
         let (c, est) = self.attempt_cost(served, usage);
         self.prior = self.prior.saturating_add(c);
         self.prior_estimated |= est;
+        if let Some((u, _)) = self.attempt_usage(usage) {
+            self.prior_usage = sum(self.prior_usage, u);
+        }
         if let Some(t) = served
             && c > 0
         {
@@ -155,35 +160,59 @@ impl Spend {
         }
     }
 
-    /// The current attempt: its own usage (the request's, or a resumed attempt's) at its
-    /// target's prices. An answer that did not arrive whole may have reported only part of its
-    /// usage (Anthropic's `message_start`), so its output is at least the estimate.
-    fn attempt_cost(&self, served: Option<&TargetSeries>, usage: Option<&Usage>) -> (u64, bool) {
+    /// The tokens of a resumed request's attempts, the last one's `last` (as reported) included:
+    /// what the client is told it used, and what the log line and the token metrics count.
+    pub fn request_usage(&self, last: Option<&Usage>) -> Usage {
+        self.attempt_usage(last).map_or(self.prior_usage, |(u, _)| sum(self.prior_usage, u))
+    }
+
+    /// The current attempt's usage (the request's, or a resumed attempt's own), and whether it
+    /// is estimated: an answer that did not arrive whole may have reported only part of its
+    /// usage (Anthropic's `message_start`), so its output is at least the estimate; one that
+    /// reported none is estimated whole. `None` once the attempt was closed.
+    fn attempt_usage(&self, usage: Option<&Usage>) -> Option<(Usage, bool)> {
         if self.closed {
-            return (0, false);
+            return None;
         }
         let usage = if self.resumed { self.resumed_usage } else { usage.copied() };
-        let Some(p) = served.and_then(|t| t.price.as_ref()) else {
-            return (0, usage.is_none() && served.is_some());
-        };
-        match usage {
-            Some(u) if self.complete => (p.usage_cost(&u), false),
+        Some(match usage {
+            Some(u) if self.complete => (u, false),
             Some(u) => {
                 let seen = self.output_estimate();
-                let estimated = seen > u.output;
-                (p.usage_cost(&Usage { output: u.output.max(seen), ..u }), estimated)
+                (Usage { output: u.output.max(seen), ..u }, seen > u.output)
             }
             None => {
                 let input = self.input_tokens.unwrap_or(self.body_bytes.div_ceil(4));
-                let output = self.output_estimate();
-                (p.usage_cost(&Usage { input, output, cached_input: 0 }), true)
+                (Usage { input, output: self.output_estimate(), cached_input: 0 }, true)
             }
+        })
+    }
+
+    /// The current attempt's usage ([`Self::attempt_usage`]) at its target's prices.
+    fn attempt_cost(&self, served: Option<&TargetSeries>, usage: Option<&Usage>) -> (u64, bool) {
+        let Some((u, estimated)) = self.attempt_usage(usage) else { return (0, false) };
+        match served.and_then(|t| t.price.as_ref()) {
+            Some(p) => (p.usage_cost(&u), estimated),
+            // Unpriced: nothing to charge, but a served answer without usage is still flagged.
+            None => (0, served.is_some() && !self.reported(usage)),
         }
+    }
+
+    fn reported(&self, usage: Option<&Usage>) -> bool {
+        if self.resumed { self.resumed_usage.is_some() } else { usage.is_some() }
     }
 
     /// Output tokens of the text received so far, at 3 bytes a token, at most the limit.
     fn output_estimate(&self) -> u64 {
         let out = self.streamed_bytes.div_ceil(3);
         self.max_output.map_or(out, |m| out.min(m))
+    }
+}
+
+fn sum(a: Usage, b: Usage) -> Usage {
+    Usage {
+        input: a.input.saturating_add(b.input),
+        output: a.output.saturating_add(b.output),
+        cached_input: a.cached_input.saturating_add(b.cached_input),
     }
 }

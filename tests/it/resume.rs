@@ -37,10 +37,22 @@ async fn continuation_on_the_next_target_with_usage() {
     assert_eq!(got.stream_text(), full(6), "{}", got.text());
     let events = got.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    // Usage counts what upstreams reported: the backup's 2 tokens (the broken attempts never
-    // reported theirs).
-    assert_eq!(usage["usage"]["completion_tokens"], 2, "{usage}");
+    let chunks: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    // One seamless stream: every chunk, the usage chunk too, has the first one's id and time.
+    for c in &chunks {
+        assert_eq!((&c["id"], &c["created"]), (&chunks[0]["id"], &chunks[0]["created"]), "{c}");
+    }
+    // Usage counts every attempt: the backup's reported tokens, and the broken attempts' (which
+    // reported none) estimated from their prompt and the text they streamed, so the answer's
+    // six words are covered. The log line and the token metrics count the same.
+    let usage = &chunks.last().unwrap()["usage"];
+    let (input, output) =
+        (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    assert!(output >= 6 && input >= 3 * 9, "{usage}");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!((&line["input_tokens"], &line["output_tokens"]), (&input.into(), &output.into()));
     assert_eq!(gw.mock_stats("sim").get("p+chunks=6+cut=2").calls, 2);
     assert_eq!(gw.mock_stats("backup").get("b+chunks=6").calls, 1);
 }
@@ -102,6 +114,9 @@ async fn anthropic_clients_get_a_resumed_stream_too() {
         let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"], "{api}");
         assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "end_turn", "{api}");
+        // The output counts both attempts: at least the six words the client has.
+        let output = events[events.len() - 2].1["usage"]["output_tokens"].as_u64().unwrap();
+        assert!(output >= 6, "{api}: {output}");
         assert!(!got.text().contains("event: error"), "{api}");
     }
 }
