@@ -170,6 +170,7 @@ impl HttpTarget {
 /// The Messages API version tidegate speaks (the Anthropic SDKs send the same).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA_HEADER: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// One configured provider, ready to send.
 pub struct Provider {
@@ -222,6 +223,7 @@ impl Provider {
         client: &client::Upstream,
         path: &str,
         body: Bytes,
+        anthropic_beta: Option<&HeaderValue>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         match &self.transport {
             Transport::Mock(stats) => match mock::respond(stats, path, &body).await {
@@ -233,7 +235,7 @@ impl Provider {
                 let mut req = Request::new(Full::new(body));
                 *req.method_mut() = http::Method::POST;
                 let headers = req.headers_mut();
-                headers.reserve(6);
+                headers.reserve(7);
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 headers.insert(
                     header::USER_AGENT,
@@ -247,6 +249,9 @@ impl Provider {
                         ANTHROPIC_VERSION_HEADER,
                         HeaderValue::from_static(ANTHROPIC_VERSION),
                     );
+                    if let Some(beta) = anthropic_beta {
+                        headers.insert(ANTHROPIC_BETA_HEADER, beta.clone());
+                    }
                 }
                 Ok(client.send(&dest, req).await?.map(UpstreamBody::Http))
             }

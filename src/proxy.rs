@@ -83,6 +83,7 @@ const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tidegate-route");
 const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-tidegate-config-version");
 const CONFIG_LABEL: HeaderName = HeaderName::from_static("x-tidegate-config-label");
 const READ_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-read-timeout");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// Request id: the client's if it is a sane header value, else a fresh one (`tg-` and 32 hex
 /// digits).
@@ -270,6 +271,9 @@ impl Gateway {
             _ => Ask::Embeddings(EmbeddingsRequest::parse(&bytes)?),
         };
         let mut ask = Prepared::new(ask, &bytes)?;
+        if matches!(call, Call::Messages) {
+            ask.anthropic_beta = parts.headers.get(ANTHROPIC_BETA).cloned();
+        }
         let route = snap.select(header_route, path_route, ask.model())?;
         rec.set_route(&route.series);
         rec.stream = ask.stream();

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http::header::CONTENT_TYPE;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -81,6 +82,8 @@ pub struct Attempt<'a> {
     pub timeouts: &'a Timeouts,
     /// The request's overall deadline.
     pub deadline: Instant,
+    /// The client's `anthropic-beta` header, for an Anthropic-wire target.
+    pub anthropic_beta: Option<&'a HeaderValue>,
 }
 
 /// An attempt's clock: when it began, and when its first token and its whole answer are due.
@@ -130,7 +133,12 @@ impl Attempt<'_> {
         };
         let sent = timeout_at(
             first_token_end,
-            self.target.provider.send(&self.target.client, path, self.body.clone()),
+            self.target.provider.send(
+                &self.target.client,
+                path,
+                self.body.clone(),
+                self.anthropic_beta,
+            ),
         )
         .await;
         waited.upstream += start.elapsed();

@@ -147,6 +147,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     stream: self.stream,
                     timeouts: &route.timeouts,
                     deadline: self.deadline,
+                    anthropic_beta: self.ask.anthropic_beta.as_ref(),
                 };
                 let mut waited = Waited::default();
                 let started = Instant::now();

@@ -44,6 +44,8 @@ pub struct ResumeKit {
     /// The client's request body.
     pub raw: Bytes,
     pub include_usage: bool,
+    /// The client's `anthropic-beta` header ([`Prepared::anthropic_beta`]).
+    pub anthropic_beta: Option<http::HeaderValue>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,7 @@ async fn open(
         stream: true,
         timeouts: &route.route.timeouts,
         deadline,
+        anthropic_beta: kit.anthropic_beta.as_ref(),
     };
     let mut waited = Waited::default();
     let started = Instant::now();

@@ -207,3 +207,77 @@ async fn anthropic_error_event_after_content() {
     assert_eq!(events.last().unwrap().0, "error", "{}", got.text());
     assert!(!events.iter().any(|(n, _)| n == "message_stop"));
 }
+
+/// An Anthropic client's `anthropic-beta` header reaches an Anthropic-wire upstream with the
+/// provider's own key and `anthropic-version`; a request translated for an OpenAI-wire
+/// upstream does not carry it, nor does an OpenAI client's request.
+#[tokio::test]
+async fn anthropic_beta_reaches_anthropic_upstreams_only() {
+    use http::Request;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let log = log.clone();
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let log = log.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    log.lock().unwrap().push((path.clone(), req.headers().clone()));
+                    let body = if path == "/v1/messages" {
+                        r#"{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#
+                    } else {
+                        r#"{"id":"c1","object":"chat.completion","created":1,"model":"o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#
+                    };
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc),
+            );
+        }
+    });
+    let yaml = format!(
+        "providers:\n  claude: {{kind: anthropic, base_url: \"http://{up}\"}}\n  oai: {{kind: openai_compatible, base_url: \"http://{up}/v1\"}}\nroutes:\n  a:\n    targets: [{{provider: claude, model: c}}]\n  o:\n    targets: [{{provider: oai, model: o}}]\n"
+    );
+    let gw = gateway(&yaml);
+    let beta = "context-management-2025-06-27,prompt-caching-2024-07-31";
+    let ask = |path: &str, body: String| {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .header("anthropic-beta", beta)
+            .header("x-api-key", "sk-client")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    for (path, body) in [
+        ("/r/a/v1/messages", messages("x", false)),
+        ("/r/o/v1/messages", messages("x", false)),
+        ("/r/a/v1/chat/completions", chat("x")),
+    ] {
+        let got = call_with(&gw, ask(path, body)).await;
+        assert_eq!(got.status, 200, "{path}: {}", got.text());
+    }
+    let seen = seen.lock().unwrap();
+    let header = |i: usize, name: &str| seen[i].1.get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].0, "/v1/messages");
+    assert_eq!(header(0, "anthropic-beta").as_deref(), Some(beta));
+    assert_eq!(header(0, "anthropic-version").as_deref(), Some("2023-06-01"));
+    assert_ne!(header(0, "x-api-key").as_deref(), Some("sk-client"));
+    assert_eq!(seen[1].0, "/v1/chat/completions");
+    assert_eq!(header(1, "anthropic-beta"), None);
+    assert_eq!(seen[2].0, "/v1/messages");
+    assert_eq!(header(2, "anthropic-beta"), None, "an OpenAI client's request");
+}
