@@ -79,6 +79,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
 
 /// Header names used per request, built once (a name given as `&str` is parsed per use).
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const ANTHROPIC_REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tidegate-route");
 const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-tidegate-config-version");
 const CONFIG_LABEL: HeaderName = HeaderName::from_static("x-tidegate-config-label");
@@ -154,7 +155,9 @@ impl Gateway {
     {
         let snap = self.snapshot();
         let rid = request_id(req.headers());
-        let dialect = if split_route_prefix(req.uri().path()).1 == "/v1/messages" {
+        // Anything under the Messages API answers in its shape (an unknown sub-path such as
+        // `/v1/messages/count_tokens` too).
+        let dialect = if split_route_prefix(req.uri().path()).1.starts_with("/v1/messages") {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi
@@ -177,6 +180,11 @@ impl Gateway {
         };
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&rid) {
+            // The Anthropic SDK reads its request id (`_request_id`, error objects) from
+            // `request-id`.
+            if dialect == Dialect::Anthropic {
+                h.insert(ANTHROPIC_REQUEST_ID, v.clone());
+            }
             h.insert(REQUEST_ID, v);
         }
         h.insert(CONFIG_VERSION, snap.version_header.clone());

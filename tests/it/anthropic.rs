@@ -84,6 +84,18 @@ async fn anthropic_client_anthropic_upstream_passes_through() {
     assert_eq!(v["type"], "message");
     assert_eq!(v["content"][0]["text"], "The tide rises and");
     assert_eq!(v["stop_reason"], "end_turn");
+    // The Anthropic SDK reads its request id from `request-id`.
+    assert!(got.header("x-request-id").starts_with("tg-"));
+    assert_eq!(got.header("request-id"), got.header("x-request-id"));
+    assert!(
+        post(&gw, "/v1/chat/completions", &chat("x")).await.headers.get("request-id").is_none()
+    );
+    // An endpoint under the Messages API that tidegate does not serve answers in its shape.
+    let got = post(&gw, "/v1/messages/count_tokens", &messages("via-claude", false)).await;
+    assert_eq!(got.status, 404, "{}", got.text());
+    assert_eq!(got.json()["type"], "error", "{}", got.text());
+    assert_eq!(got.json()["error"]["type"], "not_found_error", "{}", got.text());
+    assert_eq!(got.header("request-id"), got.header("x-request-id"));
     let got = post(&gw, "/v1/messages", &messages("via-claude", true)).await;
     let events = anthropic_events(&got);
     assert_eq!(events.first().unwrap().0, "message_start");
