@@ -112,6 +112,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         t.target.provider, t.target.model, e
                     ));
                     untranslatable.get_or_insert(e);
+                    // A later target serving it is a fallback, and says so.
+                    first_reason.get_or_insert("untranslatable");
                     continue;
                 }
             };

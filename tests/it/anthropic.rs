@@ -205,6 +205,17 @@ async fn untranslatable_fields_are_400_unless_dropped() {
     let got =
         post(&gw, "/v1/chat/completions", &body.replace("claude-strict", "claude-lenient")).await;
     assert_eq!(got.status, 200, "{}", got.text());
+    // With another target that can express it, the request is served there, as a visible
+    // fallback: header and metric.
+    let gw = gateway(
+        "providers:\n  oai: {kind: mock}\n  claude: {kind: mock, api: anthropic}\nroutes:\n  r:\n    default: true\n    targets: [{provider: claude, model: c}, {provider: oai, model: o}]\n",
+    );
+    let got = post(&gw, "/v1/chat/completions", &body.replace("claude-strict", "x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-provider"), "oai");
+    assert_eq!(got.header("x-tidegate-fallback"), "target;reason=untranslatable");
+    let series = "tidegate_fallbacks_total{reason=\"untranslatable\",route=\"r\",tier=\"target\"}";
+    assert_eq!(metric(&gw, series), 1.0);
 }
 
 #[tokio::test(start_paused = true)]
