@@ -231,6 +231,25 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// Drops the `tidegate_requests_total` series of a config version that is gone from the
+    /// history (a long-running process reloaded often would otherwise export every version it
+    /// ever ran, for every route and outcome).
+    pub fn forget_version(&self, version: &str) {
+        for family in prometheus::core::Collector::collect(&self.requests) {
+            for m in family.get_metric() {
+                let value = |name: &str| {
+                    m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned())
+                };
+                if value("config_version").as_deref() != Some(version) {
+                    continue;
+                }
+                if let (Some(route), Some(outcome)) = (value("route"), value("outcome")) {
+                    let _ = self.requests.remove_label_values(&[&route, &outcome, version]);
+                }
+            }
+        }
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.

@@ -273,7 +273,7 @@ impl Reloader {
                 return self.reject(inner, Some(version), e, trigger);
             }
             tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), "config candidate (pinned: not activated)");
-            inner.history.push(info);
+            self.remember(inner, info);
             inner.history.add_candidate(&version);
             inner.last_error = None;
             m.config_reloads.with_label_values(&["deferred"]).inc();
@@ -293,11 +293,18 @@ impl Reloader {
             tracing::warn!("{r}");
         }
         inner.restart_required = restart;
-        inner.history.push(info);
+        self.remember(inner, info);
         inner.history.active = version.clone();
         inner.last_error = None;
         m.config_reloads.with_label_values(&["applied"]).inc();
         ReloadResult::Applied(version)
+    }
+
+    /// Adds a version to the history; the metric series of versions that fall out of it go.
+    fn remember(&self, inner: &mut Inner, info: VersionInfo) {
+        for gone in inner.history.push(info) {
+            self.gw.metrics.forget_version(&gone);
+        }
     }
 
     fn reject(
@@ -309,7 +316,7 @@ impl Reloader {
     ) -> ReloadResult {
         tracing::error!(error = %msg, ?trigger, "config rejected; keeping the running version");
         if let Some(v) = version {
-            inner.history.push(VersionInfo::rejected(v, &self.path, trigger));
+            self.remember(inner, VersionInfo::rejected(v, &self.path, trigger));
         }
         inner.last_error = Some(msg.clone());
         self.gw.metrics.config_reloads.with_label_values(&["rejected"]).inc();

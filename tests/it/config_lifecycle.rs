@@ -267,6 +267,42 @@ async fn bad_files_keep_the_running_version() {
 }
 
 /// A change to `server.*` applies the rest and says a restart is needed.
+/// The request series of versions gone from the history (10 kept) are dropped: a process
+/// reloaded often does not export every version it ever ran.
+#[tokio::test]
+async fn metric_series_of_retired_versions_are_dropped() {
+    let dir = TempDir::new("series");
+    let path = dir.join("tidegate.yaml");
+    std::fs::write(&path, versioned("v0", "a")).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    let versions = |r: &Running| {
+        let text = String::from_utf8(r.gateway.metrics.render()).unwrap();
+        let mut seen: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("tidegate_requests_total{"))
+            .filter_map(|l| {
+                l.split("config_version=\"").nth(1)?.split('"').next().map(String::from)
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    let first = version_of(&versioned("v0", "a"));
+    assert!(post(&r.gateway, "/v1/chat/completions", &chat("x")).await.status == 200);
+    assert!(versions(&r).contains(&first));
+    for i in 1..=15 {
+        let yaml = versioned(&format!("v{i}"), "a");
+        std::fs::write(&path, &yaml).unwrap();
+        assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&yaml)));
+    }
+    let left = versions(&r);
+    assert_eq!(left.len(), 10, "{left:?}");
+    assert!(!left.contains(&first), "{left:?}");
+    assert!(left.contains(&version_of(&versioned("v15", "a"))), "{left:?}");
+    r.shutdown().await;
+}
+
 #[tokio::test]
 async fn static_changes_are_reported() {
     let dir = TempDir::new("static");

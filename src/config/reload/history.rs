@@ -171,8 +171,11 @@ impl History {
         self.entries.iter().find(|e| e.version == version)
     }
 
-    /// Adds a freshly loaded version at the front (a version seen before moves there).
-    pub(super) fn push(&mut self, mut info: VersionInfo) {
+    /// Adds a freshly loaded version at the front (a version seen before moves there), and
+    /// returns the versions that fell out of the history to make room.
+    #[must_use]
+    pub(super) fn push(&mut self, mut info: VersionInfo) -> Vec<String> {
+        let mut evicted = Vec::new();
         if let Some(i) = self.entries.iter().position(|e| e.version == info.version)
             && let Some(old) = self.entries.remove(i)
         {
@@ -185,8 +188,10 @@ impl History {
             };
             if let Some(gone) = self.entries.remove(i) {
                 self.candidates.retain(|c| *c != gone.version);
+                evicted.push(gone.version);
             }
         }
+        evicted
     }
 
     pub(super) fn mark_active(&mut self, version: &str, outcome: Outcome) {
@@ -321,8 +326,8 @@ mod tests {
     #[test]
     fn resolve_by_version_prefix_and_label() {
         let mut h = History::new(info("v-abc123000000", Some("one"), Outcome::Applied), 10);
-        h.push(info("v-abc124000000", Some("two"), Outcome::Applied));
-        h.push(info("v-ffffff000000", None, Outcome::Rejected));
+        let _ = h.push(info("v-abc124000000", Some("two"), Outcome::Applied));
+        let _ = h.push(info("v-ffffff000000", None, Outcome::Rejected));
         assert_eq!(resolve(&h, "v-abc123").unwrap(), "v-abc123000000");
         assert_eq!(resolve(&h, "abc124").unwrap(), "v-abc124000000");
         assert_eq!(resolve(&h, "two").unwrap(), "v-abc124000000");
@@ -331,7 +336,7 @@ mod tests {
         assert_eq!(resolve(&h, "v-abc1230").unwrap(), "v-abc123000000");
         assert_eq!(resolve(&h, "nope").unwrap_err().status, 404);
         assert_eq!(resolve(&h, "v-ffffff000000").unwrap_err().status, 400);
-        h.push(info("v-abc123999999", None, Outcome::Applied));
+        let _ = h.push(info("v-abc123999999", None, Outcome::Applied));
         let e = resolve(&h, "abc123").unwrap_err();
         assert_eq!((e.status, e.code), (409, "ambiguous_version"));
     }
@@ -339,9 +344,11 @@ mod tests {
     #[test]
     fn history_is_capped_but_keeps_the_active_version() {
         let mut h = History::new(info("v-000000000000", None, Outcome::Applied), 3);
+        let mut evicted = Vec::new();
         for i in 1..6 {
-            h.push(info(&format!("v-00000000000{i}"), None, Outcome::Deferred));
+            evicted.extend(h.push(info(&format!("v-00000000000{i}"), None, Outcome::Deferred)));
         }
+        assert_eq!(evicted, ["v-000000000001", "v-000000000002", "v-000000000003"]);
         let versions: Vec<_> = h.entries().into_iter().map(|e| e.version).collect();
         assert_eq!(versions, ["v-000000000005", "v-000000000004", "v-000000000000"]);
         assert_eq!(h.previous(), None);
@@ -350,9 +357,9 @@ mod tests {
     #[test]
     fn previous_skips_versions_never_active() {
         let mut h = History::new(info("v-a", None, Outcome::Applied), 10);
-        h.push(info("v-b", None, Outcome::Rejected));
-        h.push(info("v-c", None, Outcome::Deferred));
-        h.push(info("v-d", None, Outcome::Applied));
+        let _ = h.push(info("v-b", None, Outcome::Rejected));
+        let _ = h.push(info("v-c", None, Outcome::Deferred));
+        let _ = h.push(info("v-d", None, Outcome::Applied));
         h.active = "v-d".into();
         assert_eq!(h.previous().as_deref(), Some("v-a"));
     }
