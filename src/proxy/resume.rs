@@ -371,6 +371,10 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
         }
         modes.push(Mode::Splice);
         for mode in modes {
+            // `retries.total` caps the route's upstream calls, resumed ones included.
+            if fwd.rec.attempts.len() >= route.route.retries.total as usize {
+                return None;
+            }
             let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
             match open(&kit, ti, t, prefill.as_deref(), fwd.deadline, fwd).await {
                 Ok(stream) => {

@@ -59,7 +59,7 @@ async fn continuation_on_the_next_target_with_usage() {
 
 #[tokio::test(start_paused = true)]
 async fn splice_when_the_fallback_rejects_prefill() {
-    let config = "providers:\n  sim: {kind: mock, supports_prefill: false}\n  backup: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets:\n      - {provider: sim, model: \"p+chunks=6+stall=2\"}\n      - {provider: backup, model: \"b+chunks=6+no_prefill\"}\n    timeouts: {idle: 1s}\n";
+    let config = "providers:\n  sim: {kind: mock, supports_prefill: false}\n  backup: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets:\n      - {provider: sim, model: \"p+chunks=6+stall=2\"}\n      - {provider: backup, model: \"b+chunks=6+no_prefill\"}\n    timeouts: {idle: 1s}\n    retries: {total: 4}\n";
     let gw = gateway(config);
     let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
     assert_eq!(got.stream_text(), full(6), "{}", got.text());
@@ -74,6 +74,23 @@ async fn splice_when_the_fallback_rejects_prefill() {
         ),
         2.0
     );
+}
+
+/// `retries.total` caps every upstream call of the route, resumed ones included: with one, a
+/// stream broken after content ends with the error event, and no second call is made.
+#[tokio::test(start_paused = true)]
+async fn retries_total_caps_resumed_attempts_too() {
+    let model = "p+chunks=6+cut=2+fail_first=1";
+    let gw = gateway(&single(model, "    retries: {per_target: 0, total: 1}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(2), "{}", got.text());
+    assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 1);
+    // With two, the same break is healed by one continuation.
+    let gw = gateway(&single(model, "    retries: {per_target: 0, total: 2}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 2);
 }
 
 #[tokio::test(start_paused = true)]
