@@ -17,8 +17,9 @@
 //! * **dropped silently** (hints that do not change what the answer may contain): `thinking`
 //!   (extended-thinking budget; OpenAI-style models reason on their own or not at all),
 //!   `output_config.effort`, `service_tier` (Anthropic's `auto`/`standard_only` have no OpenAI
-//!   meaning), `cache_control` on blocks, tools and system blocks (a caching hint; OpenAI caches
-//!   prefixes automatically), `metadata` keys other than `user_id`.
+//!   meaning), `cache_control` at the top level (automatic caching) and on blocks, tools and
+//!   system blocks (a caching hint; OpenAI caches prefixes automatically), `metadata` keys other
+//!   than `user_id`.
 //! * **rejected** (400 naming the field, or dropped with `drop_unsupported_params`): `top_k`,
 //!   server tools (`tools[i]` with a `type` other than `custom`), document/search-result/server-tool
 //!   blocks, images inside tool results, and every unknown field (`container`, `mcp_servers`,
@@ -106,7 +107,7 @@ pub fn request(body: &Value, opts: &RequestOptions) -> Result<Value, TranslateEr
                     out.insert("response_format".into(), format);
                 }
             }
-            "thinking" | "service_tier" => {}
+            "thinking" | "service_tier" | "cache_control" => {}
             other => unsupported(opts, other, TARGET)?,
         }
     }

@@ -80,6 +80,16 @@ fn neutral_values_of_untranslatable_fields_are_accepted() {
 }
 
 #[test]
+fn caching_hints_are_dropped_for_openai_upstreams() {
+    // Top-level `cache_control` (automatic caching) is the same hint as the block-level one.
+    let plain = json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": "hi" }] });
+    let mut hinted = plain.clone();
+    hinted["cache_control"] = json!({ "type": "ephemeral" });
+    let want = anthropic_to_openai::request(&plain, &opts(false)).unwrap();
+    assert_eq!(anthropic_to_openai::request(&hinted, &opts(false)).unwrap(), want);
+}
+
+#[test]
 fn temperature_rule() {
     let t = |v: Value| {
         let body = json!({ "messages": [{ "role": "user", "content": "hi" }], "temperature": v });
