@@ -245,9 +245,16 @@ impl Gateway {
         let bytes = match read.await.unwrap_or(Err(ReadError::TimedOut)) {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
-                // Read what the client is still sending (bounded) so it sees the 413, not a reset.
-                drain(body.as_mut(), limit.saturating_mul(4).min(64 << 20), Duration::from_secs(5))
-                    .await;
+                // Read what the client is still sending (bounded) so it sees the 413, not a
+                // reset; unless it waits to be asked for its body (`Expect: 100-continue`):
+                // reading would ask for it, and the 413 alone tells it not to send it.
+                let waits = parts.headers.get(header::EXPECT).is_some_and(|v| {
+                    v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("100-continue"))
+                });
+                if !waits {
+                    let bound = limit.saturating_mul(4).min(64 << 20);
+                    drain(body.as_mut(), bound, Duration::from_secs(5)).await;
+                }
                 return Err(GatewayError::new(
                     ErrorCode::RequestTooLarge,
                     format!("request body exceeds the {limit}-byte limit"),

@@ -256,6 +256,18 @@ async fn oversize_body_gets_its_413_while_the_client_keeps_sending() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("request_too_large"));
     writer.abort();
+
+    // A client that waits to be asked for its body gets the 413 at once, not `100 Continue`.
+    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {total}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut resp)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     gw.shutdown().await;
 }
 
