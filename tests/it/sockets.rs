@@ -294,6 +294,39 @@ async fn load_shedding_answers_503_fast() {
     gw.shutdown().await;
 }
 
+/// Over HTTP/2 too: a client still sending a body far over the limit gets the 413 (then the
+/// stream is reset with NO_ERROR, as RFC 9113 8.1 allows once the response is complete).
+#[tokio::test]
+async fn oversize_body_gets_its_413_over_http2() {
+    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
+    let sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(sock),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let chunks = futures_util::stream::iter((0..80).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+            b' ';
+            64 << 10
+        ])))
+    }));
+    let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+        .await
+        .expect("no answer in 10 s")
+        .expect("no response: the stream was reset before it");
+    assert_eq!(resp.status(), 413);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("request_too_large"), "{body:?}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     let gw = start(&format!("server: {{header_read_timeout: 200ms}}\n{}", single("m", ""))).await;
