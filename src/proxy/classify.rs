@@ -121,7 +121,9 @@ pub fn from_status(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Atte
     let mut f = AttemptFailure::new(next, reason, format!("status {code}: {snippet}"));
     f.status = Some(code);
     f.retry_after = retry_after(headers);
-    if next == Next::Stop {
+    // The request's own fault: its answer may reach the client (a context-length refusal when
+    // no target with a larger window is left).
+    if matches!(next, Next::Stop | Next::ContextLength) {
         let mut keep = HeaderMap::new();
         for k in ["retry-after", "retry-after-ms", "x-should-retry", "content-type"] {
             if let Some(v) = headers.get(k) {

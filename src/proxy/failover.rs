@@ -92,6 +92,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         // Targets passed over by the cost ceiling or the budget (the latter with its reset).
         let mut ceiling_skipped = false;
         let mut budget_reset: Option<Duration> = None;
+        // The last failure was the prompt's length: if no target with a larger window answers
+        // after it, the client hears that refusal (its request is the problem, not the route).
+        let mut too_long: Option<Failed> = None;
         self.retry_budget.record_request();
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
             if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
@@ -159,7 +162,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 if let Some(ft) = waited.first_token {
                     t.series.ttft.observe(ft.as_secs_f64());
                 }
-                let f = match result {
+                let mut f = match result {
                     Ok(opened) => {
                         rec.attempt(
                             &t.series,
@@ -180,6 +183,13 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 );
                 first_reason.get_or_insert(f.reason);
                 failures.push(describe(t, &f));
+                let refusal = (f.next == Next::ContextLength).then(|| f.passthrough.take());
+                too_long = refusal.flatten().map(|mut p| {
+                    p.body = redact_bytes(p.body, t);
+                    let fallback_reason = if ti > 0 { first_reason } else { None };
+                    let refused = Refused { target: ti, attempts, fallback_reason };
+                    Failed::Passthrough(p, t.provider.spec.wire, refused)
+                });
                 if billable(&f) {
                     let route = rec.route.clone();
                     rec.spend.charge_failed(&t.series, route.as_deref());
@@ -257,6 +267,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 // No target could take the request at all: the request is the problem (SPEC §3).
                 return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
             }
+        }
+        if let Some(refusal) = too_long {
+            return Err(refusal);
         }
         let code = if Instant::now() >= self.deadline {
             ErrorCode::DeadlineExceeded

@@ -54,6 +54,14 @@ async fn s12_context_length_skips_small_windows() {
         assert_eq!(calls(&gw, "sim", "p+context=10"), 1, "never resent (per_target is 1)");
         assert_eq!(calls(&gw, "backup", "b+context=10"), 0, "window not larger: skipped");
         assert_eq!(calls(&gw, "third", "c+chunks=3"), 1);
+        // With no larger window on the route, the prompt is the problem: the client gets the
+        // upstream's context-length 400 (its SDK's BadRequestError), not a 502.
+        let gw = gateway(&route(&targets[..2], extra));
+        let (got, _) = timed_body(&gw, &request_saying(content, stream)).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        assert_eq!(got.json()["error"]["code"], "context_length_exceeded", "{}", got.text());
+        assert_eq!(got.header("x-tidegate-provider"), "sim");
+        assert_eq!(calls(&gw, "backup", "b+context=10"), 0);
     }
 }
 
