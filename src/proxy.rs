@@ -241,8 +241,19 @@ impl Gateway {
         }
         let (limit, within) = self.body_limits;
         let mut body = std::pin::pin!(body);
-        let read = tokio::time::timeout_at(rec.start + within, read_limited(body.as_mut(), limit));
-        let bytes = match read.await.unwrap_or(Err(ReadError::TimedOut)) {
+        let read = {
+            let mut read = std::pin::pin!(read_limited(body.as_mut(), limit));
+            // A body that is already here (nearly every one) is read without arming a timer.
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+            match polled {
+                std::task::Poll::Ready(read) => read,
+                std::task::Poll::Pending => tokio::time::timeout_at(rec.start + within, read)
+                    .await
+                    .unwrap_or(Err(ReadError::TimedOut)),
+            }
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
                 // Read what the client is still sending (bounded) so it sees the 413, not a

@@ -56,7 +56,7 @@ pub struct Plan<'a, F> {
     pub route: &'a RouteRuntime,
     pub endpoint: Endpoint,
     pub stream: bool,
-    /// When the answer must begin ([`super::Deadlines::begin`]).
+    /// When the answer must begin (the request's `Deadlines::begin`).
     pub deadline: Instant,
     /// `deadline` is the client's read timeout: an attempt it cut short is no failure of the
     /// target's.
