@@ -92,8 +92,10 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         // Targets passed over by the cost ceiling or the budget (the latter with its reset).
         let mut ceiling_skipped = false;
         let mut budget_reset: Option<Duration> = None;
-        // The last failure was the prompt's length: if no target with a larger window answers
-        // after it, the client hears that refusal (its request is the problem, not the route).
+        // The last failure was the prompt's length, and every target after it was passed over
+        // for its window: the client hears that refusal (its request is the problem, not the
+        // route), unless the route has free tiers to answer instead. Any other way a later
+        // target went untried or failed clears it.
         let mut too_long: Option<Failed> = None;
         self.retry_budget.record_request();
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
@@ -117,12 +119,15 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     untranslatable.get_or_insert(e);
                     // A later target serving it is a fallback, and says so.
                     first_reason.get_or_insert("untranslatable");
+                    too_long = None;
                     continue;
                 }
             };
             let mut tries = 0u32;
             loop {
                 if attempts >= retries.total {
+                    // A target with room for the prompt was left untried.
+                    too_long = None;
                     break 'targets;
                 }
                 let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
@@ -137,11 +142,13 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         Skip::CostCeiling => ceiling_skipped = true,
                         Skip::Budget(reset) => budget_reset = Some(reset),
                     }
+                    too_long = None;
                     continue 'targets;
                 }
                 if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
                     first_reason.get_or_insert(reason);
                     failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
+                    too_long = None;
                     continue 'targets;
                 }
                 attempts += 1;
@@ -268,7 +275,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
             }
         }
-        if let Some(refusal) = too_long {
+        if let Some(refusal) = too_long
+            && route.free_tiers.is_empty()
+        {
             return Err(refusal);
         }
         let code = if Instant::now() >= self.deadline {

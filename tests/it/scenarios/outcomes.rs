@@ -62,6 +62,18 @@ async fn s12_context_length_skips_small_windows() {
         assert_eq!(got.json()["error"]["code"], "context_length_exceeded", "{}", got.text());
         assert_eq!(got.header("x-tidegate-provider"), "sim");
         assert_eq!(calls(&gw, "backup", "b+context=10"), 0);
+        // Not when a larger window was left untried (here: no attempts left), nor when the
+        // route has a free tier to answer.
+        let capped = format!("    retries: {{total: 1}}\n{extra}");
+        let gw = gateway(&route(&[targets[0], targets[2]], &capped));
+        let (got, _) = timed_body(&gw, &request_saying(content, stream)).await;
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(calls(&gw, "third", "c+chunks=3"), 0);
+        let tier = format!("      - {{template: \"Too long.\"}}\n{extra}");
+        let gw = gateway(&route(&targets[..2], &tier));
+        let (got, _) = timed_body(&gw, &request_saying(content, stream)).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.header("x-tidegate-fallback"), "template;reason=context_length");
     }
 }
 
