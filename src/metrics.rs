@@ -5,6 +5,9 @@
 //! config. Series for each configured route and target are created when a config is prepared,
 //! so dashboards see zeros rather than gaps.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -44,6 +47,10 @@ pub struct Metrics {
     pub budget_remaining: GaugeVec,
     pub idempotency: IntCounterVec,
     pub state_errors: IntCounterVec,
+    /// A flag per config version whose request series are exported, set when the version
+    /// leaves the history ([`Metrics::forget_version`]): its requests still in flight then do
+    /// not bring its series back.
+    retired: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<AtomicBool>>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -226,15 +233,27 @@ impl Metrics {
             config_last_success,
             cost_usd,
             circuit_open,
+            retired: Default::default(),
             registry: r,
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The flag a request of `version` checks before creating a series of it: set once the
+    /// version is retired.
+    pub fn version_retired(&self, version: &Arc<str>) -> Arc<AtomicBool> {
+        let mut flags = self.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        flags.entry(version.clone()).or_default().clone()
+    }
+
     /// Drops the `tidegate_requests_total` series of a config version that is gone from the
     /// history (a long-running process reloaded often would otherwise export every version it
     /// ever ran, for every route and outcome).
     pub fn forget_version(&self, version: &str) {
+        let mut flags = self.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(flag) = flags.remove(version) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        drop(flags);
         for family in prometheus::core::Collector::collect(&self.requests) {
             for m in family.get_metric() {
                 let value = |name: &str| {
@@ -250,6 +269,7 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.

@@ -167,6 +167,7 @@ impl Gateway {
             self.log_sink.clone(),
             rid.clone(),
             snap.version.clone(),
+            snap.retired.clone(),
             snap.config.logging.sample_rate,
         );
         let mut resp = match self.dispatch(req, &snap, &mut rec).await {

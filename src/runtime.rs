@@ -131,6 +131,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// `config.version`, shared cheaply with every request record.
     pub version: Arc<str>,
+    /// Set when this version leaves the history ([`Metrics::forget_version`]).
+    pub retired: Arc<std::sync::atomic::AtomicBool>,
     pub routes: Vec<RouteRuntime>,
     by_name: HashMap<String, usize>,
     by_model: HashMap<String, usize>,
@@ -282,6 +284,7 @@ impl Snapshot {
             });
         }
         let snap = Snapshot {
+            retired: metrics.version_retired(&version),
             version,
             version_header: header(&config.version)?,
             label_header: config.label.as_deref().map(header).transpose()?,

@@ -67,6 +67,8 @@ pub struct RequestRecord {
     sink: Arc<LogSink>,
     pub request_id: String,
     pub version: Arc<str>,
+    /// Set once `version` left the history: its request series are gone and stay gone.
+    retired: Arc<std::sync::atomic::AtomicBool>,
     /// The selected route's metric series (and name), once selected.
     pub route: Option<Arc<RouteSeries>>,
     pub stream: bool,
@@ -104,6 +106,7 @@ impl RequestRecord {
         sink: Arc<LogSink>,
         request_id: String,
         version: Arc<str>,
+        retired: Arc<std::sync::atomic::AtomicBool>,
         sample_rate: f64,
     ) -> Self {
         Self {
@@ -111,6 +114,7 @@ impl RequestRecord {
             sink,
             request_id,
             version,
+            retired,
             route: None,
             stream: false,
             start: Instant::now(),
@@ -151,6 +155,7 @@ impl RequestRecord {
             self.sink.clone(),
             String::new(),
             self.version.clone(),
+            self.retired.clone(),
             1.0,
         );
         placeholder.silent = true;
@@ -206,6 +211,7 @@ impl RequestRecord {
         match (&self.route, self.outcome) {
             (Some(r), "ok") => r.ok.inc(),
             (Some(r), "fallback") => r.fallback.inc(),
+            (_, _) if self.retired.load(std::sync::atomic::Ordering::Relaxed) => {}
             (r, outcome) => {
                 let name = r.as_ref().map_or("", |r| &r.name);
                 self.metrics.requests.with_label_values(&[name, outcome, &self.version]).inc();
@@ -217,9 +223,11 @@ impl RequestRecord {
             r.overhead.observe(overhead.as_secs_f64());
         }
         if let (Some(t), Some(u)) = (&self.served_by, self.usage) {
-            t.input_tokens.inc_by(u.input);
-            t.output_tokens.inc_by(u.output);
-            t.cached_tokens.inc_by(u.cached_input);
+            // Attempts a resume closed were counted for their own targets.
+            let prior = self.spend.prior_usage();
+            t.input_tokens.inc_by(u.input.saturating_sub(prior.input));
+            t.output_tokens.inc_by(u.output.saturating_sub(prior.output));
+            t.cached_tokens.inc_by(u.cached_input.saturating_sub(prior.cached_input));
             if self.truncated() {
                 t.truncations.inc();
             }

@@ -165,9 +165,13 @@ impl<'a> Shape<'a> {
             id: String,
             created: u64,
         }
+        // The first chunk with an id (Azure's first chunk, its prompt filter results, has "").
         let head = first_out.and_then(|out| {
-            let line = out.split(|&b| b == b'\n').next()?;
-            serde_json::from_slice::<Head>(line.strip_prefix(b"data: ")?).ok()
+            out.split(|&b| b == b'\n')
+                .filter_map(|line| {
+                    serde_json::from_slice::<Head>(line.strip_prefix(b"data: ")?).ok()
+                })
+                .find(|h| !h.id.is_empty())
         });
         let (id, created) = head.map_or_else(
             || {
@@ -322,6 +326,8 @@ async fn close(
         // The restarted answer ended before it covered what the client already has.
         return None;
     }
+    // The resumed answer arrived whole: its usage, if reported, is final.
+    fwd.rec.spend.complete = true;
     // Every attempt's tokens: the broken ones' output at least the text they streamed.
     fwd.rec.usage = Some(fwd.rec.spend.request_usage(usage.as_ref()));
     if fwd.dialect == Dialect::Anthropic {
@@ -376,7 +382,16 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                 return None;
             }
             let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
-            match open(&kit, ti, t, prefill.as_deref(), fwd.deadline, fwd).await {
+            // The client has had nothing since the break: the resumed answer must begin within
+            // the gap it waits (`idle`, or its read timeout), and its leaving ends the try.
+            let gap_end = (Instant::now() + fwd.idle).min(fwd.deadline);
+            let tx = fwd.tx.clone();
+            let opened = tokio::select! {
+                biased;
+                () = tx.closed() => return Some(Resumed::ClientGone),
+                o = open(&kit, ti, t, prefill.as_deref(), gap_end, fwd) => o,
+            };
+            match opened {
                 Ok(stream) => {
                     fwd.rec
                         .metrics()
@@ -410,4 +425,26 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_stream_keeps_the_first_chunk_id_it_can_read() {
+        // Azure sends its prompt filter results first, with an empty id and created 0.
+        let out = Bytes::from_static(
+            b"data: {\"id\":\"\",\"object\":\"\",\"created\":0,\"choices\":[],\"prompt_filter_results\":[]}\n\ndata: {\"id\":\"chatcmpl-1\",\"created\":17,\"choices\":[]}\n\n",
+        );
+        let s = Shape::new(Some(&out), "m", false);
+        assert_eq!((s.id.as_str(), s.created), ("chatcmpl-1", 17));
+        // Nothing readable: a fresh id.
+        let s = Shape::new(Some(&Bytes::from_static(b"data: [DONE]\n\n")), "m", true);
+        assert_eq!(s.id, "chatcmpl-tidegate-resume");
+        let chunk = s.chunk(json!({"content": "x"}), None);
+        let v: Value = serde_json::from_slice(&chunk["data: ".len()..]).unwrap();
+        assert_eq!((&v["usage"], &v["choices"][0]["logprobs"]), (&Value::Null, &Value::Null));
+        assert!(v.as_object().unwrap().contains_key("usage"));
+    }
 }

@@ -147,6 +147,13 @@ impl Spend {
         self.prior_estimated |= est;
         if let Some((u, _)) = self.attempt_usage(usage) {
             self.prior_usage = sum(self.prior_usage, u);
+            // Its tokens are its target's; the record counts the last attempt's for the target
+            // that served (`tidegate_tokens_total`).
+            if let Some(t) = served {
+                t.input_tokens.inc_by(u.input);
+                t.output_tokens.inc_by(u.output);
+                t.cached_tokens.inc_by(u.cached_input);
+            }
         }
         if let Some(t) = served
             && c > 0
@@ -158,6 +165,11 @@ impl Spend {
         if let Some(h) = self.held.take() {
             h.settle(c, route);
         }
+    }
+
+    /// Tokens of the attempts closed by a resume (already counted for their targets).
+    pub fn prior_usage(&self) -> Usage {
+        self.prior_usage
     }
 
     /// The tokens of a resumed request's attempts, the last one's `last` (as reported) included:

@@ -43,16 +43,27 @@ async fn continuation_on_the_next_target_with_usage() {
     for c in &chunks {
         assert_eq!((&c["id"], &c["created"]), (&chunks[0]["id"], &chunks[0]["created"]), "{c}");
     }
-    // Usage counts every attempt: the backup's reported tokens, and the broken attempts' (which
-    // reported none) estimated from their prompt and the text they streamed, so the answer's
-    // six words are covered. The log line and the token metrics count the same.
+    // Usage counts every attempt: the backup's reported 2 completion tokens, and the broken
+    // attempts' (which reported none) estimated from the text each streamed at 3 bytes a token
+    // ("The tide": 3, " rises and": 4), so the answer's six words are covered. The log line
+    // counts the same, and the token metrics credit each attempt's tokens to its own target.
     let usage = &chunks.last().unwrap()["usage"];
     let (input, output) =
         (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
-    assert!(output >= 6 && input >= 3 * 9, "{usage}");
+    assert_eq!(output, 3 + 4 + 2, "{usage}");
     let line: serde_json::Value =
         serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
     assert_eq!((&line["input_tokens"], &line["output_tokens"]), (&input.into(), &output.into()));
+    let tokens = |p: &str, m: &str, kind: &str| {
+        let s = format!(
+            "tidegate_tokens_total{{model=\"{m}\",provider=\"{p}\",route=\"r\",type=\"{kind}\"}}"
+        );
+        metric(&gw, &s) as u64
+    };
+    assert_eq!(tokens("sim", "p+chunks=6+cut=2", "output"), 3 + 4);
+    assert_eq!(tokens("backup", "b+chunks=6", "output"), 2);
+    let sim_in = tokens("sim", "p+chunks=6+cut=2", "input");
+    assert_eq!(sim_in + tokens("backup", "b+chunks=6", "input"), input);
     assert_eq!(gw.mock_stats("sim").get("p+chunks=6+cut=2").calls, 2);
     assert_eq!(gw.mock_stats("backup").get("b+chunks=6").calls, 1);
 }
