@@ -76,7 +76,7 @@ pub fn limits(
     let max_n = positive("max_n", raw.max_n)?;
     let usd = |k: &str, v: f64| match usd_to_micros(v) {
         Some(m) if m > 0 => Ok(m),
-        _ => Err(e(k.into(), "expected an amount in USD above zero".into())),
+        _ => Err(e(k.into(), "expected an amount in USD above zero and under 1e12".into())),
     };
     let max_request_usd = raw.max_request_usd.map(|v| usd("max_request_usd", v)).transpose()?;
     let budget = match &raw.budget {

@@ -486,6 +486,11 @@ fn routes(
         if retries.total == 0 {
             return Err(cx.err(format!("{path}.retries.total"), "expected at least 1 attempt"));
         }
+        for (k, v) in [("backoff", retries.backoff), ("max_retry_after", retries.max_retry_after)] {
+            if v > MAX_TIMEOUT {
+                return Err(cx.err(format!("{path}.retries.{k}"), "expected at most 7d (168h)"));
+            }
+        }
         let mut route = Route {
             name,
             match_models: r.match_models,
@@ -649,6 +654,23 @@ mod tests {
         let e = load_str(&MIN.replace("targets:", "timeouts: {total: 3 sec}\n    targets:"))
             .unwrap_err();
         assert_eq!(e.path, "routes.chat.timeouts.total");
+    }
+
+    #[test]
+    fn absurd_durations_and_amounts_say_why() {
+        for (key, path) in [
+            ("retries: {backoff: 100000h}", "routes.chat.retries.backoff"),
+            ("retries: {max_retry_after: 9000h}", "routes.chat.retries.max_retry_after"),
+            ("timeouts: {idle: 200h}", "routes.chat.timeouts.idle"),
+        ] {
+            let e =
+                load_str(&MIN.replace("targets:", &format!("{key}\n    targets:"))).unwrap_err();
+            assert_eq!((e.path.as_str(), e.message.as_str()), (path, "expected at most 7d (168h)"));
+        }
+        let huge = MIN.replace("targets:", "limits: {budget: {usd: 1e300, per: 1h}}\n    targets:");
+        let e = load_str(&huge).unwrap_err();
+        assert_eq!(e.path, "routes.chat.limits.budget.usd");
+        assert!(e.message.contains("under 1e12"), "{e}");
     }
 
     #[test]
