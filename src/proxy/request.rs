@@ -82,6 +82,12 @@ impl<'a> RawObject<'a> {
                 None,
             )
         })?;
+        if let Some(at) = lone_surrogate(body) {
+            return Err(GatewayError::invalid(
+                format!("malformed JSON: a lone UTF-16 surrogate escape at byte {at}"),
+                None,
+            ));
+        }
         serde_json::from_str(text).map_err(|e| {
             let what = if e.is_data() { "expected a JSON object" } else { "malformed JSON" };
             GatewayError::invalid(format!("{what}: {e}"), None)
@@ -148,6 +154,41 @@ impl<'a> RawObject<'a> {
 }
 
 /// A short excerpt of a raw value for error messages.
+/// Where a `\uD800`-`\uDFFF` escape that is not half of a surrogate pair starts, if any. Such
+/// a string is not text: serde_json refuses it where it decodes a string, but passes it where it
+/// only skips one (the fields forwarded untouched), so the upstream would get it. Backslashes
+/// are found with `memchr`; only a `\u` escape is looked at closer.
+fn lone_surrogate(body: &[u8]) -> Option<usize> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = body.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(off) = body.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let at = i + off;
+        if body.get(at + 1) != Some(&b'u') {
+            // Any other escape (an escaped backslash included) is two bytes.
+            i = at + 2;
+            continue;
+        }
+        i = at + 6;
+        match hex(at + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = body.get(at + 6..at + 8) == Some(b"\\u".as_slice())
+                    && matches!(hex(at + 8), Some(0xDC00..=0xDFFF));
+                if !low {
+                    return Some(at);
+                }
+                i = at + 12;
+            }
+            Some(0xDC00..=0xDFFF) => return Some(at),
+            // Not hex: serde_json reports it.
+            _ => {}
+        }
+    }
+    None
+}
+
 fn preview(s: &str) -> String {
     let mut p: String = s.chars().take(40).collect();
     if p.len() < s.len() {
@@ -259,6 +300,29 @@ impl<'a> EmbeddingsRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_surrogate_escapes_are_found() {
+        for (body, want) in [
+            (r#"{"a":"\ud83d\ude00"}"#, None),
+            (r#"{"a":"\uD83D\uDE00 and \u00e9"}"#, None),
+            (r#"{"a":"\ud800"}"#, Some(6)),
+            (r#"{"a":"\ud800\u0041"}"#, Some(6)),
+            (r#"{"a":"x\udc00"}"#, Some(7)),
+            (r#"{"a":"\\ud800"}"#, None),
+            (r#"{"a":"\\\ud800"}"#, Some(8)),
+            (r#"{"a":"\"\ud800"}"#, Some(8)),
+            (r#"{"a":"\ud800"#, Some(6)),
+            ("\\", None),
+            ("\\u", None),
+            ("\\ud83d\\", Some(0)),
+        ] {
+            assert_eq!(lone_surrogate(body.as_bytes()), want, "{body}");
+        }
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#;
+        let e = ChatRequest::parse(body).err().unwrap();
+        assert!(e.message.contains("lone UTF-16 surrogate escape at byte"), "{}", e.message);
+    }
 
     #[test]
     fn invalid_utf8_is_named_with_its_offset() {

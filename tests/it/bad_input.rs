@@ -70,6 +70,13 @@ async fn invalid_utf8_and_deep_nesting() {
     let mut deep = br#"{"model":"m","messages":[{"role":"user"}],"x":"#.to_vec();
     deep.extend(std::iter::repeat_n(b'[', 200_000));
     expect_400(&deep, None).await;
+    // A lone surrogate escape is not text, even in a field forwarded untouched.
+    expect_400(br#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#, None).await;
+    expect_400(
+        br#"{"model":"m","messages":[{"role":"user","content":"x"}],"user":"\udc00"}"#,
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
