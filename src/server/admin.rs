@@ -23,7 +23,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// Answers one admin request.
 pub async fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
+    // HEAD is answered as GET (hyper sends the head without the body).
+    let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+    match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             gw.refresh_budget_gauges().await;
             let mut r = Response::new(Body::full(gw.metrics.render()));

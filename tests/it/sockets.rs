@@ -393,6 +393,21 @@ async fn admin_plane_probes_and_metrics() {
             }
         }
     }
+    // HEAD wherever GET is: the head, no body; other methods are still 405.
+    for (addr, path, want) in [
+        (gw.admin_addr, "/healthz", 200),
+        (gw.admin_addr, "/metrics", 200),
+        (gw.data_addr, "/v1/models", 200),
+        (gw.data_addr, "/v1/chat/completions", 405),
+    ] {
+        let req = Request::head(format!("http://{addr}{path}")).body(Full::new(Bytes::new()));
+        let resp = client.request(req.unwrap()).await.unwrap();
+        assert_eq!(resp.status(), want, "HEAD {path}");
+        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty(), "HEAD {path}");
+    }
+    let req = Request::delete(format!("http://{}/healthz", gw.admin_addr));
+    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 405);
     gw.shutdown().await;
 }
 
