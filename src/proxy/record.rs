@@ -86,6 +86,8 @@ pub struct RequestRecord {
     pub outcome: &'static str,
     pub status: u16,
     pub error: Option<String>,
+    /// The fallback that served (or refused) the request, as `x-tidegate-fallback` names it.
+    pub fallback: Option<String>,
     pub sample_rate: f64,
     /// `logging.content`: put the prompt and the completion in the log line.
     pub log_content: bool,
@@ -127,6 +129,7 @@ impl RequestRecord {
             outcome: "aborted",
             status: 499,
             error: None,
+            fallback: None,
             sample_rate,
             log_content: false,
             prompt: None,
@@ -146,6 +149,22 @@ impl RequestRecord {
     /// The route's name, or "" before one is selected.
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| &r.name)
+    }
+
+    /// Notes that a fallback (`tier`, after `reason`) served or refused the request: counted in
+    /// `tidegate_fallbacks_total`, named in the log line, and returned as the
+    /// `x-tidegate-fallback` value.
+    pub fn fallback(
+        &mut self,
+        route: &str,
+        tier: &'static str,
+        reason: &'static str,
+    ) -> Option<http::HeaderValue> {
+        self.metrics.fallbacks.with_label_values(&[route, tier, reason]).inc();
+        let value = format!("{tier};reason={reason}");
+        let header = http::HeaderValue::from_str(&value).ok();
+        self.fallback = Some(value);
+        header
     }
 
     /// Moves the record out (to a stream task), leaving a placeholder that emits nothing.
@@ -260,6 +279,7 @@ impl RequestRecord {
             duration_ms: total.as_secs_f64() * 1000.0,
             overhead_ms: overhead.as_secs_f64() * 1000.0,
             error: self.error.as_deref(),
+            fallback: self.fallback.as_deref(),
             prompt: self.prompt.as_deref(),
             completion: self.completion.as_deref(),
         };
@@ -299,6 +319,8 @@ struct LogLine<'a> {
     duration_ms: f64,
     overhead_ms: f64,
     error: Option<&'a str>,
+    /// `x-tidegate-fallback`'s value, when a fallback served or refused the request.
+    fallback: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -113,11 +113,10 @@ impl Gateway {
         headers.insert(PROVIDER, t.provider_header.clone());
         headers.insert(MODEL, t.model_header.clone());
         headers.insert(ATTEMPTS, attempts_value(served.attempts));
-        if let Some(reason) = served.fallback_reason {
-            rec.metrics().fallbacks.with_label_values(&[&route.route.name, "target", reason]).inc();
-            if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                headers.insert(FALLBACK, v);
-            }
+        if let Some(reason) = served.fallback_reason
+            && let Some(v) = rec.fallback(&route.route.name, "target", reason)
+        {
+            headers.insert(FALLBACK, v);
         }
         match served.opened {
             Opened::Complete { body, usage, finish } => {
@@ -262,14 +261,10 @@ pub(super) fn failed(
             h.insert(PROVIDER, t.provider_header.clone());
             h.insert(MODEL, t.model_header.clone());
             h.insert(ATTEMPTS, attempts_value(refused.attempts));
-            if let Some(reason) = refused.fallback_reason {
-                rec.metrics()
-                    .fallbacks
-                    .with_label_values(&[&route.route.name, "target", reason])
-                    .inc();
-                if let Ok(v) = HeaderValue::from_str(&format!("target;reason={reason}")) {
-                    h.insert(FALLBACK, v);
-                }
+            if let Some(reason) = refused.fallback_reason
+                && let Some(v) = rec.fallback(&route.route.name, "target", reason)
+            {
+                h.insert(FALLBACK, v);
             }
             Ok(resp)
         }

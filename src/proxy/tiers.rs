@@ -39,7 +39,7 @@ pub fn serve(
             }
         };
         let name = tier.name();
-        rec.metrics().fallbacks.with_label_values(&[&route.route.name, name, reason]).inc();
+        let fallback = rec.fallback(&route.route.name, name, reason);
         rec.outcome = "fallback";
         rec.status = 200;
         rec.error = None;
@@ -47,7 +47,7 @@ pub fn serve(
         let h = resp.headers_mut();
         h.insert("x-tidegate-route", route.name_header.clone());
         h.insert("x-tidegate-attempts", HeaderValue::from(attempts));
-        if let Ok(v) = HeaderValue::from_str(&format!("{name};reason={reason}")) {
+        if let Some(v) = fallback {
             h.insert("x-tidegate-fallback", v);
         }
         if let Ok(v) = HeaderValue::from_str(&answer.model) {

@@ -216,6 +216,9 @@ async fn untranslatable_fields_are_400_unless_dropped() {
     assert_eq!(got.header("x-tidegate-fallback"), "target;reason=untranslatable");
     let series = "tidegate_fallbacks_total{reason=\"untranslatable\",route=\"r\",tier=\"target\"}";
     assert_eq!(metric(&gw, series), 1.0);
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["fallback"], "target;reason=untranslatable", "{line}");
 }
 
 #[tokio::test(start_paused = true)]
