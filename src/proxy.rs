@@ -115,6 +115,19 @@ fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
     (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)) + CLIENT_MARGIN)
 }
 
+/// The client's `anthropic-beta` flags: one header as sent, or several lines joined with commas
+/// (the form the API takes).
+fn anthropic_beta(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(ANTHROPIC_BETA).iter();
+    let first = lines.next()?;
+    let rest: Vec<&HeaderValue> = lines.collect();
+    if rest.is_empty() {
+        return Some(first.clone());
+    }
+    let joined = std::iter::once(first).chain(rest).map(HeaderValue::as_bytes);
+    HeaderValue::from_bytes(&joined.collect::<Vec<_>>().join(&b","[..])).ok()
+}
+
 /// How long after a client's read timeout tidegate stops waiting for it (see
 /// [`client_timeout`]).
 const CLIENT_MARGIN: Duration = Duration::from_secs(1);
@@ -134,6 +147,9 @@ pub(crate) struct Deadlines {
     pub idle: Duration,
     /// `begin` is the client's read timeout (sooner than the route's total).
     pub client_bound: bool,
+    /// `idle` is the client's read timeout: it counts from the last bytes the client got,
+    /// however many upstream attempts that gap spans.
+    pub idle_is_client: bool,
 }
 
 impl Deadlines {
@@ -143,7 +159,8 @@ impl Deadlines {
         let begin = client.map_or(end, |c| end.min(start + c));
         let idle = client.map_or(t.idle, |c| t.idle.min(c));
         let client_bound = begin < end;
-        Self { begin, end: if stream { end } else { begin }, idle, client_bound }
+        let idle_is_client = idle < t.idle;
+        Self { begin, end: if stream { end } else { begin }, idle, client_bound, idle_is_client }
     }
 }
 
@@ -300,7 +317,7 @@ impl Gateway {
         };
         let mut ask = Prepared::new(ask, &bytes)?;
         if matches!(call, Call::Messages) {
-            ask.anthropic_beta = parts.headers.get(ANTHROPIC_BETA).cloned();
+            ask.anthropic_beta = anthropic_beta(&parts.headers);
         }
         let route = snap.select(header_route, path_route, ask.model())?;
         rec.set_route(&route.series);

@@ -55,6 +55,11 @@ pub struct Forward {
     pub resume: Option<ResumeKit>,
     /// The answer text the client has received (kept only when resuming is possible).
     pub sent_text: String,
+    /// When the client was last sent bytes.
+    pub last_sent: Instant,
+    /// `idle` is the client's read timeout: a resume must go on within `idle` of `last_sent`
+    /// (otherwise each resume try waits `idle` for its first words).
+    pub idle_is_client: bool,
     /// The first bytes an OpenAI client received (kept only when resuming is possible): a
     /// resumed stream's chunks carry the same `id` and `created`.
     pub first_out: Option<Bytes>,
@@ -210,6 +215,7 @@ impl Forward {
         let t = Instant::now();
         let ok = self.send_out().await;
         self.rec.client_wait += t.elapsed();
+        self.last_sent = t;
         ok
     }
 
@@ -327,6 +333,7 @@ impl Forward {
                 let sent = self.send_out().await;
                 now = Instant::now();
                 self.rec.client_wait += now - before;
+                self.last_sent = now;
                 if !sent {
                     return End::ClientGone;
                 }

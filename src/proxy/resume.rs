@@ -262,6 +262,11 @@ async fn forward_rest(
                     let Some(text) = text.map(std::borrow::Cow::into_owned) else { continue };
                     let piece = if splicing {
                         pending.push_str(&text);
+                        // Held back, but generated (and billed): it counts toward the estimate
+                        // of this attempt's output (the rest is counted as it is sent).
+                        let held =
+                            text.len().min(sent.len().saturating_sub(pending.len() - text.len()));
+                        fwd.rec.spend.streamed_bytes += held as u64;
                         if pending.len() < sent.len() {
                             if !sent.starts_with(&pending) {
                                 return None;
@@ -338,8 +343,10 @@ async fn close(
                 stop.to_string().as_bytes(),
             ));
         }
-        let output = fwd.rec.usage.map_or(0, |u| u.output);
-        let delta = json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop_reason(finish), "stop_sequence": null}, "usage": {"output_tokens": output}});
+        // The whole request's counts (message_start had the first attempt's input only).
+        let u = fwd.rec.usage.unwrap_or_default();
+        let usage = json!({"input_tokens": u.input.saturating_sub(u.cached_input), "cache_read_input_tokens": u.cached_input, "output_tokens": u.output});
+        let delta = json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop_reason(finish), "stop_sequence": null}, "usage": usage});
         fwd.out.extend_from_slice(&encode_event("message_delta", delta.to_string().as_bytes()));
         fwd.out.extend_from_slice(&encode_event("message_stop", br#"{"type":"message_stop"}"#));
         fwd.rec.finish = Some(finish.to_owned());
@@ -382,9 +389,11 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                 return None;
             }
             let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
-            // The client has had nothing since the break: the resumed answer must begin within
-            // the gap it waits (`idle`, or its read timeout), and its leaving ends the try.
-            let gap_end = (Instant::now() + fwd.idle).min(fwd.deadline);
+            // The resumed answer must begin within the gap the client waits: `idle` for each
+            // try, or, when that is the client's read timeout, from the last bytes it got over
+            // every try. Its leaving ends the try.
+            let gap_from = if fwd.idle_is_client { fwd.last_sent } else { Instant::now() };
+            let gap_end = (gap_from + fwd.idle).min(fwd.deadline);
             let tx = fwd.tx.clone();
             let opened = tokio::select! {
                 biased;

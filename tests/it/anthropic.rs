@@ -279,10 +279,12 @@ async fn anthropic_beta_reaches_anthropic_upstreams_only() {
     );
     let gw = gateway(&yaml);
     let beta = "context-management-2025-06-27,prompt-caching-2024-07-31";
+    // Sent as two header lines: they arrive as one, joined.
     let ask = |path: &str, body: String| {
         Request::post(path)
             .header("content-type", "application/json")
-            .header("anthropic-beta", beta)
+            .header("anthropic-beta", "context-management-2025-06-27")
+            .header("anthropic-beta", "prompt-caching-2024-07-31")
             .header("x-api-key", "sk-client")
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .unwrap()

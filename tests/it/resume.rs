@@ -78,6 +78,10 @@ async fn splice_when_the_fallback_rejects_prefill() {
     // The primary cannot continue, so it is restarted and spliced first, and stalls again; the
     // backup then refuses the prefill (400), is restarted and spliced, and finishes.
     assert_eq!(gw.mock_stats("backup").get("b+chunks=6+no_prefill").calls, 2);
+    // The primary's two answers both stopped at "The tide" (8 bytes, 3 tokens at 3 bytes a
+    // token): the restart's words were held back, not sent, but generated all the same.
+    let series = "tidegate_tokens_total{model=\"p+chunks=6+stall=2\",provider=\"sim\",route=\"r\",type=\"output\"}";
+    assert_eq!(metric(&gw, series), 6.0);
     assert_eq!(
         metric(
             &gw,
@@ -142,9 +146,15 @@ async fn anthropic_clients_get_a_resumed_stream_too() {
         let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"], "{api}");
         assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "end_turn", "{api}");
-        // The output counts both attempts: at least the six words the client has.
-        let output = events[events.len() - 2].1["usage"]["output_tokens"].as_u64().unwrap();
+        // The output counts both attempts: at least the six words the client has; the input
+        // both attempts' prompts, as the log line does.
+        let usage = &events[events.len() - 2].1["usage"];
+        let output = usage["output_tokens"].as_u64().unwrap();
         assert!(output >= 6, "{api}: {output}");
+        let line: serde_json::Value =
+            serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+        assert_eq!(usage["input_tokens"], line["input_tokens"], "{api}: {line}");
+        assert_eq!(usage["output_tokens"], line["output_tokens"], "{api}: {line}");
         assert!(!got.text().contains("event: error"), "{api}");
     }
 }
