@@ -215,7 +215,7 @@ impl GatewayError {
         } else {
             h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
-        if self.code == ErrorCode::RequestTooLarge {
+        if matches!(self.code, ErrorCode::RequestTooLarge | ErrorCode::RequestTimeout) {
             // The client may still be sending: close after the response is flushed.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -175,7 +175,8 @@ impl Gateway {
         let rid = request_id(req.headers());
         // Anything under the Messages API answers in its shape (an unknown sub-path such as
         // `/v1/messages/count_tokens` too).
-        let dialect = if split_route_prefix(req.uri().path()).1.starts_with("/v1/messages") {
+        let path = split_route_prefix(req.uri().path()).1;
+        let dialect = if path == "/v1/messages" || path.starts_with("/v1/messages/") {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi

@@ -488,7 +488,7 @@ fn routes(
         }
         for (k, v) in [("backoff", retries.backoff), ("max_retry_after", retries.max_retry_after)] {
             if v > MAX_TIMEOUT {
-                return Err(cx.err(format!("{path}.retries.{k}"), "expected at most 7d (168h)"));
+                return Err(cx.err(format!("{path}.retries.{k}"), "expected at most 168h (7 days)"));
             }
         }
         let mut route = Route {
@@ -540,7 +540,7 @@ fn timeouts(
         }
         // Deadlines are instants: an absurd duration would overflow them.
         if v > MAX_TIMEOUT {
-            return Err(cx.err(format!("{path}.timeouts.{k}"), "expected at most 7d (168h)"));
+            return Err(cx.err(format!("{path}.timeouts.{k}"), "expected at most 168h (7 days)"));
         }
     }
     Ok(out)
@@ -665,7 +665,10 @@ mod tests {
         ] {
             let e =
                 load_str(&MIN.replace("targets:", &format!("{key}\n    targets:"))).unwrap_err();
-            assert_eq!((e.path.as_str(), e.message.as_str()), (path, "expected at most 7d (168h)"));
+            assert_eq!(
+                (e.path.as_str(), e.message.as_str()),
+                (path, "expected at most 168h (7 days)")
+            );
         }
         let huge = MIN.replace("targets:", "limits: {budget: {usd: 1e300, per: 1h}}\n    targets:");
         let e = load_str(&huge).unwrap_err();

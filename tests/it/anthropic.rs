@@ -96,6 +96,15 @@ async fn anthropic_client_anthropic_upstream_passes_through() {
     assert_eq!(got.json()["type"], "error", "{}", got.text());
     assert_eq!(got.json()["error"]["type"], "not_found_error", "{}", got.text());
     assert_eq!(got.header("request-id"), got.header("x-request-id"));
+    // A path that only starts like it is not under it.
+    let got = post(&gw, "/v1/messagesx", &messages("via-claude", false)).await;
+    assert_eq!(
+        (got.status.as_u16(), got.error_code().as_str()),
+        (404, "not_found"),
+        "{}",
+        got.text()
+    );
+    assert!(got.headers.get("request-id").is_none());
     let got = post(&gw, "/v1/messages", &messages("via-claude", true)).await;
     let events = anthropic_events(&got);
     assert_eq!(events.first().unwrap().0, "message_start");

@@ -359,6 +359,7 @@ async fn a_stalled_body_gets_a_408_and_frees_its_place() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("x-tidegate-error-code: request_timeout"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
     assert!(text.contains("server.body_read_timeout"), "{text}");
     let got = send(gw.data_addr, "/v1/chat/completions", &chat("x")).await;
     assert_eq!(got.status, 200, "{}", got.text());
