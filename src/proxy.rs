@@ -147,9 +147,6 @@ pub(crate) struct Deadlines {
     pub idle: Duration,
     /// `begin` is the client's read timeout (sooner than the route's total).
     pub client_bound: bool,
-    /// `idle` is the client's read timeout: it counts from the last bytes the client got,
-    /// however many upstream attempts that gap spans.
-    pub idle_is_client: bool,
 }
 
 impl Deadlines {
@@ -159,8 +156,7 @@ impl Deadlines {
         let begin = client.map_or(end, |c| end.min(start + c));
         let idle = client.map_or(t.idle, |c| t.idle.min(c));
         let client_bound = begin < end;
-        let idle_is_client = idle < t.idle;
-        Self { begin, end: if stream { end } else { begin }, idle, client_bound, idle_is_client }
+        Self { begin, end: if stream { end } else { begin }, idle, client_bound }
     }
 }
 

@@ -94,8 +94,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         let mut budget_reset: Option<Duration> = None;
         // The last failure was the prompt's length, and every target after it was passed over
         // for its window: the client hears that refusal (its request is the problem, not the
-        // route), unless the route has free tiers to answer instead. Any other way a later
-        // target went untried or failed clears it.
+        // route), unless the route has free tiers to answer instead. A later target that is
+        // not passed over for its window (tried, skipped otherwise, or left untried when the
+        // attempts run out) clears it.
         let mut too_long: Option<Failed> = None;
         self.retry_budget.record_request();
         'targets: for (ti, t) in self.route.targets.iter().enumerate() {
@@ -108,6 +109,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 ));
                 continue;
             }
+            too_long = None;
             let body = match (self.body_for)(t) {
                 Ok(b) => b,
                 Err(e) => {
@@ -119,15 +121,12 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     untranslatable.get_or_insert(e);
                     // A later target serving it is a fallback, and says so.
                     first_reason.get_or_insert("untranslatable");
-                    too_long = None;
                     continue;
                 }
             };
             let mut tries = 0u32;
             loop {
                 if attempts >= retries.total {
-                    // A target with room for the prompt was left untried.
-                    too_long = None;
                     break 'targets;
                 }
                 let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
@@ -142,13 +141,11 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         Skip::CostCeiling => ceiling_skipped = true,
                         Skip::Budget(reset) => budget_reset = Some(reset),
                     }
-                    too_long = None;
                     continue 'targets;
                 }
                 if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
                     first_reason.get_or_insert(reason);
                     failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
-                    too_long = None;
                     continue 'targets;
                 }
                 attempts += 1;

@@ -55,11 +55,9 @@ pub struct Forward {
     pub resume: Option<ResumeKit>,
     /// The answer text the client has received (kept only when resuming is possible).
     pub sent_text: String,
-    /// When the client was last sent bytes.
+    /// When the client was last sent bytes (a resume bounded by the client's read timeout
+    /// counts its gap from then).
     pub last_sent: Instant,
-    /// `idle` is the client's read timeout: a resume must go on within `idle` of `last_sent`
-    /// (otherwise each resume try waits `idle` for its first words).
-    pub idle_is_client: bool,
     /// The first bytes an OpenAI client received (kept only when resuming is possible): a
     /// resumed stream's chunks carry the same `id` and `created`.
     pub first_out: Option<Bytes>,

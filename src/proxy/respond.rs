@@ -182,7 +182,6 @@ impl Gateway {
                     sent_text: String::new(),
                     first_out: None,
                     last_sent: tokio::time::Instant::now(),
-                    idle_is_client: due.idle_is_client,
                     in_tool: false,
                     blocks_started: 0,
                     blocks_stopped: 0,

@@ -390,9 +390,11 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
             }
             let prefill = (mode == Mode::Continuation).then(|| fwd.sent_text.clone());
             // The resumed answer must begin within the gap the client waits: `idle` for each
-            // try, or, when that is the client's read timeout, from the last bytes it got over
-            // every try. Its leaving ends the try.
-            let gap_from = if fwd.idle_is_client { fwd.last_sent } else { Instant::now() };
+            // try, or, when that is the client's read timeout (shorter than the route's idle:
+            // `Deadlines::new`), from the last bytes it got over every try. Its leaving ends
+            // the try.
+            let idle_is_client = fwd.idle < route.route.timeouts.idle;
+            let gap_from = if idle_is_client { fwd.last_sent } else { Instant::now() };
             let gap_end = (gap_from + fwd.idle).min(fwd.deadline);
             let tx = fwd.tx.clone();
             let opened = tokio::select! {
