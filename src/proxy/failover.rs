@@ -125,6 +125,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 }
             };
             let mut tries = 0u32;
+            // Why the next attempt on this target is a retry; counted once it is made.
+            let mut retrying: Option<&'static str> = None;
             loop {
                 if attempts >= retries.total {
                     break 'targets;
@@ -149,6 +151,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     continue 'targets;
                 }
                 attempts += 1;
+                if let Some(reason) = retrying.take() {
+                    rec.metrics().retries.with_label_values(&[&route.name, p, reason]).inc();
+                }
                 let attempt = Attempt {
                     target: t,
                     endpoint: self.endpoint,
@@ -223,6 +228,10 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         continue 'targets;
                     }
                     Next::Retry => {
+                        // No attempt left to retry with: do not wait for one.
+                        if attempts >= retries.total {
+                            break 'targets;
+                        }
                         if tries >= retries.per_target || !self.retry_budget.try_retry() {
                             continue 'targets;
                         }
@@ -235,7 +244,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         if wake >= self.deadline {
                             continue 'targets;
                         }
-                        rec.metrics().retries.with_label_values(&[&route.name, p, f.reason]).inc();
+                        retrying = Some(f.reason);
                         let slept = Instant::now();
                         sleep_until(wake).await;
                         // Backoff is waiting on the upstream's recovery, not gateway work.

@@ -139,3 +139,32 @@ async fn s18_retries_total_caps_attempts_across_targets() {
         assert_eq!(calls(&gw, "third", "c+chunks=3"), 0);
     }
 }
+
+/// `tidegate_retries_total` counts retries made, not retries planned: when `retries.total` is
+/// used up (or the breaker opens) before a planned retry, no retry is counted, and none is
+/// waited for either.
+#[tokio::test(start_paused = true)]
+async fn s18b_retries_are_counted_when_made_and_not_waited_for_past_the_cap() {
+    let targets = [("sim", "p+status=500"), ("backup", "b+status=500")];
+    for stream in [false, true] {
+        let extra = "    retries: {per_target: 3, total: 2, backoff: 100ms}\n";
+        let gw = gateway(&route(&targets, extra));
+        let (got, took) = timed(&gw, stream).await;
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(calls(&gw, "sim", "p+status=500"), 2);
+        assert_eq!(calls(&gw, "backup", "b+status=500"), 0);
+        // One backoff (50..100 ms) before the one retry; none after the cap was reached.
+        assert!(took >= ms(50) && took <= ms(100), "stream={stream}: {took:?}");
+        let series = |p: &str| {
+            format!("tidegate_retries_total{{provider=\"{p}\",reason=\"status_5xx\",route=\"r\"}}")
+        };
+        assert_eq!(metric(&gw, &series("sim")), 1.0, "stream={stream}");
+        assert_eq!(metric(&gw, &series("backup")), 0.0, "stream={stream}");
+    }
+    // per_target 1, total 3: sim, sim, backup; backup's planned retry is never made.
+    let gw = gateway(&route(&targets, "    retries: {per_target: 1, total: 3, backoff: 10ms}\n"));
+    let (got, _) = timed(&gw, false).await;
+    assert_eq!(got.status, 502);
+    let backup = "tidegate_retries_total{provider=\"backup\",reason=\"status_5xx\",route=\"r\"}";
+    assert_eq!(metric(&gw, backup), 0.0);
+}
