@@ -107,7 +107,9 @@ impl Gateway {
                 None => ledger.status(now, &limit),
             };
             let left = limit.limit.saturating_sub(spent.saturating_add(reserved));
-            r.series.budget_remaining.set(left as f64 / 1e6);
+            if let Some(g) = &r.series.budget_remaining {
+                g.set(left as f64 / 1e6);
+            }
         }
     }
 

@@ -82,6 +82,7 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const ANTHROPIC_REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tidegate-route");
+const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-tidegate-attempts");
 const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-tidegate-config-version");
 const CONFIG_LABEL: HeaderName = HeaderName::from_static("x-tidegate-config-label");
 const READ_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-read-timeout");
@@ -191,7 +192,19 @@ impl Gateway {
                 rec.outcome = outcome_of(e.code);
                 rec.status = e.code.status().as_u16();
                 rec.error = Some(e.message.clone());
-                e.into_response(dialect)
+                let mut resp = e.into_response(dialect);
+                // SPEC §3: `x-tidegate-route` once a route is selected, errors included; the
+                // attempts made, when upstreams were called.
+                let h = resp.headers_mut();
+                if let Some(v) =
+                    rec.route.as_ref().and_then(|r| HeaderValue::from_str(&r.name).ok())
+                {
+                    h.insert(ROUTE_HEADER, v);
+                }
+                if !rec.attempts.is_empty() {
+                    h.insert(ATTEMPTS_HEADER, HeaderValue::from(rec.attempts.len()));
+                }
+                resp
             }
         };
         let h = resp.headers_mut();
@@ -233,9 +246,25 @@ impl Gateway {
             None => None,
         };
         match call {
-            Call::Models => return Ok(models_list(snap)),
-            Call::Model(id) => return model_one(snap, id),
+            Call::Models => {
+                rec.outcome = "ok";
+                rec.status = 200;
+                return Ok(models_list(snap));
+            }
+            Call::Model(id) => {
+                let one = model_one(snap, id)?;
+                rec.outcome = "ok";
+                rec.status = 200;
+                return Ok(one);
+            }
             Call::Chat | Call::Messages | Call::Embeddings => {}
+        }
+        // A route named by header or path is selected before the body is read, so a request
+        // refused for its body is counted, logged and answered under its route too.
+        if (header_route.is_some() || path_route.is_some())
+            && let Ok(r) = snap.select(header_route, path_route, None)
+        {
+            rec.set_route(&r.series);
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
             GatewayError::new(
@@ -317,7 +346,9 @@ impl Gateway {
             ask.anthropic_beta = anthropic_beta(&parts.headers);
         }
         let route = snap.select(header_route, path_route, ask.model())?;
-        rec.set_route(&route.series);
+        if rec.route.is_none() {
+            rec.set_route(&route.series);
+        }
         rec.stream = ask.stream();
         rec.spend.body_bytes = bytes.len() as u64;
         ask.clamp_output(route.route.limits.max_output_tokens);

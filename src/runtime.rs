@@ -77,8 +77,9 @@ pub struct RouteSeries {
     pub duration: Histogram,
     pub overhead: Histogram,
     pub inflight: IntGauge,
-    /// `tidegate_budget_remaining_usd` (set only on routes with a budget).
-    pub budget_remaining: prometheus::Gauge,
+    /// `tidegate_budget_remaining_usd`, on routes with a budget only (a route without one has
+    /// no series: a 0 would read as a spent budget).
+    pub budget_remaining: Option<prometheus::Gauge>,
 }
 
 /// The metric series of one target of one route.
@@ -175,7 +176,7 @@ fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
         duration: m.request_duration.with_label_values(&[route]),
         overhead: m.overhead.with_label_values(&[route]),
         inflight: m.inflight.with_label_values(&[route]),
-        budget_remaining: m.budget_remaining.with_label_values(&[route]),
+        budget_remaining: None,
     }
 }
 
@@ -265,13 +266,20 @@ impl Snapshot {
                     crate::limits::tokens::warm(t.series.family);
                 }
             }
-            let series = Arc::new(route_series(metrics, &route.name, &version));
+            let mut series = route_series(metrics, &route.name, &version);
             let ledger = limits.budget.map(|b| {
                 let ledger = shared.ledgers.get(&route.name);
                 let left = ledger.remaining(shared.clock.now(), &b);
-                series.budget_remaining.set(left as f64 / 1e6);
+                let gauge = metrics.budget_remaining.with_label_values(&[&route.name]);
+                gauge.set(left as f64 / 1e6);
+                series.budget_remaining = Some(gauge);
                 ledger
             });
+            if ledger.is_none() {
+                // A budget removed by this version takes its series with it.
+                let _ = metrics.budget_remaining.remove_label_values(&[&route.name]);
+            }
+            let series = Arc::new(series);
             routes.push(RouteRuntime {
                 index: i,
                 name_header: header(&route.name)?,

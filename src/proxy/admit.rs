@@ -230,8 +230,9 @@ pub async fn target(
                 target: ti,
                 accrued: 0,
             };
-            let left = ledger.remaining(now, &limit);
-            route.series.budget_remaining.set(left as f64 / 1e6);
+            if let Some(g) = &route.series.budget_remaining {
+                g.set(ledger.remaining(now, &limit) as f64 / 1e6);
+            }
             rec.spend.held = Some(held);
             Ok(())
         }

@@ -49,9 +49,9 @@ impl Held {
             return;
         }
         self.ledger.settle(self.reservation, actual);
-        if let Some(r) = route {
+        if let Some(g) = route.and_then(|r| r.budget_remaining.as_ref()) {
             let left = self.ledger.remaining(self.clock.now(), &self.limit);
-            r.budget_remaining.set(left as f64 / 1e6);
+            g.set(left as f64 / 1e6);
         }
     }
 }

@@ -150,6 +150,46 @@ async fn models_list_and_one() {
     assert_eq!(missing.error_code(), "model_not_found");
     let via_prefix = get(&gw, "/r/beta/v1/models").await;
     assert_eq!(via_prefix.status, 200);
+    // Served, not aborted: the success rate by version counts them as ok (helper-27).
+    let version = got.header("x-tidegate-config-version").to_owned();
+    let ok = format!(
+        "tidegate_requests_total{{config_version=\"{version}\",outcome=\"ok\",route=\"\"}}"
+    );
+    assert_eq!(metric(&gw, &ok), 3.0);
+    let aborted = ok.replace("\"ok\"", "\"aborted\"");
+    assert_eq!(metric(&gw, &aborted), 0.0);
+}
+
+/// SPEC §3: `x-tidegate-route` once a route is selected, gateway errors included; a route named
+/// by path or header is selected before the body is read. Routes without a budget have no
+/// `tidegate_budget_remaining_usd` series (a 0 would read as a spent budget).
+#[tokio::test(start_paused = true)]
+async fn gateway_errors_name_the_selected_route() {
+    let yaml = format!(
+        "{ROUTES}  down:\n    targets: [{{provider: sim, model: \"d+status=503\"}}]\n    retries: {{per_target: 0}}\n"
+    );
+    let gw = gateway(&yaml);
+    let bad = post(&gw, "/r/beta/v1/chat/completions", r#"{"model":"x","messages":"#).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("x-tidegate-route"), "beta");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["route"], "beta");
+    let failed = post(&gw, "/r/down/v1/chat/completions", &chat("x")).await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(failed.error_code(), "upstream_unavailable");
+    assert_eq!(failed.header("x-tidegate-route"), "down");
+    assert_eq!(failed.header("x-tidegate-attempts"), "1");
+    // A header naming no route selects none (the request is refused before its body).
+    let mut b = Request::post("/v1/chat/completions").header("content-type", "text/plain");
+    b = b.header("x-tidegate-route", "nope");
+    let unknown = call_with(&gw, b.body(Full::new(Bytes::from(chat("x")))).unwrap()).await;
+    assert_eq!(unknown.header("x-tidegate-route"), "", "no such route: none named");
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    assert!(!text.contains("tidegate_budget_remaining_usd{"), "{text}");
+    // Each request left the in-flight gauge where it found it.
+    assert_eq!(metric(&gw, "tidegate_inflight_requests{route=\"beta\"}"), 0.0);
+    assert_eq!(metric(&gw, "tidegate_inflight_requests{route=\"down\"}"), 0.0);
 }
 
 #[tokio::test(start_paused = true)]
