@@ -9,12 +9,13 @@ use tokio::time::{Instant, sleep_until};
 use super::admit::Skip;
 use super::attempt::{Attempt, Endpoint, Opened, Waited, is_final};
 use super::classify::{AttemptFailure, Next, Passthrough};
-use super::record::{AttemptLog, RequestRecord};
+use super::record::RequestRecord;
 use crate::config::{Config, Wire};
 use crate::error::{ErrorCode, GatewayError};
+use crate::metrics::Metrics;
 use crate::routing::health::{Admission, Health, Outcome};
 use crate::routing::retry_budget::RetryBudget;
-use crate::runtime::{RouteRuntime, TargetRuntime};
+use crate::runtime::{RouteRuntime, TargetRuntime, TargetSeries};
 use crate::translate::TranslateError;
 
 /// The attempt that answered.
@@ -164,19 +165,27 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     anthropic_beta: self.ask.anthropic_beta.as_ref(),
                 };
                 let mut waited = Waited::default();
-                let started = Instant::now();
+                rec.begin_attempt(&t.series);
                 let result = attempt.run(&mut waited).await;
                 rec.upstream_wait += waited.upstream;
-                self.report_health(t, &result, rec);
                 if let Some(ft) = waited.first_token {
                     t.series.ttft.observe(ft.as_secs_f64());
                 }
                 let mut f = match result {
+                    // A stream's attempt lasts as long as the stream: the forwarding task logs
+                    // it and tells the breaker how it ended (a stream cut after the commit
+                    // point is the target's failure).
+                    Ok(opened @ Opened::Stream(_)) => {
+                        return Ok(Served {
+                            target: ti,
+                            opened,
+                            attempts,
+                            fallback_reason: if ti > 0 { first_reason } else { None },
+                        });
+                    }
                     Ok(opened) => {
-                        rec.attempt(
-                            &t.series,
-                            log(t, "ok", "ok", Some(200), String::new(), started),
-                        );
+                        tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
+                        rec.end_attempt("ok", "ok", Some(200), String::new());
                         return Ok(Served {
                             target: ti,
                             opened,
@@ -186,10 +195,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     }
                     Err(f) => f,
                 };
-                rec.attempt(
-                    &t.series,
-                    log(t, "error", f.reason, f.status, redact(&f.detail, t), started),
-                );
+                let verdict = failure_verdict(&f, self.client_bound);
+                tell_breaker(self.health, rec.metrics(), &t.series, verdict);
+                rec.end_attempt("error", f.reason, f.status, redact(&f.detail, t));
                 first_reason.get_or_insert(f.reason);
                 failures.push(describe(t, &f));
                 let refusal = (f.next == Next::ContextLength).then(|| f.passthrough.take());
@@ -297,54 +305,6 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         })
     }
 
-    /// Tells the target's circuit breaker how the attempt went.
-    fn report_health(
-        &self,
-        t: &TargetRuntime,
-        result: &Result<Opened, AttemptFailure>,
-        rec: &RequestRecord,
-    ) {
-        let outcome = match result {
-            Ok(_) => Outcome::Success,
-            // A 429 cools the target down for its Retry-After; without one there is nothing to
-            // honour (and the same-target retry after backoff must not find it cooling down).
-            Err(f) if f.reason == "rate_limited" => {
-                f.retry_after.map_or(Outcome::Neutral, Outcome::RateLimited)
-            }
-            // The request's fault, not the target's; or its client's read timeout ran out
-            // before the target had run out of its own time.
-            Err(f)
-                if matches!(f.next, Next::Stop | Next::ContextLength)
-                    || f.reason == "unsupported"
-                    || (f.deadline && self.client_bound) =>
-            {
-                Outcome::Neutral
-            }
-            Err(_) => Outcome::Failure,
-        };
-        let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
-        if let Some(opened) = self.health.record(p, m, outcome) {
-            rec.metrics().circuit_open.with_label_values(&[p, m]).set(if opened {
-                1.0
-            } else {
-                0.0
-            });
-            if opened {
-                tracing::warn!(
-                    provider = p,
-                    model = m,
-                    "circuit breaker opened: skipping this target for a while"
-                );
-            } else {
-                tracing::info!(
-                    provider = p,
-                    model = m,
-                    "circuit breaker closed: the probe succeeded"
-                );
-            }
-        }
-    }
-
     fn final_failure(
         &self,
         f: AttemptFailure,
@@ -369,22 +329,41 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     }
 }
 
-pub(super) fn log(
-    t: &TargetRuntime,
-    outcome: &'static str,
-    reason: &'static str,
-    status: Option<u16>,
-    detail: String,
-    started: Instant,
-) -> AttemptLog {
-    AttemptLog {
-        provider: t.series.provider.clone(),
-        model: t.series.model.clone(),
-        outcome,
-        reason,
-        status,
-        detail,
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+/// How a failed attempt counts for its target's circuit breaker. `client_bound`: the attempt's
+/// deadline was the client's read timeout (cut short before the target ran out of its time).
+pub(super) fn failure_verdict(f: &AttemptFailure, client_bound: bool) -> Outcome {
+    match f {
+        // A 429 cools the target down for its Retry-After; without one there is nothing to
+        // honour (and the same-target retry after backoff must not find it cooling down).
+        f if f.reason == "rate_limited" => {
+            f.retry_after.map_or(Outcome::Neutral, Outcome::RateLimited)
+        }
+        // The request's fault, not the target's; or its client's read timeout ran out before
+        // the target had run out of its own time.
+        f if matches!(f.next, Next::Stop | Next::ContextLength)
+            || f.reason == "unsupported"
+            || (f.deadline && client_bound) =>
+        {
+            Outcome::Neutral
+        }
+        _ => Outcome::Failure,
+    }
+}
+
+/// Tells `t`'s circuit breaker how an attempt went; an opened or closed breaker is shown in
+/// `tidegate_circuit_open` and logged.
+pub(super) fn tell_breaker(health: &Health, metrics: &Metrics, t: &TargetSeries, outcome: Outcome) {
+    let (p, m) = (&*t.provider, &*t.model);
+    let Some(opened) = health.record(p, m, outcome) else { return };
+    metrics.circuit_open.with_label_values(&[p, m]).set(if opened { 1.0 } else { 0.0 });
+    if opened {
+        tracing::warn!(
+            provider = p,
+            model = m,
+            "circuit breaker opened: skipping this target for a while"
+        );
+    } else {
+        tracing::info!(provider = p, model = m, "circuit breaker closed: the probe succeeded");
     }
 }
 

@@ -24,6 +24,7 @@ use super::resume::{self, ResumeKit, Resumed};
 use crate::cache::AnswerCache;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
+use crate::routing::health::Outcome;
 
 /// A streamed answer being collected for the cache tier.
 pub struct Capture {
@@ -70,6 +71,22 @@ pub struct Forward {
     /// Set when the held events ended the stream ([`Forward::prime`]): `Ok` for a clean end
     /// (finish it), `Err` for a failure.
     pub(super) primed: Option<Result<(), End>>,
+    /// The circuit breakers, told how each streamed attempt ended.
+    pub gw: Arc<crate::gateway::Gateway>,
+    /// `idle` is the client's read timeout (shorter than the route's `timeouts.idle`): a gap
+    /// that long is no failure of the target's.
+    pub client_idle: bool,
+}
+
+/// How a streamed attempt that ended for `reason` counts for its target's breaker.
+pub(super) fn stream_verdict(reason: &str, client_idle: bool) -> Outcome {
+    match reason {
+        // Not the target's doing: the answer turned into a tool call, or a restarted answer
+        // said something else (resume only), or the client's own read timeout.
+        "tool_call" | "diverged" => Outcome::Neutral,
+        "timeout_idle" if client_idle => Outcome::Neutral,
+        _ => Outcome::Failure,
+    }
 }
 
 /// Upstream failures after the commit point that resume may repair.
@@ -127,8 +144,33 @@ impl Forward {
         }
     }
 
+    /// Ends the streamed attempt under way: logged with how it ended and its whole duration,
+    /// and its target's breaker told.
+    pub(super) fn end_attempt(
+        &mut self,
+        outcome: &'static str,
+        reason: &'static str,
+        verdict: Outcome,
+        detail: String,
+    ) {
+        if let Some(t) = self.rec.attempt_in_flight().cloned() {
+            super::failover::tell_breaker(&self.gw.shared.health, self.rec.metrics(), &t, verdict);
+        }
+        self.rec.end_attempt(outcome, reason, Some(200), detail);
+    }
+
     async fn respond(&mut self) {
         let mut end = self.pump().await;
+        match &end {
+            End::Complete => self.end_attempt("ok", "ok", Outcome::Success, String::new()),
+            End::ClientGone => {
+                self.end_attempt("aborted", "client_gone", Outcome::Neutral, String::new());
+            }
+            End::Upstream { reason, detail, .. } => {
+                let verdict = stream_verdict(reason, self.client_idle);
+                self.end_attempt("error", reason, verdict, detail.clone());
+            }
+        }
         if let End::Upstream { reason, .. } = &end
             && RESUMABLE.contains(reason)
             && self.resume.is_some()
@@ -143,6 +185,10 @@ impl Forward {
                     None => end,
                 }
             };
+        }
+        // A resume the client left in the middle of.
+        if self.rec.attempt_in_flight().is_some() {
+            self.end_attempt("aborted", "client_gone", Outcome::Neutral, String::new());
         }
         let route = self.rec.route_name().to_owned();
         // After any resume: the log gets everything the client received.

@@ -78,6 +78,10 @@ pub struct RequestRecord {
     /// Time spent waiting for the client to take stream bytes.
     pub client_wait: Duration,
     pub attempts: Vec<AttemptLog>,
+    /// The attempt under way (its target and when it began), logged when it ends
+    /// ([`Self::end_attempt`]): a committed stream's attempt ends with the stream. One still
+    /// under way when the record drops was cut short by the client leaving.
+    in_flight: Option<(Arc<TargetSeries>, Instant)>,
     /// The target that answered.
     pub served_by: Option<Arc<TargetSeries>>,
     pub usage: Option<Usage>,
@@ -123,6 +127,7 @@ impl RequestRecord {
             upstream_wait: Duration::ZERO,
             client_wait: Duration::ZERO,
             attempts: Vec::new(),
+            in_flight: None,
             served_by: None,
             usage: None,
             finish: None,
@@ -185,8 +190,39 @@ impl RequestRecord {
         &self.metrics
     }
 
+    /// An attempt on `series` begins now.
+    pub fn begin_attempt(&mut self, series: &Arc<TargetSeries>) {
+        self.in_flight = Some((series.clone(), Instant::now()));
+    }
+
+    /// The attempt under way, if any: its target.
+    pub fn attempt_in_flight(&self) -> Option<&Arc<TargetSeries>> {
+        self.in_flight.as_ref().map(|(s, _)| s)
+    }
+
+    /// Ends the attempt under way (if any) and records it, with its whole duration.
+    pub fn end_attempt(
+        &mut self,
+        outcome: &'static str,
+        reason: &'static str,
+        status: Option<u16>,
+        detail: String,
+    ) {
+        let Some((series, started)) = self.in_flight.take() else { return };
+        let log = AttemptLog {
+            provider: series.provider.clone(),
+            model: series.model.clone(),
+            outcome,
+            reason,
+            status,
+            detail,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        self.attempt(&series, log);
+    }
+
     /// Records one attempt in the log and its metrics.
-    pub fn attempt(&mut self, series: &TargetSeries, log: AttemptLog) {
+    fn attempt(&mut self, series: &TargetSeries, log: AttemptLog) {
         if log.outcome == "ok" {
             series.attempts_ok.inc();
         } else {
@@ -213,6 +249,19 @@ impl RequestRecord {
         }
         if let Some(c) = self.idem.take() {
             c.finish();
+        }
+        if let Some((_, started)) = &self.in_flight {
+            // The client left while an upstream call was under way (the call was cancelled
+            // with it). Before a stream began, that whole wait was the upstream's.
+            if self.served_by.is_none() {
+                self.upstream_wait += started.elapsed();
+                if self.stream {
+                    let route = self.route_name().to_owned();
+                    let labels = [route.as_str(), "client", "disconnect"];
+                    self.metrics.stream_aborts.with_label_values(&labels).inc();
+                }
+            }
+            self.end_attempt("aborted", "client_gone", None, String::new());
         }
         let (cost, cost_estimated) = self.cost();
         // Earlier attempts settled (and counted) their own share when they ended.

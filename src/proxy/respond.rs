@@ -196,6 +196,8 @@ impl Gateway {
                     dialect,
                     out: BytesMut::with_capacity(4096),
                     primed: None,
+                    gw: self.clone(),
+                    client_idle: due.idle < route.route.timeouts.idle,
                 };
                 forward.prime();
                 tokio::spawn(forward.run());

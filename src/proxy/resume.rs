@@ -28,6 +28,7 @@ use super::peek::{self, ChunkPeek};
 use super::request::{ChatRequest, MessagesRequest};
 use crate::config::Wire;
 use crate::error::Dialect;
+use crate::routing::health::{Admission, Outcome};
 use crate::runtime::{Snapshot, TargetRuntime};
 use crate::sse::encode_event;
 use crate::translate::finish::anthropic_stop_reason;
@@ -111,6 +112,11 @@ async fn open(
     let body = ask
         .body_for(t, &kit.snap.config, route.route.drop_unsupported_params)
         .map_err(|_| (Next::NextTarget, "untranslatable"))?;
+    // An open breaker (or a 429 cooldown) is honoured here too; a probe it allows is reported.
+    let health = &kit.gw.shared.health;
+    if let Admission::Skip { reason, .. } = health.admit(&t.target.provider, &t.target.model) {
+        return Err((Next::NextTarget, reason));
+    }
     let attempt = Attempt {
         target: t,
         endpoint: Endpoint::Chat,
@@ -121,22 +127,21 @@ async fn open(
         anthropic_beta: kit.anthropic_beta.as_ref(),
     };
     let mut waited = Waited::default();
-    let started = Instant::now();
+    fwd.rec.begin_attempt(&t.series);
     let result = attempt.run(&mut waited).await;
     fwd.rec.upstream_wait += waited.upstream;
-    let (outcome, reason, status) = match &result {
-        Ok(_) => ("ok", "stream_resume", Some(200)),
-        Err(f) => ("error", f.reason, f.status),
-    };
-    let detail = if prefill.is_some() { "resume by continuation" } else { "resume by splice" };
-    fwd.rec.attempt(
-        &t.series,
-        super::failover::log(t, outcome, reason, status, detail.into(), started),
-    );
+    let detail = || detail_of(prefill.is_some()).to_owned();
     match result {
+        // Under way until its stream ends (`resume` ends it).
         Ok(Opened::Stream(s)) => Ok(s),
-        Ok(Opened::Complete { .. }) => Err((Next::NextTarget, "content_type")),
+        Ok(Opened::Complete { .. }) => {
+            fwd.end_attempt("error", "content_type", Outcome::Failure, detail());
+            Err((Next::NextTarget, "content_type"))
+        }
         Err(f) => {
+            let verdict = super::failover::failure_verdict(&f, fwd.client_idle);
+            super::failover::tell_breaker(health, fwd.rec.metrics(), &t.series, verdict);
+            fwd.rec.end_attempt("error", f.reason, f.status, detail());
             if super::failover::billable(&f) {
                 let route = fwd.rec.route.clone();
                 fwd.rec.spend.charge_failed(&t.series, route.as_deref());
@@ -144,6 +149,11 @@ async fn open(
             Err((f.next, f.reason))
         }
     }
+}
+
+/// The log detail of a resume attempt.
+fn detail_of(continuation: bool) -> &'static str {
+    if continuation { "resume by continuation" } else { "resume by splice" }
 }
 
 /// What an OpenAI client's resumed chunks look like: the `id` and `created` of the chunks it
@@ -234,7 +244,7 @@ async fn forward_rest(
     wire: Wire,
     shape: &Shape<'_>,
     mode: Mode,
-) -> Option<Resumed> {
+) -> Result<Resumed, &'static str> {
     let sent = fwd.sent_text.clone();
     let mut pending = String::new();
     let mut splicing = mode == Mode::Splice;
@@ -243,12 +253,12 @@ async fn forward_rest(
     let mut finish: Option<String> = None;
     'stream: loop {
         for (name, data) in events.drain(..) {
-            match attempt::classify(wire, name.as_deref(), &data)? {
-                ChunkPeek::Error(_) => return None,
+            match attempt::classify(wire, name.as_deref(), &data).ok_or("malformed")? {
+                ChunkPeek::Error(_) => return Err("error_event"),
                 ChunkPeek::Done => break 'stream,
                 ChunkPeek::Chunk { text, finish: f, usage: u, tool, .. } => {
                     if tool {
-                        return None;
+                        return Err("tool_call");
                     }
                     usage = peek::merge_usage(usage, u);
                     fwd.rec.spend.resumed_usage = usage;
@@ -269,12 +279,12 @@ async fn forward_rest(
                         fwd.rec.spend.streamed_bytes += held as u64;
                         if pending.len() < sent.len() {
                             if !sent.starts_with(&pending) {
-                                return None;
+                                return Err("diverged");
                             }
                             continue;
                         }
                         if !pending.starts_with(&sent) {
-                            return None;
+                            return Err("diverged");
                         }
                         splicing = false;
                         pending[sent.len()..].to_owned()
@@ -289,24 +299,26 @@ async fn forward_rest(
             }
         }
         if !fwd.flush().await {
-            return Some(Resumed::ClientGone);
+            return Ok(Resumed::ClientGone);
         }
         loop {
             match s.decoder.next_event() {
                 Ok(Some(ev)) => events.push((ev.event, ev.data)),
                 Ok(None) => break,
-                Err(_) => return None,
+                Err(_) => return Err("malformed"),
             }
         }
         if !events.is_empty() {
             continue;
         }
-        let wait_end = (Instant::now() + fwd.idle).min(fwd.deadline);
+        let waiting = Instant::now();
+        let wait_end = (waiting + fwd.idle).min(fwd.deadline);
         let frame = tokio::select! {
             biased;
-            () = fwd.tx.closed() => return Some(Resumed::ClientGone),
+            () = fwd.tx.closed() => return Ok(Resumed::ClientGone),
             f = timeout_at(wait_end, s.body.frame()) => f,
         };
+        fwd.rec.upstream_wait += waiting.elapsed();
         match frame {
             Ok(Some(Ok(f))) => {
                 if let Ok(d) = f.into_data() {
@@ -314,7 +326,9 @@ async fn forward_rest(
                 }
             }
             Ok(None) if finish.is_some() => break 'stream,
-            _ => return None,
+            Ok(None | Some(Err(_))) => return Err("cut"),
+            Err(_) if Instant::now() >= fwd.deadline => return Err("deadline"),
+            Err(_) => return Err("timeout_idle"),
         }
     }
     close(fwd, shape, finish.as_deref().unwrap_or("stop"), usage, splicing).await
@@ -326,10 +340,10 @@ async fn close(
     finish: &str,
     usage: Option<peek::Usage>,
     still_splicing: bool,
-) -> Option<Resumed> {
+) -> Result<Resumed, &'static str> {
     if still_splicing {
         // The restarted answer ended before it covered what the client already has.
-        return None;
+        return Err("diverged");
     }
     // The resumed answer arrived whole: its usage, if reported, is final.
     fwd.rec.spend.complete = true;
@@ -350,7 +364,7 @@ async fn close(
         fwd.out.extend_from_slice(&encode_event("message_delta", delta.to_string().as_bytes()));
         fwd.out.extend_from_slice(&encode_event("message_stop", br#"{"type":"message_stop"}"#));
         fwd.rec.finish = Some(finish.to_owned());
-        return Some(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone });
+        return Ok(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone });
     }
     fwd.out.extend_from_slice(&shape.chunk(json!({}), Some(finish)));
     if shape.include_usage {
@@ -358,10 +372,11 @@ async fn close(
     }
     fwd.rec.finish = Some(finish.to_owned());
     fwd.out.extend_from_slice(crate::sse::DONE);
-    Some(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone })
+    Ok(if fwd.flush().await { Resumed::Complete } else { Resumed::ClientGone })
 }
 
-/// Tries continuation, then splice, on the failed target and the ones after it.
+/// Tries continuation, then splice, on the failed target (while `retries.per_target` allows
+/// another try of it) and the ones after it.
 pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
     let kit = fwd.resume.take()?;
     if fwd.in_tool || fwd.sent_text.is_empty() || Instant::now() >= fwd.deadline {
@@ -376,6 +391,13 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
     for (ti, t) in route.targets.iter().enumerate().skip(kit.target) {
         if Instant::now() >= fwd.deadline {
             return None;
+        }
+        // A target gets 1 + `retries.per_target` calls in all, resumes included: with no
+        // retries, the target that just broke is not called again.
+        let (p, m) = (&*t.series.provider, &*t.series.model);
+        let tries = fwd.rec.attempts.iter().filter(|a| &*a.provider == p && &*a.model == m);
+        if tries.count() > route.route.retries.per_target as usize {
+            continue;
         }
         let wire = t.provider.spec.wire;
         let mut modes = Vec::with_capacity(2);
@@ -393,8 +415,7 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
             // try, or, when that is the client's read timeout (shorter than the route's idle:
             // `Deadlines::new`), from the last bytes it got over every try. Its leaving ends
             // the try.
-            let idle_is_client = fwd.idle < route.route.timeouts.idle;
-            let gap_from = if idle_is_client { fwd.last_sent } else { Instant::now() };
+            let gap_from = if fwd.client_idle { fwd.last_sent } else { Instant::now() };
             let gap_end = (gap_from + fwd.idle).min(fwd.deadline);
             let tx = fwd.tx.clone();
             let opened = tokio::select! {
@@ -404,19 +425,30 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
             };
             match opened {
                 Ok(stream) => {
-                    fwd.rec
-                        .metrics()
-                        .fallbacks
-                        .with_label_values(&[&route.route.name, mode.tier(), "stream_resume"])
-                        .inc();
                     fwd.rec.served_by = Some(t.series.clone());
                     fwd.rec.spend.begin_resumed();
                     let shape =
                         Shape::new(fwd.first_out.as_ref(), &t.target.model, kit.include_usage);
-                    let done = forward_rest(fwd, stream, wire, &shape, mode).await;
-                    if done.is_some() {
-                        tracing::info!(route = %route.route.name, provider = %t.target.provider, tier = mode.tier(), "stream resumed after the commit point");
-                        return done;
+                    let detail = detail_of(mode == Mode::Continuation).to_owned();
+                    match forward_rest(fwd, stream, wire, &shape, mode).await {
+                        Ok(Resumed::Complete) => {
+                            fwd.end_attempt("ok", "stream_resume", Outcome::Success, detail);
+                            // A fallback served the rest of the answer: counted once, and
+                            // named in the log line (the response head has long gone).
+                            let name = &route.route.name;
+                            let _ = fwd.rec.fallback(name, mode.tier(), "stream_resume");
+                            fwd.rec.outcome = "fallback";
+                            tracing::info!(route = %name, provider = %t.target.provider, tier = mode.tier(), "stream resumed after the commit point");
+                            return Some(Resumed::Complete);
+                        }
+                        Ok(Resumed::ClientGone) => {
+                            fwd.end_attempt("aborted", "client_gone", Outcome::Neutral, detail);
+                            return Some(Resumed::ClientGone);
+                        }
+                        Err(reason) => {
+                            let verdict = super::forward::stream_verdict(reason, fwd.client_idle);
+                            fwd.end_attempt("error", reason, verdict, detail);
+                        }
                     }
                     // It broke again (or diverged): what was forwarded meanwhile is in
                     // `sent_text`, and this attempt's cost is the request's; try the next target.

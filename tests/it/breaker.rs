@@ -85,3 +85,73 @@ async fn the_retry_budget_stops_a_retry_storm() {
         retries as f64
     );
 }
+
+/// A stream that breaks after the commit point is its target's failure: the attempt is logged
+/// and counted with the cause (not `ok`), and five in a row open the breaker. Its logged
+/// duration is the whole stream's, not the time to its headers.
+#[tokio::test(start_paused = true)]
+async fn streams_broken_after_the_commit_point_open_the_breaker() {
+    let model = "p+chunks=8+delay=100ms+cut=3";
+    let gw = gateway(&single(model, "    resume: off\n    retries: {per_target: 0}\n"));
+    for _ in 0..5 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    }
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    let attempt = &line["attempts"][0];
+    assert_eq!((&attempt["outcome"], &attempt["reason"]), (&"error".into(), &"cut".into()));
+    assert!(attempt["duration_ms"].as_f64().unwrap() >= 200.0, "{attempt}");
+    let series = |outcome: &str, reason: &str| {
+        format!(
+            "tidegate_upstream_attempts_total{{model=\"{model}\",outcome=\"{outcome}\",provider=\"sim\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(metric(&gw, &series("error", "cut")), 5.0);
+    assert_eq!(metric(&gw, &series("ok", "ok")), 0.0);
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 1.0);
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 5, "skipped while open");
+    // A stream to its end is a success: the upstream duration histogram sees all of it.
+    let gw = gateway(&single("q+chunks=5+delay=100ms", ""));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    let sum =
+        "tidegate_upstream_duration_seconds_sum{model=\"q+chunks=5+delay=100ms\",provider=\"sim\"}";
+    assert!(metric(&gw, sum) >= 0.4, "{}", metric(&gw, sum));
+}
+
+/// A client that leaves before the answer began: the upstream call is in the log (aborted,
+/// `client_gone`) and in the attempt metric; the wait was the upstream's, not overhead.
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_before_the_answer_leaves_its_attempt_on_record() {
+    let model = "p+chunks=3+ttft=5s";
+    let gw = gateway(&single(model, ""));
+    for body in [chat("x"), chat_stream("x")] {
+        let req = http::Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let gw2 = gw.clone();
+        let call = tokio::spawn(async move { gw2.handle(req).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        call.abort();
+        let _ = call.await;
+        let line: serde_json::Value =
+            serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+        assert_eq!(line["outcome"], "aborted");
+        let attempt = &line["attempts"][0];
+        assert_eq!(attempt["reason"], "client_gone", "{line}");
+        assert!(attempt["duration_ms"].as_f64().unwrap() >= 1000.0, "{line}");
+        assert!(line["overhead_ms"].as_f64().unwrap() < 100.0, "{line}");
+    }
+    let series = format!(
+        "tidegate_upstream_attempts_total{{model=\"{model}\",outcome=\"aborted\",provider=\"sim\",reason=\"client_gone\"}}"
+    );
+    assert_eq!(metric(&gw, &series), 2.0);
+    let aborts = "tidegate_stream_aborts_total{reason=\"disconnect\",route=\"r\",side=\"client\"}";
+    assert_eq!(metric(&gw, aborts), 1.0, "the stream request only");
+    assert_eq!(metric(&gw, "tidegate_inflight_requests{route=\"r\"}"), 0.0);
+}

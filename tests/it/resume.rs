@@ -82,12 +82,13 @@ async fn splice_when_the_fallback_rejects_prefill() {
     // token): the restart's words were held back, not sent, but generated all the same.
     let series = "tidegate_tokens_total{model=\"p+chunks=6+stall=2\",provider=\"sim\",route=\"r\",type=\"output\"}";
     assert_eq!(metric(&gw, series), 6.0);
+    // One fallback served the rest of the answer: counted once, however many tries it took.
     assert_eq!(
         metric(
             &gw,
             "tidegate_fallbacks_total{reason=\"stream_resume\",route=\"r\",tier=\"splice\"}"
         ),
-        2.0
+        1.0
     );
 }
 
@@ -101,11 +102,24 @@ async fn retries_total_caps_resumed_attempts_too() {
     assert_eq!(got.stream_text(), full(2), "{}", got.text());
     assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
     assert_eq!(gw.mock_stats("sim").get(model).calls, 1);
-    // With two, the same break is healed by one continuation.
+    // With two, but no retries per target, the target that broke is not called again
+    // (helper-29: the continuation went back to it and used up the attempts).
     let gw = gateway(&single(model, "    retries: {per_target: 0, total: 2}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 1);
+    // With a retry allowed on it, the same break is healed by one continuation.
+    let gw = gateway(&single(model, "    retries: {per_target: 1, total: 2}\n"));
     let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
     assert_eq!(got.stream_text(), full(6), "{}", got.text());
     assert_eq!(gw.mock_stats("sim").get(model).calls, 2);
+    // A route of two: the continuation goes to the next target, and finishes the answer.
+    let backup = "b+chunks=6";
+    let gw = gateway(&pair(model, backup, "    retries: {per_target: 0, total: 2}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 1);
+    assert_eq!(gw.mock_stats("backup").get(backup).calls, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -184,4 +198,30 @@ async fn a_stalled_upstream_is_cancelled_as_its_stream_resumes() {
     let rest = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
     assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
     assert_eq!(gw.mock_stats("sim").get(model).completed, 1);
+}
+
+/// A resumed stream was served in part by a fallback: its request counts as `fallback`, and its
+/// log line names it (SPEC §5: every fallback is visible in the log), and the broken attempt
+/// is logged with its cause.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_stream_is_a_fallback_in_the_log_and_the_outcome() {
+    let gw = gateway(&pair("p+chunks=6+cut=2", "b+chunks=6", "    retries: {per_target: 0}\n"));
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["outcome"], "fallback");
+    assert_eq!(line["fallback"], "continuation;reason=stream_resume");
+    let reasons: Vec<&str> = line["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["cut", "stream_resume"]);
+    let version = got.header("x-tidegate-config-version").to_owned();
+    let fallback = format!(
+        "tidegate_requests_total{{config_version=\"{version}\",outcome=\"fallback\",route=\"r\"}}"
+    );
+    assert_eq!(metric(&gw, &fallback), 1.0);
 }
