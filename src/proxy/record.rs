@@ -290,10 +290,14 @@ impl RequestRecord {
             r.duration.observe(total.as_secs_f64());
             r.overhead.observe(overhead.as_secs_f64());
         }
-        if let (Some(t), Some(u)) = (&self.served_by, self.usage) {
-            // Attempts a resume closed were counted for their own targets.
+        // The tokens charged: reported, or estimated like the cost where none were.
+        let billed = self.spend.billed_usage();
+        if let (Some(t), Some(u)) = (&self.served_by, billed) {
+            // Attempts a resume closed, and failed ones, were counted for their own targets.
             let prior = self.spend.prior_usage();
-            t.input_tokens.inc_by(u.input.saturating_sub(prior.input));
+            let input =
+                u.input.saturating_sub(prior.input.saturating_add(self.spend.failed_input()));
+            t.input_tokens.inc_by(input);
             t.output_tokens.inc_by(u.output.saturating_sub(prior.output));
             t.cached_tokens.inc_by(u.cached_input.saturating_sub(prior.cached_input));
             if self.truncated() {
@@ -318,9 +322,9 @@ impl RequestRecord {
             provider: self.served_by.as_ref().map(|s| &*s.provider),
             model: self.served_by.as_ref().map(|s| &*s.model),
             attempts: &self.attempts,
-            input_tokens: self.usage.map(|u| u.input),
-            output_tokens: self.usage.map(|u| u.output),
-            cached_input_tokens: self.usage.map(|u| u.cached_input),
+            input_tokens: billed.map(|u| u.input),
+            output_tokens: billed.map(|u| u.output),
+            cached_input_tokens: billed.map(|u| u.cached_input),
             finish_reason: self.finish.as_deref(),
             truncated: self.truncated(),
             cost_usd: crate::limits::prices::format_usd(cost),

@@ -86,6 +86,11 @@ pub struct Spend {
     pub resumed_usage: Option<Usage>,
     /// Once computed: (micro-dollars, estimated).
     settled: Option<(u64, bool)>,
+    /// The tokens that cost was computed from: the attempts that answered (in part or whole),
+    /// estimated where they reported none, plus the input charged to failed attempts.
+    billed: Option<Usage>,
+    /// Input tokens charged to failed attempts ([`Self::charge_failed`]).
+    failed_input: u64,
 }
 
 impl Spend {
@@ -98,7 +103,26 @@ impl Spend {
         let (c, est) = self.attempt_cost(served, usage);
         let total = (self.prior.saturating_add(c), self.prior_estimated || est);
         self.settled = Some(total);
+        let answered = served.map(|_| self.request_usage(usage));
+        let failed = Usage { input: self.failed_input, output: 0, cached_input: 0 };
+        self.billed = match answered {
+            Some(u) => Some(sum(u, failed)),
+            None if self.failed_input > 0 => Some(failed),
+            None => None,
+        };
         total
+    }
+
+    /// The tokens the request was charged for ([`Self::cost`] computes them): what its log
+    /// line and `tidegate_tokens_total` count, so tokens and cost always agree. `None` before
+    /// `cost`, or when nothing was charged.
+    pub fn billed_usage(&self) -> Option<Usage> {
+        self.billed
+    }
+
+    /// Input tokens charged to failed attempts (counted for their targets when charged).
+    pub fn failed_input(&self) -> u64 {
+        self.failed_input
     }
 
     /// What earlier attempts cost (already settled against the budget).
@@ -117,6 +141,8 @@ impl Spend {
         let c = p.usage_cost(&Usage { input, output: 0, cached_input: 0 });
         self.prior = self.prior.saturating_add(c);
         self.prior_estimated = true;
+        self.failed_input = self.failed_input.saturating_add(input);
+        t.input_tokens.inc_by(input);
         if let Some(mut h) = self.held.take() {
             h.accrued = h.accrued.saturating_add(c);
             h.settle(0, route);

@@ -273,6 +273,16 @@ async fn a_cancelled_stream_settles_what_it_used() {
         line.contains("\"cost_estimated\":true") && line.contains("\"outcome\":\"aborted\""),
         "{line}"
     );
+    // The tokens that estimate was made of are counted and logged (1 micro-dollar a token).
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let logged = v["input_tokens"].as_u64().unwrap() + v["output_tokens"].as_u64().unwrap();
+    assert_eq!(logged, (spent * 1e6).round() as u64, "{line}");
+    let series = |kind: &str| {
+        format!(
+            "tidegate_tokens_total{{model=\"m+chunks=20+delay=100ms\",provider=\"sim\",route=\"r\",type=\"{kind}\"}}"
+        )
+    };
+    assert_eq!((metric(&gw, &series("input")) + metric(&gw, &series("output"))) as u64, logged);
 }
 
 #[tokio::test(start_paused = true)]
@@ -390,6 +400,22 @@ async fn attempts_that_fail_after_taking_the_request_are_charged() {
     assert!(charged("p+hang") > 0.0);
     assert_eq!(charged("b+status=408"), 0.0);
     assert_eq!(((charged("p+hang") + charged("b")) * 1e6).round() as u64, cost);
+    // Tokens agree with the cost (1 micro-dollar a token): in the metric, per target, and in
+    // the log line, which counts every attempt charged.
+    let tokens = |p: &str, m: &str| {
+        let s = |kind: &str| {
+            format!(
+                "tidegate_tokens_total{{model=\"{m}\",provider=\"{p}\",route=\"r\",type=\"{kind}\"}}"
+            )
+        };
+        (metric(&gw, &s("input")) + metric(&gw, &s("output"))) as u64
+    };
+    assert_eq!(tokens("sim", "p+hang"), (charged("p+hang") * 1e6).round() as u64);
+    assert_eq!(tokens("backup", "b"), served);
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    let logged = line["input_tokens"].as_u64().unwrap() + line["output_tokens"].as_u64().unwrap();
+    assert_eq!(logged, cost, "{line}");
 }
 
 /// A 200 that was not an answer (HTML, an error body or first event, garbage, no body) came
