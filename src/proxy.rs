@@ -245,11 +245,18 @@ impl Gateway {
             })?),
             None => None,
         };
+        // A route named by header or path must exist, on the models endpoints too (a mistyped
+        // per-route base URL must not look fine to `models.list()`).
+        let fixed = match (header_route, path_route) {
+            (None, None) => None,
+            _ => Some(snap.select(header_route, path_route, None)?),
+        };
         match call {
             Call::Models => {
                 rec.outcome = "ok";
                 rec.status = 200;
-                return Ok(models_list(snap));
+                // Under a route's base URL, that route is the one model.
+                return Ok(models_list(snap, fixed.map(|r| r.index)));
             }
             Call::Model(id) => {
                 let one = model_one(snap, id)?;
@@ -261,9 +268,7 @@ impl Gateway {
         }
         // A route named by header or path is selected before the body is read, so a request
         // refused for its body is counted, logged and answered under its route too.
-        if (header_route.is_some() || path_route.is_some())
-            && let Ok(r) = snap.select(header_route, path_route, None)
-        {
+        if let Some(r) = fixed {
             rec.set_route(&r.series);
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
@@ -441,12 +446,15 @@ fn outcome_of(code: ErrorCode) -> &'static str {
     }
 }
 
-fn models_list(snap: &Snapshot) -> Response<Body> {
+fn models_list(snap: &Snapshot, only: Option<usize>) -> Response<Body> {
     let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let data: Vec<serde_json::Value> = snap
         .config
         .routes
         .iter()
+        .enumerate()
+        .filter(|(i, _)| only.is_none_or(|o| o == *i))
+        .map(|(_, r)| r)
         .map(|r| serde_json::json!({"id": r.name, "object": "model", "created": created, "owned_by": "tidegate"}))
         .collect();
     json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))

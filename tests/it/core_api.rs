@@ -148,8 +148,17 @@ async fn models_list_and_one() {
     let missing = get(&gw, "/v1/models/gpt-5").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error_code(), "model_not_found");
+    // Under a route's base URL, the route is the one model; a route that does not exist is a
+    // 404 there too (a mistyped per-route base URL must not look fine to `models.list()`).
     let via_prefix = get(&gw, "/r/beta/v1/models").await;
     assert_eq!(via_prefix.status, 200);
+    assert_eq!(via_prefix.json()["data"].as_array().unwrap().len(), 1);
+    assert_eq!(via_prefix.json()["data"][0]["id"], "beta");
+    for path in ["/r/nope/v1/models", "/r/nope/v1/models/beta"] {
+        let got = get(&gw, path).await;
+        assert_eq!(got.status, 404, "{path}");
+        assert_eq!(got.error_code(), "model_not_found");
+    }
     // Served, not aborted: the success rate by version counts them as ok (helper-27).
     let version = got.header("x-tidegate-config-version").to_owned();
     let ok = format!(
