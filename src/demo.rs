@@ -204,9 +204,15 @@ pub async fn run() -> u8 {
     if let Some(line) = running.gateway.log_sink.lines().into_iter().nth(2) {
         println!("  {line}");
     }
+    // The admin plane goes away with the demo: show what it was counting instead of its URL.
+    println!("\nand Prometheus metrics (admin plane, /metrics), for example:");
+    let text = String::from_utf8_lossy(&running.gateway.metrics.render()).into_owned();
+    let counted = |l: &&str| l.starts_with("tidegate_requests_total{") && !l.ends_with(" 0");
+    for line in text.lines().filter(counted) {
+        println!("  {line}");
+    }
     println!(
-        "\nMetrics are at http://{}/metrics while tidegate serves; try `tidegate serve --config config/demo.yaml`.",
-        running.admin_addr
+        "\nTo keep it running: `tidegate serve --config config/demo.yaml` (data plane on 127.0.0.1:8080, metrics at http://127.0.0.1:9090/metrics)."
     );
     running.shutdown().await;
     if failures > 0 { 2 } else { 0 }
