@@ -182,6 +182,9 @@ fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
 
 fn target_series(m: &Metrics, route: &str, t: &Target, config: &Config) -> TargetSeries {
     let (p, model) = (t.provider.as_str(), t.model.as_str());
+    // Created at 0 for every target (a breaker open now keeps its 1): an alert on it sees the
+    // series before the first opening.
+    m.circuit_open.with_label_values(&[p, model]);
     TargetSeries {
         provider: p.into(),
         model: model.into(),

@@ -43,8 +43,14 @@ pub fn serve(
         rec.outcome = "fallback";
         rec.status = 200;
         rec.error = None;
+        rec.finish = Some("stop".into());
         let mut resp = render(&answer, ask);
         let h = resp.headers_mut();
+        if ask.stream() {
+            // As on every stream tidegate sends: no caching, no proxy buffering.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        }
         h.insert("x-tidegate-route", route.name_header.clone());
         h.insert("x-tidegate-attempts", HeaderValue::from(attempts));
         if let Some(v) = fallback {

@@ -10,6 +10,9 @@ async fn a_failing_primary_trips_the_breaker_then_a_probe_closes_it() {
     let gw = gateway(&pair("p+status=500+fail_first=6", "b", "    retries: {per_target: 0}\n"));
     let primary = || gw.mock_stats("sim").get("p+status=500+fail_first=6").calls;
     let open = "tidegate_circuit_open{model=\"p+status=500+fail_first=6\",provider=\"sim\"}";
+    // Every target's series exists from the start, at 0.
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    assert!(text.contains(&format!("{open} 0\n")), "{text}");
     for _ in 0..5 {
         let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
         assert_eq!(got.header("x-tidegate-provider"), "backup");

@@ -27,6 +27,12 @@ async fn template_answers_when_everything_fails() {
     let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
     assert_eq!(got.stream_text(), "Summary unavailable.");
     assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    // With the headers of any stream tidegate sends, and its finish reason in the log.
+    assert_eq!(got.header("cache-control"), "no-cache");
+    assert_eq!(got.header("x-accel-buffering"), "no");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["finish_reason"], "stop", "{line}");
     let got = post(
         &gw,
         "/v1/messages",
