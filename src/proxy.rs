@@ -350,10 +350,14 @@ impl Gateway {
         if matches!(call, Call::Messages) {
             ask.anthropic_beta = anthropic_beta(&parts.headers);
         }
-        let route = snap.select(header_route, path_route, ask.model())?;
-        if rec.route.is_none() {
-            rec.set_route(&route.series);
-        }
+        let route = match fixed {
+            Some(r) => r,
+            None => {
+                let r = snap.select(None, None, ask.model())?;
+                rec.set_route(&r.series);
+                r
+            }
+        };
         rec.stream = ask.stream();
         rec.spend.body_bytes = bytes.len() as u64;
         ask.clamp_output(route.route.limits.max_output_tokens);
