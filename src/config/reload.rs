@@ -294,7 +294,7 @@ impl Reloader {
         }
         inner.restart_required = restart;
         self.remember(inner, info);
-        inner.history.active = version.clone();
+        inner.history.mark_active(&version, Outcome::Applied);
         inner.last_error = None;
         m.config_reloads.with_label_values(&["applied"]).inc();
         ReloadResult::Applied(version)

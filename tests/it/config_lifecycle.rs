@@ -3,6 +3,7 @@
 //! `tidegate config` CLI in `admin.rs`.
 
 mod admin;
+mod rollback;
 mod sources;
 mod watch;
 

@@ -146,13 +146,23 @@ pub(super) struct History {
     entries: VecDeque<VersionInfo>,
     pub(super) active: String,
     candidates: Vec<String>,
+    /// Versions in the order they were activated, the active one last. Rollback steps back
+    /// through it (not through `entries`, which is in first-load order) and drops what it
+    /// rolled back from, so a version rolled away from is not rolled back to later.
+    activations: Vec<String>,
     cap: usize,
 }
 
 impl History {
     pub(super) fn new(first: VersionInfo, cap: usize) -> Self {
         let active = first.version.clone();
-        Self { entries: VecDeque::from([first]), active, candidates: Vec::new(), cap: cap.max(2) }
+        Self {
+            entries: VecDeque::from([first]),
+            activations: vec![active.clone()],
+            active,
+            candidates: Vec::new(),
+            cap: cap.max(2),
+        }
     }
 
     /// Startup with a persisted pin: the pinned version is active; the file's version (the
@@ -164,6 +174,7 @@ impl History {
             self.candidates = vec![file.version.clone()];
         }
         self.active = pinned.version.clone();
+        self.activations = vec![pinned.version.clone()];
         self.entries.push_back(pinned);
     }
 
@@ -188,16 +199,32 @@ impl History {
             };
             if let Some(gone) = self.entries.remove(i) {
                 self.candidates.retain(|c| *c != gone.version);
+                self.activations.retain(|v| *v != gone.version);
                 evicted.push(gone.version);
             }
         }
         evicted
     }
 
+    /// Makes `version` the active one. A rollback steps back to where `version` was last
+    /// active (what it rolls back from stops being a rollback target); anything else is a
+    /// new activation.
     pub(super) fn mark_active(&mut self, version: &str, outcome: Outcome) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.version == version) {
             e.was_active = true;
             e.outcome = outcome;
+        }
+        let back = self.activations.iter().rposition(|v| v == version);
+        match back {
+            Some(i) if outcome == Outcome::RolledBack => self.activations.truncate(i + 1),
+            _ if self.activations.last().map(String::as_str) == Some(version) => {}
+            _ => {
+                self.activations.push(version.to_owned());
+                // Bounded: every entry names a version still in the history, but the file
+                // can flip between two versions forever.
+                let excess = self.activations.len().saturating_sub(2 * self.cap);
+                self.activations.drain(..excess);
+            }
         }
         self.active = version.to_owned();
     }
@@ -224,14 +251,15 @@ impl History {
         self.entries.iter().cloned().collect()
     }
 
-    /// The newest version older than the active one that was itself active once.
+    /// The version that was active before the active one (in activation order), if it is
+    /// still in the history.
     pub(super) fn previous(&self) -> Option<String> {
-        let pos = self.entries.iter().position(|e| e.version == self.active)?;
-        self.entries
+        self.activations
             .iter()
-            .skip(pos + 1)
-            .find(|e| e.was_active && e.content.is_some() && e.version != self.active)
-            .map(|e| e.version.clone())
+            .rev()
+            .filter(|v| **v != self.active)
+            .find(|v| self.get(v).is_some_and(|e| e.content.is_some()))
+            .cloned()
     }
 }
 
@@ -360,7 +388,33 @@ mod tests {
         let _ = h.push(info("v-b", None, Outcome::Rejected));
         let _ = h.push(info("v-c", None, Outcome::Deferred));
         let _ = h.push(info("v-d", None, Outcome::Applied));
-        h.active = "v-d".into();
+        h.mark_active("v-d", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+    }
+
+    /// A -> B -> rollback (A) -> C -> rollback gives A, not B (B precedes C in load order but
+    /// was rolled back from); chained rollbacks follow what was active.
+    #[test]
+    fn previous_follows_activation_order() {
+        let mut h = History::new(info("v-a", None, Outcome::Applied), 10);
+        let _ = h.push(info("v-b", None, Outcome::Applied));
+        h.mark_active("v-b", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        h.mark_active("v-a", Outcome::RolledBack);
+        assert_eq!(h.previous(), None);
+        let _ = h.push(info("v-c", None, Outcome::Applied));
+        h.mark_active("v-c", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        h.mark_active("v-a", Outcome::RolledBack);
+        assert_eq!(h.previous(), None);
+        // A version activated again (the file went back to it) is "before" the next one.
+        h.mark_active("v-b", Outcome::Pinned);
+        h.mark_active("v-c", Outcome::Applied);
+        h.mark_active("v-b", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-c"));
+        h.mark_active("v-c", Outcome::RolledBack);
+        assert_eq!(h.previous().as_deref(), Some("v-b"));
+        h.mark_active("v-b", Outcome::RolledBack);
         assert_eq!(h.previous().as_deref(), Some("v-a"));
     }
 }
