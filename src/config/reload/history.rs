@@ -194,9 +194,25 @@ impl History {
         }
         self.entries.push_front(info);
         while self.entries.len() > self.cap {
-            let Some(i) = self.entries.iter().rposition(|e| e.version != self.active) else {
-                break;
+            // Never the entry just added nor the active one. Rejected files go first, then
+            // candidates and other versions never active, then versions that served but are
+            // no rollback target, and rollback targets last; the oldest first within each.
+            let rank = |e: &VersionInfo| -> u8 {
+                if self.activations.contains(&e.version) {
+                    3
+                } else if e.was_active {
+                    2
+                } else if e.content.is_some() {
+                    1
+                } else {
+                    0
+                }
             };
+            let victim = (1..self.entries.len())
+                .rev()
+                .filter(|&i| self.entries[i].version != self.active)
+                .min_by_key(|&i| rank(&self.entries[i]));
+            let Some(i) = victim else { break };
             if let Some(gone) = self.entries.remove(i) {
                 self.candidates.retain(|c| *c != gone.version);
                 self.activations.retain(|v| *v != gone.version);
@@ -380,6 +396,25 @@ mod tests {
         let versions: Vec<_> = h.entries().into_iter().map(|e| e.version).collect();
         assert_eq!(versions, ["v-000000000005", "v-000000000004", "v-000000000000"]);
         assert_eq!(h.previous(), None);
+    }
+
+    /// Rejected files and candidates never push a rollback target out; they go oldest first.
+    #[test]
+    fn rollback_targets_outlive_rejected_and_deferred_entries() {
+        let mut h = History::new(info("v-a", None, Outcome::Applied), 4);
+        let _ = h.push(info("v-b", None, Outcome::Applied));
+        h.mark_active("v-b", Outcome::Applied);
+        let mut evicted = Vec::new();
+        for i in 0..12 {
+            let outcome = if i % 2 == 0 { Outcome::Rejected } else { Outcome::Deferred };
+            evicted.extend(h.push(info(&format!("v-x{i:02}"), None, outcome)));
+        }
+        assert_eq!(h.entries().len(), 4);
+        assert!(!evicted.contains(&"v-a".to_owned()), "{evicted:?}");
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        // Rejected entries went before deferred ones; the newest entry stays.
+        let kept: Vec<_> = h.entries().into_iter().map(|e| e.version).collect();
+        assert_eq!(kept, ["v-x11", "v-x09", "v-b", "v-a"]);
     }
 
     #[test]
