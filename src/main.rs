@@ -153,21 +153,22 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     let path = config
         .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
-    let cfg = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
     let state_dir = state_dir
         .or_else(|| {
             std::env::var_os("TIDEGATE_STATE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from)
         })
         .map_or(StateDir::FromConfig, StateDir::At);
-    let workers = Some(cfg.server.worker_threads);
+    // A bad or missing file is a startup error, unless a pin in the state dir can be served.
+    let boot = match app::Boot::load(&path, &state_dir) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let workers = Some(boot.config.server.worker_threads);
     let opts = StartOptions { state_dir, workers, ..StartOptions::default() };
-    let running = match app::start(cfg, opts).await {
+    let running = match app::start_boot(boot, opts).await {
         Ok(r) => r,
         Err(StartError::Config(e)) => {
             eprintln!("{e}");

@@ -61,6 +61,12 @@ impl PinStore {
         }
     }
 
+    /// Reads pins from `dir` without creating or probing it (startup, before the config
+    /// that names the real store is known).
+    pub fn at(dir: &Path) -> Self {
+        Self { dir: Some(dir.to_owned()), warning: None }
+    }
+
     /// The directory pins are written to, when persistent.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()

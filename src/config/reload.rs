@@ -74,21 +74,33 @@ impl Reloader {
     /// Builds the gateway for `file` (read from the config path) and its reloader. A pin
     /// persisted in `store` wins: its version is served even when the file has changed since,
     /// and the file's version becomes a candidate.
+    ///
+    /// `file_error` says the config file itself could not be loaded, and `file` is then the
+    /// pinned version read back from `store` (see `app::Boot`): it is served, pinned, and the
+    /// file's problem is logged and shown as `last_error`, as a reload would.
     pub fn boot(
         file: Config,
+        file_error: Option<String>,
         store: PinStore,
         log_sink: LogSink,
     ) -> Result<(Arc<Gateway>, Arc<Reloader>), String> {
         let path = file.source.clone();
         let boot_static = (file.server.clone(), file.state.clone());
-        let file_info = VersionInfo::of(&file, Trigger::Startup, Outcome::Applied);
+        let file_info = match file_error {
+            None => VersionInfo::of(&file, Trigger::Startup, Outcome::Applied),
+            Some(_) => VersionInfo::of(&file, Trigger::State, Outcome::Restored),
+        };
         let file_version = file.version.clone();
         let mut notes = Vec::new();
         let stored = store.load().unwrap_or_else(|e| {
             notes.push(format!("persisted pin ignored: {e}"));
             None
         });
-        let gw = Gateway::new(file, log_sink)?;
+        let gw = match (Gateway::new(file, log_sink), &file_error) {
+            (Ok(gw), _) => gw,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(f)) => return Err(format!("{f}; the pinned version cannot start: {e}")),
+        };
         let mut history = History::new(file_info, HISTORY_LEN);
         let mut pinned = false;
         if let Some(pin) = stored {
@@ -135,6 +147,20 @@ impl Reloader {
                 sources_error: None,
             }),
         });
+        if let Some(e) = file_error {
+            let mut inner = reloader.lock();
+            // What the file holds now, as a reload would see it, so the same bad content is
+            // not reported again by the first check.
+            let (seen, version) = match read_file(&reloader.path) {
+                Ok((_, version)) => (version.clone(), Some(version)),
+                Err(msg) => (msg, None),
+            };
+            inner.last_seen = seen;
+            reloader.reject(&mut inner, version, e, Trigger::Startup);
+            tracing::warn!(
+                "the config file cannot be loaded; serving the pinned version from the state dir"
+            );
+        }
         Ok((gw, reloader))
     }
 
@@ -237,10 +263,9 @@ impl Reloader {
     }
 
     fn reload_file(&self, inner: &mut Inner, trigger: Trigger) -> ReloadResult {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{}: cannot read config file: {e}", self.path.display());
+        let (bytes, version) = match read_file(&self.path) {
+            Ok(read) => read,
+            Err(msg) => {
                 if inner.last_seen == msg {
                     return ReloadResult::Unchanged;
                 }
@@ -248,7 +273,6 @@ impl Reloader {
                 return self.reject(inner, None, msg, trigger);
             }
         };
-        let version = version_of(&bytes);
         if inner.last_seen == version {
             return ReloadResult::Unchanged;
         }
@@ -435,6 +459,17 @@ impl Reloader {
                 warning: (!warning.is_empty()).then(|| warning.join("; ")),
             },
         }
+    }
+}
+
+/// The config file's bytes and version, or why it cannot be read (as reported).
+fn read_file(path: &Path) -> Result<(Vec<u8>, String), String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let version = version_of(&bytes);
+            Ok((bytes, version))
+        }
+        Err(e) => Err(format!("{}: cannot read config file: {e}", path.display())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `tidegate config` CLI in `admin.rs`.
 
 mod admin;
+mod restart;
 mod rollback;
 mod sources;
 mod watch;
