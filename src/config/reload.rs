@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub use history::{ConfigDoc, OpError, Outcome, StateInfo, Trigger, VersionInfo};
 use history::{History, resolve};
 
-use super::{Config, Server, StateConfig, version_of};
+use super::{Config, version_of};
 use crate::gateway::Gateway;
 use crate::proxy::record::LogSink;
 use crate::state::{PinRecord, PinStore};
@@ -50,7 +50,7 @@ pub struct Reloader {
     path: PathBuf,
     store: PinStore,
     /// Static settings of the running process; a new version that changes them needs a restart.
-    boot_static: (Server, StateConfig),
+    boot_static: static_keys::Static,
     inner: Mutex<Inner>,
 }
 
@@ -85,7 +85,7 @@ impl Reloader {
         log_sink: LogSink,
     ) -> Result<(Arc<Gateway>, Arc<Reloader>), String> {
         let path = file.source.clone();
-        let boot_static = (file.server.clone(), file.state.clone());
+        let boot_static = static_keys::Static::of(&file);
         let file_info = match file_error {
             None => VersionInfo::of(&file, Trigger::Startup, Outcome::Applied),
             Some(_) => VersionInfo::of(&file, Trigger::State, Outcome::Restored),

@@ -343,6 +343,13 @@ async fn static_changes_are_reported() {
     let big = chat("x").replace("Hello there", &"tide ".repeat(300_000));
     let got = post(&r.gateway, "/v1/chat/completions", &big).await;
     assert_eq!(got.status, 200, "{}", got.text());
+    // `circuit_breaker` is read at start too (breakers outlive versions): said, not dropped.
+    let three =
+        format!("circuit_breaker: {{consecutive_failures: 2}}\n{}", versioned("three", "a"));
+    std::fs::write(&path, &three).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&three)));
+    let note = r.reloader.status().restart_required.unwrap();
+    assert!(note.contains("circuit_breaker") && !note.contains("server."), "{note}");
     r.shutdown().await;
 }
 

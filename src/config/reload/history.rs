@@ -109,7 +109,8 @@ pub struct ConfigDoc {
     pub candidates: Vec<VersionInfo>,
     pub history: Vec<VersionInfo>,
     pub last_error: Option<String>,
-    /// Set when the active version changes static keys (`server.*`, `state`) that only a
+    /// Set when the active version changes static keys (`server.*`, `state`,
+    /// `circuit_breaker`) that only a
     /// restart applies.
     pub restart_required: Option<String>,
     pub state: StateInfo,
