@@ -278,8 +278,10 @@ impl Reloader {
         }
         inner.last_seen = version.clone();
         if inner.history.active == version {
-            // The file is back on the active version: candidates seen before are stale, and
-            // unpin must not activate one the file no longer asks for.
+            // The file is back on the active version: it is good again (an earlier bad file's
+            // error no longer holds), candidates seen before are stale, and unpin must not
+            // activate one the file no longer asks for.
+            inner.last_error = None;
             if !inner.history.take_candidates().is_empty() {
                 tracing::info!(%version, "config file is back on the active version; candidates dropped");
             }

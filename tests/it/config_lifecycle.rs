@@ -450,6 +450,24 @@ async fn file_back_on_the_active_version_drops_candidates() {
     r.shutdown().await;
 }
 
+/// A bad file, then the file back on the active version's bytes: the error is gone.
+#[tokio::test]
+async fn last_error_clears_when_the_file_is_back_on_the_active_version() {
+    let dir = TempDir::new("revert-error");
+    let path = dir.join("tidegate.yaml");
+    let good = versioned("one", "a");
+    std::fs::write(&path, &good).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    std::fs::write(&path, good.replace("provider: a", "provider: c")).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Rejected(_)));
+    assert!(r.reloader.status().last_error.is_some());
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    let doc = r.reloader.status();
+    assert_eq!((doc.last_error, doc.active.version), (None, version_of(&good)));
+    r.shutdown().await;
+}
+
 /// An unwritable state dir does not stop startup; the pin is kept in memory and that is said.
 #[tokio::test]
 async fn unwritable_state_dir_keeps_pins_in_memory() {
