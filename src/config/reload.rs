@@ -14,6 +14,7 @@
 //! SIGHUP, a periodic check) lives in `reload/triggers.rs`.
 
 mod history;
+mod persist;
 mod static_keys;
 pub mod triggers;
 
@@ -26,7 +27,7 @@ use history::{History, resolve};
 use super::{Config, version_of};
 use crate::gateway::Gateway;
 use crate::proxy::record::LogSink;
-use crate::state::{PinRecord, PinStore};
+use crate::state::PinStore;
 
 /// Versions kept in the history (the active one is never dropped).
 pub const HISTORY_LEN: usize = 10;
@@ -68,6 +69,9 @@ struct Inner {
     /// files, and shown beside it. Cleared when the files are good again or another snapshot is
     /// installed.
     sources_error: Option<String>,
+    /// The file version the persisted pin says is no candidate (`PinRecord::file_version`);
+    /// written again without it once the file holds something else.
+    persisted_file: Option<String>,
 }
 
 impl Reloader {
@@ -103,16 +107,20 @@ impl Reloader {
         };
         let mut history = History::new(file_info, HISTORY_LEN);
         let mut pinned = false;
+        let mut persisted_file = None;
         if let Some(pin) = stored {
             match Config::from_bytes(&pin.record.source, &pin.content) {
                 Ok(cfg) if cfg.version == file_version => pinned = true,
                 Ok(cfg) => {
                     let info = VersionInfo::of(&cfg, Trigger::State, Outcome::Restored);
+                    // The file still holds what was rolled back from: not a candidate.
+                    let settled = pin.record.file_version.as_ref() == Some(&file_version);
                     match gw.prepare(cfg) {
                         Ok(snap) => {
                             gw.install(snap);
-                            history.restore_pinned(info);
+                            history.restore_pinned(info, !settled);
                             pinned = true;
+                            persisted_file = settled.then(|| file_version.clone());
                         }
                         Err(e) => notes.push(format!("persisted pin ignored: {e}")),
                     }
@@ -145,6 +153,7 @@ impl Reloader {
                 restart_required: None,
                 persist_warning: None,
                 sources_error: None,
+                persisted_file,
             }),
         });
         if let Some(e) = file_error {
@@ -224,6 +233,11 @@ impl Reloader {
     fn reload_blocking(&self, trigger: Trigger) -> ReloadResult {
         let mut inner = self.lock();
         let result = self.reload_file(&mut inner, trigger);
+        if inner.pinned && inner.persisted_file.as_ref().is_some_and(|v| *v != inner.last_seen) {
+            // The file changed since the pin was written: after a restart its version is a
+            // candidate again, as it is now.
+            self.persist_pin(&mut inner);
+        }
         if !matches!(result, ReloadResult::Applied(_)) {
             self.refresh_sources(&mut inner);
         }
@@ -367,28 +381,6 @@ impl Reloader {
         inner.history.mark_active(version, outcome);
         tracing::info!(%version, ?outcome, "config activated");
         Ok(())
-    }
-
-    fn set_pinned(&self, inner: &mut Inner, pinned: bool) {
-        inner.pinned = pinned;
-        self.gw.metrics.config_pinned.set(i64::from(pinned));
-        let res = if pinned {
-            let snap = self.gw.snapshot();
-            let c = &snap.config;
-            let rec = PinRecord {
-                version: c.version.clone(),
-                label: c.label.clone(),
-                source: c.source.clone(),
-            };
-            self.store.save(&rec, &c.content)
-        } else {
-            self.store.clear()
-        };
-        inner.persist_warning = res.err().map(|e| {
-            let w = format!("pin state not persisted: {e}");
-            tracing::warn!("{w}");
-            w
-        });
     }
 
     fn pin_blocking(&self, version: Option<&str>) -> Result<ConfigDoc, OpError> {

@@ -167,12 +167,15 @@ impl History {
     }
 
     /// Startup with a persisted pin: the pinned version is active; the file's version (the
-    /// first entry) waits as a candidate.
-    pub(super) fn restore_pinned(&mut self, pinned: VersionInfo) {
+    /// first entry) waits as a candidate, unless it was already applied and rolled back from
+    /// before the restart (`file_is_candidate` false), as it would be without one.
+    pub(super) fn restore_pinned(&mut self, pinned: VersionInfo, file_is_candidate: bool) {
         if let Some(file) = self.entries.front_mut() {
-            file.outcome = Outcome::Deferred;
             file.was_active = false;
-            self.candidates = vec![file.version.clone()];
+            if file_is_candidate {
+                file.outcome = Outcome::Deferred;
+                self.candidates = vec![file.version.clone()];
+            }
         }
         self.active = pinned.version.clone();
         self.activations = vec![pinned.version.clone()];

@@ -67,3 +67,37 @@ async fn pinned_process_starts_on_a_bad_or_missing_file() {
     let e = serve(&path, &state).await.err().unwrap();
     assert!(e.contains("unknown field `bogus`"), "{e}");
 }
+
+/// After a rollback the file still holds the version rolled back from; a restart does not
+/// offer it as a candidate, so unpin keeps the rolled-back version, as without the restart.
+/// Once the file changes, its version is a candidate again, also across a restart.
+#[tokio::test]
+async fn rolled_back_from_version_is_no_candidate_after_a_restart() {
+    let dir = TempDir::new("rb-restart");
+    let (path, state) = (dir.join("tidegate.yaml"), dir.join("state"));
+    let [b, c, d] = ["B", "C", "D"].map(|l| versioned(l, "a"));
+    std::fs::write(&path, &b).unwrap();
+    let r = start_file(&path, StateDir::At(state.clone()), "", false).await;
+    std::fs::write(&path, &c).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&c)));
+    r.reloader.rollback().await.unwrap();
+    r.shutdown().await;
+
+    let r = serve(&path, &state).await.unwrap();
+    let doc = r.reloader.status();
+    assert_eq!((doc.active.version.as_str(), doc.pinned), (&*version_of(&b), true));
+    let labels: Vec<_> = doc.candidates.iter().map(|c| c.label.clone()).collect();
+    assert!(labels.is_empty(), "candidates after the restart: {labels:?}");
+    let doc = r.reloader.unpin().await.unwrap();
+    assert_eq!(doc.active.version, version_of(&b), "unpin re-activated the rolled-back-from C");
+    // Pinned again on B, the file moves on to D: D is a candidate after a restart.
+    r.reloader.pin(None).await.unwrap();
+    std::fs::write(&path, &d).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Deferred(version_of(&d)));
+    r.shutdown().await;
+    let r = serve(&path, &state).await.unwrap();
+    let doc = r.reloader.status();
+    let candidates: Vec<_> = doc.candidates.iter().map(|c| c.version.clone()).collect();
+    assert_eq!(candidates, [version_of(&d)]);
+    r.shutdown().await;
+}
