@@ -140,6 +140,13 @@ fn check(path: &std::path::Path) -> u8 {
                     );
                 }
             }
+            // SPEC §8: serve refuses an admin plane off loopback without a token; the token
+            // comes from the environment, which may differ where serve runs: a warning.
+            let token = app::admin_token(None);
+            if let Err(e) = app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
+            {
+                println!("warning: {e} (serve will refuse to start without it)");
+            }
             0
         }
         Err(e) => {
