@@ -2,7 +2,7 @@
 //! gracefully.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -113,19 +113,66 @@ pub fn check_admin_exposure(
     Ok(())
 }
 
+/// The version a process starts on: the config file's, or, when the file cannot be loaded,
+/// the version pinned in the state dir.
+pub struct Boot {
+    /// Served first (and, for `server.*`, `state` and `circuit_breaker`, for the process's life).
+    pub config: Config,
+    /// Why the config file could not be loaded, when `config` is the pinned version.
+    file_error: Option<String>,
+}
+
+impl Boot {
+    /// Loads the config file at `path`. When it is invalid or missing, a pin in the state dir
+    /// (`state_dir`, or the default `state.dir` for [`StateDir::FromConfig`], since the file
+    /// cannot say) is served instead: a pin protects the rollout from a bad ConfigMap, also
+    /// across a restart. Without a usable pin the file's error is the answer.
+    pub fn load(path: &Path, state_dir: &StateDir) -> Result<Self, String> {
+        let file_error = match Config::load(path) {
+            Ok(config) => return Ok(Self { config, file_error: None }),
+            Err(e) => e.to_string(),
+        };
+        let dir = match state_dir {
+            StateDir::FromConfig => PathBuf::from(crate::config::DEFAULT_STATE_DIR),
+            StateDir::At(dir) => dir.clone(),
+            StateDir::InMemory => return Err(file_error),
+        };
+        let pinned = match PinStore::at(&dir).load() {
+            Ok(Some(pin)) => pin,
+            Ok(None) => return Err(file_error),
+            Err(e) => return Err(format!("{file_error}; persisted pin ignored: {e}")),
+        };
+        match Config::from_bytes(path, &pinned.content) {
+            Ok(config) => Ok(Self { config, file_error: Some(file_error) }),
+            Err(e) => Err(format!("{file_error}; the pinned version is not valid either: {e}")),
+        }
+    }
+}
+
 /// Prepares `config`, binds both listeners and starts serving.
 pub async fn start(config: Config, opts: StartOptions) -> Result<Running, StartError> {
+    start_boot(Boot { config, file_error: None }, opts).await
+}
+
+/// [`start`] on what [`Boot::load`] found: a pinned process starts on its pinned version even
+/// when the config file is bad (and reports the file's problem as `last_error`).
+pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, StartError> {
+    let Boot { config, file_error } = boot;
     let server_cfg = config.server.clone();
     let admin = opts.admin_listen.unwrap_or(server_cfg.admin_listen);
     let token = admin_token(opts.admin_token);
     check_admin_exposure(admin, token.as_deref(), &config.source).map_err(StartError::Config)?;
     let store = match opts.state_dir {
+        // Where Boot::load found the pin when the file could not say.
+        StateDir::FromConfig if file_error.is_some() => {
+            PinStore::open(Path::new(crate::config::DEFAULT_STATE_DIR))
+        }
         StateDir::FromConfig => PinStore::open(&config.state.dir),
         StateDir::At(dir) => PinStore::open(&dir),
         StateDir::InMemory => PinStore::in_memory(),
     };
     let (gateway, reloader) =
-        Reloader::boot(config, store, opts.log_sink).map_err(StartError::Config)?;
+        Reloader::boot(config, file_error, store, opts.log_sink).map_err(StartError::Config)?;
     let data_listener = bind(opts.listen.unwrap_or(server_cfg.listen)).await?;
     let admin_listener = bind(admin).await?;
     let data_addr = data_listener.local_addr().map_err(|e| StartError::Runtime(e.to_string()))?;

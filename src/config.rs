@@ -85,6 +85,9 @@ pub struct Server {
     pub worker_threads: usize,
 }
 
+/// `state.dir` when the config does not set it.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tidegate";
+
 /// `state:` — static; changing it needs a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateConfig {

@@ -140,6 +140,13 @@ fn check(path: &std::path::Path) -> u8 {
                     );
                 }
             }
+            // SPEC §8: serve refuses an admin plane off loopback without a token; the token
+            // comes from the environment, which may differ where serve runs: a warning.
+            let token = app::admin_token(None);
+            if let Err(e) = app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
+            {
+                println!("warning: {e} (serve will refuse to start without it)");
+            }
             0
         }
         Err(e) => {
@@ -153,21 +160,22 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     let path = config
         .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
-    let cfg = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
     let state_dir = state_dir
         .or_else(|| {
             std::env::var_os("TIDEGATE_STATE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from)
         })
         .map_or(StateDir::FromConfig, StateDir::At);
-    let workers = Some(cfg.server.worker_threads);
+    // A bad or missing file is a startup error, unless a pin in the state dir can be served.
+    let boot = match app::Boot::load(&path, &state_dir) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let workers = Some(boot.config.server.worker_threads);
     let opts = StartOptions { state_dir, workers, ..StartOptions::default() };
-    let running = match app::start(cfg, opts).await {
+    let running = match app::start_boot(boot, opts).await {
         Ok(r) => r,
         Err(StartError::Config(e)) => {
             eprintln!("{e}");

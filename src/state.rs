@@ -23,6 +23,11 @@ pub struct PinRecord {
     pub label: Option<String>,
     /// The path the pinned version was first read from.
     pub source: PathBuf,
+    /// The config file's version when the pin was written, when that is not a candidate (a
+    /// rollback away from it): a restart on the same file does not offer it as one. Absent in
+    /// older state files and when the file's version is a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_version: Option<String>,
 }
 
 /// A pin read back at startup, with the content it names.
@@ -59,6 +64,12 @@ impl PinStore {
                 Self { dir: None, warning: Some(warning) }
             }
         }
+    }
+
+    /// Reads pins from `dir` without creating or probing it (startup, before the config
+    /// that names the real store is known).
+    pub fn at(dir: &Path) -> Self {
+        Self { dir: Some(dir.to_owned()), warning: None }
     }
 
     /// The directory pins are written to, when persistent.
@@ -164,6 +175,7 @@ mod tests {
             version: version_of(&content),
             label: Some("x".into()),
             source: "/etc/t.yaml".into(),
+            file_version: Some(version_of(b"label: y\n")),
         };
         store.save(&rec, &content).unwrap();
         let back = PinStore::open(&dir).load().unwrap().unwrap();
@@ -174,11 +186,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A pin.json written before `file_version` existed still loads.
+    #[test]
+    fn old_pin_record_without_file_version_loads() {
+        let dir = tmp("old");
+        let store = PinStore::open(&dir);
+        std::fs::write(dir.join(CONTENT_FILE), b"a").unwrap();
+        let old = format!(r#"{{"version":"{}","label":null,"source":"t"}}"#, version_of(b"a"));
+        std::fs::write(dir.join(PIN_FILE), old).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().record.file_version, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn tampered_content_is_an_error() {
         let dir = tmp("tamper");
         let store = PinStore::open(&dir);
-        let rec = PinRecord { version: version_of(b"a"), label: None, source: "t".into() };
+        let rec = PinRecord {
+            version: version_of(b"a"),
+            label: None,
+            source: "t".into(),
+            file_version: None,
+        };
         store.save(&rec, b"a").unwrap();
         std::fs::write(dir.join(CONTENT_FILE), b"b").unwrap();
         assert!(store.load().unwrap_err().contains("pins"));

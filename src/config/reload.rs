@@ -14,6 +14,7 @@
 //! SIGHUP, a periodic check) lives in `reload/triggers.rs`.
 
 mod history;
+mod persist;
 mod static_keys;
 pub mod triggers;
 
@@ -23,10 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub use history::{ConfigDoc, OpError, Outcome, StateInfo, Trigger, VersionInfo};
 use history::{History, resolve};
 
-use super::{Config, Server, StateConfig, version_of};
+use super::{Config, version_of};
 use crate::gateway::Gateway;
 use crate::proxy::record::LogSink;
-use crate::state::{PinRecord, PinStore};
+use crate::state::PinStore;
 
 /// Versions kept in the history (the active one is never dropped).
 pub const HISTORY_LEN: usize = 10;
@@ -50,7 +51,7 @@ pub struct Reloader {
     path: PathBuf,
     store: PinStore,
     /// Static settings of the running process; a new version that changes them needs a restart.
-    boot_static: (Server, StateConfig),
+    boot_static: static_keys::Static,
     inner: Mutex<Inner>,
 }
 
@@ -68,39 +69,58 @@ struct Inner {
     /// files, and shown beside it. Cleared when the files are good again or another snapshot is
     /// installed.
     sources_error: Option<String>,
+    /// The file version the persisted pin says is no candidate (`PinRecord::file_version`);
+    /// written again without it once the file holds something else.
+    persisted_file: Option<String>,
 }
 
 impl Reloader {
     /// Builds the gateway for `file` (read from the config path) and its reloader. A pin
     /// persisted in `store` wins: its version is served even when the file has changed since,
     /// and the file's version becomes a candidate.
+    ///
+    /// `file_error` says the config file itself could not be loaded, and `file` is then the
+    /// pinned version read back from `store` (see `app::Boot`): it is served, pinned, and the
+    /// file's problem is logged and shown as `last_error`, as a reload would.
     pub fn boot(
         file: Config,
+        file_error: Option<String>,
         store: PinStore,
         log_sink: LogSink,
     ) -> Result<(Arc<Gateway>, Arc<Reloader>), String> {
         let path = file.source.clone();
-        let boot_static = (file.server.clone(), file.state.clone());
-        let file_info = VersionInfo::of(&file, Trigger::Startup, Outcome::Applied);
+        let boot_static = static_keys::Static::of(&file);
+        let file_info = match file_error {
+            None => VersionInfo::of(&file, Trigger::Startup, Outcome::Applied),
+            Some(_) => VersionInfo::of(&file, Trigger::State, Outcome::Restored),
+        };
         let file_version = file.version.clone();
         let mut notes = Vec::new();
         let stored = store.load().unwrap_or_else(|e| {
             notes.push(format!("persisted pin ignored: {e}"));
             None
         });
-        let gw = Gateway::new(file, log_sink)?;
+        let gw = match (Gateway::new(file, log_sink), &file_error) {
+            (Ok(gw), _) => gw,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(f)) => return Err(format!("{f}; the pinned version cannot start: {e}")),
+        };
         let mut history = History::new(file_info, HISTORY_LEN);
         let mut pinned = false;
+        let mut persisted_file = None;
         if let Some(pin) = stored {
             match Config::from_bytes(&pin.record.source, &pin.content) {
                 Ok(cfg) if cfg.version == file_version => pinned = true,
                 Ok(cfg) => {
                     let info = VersionInfo::of(&cfg, Trigger::State, Outcome::Restored);
+                    // The file still holds what was rolled back from: not a candidate.
+                    let settled = pin.record.file_version.as_ref() == Some(&file_version);
                     match gw.prepare(cfg) {
                         Ok(snap) => {
                             gw.install(snap);
-                            history.restore_pinned(info);
+                            history.restore_pinned(info, !settled);
                             pinned = true;
+                            persisted_file = settled.then(|| file_version.clone());
                         }
                         Err(e) => notes.push(format!("persisted pin ignored: {e}")),
                     }
@@ -133,8 +153,23 @@ impl Reloader {
                 restart_required: None,
                 persist_warning: None,
                 sources_error: None,
+                persisted_file,
             }),
         });
+        if let Some(e) = file_error {
+            let mut inner = reloader.lock();
+            // What the file holds now, as a reload would see it, so the same bad content is
+            // not reported again by the first check.
+            let (seen, version) = match read_file(&reloader.path) {
+                Ok((_, version)) => (version.clone(), Some(version)),
+                Err(msg) => (msg, None),
+            };
+            inner.last_seen = seen;
+            reloader.reject(&mut inner, version, e, Trigger::Startup);
+            tracing::warn!(
+                "the config file cannot be loaded; serving the pinned version from the state dir"
+            );
+        }
         Ok((gw, reloader))
     }
 
@@ -198,6 +233,11 @@ impl Reloader {
     fn reload_blocking(&self, trigger: Trigger) -> ReloadResult {
         let mut inner = self.lock();
         let result = self.reload_file(&mut inner, trigger);
+        if inner.pinned && inner.persisted_file.as_ref().is_some_and(|v| *v != inner.last_seen) {
+            // The file changed since the pin was written: after a restart its version is a
+            // candidate again, as it is now.
+            self.persist_pin(&mut inner);
+        }
         if !matches!(result, ReloadResult::Applied(_)) {
             self.refresh_sources(&mut inner);
         }
@@ -237,10 +277,9 @@ impl Reloader {
     }
 
     fn reload_file(&self, inner: &mut Inner, trigger: Trigger) -> ReloadResult {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{}: cannot read config file: {e}", self.path.display());
+        let (bytes, version) = match read_file(&self.path) {
+            Ok(read) => read,
+            Err(msg) => {
                 if inner.last_seen == msg {
                     return ReloadResult::Unchanged;
                 }
@@ -248,14 +287,15 @@ impl Reloader {
                 return self.reject(inner, None, msg, trigger);
             }
         };
-        let version = version_of(&bytes);
         if inner.last_seen == version {
             return ReloadResult::Unchanged;
         }
         inner.last_seen = version.clone();
         if inner.history.active == version {
-            // The file is back on the active version: candidates seen before are stale, and
-            // unpin must not activate one the file no longer asks for.
+            // The file is back on the active version: it is good again (an earlier bad file's
+            // error no longer holds), candidates seen before are stale, and unpin must not
+            // activate one the file no longer asks for.
+            inner.last_error = None;
             if !inner.history.take_candidates().is_empty() {
                 tracing::info!(%version, "config file is back on the active version; candidates dropped");
             }
@@ -294,7 +334,7 @@ impl Reloader {
         }
         inner.restart_required = restart;
         self.remember(inner, info);
-        inner.history.active = version.clone();
+        inner.history.mark_active(&version, Outcome::Applied);
         inner.last_error = None;
         m.config_reloads.with_label_values(&["applied"]).inc();
         ReloadResult::Applied(version)
@@ -341,28 +381,6 @@ impl Reloader {
         inner.history.mark_active(version, outcome);
         tracing::info!(%version, ?outcome, "config activated");
         Ok(())
-    }
-
-    fn set_pinned(&self, inner: &mut Inner, pinned: bool) {
-        inner.pinned = pinned;
-        self.gw.metrics.config_pinned.set(i64::from(pinned));
-        let res = if pinned {
-            let snap = self.gw.snapshot();
-            let c = &snap.config;
-            let rec = PinRecord {
-                version: c.version.clone(),
-                label: c.label.clone(),
-                source: c.source.clone(),
-            };
-            self.store.save(&rec, &c.content)
-        } else {
-            self.store.clear()
-        };
-        inner.persist_warning = res.err().map(|e| {
-            let w = format!("pin state not persisted: {e}");
-            tracing::warn!("{w}");
-            w
-        });
     }
 
     fn pin_blocking(&self, version: Option<&str>) -> Result<ConfigDoc, OpError> {
@@ -435,6 +453,17 @@ impl Reloader {
                 warning: (!warning.is_empty()).then(|| warning.join("; ")),
             },
         }
+    }
+}
+
+/// The config file's bytes and version, or why it cannot be read (as reported).
+fn read_file(path: &Path) -> Result<(Vec<u8>, String), String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let version = version_of(&bytes);
+            Ok((bytes, version))
+        }
+        Err(e) => Err(format!("{}: cannot read config file: {e}", path.display())),
     }
 }
 

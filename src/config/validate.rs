@@ -116,7 +116,7 @@ fn state(cx: &Ctx<'_>, s: RawState) -> Result<StateConfig, ConfigError> {
             return Err(cx.err("state.dir", "expected a directory path"));
         }
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from("/var/lib/tidegate"),
+        None => PathBuf::from(super::DEFAULT_STATE_DIR),
     };
     let policy = |k: &str, v: Option<String>| match v.as_deref() {
         None | Some("local") => Ok(Policy::Local),

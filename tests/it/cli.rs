@@ -70,6 +70,34 @@ fn check_warns_of_secrets_serve_could_not_load() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `serve` refuses a non-loopback admin plane without TIDEGATE_ADMIN_TOKEN; `check` says so.
+#[test]
+fn check_warns_of_an_exposed_admin_plane_without_a_token() {
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("admin.yaml");
+    std::fs::write(&cfg, "server: {admin_listen: \"0.0.0.0:9090\"}\nproviders:\n  a: {kind: mock}\nroutes:\n  r: {default: true, targets: [{provider: a, model: m}]}\n").unwrap();
+    let run = |token: Option<&str>| {
+        let mut cmd = tidegate();
+        cmd.args(["check", "--config"]).arg(&cfg).env_remove("TIDEGATE_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("TIDEGATE_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run(None);
+    let warning = stdout.lines().find(|l| l.starts_with("warning:")).unwrap_or_default();
+    assert!(
+        warning.contains("server.admin_listen: 0.0.0.0:9090 is not a loopback address"),
+        "{stdout}"
+    );
+    assert!(warning.contains("admin.yaml"), "{stdout}");
+    assert!(!run(Some("t0k")).contains("warning:"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn demo_runs_and_prints_a_table() {
     let out = tidegate().arg("demo").output().unwrap();

@@ -3,6 +3,8 @@
 //! `tidegate config` CLI in `admin.rs`.
 
 mod admin;
+mod restart;
+mod rollback;
 mod sources;
 mod watch;
 
@@ -341,6 +343,13 @@ async fn static_changes_are_reported() {
     let big = chat("x").replace("Hello there", &"tide ".repeat(300_000));
     let got = post(&r.gateway, "/v1/chat/completions", &big).await;
     assert_eq!(got.status, 200, "{}", got.text());
+    // `circuit_breaker` is read at start too (breakers outlive versions): said, not dropped.
+    let three =
+        format!("circuit_breaker: {{consecutive_failures: 2}}\n{}", versioned("three", "a"));
+    std::fs::write(&path, &three).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&three)));
+    let note = r.reloader.status().restart_required.unwrap();
+    assert!(note.contains("circuit_breaker") && !note.contains("server."), "{note}");
     r.shutdown().await;
 }
 
@@ -438,6 +447,24 @@ async fn file_back_on_the_active_version_drops_candidates() {
     assert!(r.reloader.status().candidates.is_empty());
     let doc = r.reloader.unpin().await.unwrap();
     assert_eq!((doc.pinned, doc.active.version), (false, version_of(&y1)));
+    r.shutdown().await;
+}
+
+/// A bad file, then the file back on the active version's bytes: the error is gone.
+#[tokio::test]
+async fn last_error_clears_when_the_file_is_back_on_the_active_version() {
+    let dir = TempDir::new("revert-error");
+    let path = dir.join("tidegate.yaml");
+    let good = versioned("one", "a");
+    std::fs::write(&path, &good).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    std::fs::write(&path, good.replace("provider: a", "provider: c")).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Rejected(_)));
+    assert!(r.reloader.status().last_error.is_some());
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    let doc = r.reloader.status();
+    assert_eq!((doc.last_error, doc.active.version), (None, version_of(&good)));
     r.shutdown().await;
 }
 

@@ -109,7 +109,8 @@ pub struct ConfigDoc {
     pub candidates: Vec<VersionInfo>,
     pub history: Vec<VersionInfo>,
     pub last_error: Option<String>,
-    /// Set when the active version changes static keys (`server.*`, `state`) that only a
+    /// Set when the active version changes static keys (`server.*`, `state`,
+    /// `circuit_breaker`) that only a
     /// restart applies.
     pub restart_required: Option<String>,
     pub state: StateInfo,
@@ -146,24 +147,38 @@ pub(super) struct History {
     entries: VecDeque<VersionInfo>,
     pub(super) active: String,
     candidates: Vec<String>,
+    /// Versions in the order they were activated, the active one last. Rollback steps back
+    /// through it (not through `entries`, which is in first-load order) and drops what it
+    /// rolled back from, so a version rolled away from is not rolled back to later.
+    activations: Vec<String>,
     cap: usize,
 }
 
 impl History {
     pub(super) fn new(first: VersionInfo, cap: usize) -> Self {
         let active = first.version.clone();
-        Self { entries: VecDeque::from([first]), active, candidates: Vec::new(), cap: cap.max(2) }
+        Self {
+            entries: VecDeque::from([first]),
+            activations: vec![active.clone()],
+            active,
+            candidates: Vec::new(),
+            cap: cap.max(2),
+        }
     }
 
     /// Startup with a persisted pin: the pinned version is active; the file's version (the
-    /// first entry) waits as a candidate.
-    pub(super) fn restore_pinned(&mut self, pinned: VersionInfo) {
+    /// first entry) waits as a candidate, unless it was already applied and rolled back from
+    /// before the restart (`file_is_candidate` false), as it would be without one.
+    pub(super) fn restore_pinned(&mut self, pinned: VersionInfo, file_is_candidate: bool) {
         if let Some(file) = self.entries.front_mut() {
-            file.outcome = Outcome::Deferred;
             file.was_active = false;
-            self.candidates = vec![file.version.clone()];
+            if file_is_candidate {
+                file.outcome = Outcome::Deferred;
+                self.candidates = vec![file.version.clone()];
+            }
         }
         self.active = pinned.version.clone();
+        self.activations = vec![pinned.version.clone()];
         self.entries.push_back(pinned);
     }
 
@@ -183,21 +198,53 @@ impl History {
         }
         self.entries.push_front(info);
         while self.entries.len() > self.cap {
-            let Some(i) = self.entries.iter().rposition(|e| e.version != self.active) else {
-                break;
+            // Never the entry just added nor the active one. Rejected files go first, then
+            // candidates and other versions never active, then versions that served but are
+            // no rollback target, and rollback targets last; the oldest first within each.
+            let rank = |e: &VersionInfo| -> u8 {
+                if self.activations.contains(&e.version) {
+                    3
+                } else if e.was_active {
+                    2
+                } else if e.content.is_some() {
+                    1
+                } else {
+                    0
+                }
             };
+            let victim = (1..self.entries.len())
+                .rev()
+                .filter(|&i| self.entries[i].version != self.active)
+                .min_by_key(|&i| rank(&self.entries[i]));
+            let Some(i) = victim else { break };
             if let Some(gone) = self.entries.remove(i) {
                 self.candidates.retain(|c| *c != gone.version);
+                self.activations.retain(|v| *v != gone.version);
                 evicted.push(gone.version);
             }
         }
         evicted
     }
 
+    /// Makes `version` the active one. A rollback steps back to where `version` was last
+    /// active (what it rolls back from stops being a rollback target); anything else is a
+    /// new activation.
     pub(super) fn mark_active(&mut self, version: &str, outcome: Outcome) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.version == version) {
             e.was_active = true;
             e.outcome = outcome;
+        }
+        let back = self.activations.iter().rposition(|v| v == version);
+        match back {
+            Some(i) if outcome == Outcome::RolledBack => self.activations.truncate(i + 1),
+            _ if self.activations.last().map(String::as_str) == Some(version) => {}
+            _ => {
+                self.activations.push(version.to_owned());
+                // Bounded: every entry names a version still in the history, but the file
+                // can flip between two versions forever.
+                let excess = self.activations.len().saturating_sub(2 * self.cap);
+                self.activations.drain(..excess);
+            }
         }
         self.active = version.to_owned();
     }
@@ -224,14 +271,15 @@ impl History {
         self.entries.iter().cloned().collect()
     }
 
-    /// The newest version older than the active one that was itself active once.
+    /// The version that was active before the active one (in activation order), if it is
+    /// still in the history.
     pub(super) fn previous(&self) -> Option<String> {
-        let pos = self.entries.iter().position(|e| e.version == self.active)?;
-        self.entries
+        self.activations
             .iter()
-            .skip(pos + 1)
-            .find(|e| e.was_active && e.content.is_some() && e.version != self.active)
-            .map(|e| e.version.clone())
+            .rev()
+            .filter(|v| **v != self.active)
+            .find(|v| self.get(v).is_some_and(|e| e.content.is_some()))
+            .cloned()
     }
 }
 
@@ -354,13 +402,58 @@ mod tests {
         assert_eq!(h.previous(), None);
     }
 
+    /// Rejected files and candidates never push a rollback target out; they go oldest first.
+    #[test]
+    fn rollback_targets_outlive_rejected_and_deferred_entries() {
+        let mut h = History::new(info("v-a", None, Outcome::Applied), 4);
+        let _ = h.push(info("v-b", None, Outcome::Applied));
+        h.mark_active("v-b", Outcome::Applied);
+        let mut evicted = Vec::new();
+        for i in 0..12 {
+            let outcome = if i % 2 == 0 { Outcome::Rejected } else { Outcome::Deferred };
+            evicted.extend(h.push(info(&format!("v-x{i:02}"), None, outcome)));
+        }
+        assert_eq!(h.entries().len(), 4);
+        assert!(!evicted.contains(&"v-a".to_owned()), "{evicted:?}");
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        // Rejected entries went before deferred ones; the newest entry stays.
+        let kept: Vec<_> = h.entries().into_iter().map(|e| e.version).collect();
+        assert_eq!(kept, ["v-x11", "v-x09", "v-b", "v-a"]);
+    }
+
     #[test]
     fn previous_skips_versions_never_active() {
         let mut h = History::new(info("v-a", None, Outcome::Applied), 10);
         let _ = h.push(info("v-b", None, Outcome::Rejected));
         let _ = h.push(info("v-c", None, Outcome::Deferred));
         let _ = h.push(info("v-d", None, Outcome::Applied));
-        h.active = "v-d".into();
+        h.mark_active("v-d", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+    }
+
+    /// A -> B -> rollback (A) -> C -> rollback gives A, not B (B precedes C in load order but
+    /// was rolled back from); chained rollbacks follow what was active.
+    #[test]
+    fn previous_follows_activation_order() {
+        let mut h = History::new(info("v-a", None, Outcome::Applied), 10);
+        let _ = h.push(info("v-b", None, Outcome::Applied));
+        h.mark_active("v-b", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        h.mark_active("v-a", Outcome::RolledBack);
+        assert_eq!(h.previous(), None);
+        let _ = h.push(info("v-c", None, Outcome::Applied));
+        h.mark_active("v-c", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-a"));
+        h.mark_active("v-a", Outcome::RolledBack);
+        assert_eq!(h.previous(), None);
+        // A version activated again (the file went back to it) is "before" the next one.
+        h.mark_active("v-b", Outcome::Pinned);
+        h.mark_active("v-c", Outcome::Applied);
+        h.mark_active("v-b", Outcome::Applied);
+        assert_eq!(h.previous().as_deref(), Some("v-c"));
+        h.mark_active("v-c", Outcome::RolledBack);
+        assert_eq!(h.previous().as_deref(), Some("v-b"));
+        h.mark_active("v-b", Outcome::RolledBack);
         assert_eq!(h.previous().as_deref(), Some("v-a"));
     }
 }

@@ -1,11 +1,26 @@
-//! Static settings (`server.*`, `state`) are bound once at startup; a reload that changes them
-//! applies everything else and says which keys need a restart.
+//! Static settings (`server.*`, `state`, `circuit_breaker`) are bound once at startup; a reload
+//! that changes them applies everything else and says which keys need a restart.
 
 use crate::config::{Config, Server, StateConfig};
+use crate::routing::health::BreakerConfig;
+
+/// The settings the running process was started with and keeps until it restarts.
+pub(super) struct Static {
+    server: Server,
+    state: StateConfig,
+    /// Breakers outlive config versions (docs/config.md: read at start).
+    breaker: BreakerConfig,
+}
+
+impl Static {
+    pub(super) fn of(cfg: &Config) -> Self {
+        Self { server: cfg.server.clone(), state: cfg.state.clone(), breaker: cfg.breaker }
+    }
+}
 
 /// Names the static keys of `cfg` that differ from the running process's, if any.
-pub(super) fn changes(running: &(Server, StateConfig), cfg: &Config) -> Option<String> {
-    let (s, st) = running;
+pub(super) fn changes(running: &Static, cfg: &Config) -> Option<String> {
+    let s = &running.server;
     let n = &cfg.server;
     let keys: Vec<&str> = [
         ("server.listen", s.listen != n.listen),
@@ -16,7 +31,8 @@ pub(super) fn changes(running: &(Server, StateConfig), cfg: &Config) -> Option<S
         ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
         ("server.body_read_timeout", s.body_read_timeout != n.body_read_timeout),
         ("server.worker_threads", s.worker_threads != n.worker_threads),
-        ("state", *st != cfg.state),
+        ("state", running.state != cfg.state),
+        ("circuit_breaker", running.breaker != cfg.breaker),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

@@ -1,0 +1,103 @@
+//! Restarts with a pin in the state dir: a bad or missing config file does not stop a pinned
+//! process from serving its pinned version.
+
+use tidegate::app::{self, Boot, Running, StartOptions, StateDir};
+use tidegate::config::reload::{Outcome, ReloadResult};
+use tidegate::proxy::record::LogSink;
+
+use super::{TempDir, active, start_file, version_of, versioned};
+use crate::common::{chat, metric, post};
+
+/// Starts as `tidegate serve` does: through [`Boot::load`].
+async fn serve(path: &std::path::Path, state: &std::path::Path) -> Result<Running, String> {
+    let boot = Boot::load(path, &StateDir::At(state.to_owned()))?;
+    let opts = StartOptions {
+        listen: Some(([127, 0, 0, 1], 0).into()),
+        admin_listen: Some(([127, 0, 0, 1], 0).into()),
+        log_sink: LogSink::Discard,
+        state_dir: StateDir::At(state.to_owned()),
+        admin_token: Some(String::new()),
+        watch: false,
+        workers: None,
+    };
+    app::start_boot(boot, opts).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn pinned_process_starts_on_a_bad_or_missing_file() {
+    let dir = TempDir::new("pinned-bad");
+    let (path, state) = (dir.join("tidegate.yaml"), dir.join("state"));
+    let (a, b) = (versioned("A", "a"), versioned("B", "b"));
+    std::fs::write(&path, &a).unwrap();
+    let r = start_file(&path, StateDir::At(state.clone()), "", false).await;
+    r.reloader.pin(None).await.unwrap();
+    r.shutdown().await;
+
+    // Invalid file: the pinned version serves, the file's problem is the last error.
+    std::fs::write(&path, format!("{a}bogus: 1\n")).unwrap();
+    let r = serve(&path, &state).await.unwrap();
+    assert_eq!(active(&r), version_of(&a));
+    let got = post(&r.gateway, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!((got.status.as_u16(), got.header("x-tidegate-config-version")), (200, &*active(&r)));
+    let doc = r.reloader.status();
+    assert!(doc.pinned, "{doc:?}");
+    assert!(doc.last_error.as_deref().unwrap_or("").contains("unknown field `bogus`"), "{doc:?}");
+    assert_eq!(doc.history[0].outcome, Outcome::Rejected);
+    assert_eq!(doc.active.outcome, Outcome::Restored);
+    // Reported once, not again by the first check.
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    assert_eq!(metric(&r.gateway, "tidegate_config_reloads_total{result=\"rejected\"}"), 1.0);
+    r.shutdown().await;
+
+    // Missing file: the same; a good file later is a candidate behind the pin.
+    std::fs::remove_file(&path).unwrap();
+    let r = serve(&path, &state).await.unwrap();
+    assert_eq!(active(&r), version_of(&a));
+    let doc = r.reloader.status();
+    assert!(doc.last_error.as_deref().unwrap_or("").contains("cannot read config file"), "{doc:?}");
+    std::fs::write(&path, &b).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Deferred(version_of(&b)));
+    assert_eq!(r.reloader.status().last_error, None);
+    let doc = r.reloader.unpin().await.unwrap();
+    assert_eq!(doc.active.version, version_of(&b));
+    r.shutdown().await;
+
+    // Without a pin a bad file stays a startup error.
+    std::fs::write(&path, format!("{b}bogus: 1\n")).unwrap();
+    let e = serve(&path, &state).await.err().unwrap();
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+}
+
+/// After a rollback the file still holds the version rolled back from; a restart does not
+/// offer it as a candidate, so unpin keeps the rolled-back version, as without the restart.
+/// Once the file changes, its version is a candidate again, also across a restart.
+#[tokio::test]
+async fn rolled_back_from_version_is_no_candidate_after_a_restart() {
+    let dir = TempDir::new("rb-restart");
+    let (path, state) = (dir.join("tidegate.yaml"), dir.join("state"));
+    let [b, c, d] = ["B", "C", "D"].map(|l| versioned(l, "a"));
+    std::fs::write(&path, &b).unwrap();
+    let r = start_file(&path, StateDir::At(state.clone()), "", false).await;
+    std::fs::write(&path, &c).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&c)));
+    r.reloader.rollback().await.unwrap();
+    r.shutdown().await;
+
+    let r = serve(&path, &state).await.unwrap();
+    let doc = r.reloader.status();
+    assert_eq!((doc.active.version.as_str(), doc.pinned), (&*version_of(&b), true));
+    let labels: Vec<_> = doc.candidates.iter().map(|c| c.label.clone()).collect();
+    assert!(labels.is_empty(), "candidates after the restart: {labels:?}");
+    let doc = r.reloader.unpin().await.unwrap();
+    assert_eq!(doc.active.version, version_of(&b), "unpin re-activated the rolled-back-from C");
+    // Pinned again on B, the file moves on to D: D is a candidate after a restart.
+    r.reloader.pin(None).await.unwrap();
+    std::fs::write(&path, &d).unwrap();
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Deferred(version_of(&d)));
+    r.shutdown().await;
+    let r = serve(&path, &state).await.unwrap();
+    let doc = r.reloader.status();
+    let candidates: Vec<_> = doc.candidates.iter().map(|c| c.version.clone()).collect();
+    assert_eq!(candidates, [version_of(&d)]);
+    r.shutdown().await;
+}
