@@ -16,9 +16,10 @@
 //! stalled, a call answers `Err(StoreError)` within that time rather than hang, and a later
 //! call succeeds again once Redis is back. [`RedisStore::new`] itself never connects, so a
 //! replica can start while Redis is away; a background task pings once a second, which
-//! reconnects ahead of traffic. A timed-out call may still have run on the server (its answer
-//! was lost): an unknown budget reservation is not leaked for long, since the window's key
-//! expires, and an unknown idempotency claim expires with its lease.
+//! reconnects ahead of traffic. A timed-out call may still have run on the server, or still run
+//! later (queued while Redis was stalled): such late writes are made harmless. An idempotency
+//! claim lives for a short lease ([`CLAIM_LEASE`]) that only a live owner renews, and a claim
+//! that timed out is released as soon as Redis answers again.
 //!
 //! # Key layout
 //!
@@ -67,7 +68,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 pub use budget::Exhausted;
-pub use idempotency::{Claim, WaitResult};
+pub use idempotency::{CLAIM_LEASE, Claim, ClaimKeeper, WaitResult};
 
 /// The largest integer a Lua number (a double) holds exactly.
 const MAX_EXACT: u64 = (1 << 53) - 1;

@@ -373,3 +373,19 @@ async fn flush_waits_for_spawned_writes_within_its_bound() {
     assert!(!store.flush(Duration::from_millis(50)).await, "a stuck write cannot hold shutdown");
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// A kept claim outlives its short lease; once the keeper drops, it expires one lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_claim_is_renewed_and_expires_once_dropped() -> TestResult {
+    let server = TestServer::start().await?;
+    let store = store_on(&server)?;
+    let lease = Duration::from_secs(1);
+    assert_eq!(store.idem_claim("kc", "fp", "a", lease).await?, Claim::Claimed);
+    let keeper = store.keep_claim("kc", "a", lease);
+    tokio::time::sleep(lease * 3).await; // renewed every 250 ms meanwhile
+    assert_eq!(store.idem_wait("kc", Instant::now()).await?, WaitResult::Running);
+    drop(keeper);
+    let far = Instant::now() + Duration::from_secs(30);
+    assert_eq!(store.idem_wait("kc", far).await?, WaitResult::Gone);
+    Ok(())
+}
