@@ -15,6 +15,11 @@ use crate::limits::budget::Reservation;
 use crate::limits::prices::format_usd;
 use crate::limits::rate::{Limiter, retry_after_secs};
 use crate::runtime::{RouteRuntime, Shared, TargetRuntime};
+use crate::store::redis::Hold;
+
+/// How long a shared budget reservation outlives its route's total deadline before it stops
+/// counting (the settlement runs after the request ends, bounded by `state.timeout`).
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
 
 /// Request-level checks, before any target is tried. Counts the prompt only when a limit needs
 /// the number.
@@ -191,10 +196,13 @@ pub async fn target(
     }
     if let Some(store) = &shared.state.redis {
         let (window, ttl) = (limit.window_of(now), crate::store::window_ttl(limit.per));
-        match store.budget_reserve(&route.route.name, window, ttl, limit.limit, worst).await {
+        // The request ends by its total deadline and settles right after: a reservation
+        // still unsettled past this was lost (its replica died), and stops counting.
+        let hold = Hold::new(worst, route.route.timeouts.total + HOLD_MARGIN);
+        match store.budget_reserve(&route.route.name, window, ttl, limit.limit, &hold).await {
             Ok(Ok(())) => {
                 let reservation = Reservation { window, amount: worst };
-                let redis = Some((store.clone(), Arc::from(route.route.name.as_str())));
+                let redis = Some((store.clone(), Arc::from(route.route.name.as_str()), hold));
                 let held = Held {
                     ledger: ledger.clone(),
                     redis,
@@ -212,6 +220,8 @@ pub async fn target(
                 return Err(Skip::Budget(limit.until_reset(now)));
             }
             Err(e) => {
+                // It may still land in Redis (a stall): cancel it once Redis answers.
+                store.abandon_reserve(&route.route.name, window, ttl, hold);
                 if shared.state.failed("budgets", &e) == Policy::Reject {
                     reject("budget");
                     return Err(Skip::Budget(Duration::from_secs(1)));

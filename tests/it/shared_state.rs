@@ -47,7 +47,8 @@ async fn replica(redis: &str, mock: SocketAddr, name: &str) -> Replica {
              routes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: {target}\n\
              \x20 budgeted:\n    limits: {{max_output_tokens: 10, budget: {{usd: 0.0011, per: 1h}}}}\n    targets: {target}\n\
              \x20 limited:\n    limits: {{rpm: 4}}\n    targets: {target}\n\
-             \x20 short:\n    timeouts: {{total: 6s}}\n    targets: {target}\n",
+             \x20 short:\n    timeouts: {{total: 6s}}\n    targets: {target}\n\
+             \x20 stallbudget:\n    limits: {{max_output_tokens: 10, budget: {{usd: 1, per: 1h}}}}\n    targets: {target}\n",
             pid = std::process::id()
         ),
     )
@@ -236,4 +237,44 @@ async fn a_claim_landing_after_a_redis_stall_does_not_block_the_key() {
     let t0 = Instant::now();
     let retry = chat_to(&a, "short", Some("k")).await;
     assert_eq!(retry.status, 200, "after {:?}: {}", t0.elapsed(), retry.text());
+}
+
+/// What the budget hashes of `route` hold as `reserved`, summed over its windows.
+async fn reserved_in_redis(url: &str, route: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("it{}:budget:{route}:*", std::process::id());
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut c).await.unwrap();
+    let mut sum = 0;
+    for k in keys.iter().filter(|k| !k.ends_with(":holds")) {
+        let r: Option<u64> =
+            redis::cmd("HGET").arg(k).arg("reserved").query_async(&mut c).await.unwrap();
+        sum += r.unwrap_or(0);
+    }
+    sum
+}
+
+/// Redis stalls while a request reserves budget: the reserve times out, the request is served
+/// on the local ledger, and the queued reserve lands when Redis resumes. Nobody settles it, so
+/// it must be cancelled, not held in the shared window until the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_reserve_landing_after_a_redis_stall_is_cancelled() {
+    let redis = TestServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let (mock, _stats) = mock_server().await;
+    let a = replica(&redis.url(), mock, "stallbudget").await;
+    assert_eq!(chat_to(&a, "stallbudget", None).await.status, 200);
+    assert_eq!(reserved_in_redis(&redis.url(), "stallbudget").await, 0);
+
+    signal(&redis, "-STOP");
+    let path = "/r/stallbudget/v1/chat/completions";
+    let stalled = send(a.data, "POST", path, &chat("x"), None).await;
+    signal(&redis, "-CONT");
+    assert_eq!(stalled.expect("answered during the stall").status, 200);
+    assert!(state_errors(&a).await > 0.0, "the reserve did not go through the stall path");
+
+    let t0 = Instant::now();
+    while reserved_in_redis(&redis.url(), "stallbudget").await != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the late reservation was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
