@@ -69,6 +69,10 @@ pub async fn request(
             "messages"
         }));
     }
+    if let Some(e) = larger_than_budget(route, ask) {
+        reject("budget");
+        return Err(e);
+    }
     let limited = |kind: &str, wait: Duration| {
         reject(kind);
         GatewayError::new(
@@ -111,6 +115,59 @@ async fn rate(
         }
     }
     local.check(units)
+}
+
+/// A request no paid target can ever take, because its worst case there is larger than the
+/// route's whole budget (or, on some targets, above `max_request_usd`), on a route with no
+/// free tier to answer instead. No window will fit it, so this is the request's fault, like
+/// the cost ceiling: 400 `cost_ceiling_exceeded` (not retryable), not 429 `budget_exhausted`,
+/// whose `Retry-After` would invite retries that can never succeed.
+fn larger_than_budget(route: &RouteRuntime, ask: &Prepared<'_>) -> Option<GatewayError> {
+    let limits = &route.route.limits;
+    let budget = limits.budget?;
+    if !route.route.free_tiers.is_empty() || route.targets.is_empty() {
+        return None;
+    }
+    let mut smallest = u64::MAX;
+    for t in &route.targets {
+        let price = t.series.price.as_ref()?;
+        if price.is_free() {
+            return None;
+        }
+        let input = ask.input_tokens(t.series.family);
+        let max_output = ask.output_limit().or_else(|| price.output_ceiling(input)).unwrap_or(0);
+        let worst = price.worst_case(input, max_output, ask.n());
+        if worst <= budget.limit && limits.max_request_usd.is_none_or(|c| worst <= c) {
+            return None;
+        }
+        smallest = smallest.min(worst);
+    }
+    if smallest <= budget.limit {
+        // Every target is above the cost ceiling, none above the budget: the ceiling's refusal.
+        return None;
+    }
+    let param = if ask.n() > 1 {
+        "n"
+    } else if ask.output_limit().is_some() {
+        "max_tokens"
+    } else {
+        "messages"
+    };
+    Some(
+        GatewayError::new(
+            ErrorCode::CostCeilingExceeded,
+            format!(
+                "this request is larger than route {:?}'s whole budget: its worst case is {} USD \
+                 (input tokens x input price + max output x output price, times n), the budget \
+                 {} USD per {} s; lower max_tokens or n, or shorten the prompt",
+                route.route.name,
+                format_usd(smallest),
+                format_usd(budget.limit),
+                budget.per.as_secs()
+            ),
+        )
+        .with_param(param),
+    )
 }
 
 /// The prompt's size for the route's limits: the largest count among its targets' tokenizers.
