@@ -214,7 +214,15 @@ pub async fn begin(
     deadline: Instant,
 ) -> Result<Begin, GatewayError> {
     let Some(cfg) = route.route.idempotency else { return Ok(Begin::Run(None)) };
-    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else { return Ok(Begin::Run(None)) };
+    let mut sent = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(raw) = sent.next() else { return Ok(Begin::Run(None)) };
+    if sent.next().is_some() {
+        // Which one the client meant is unknowable: using either could replay the wrong answer.
+        return Err(GatewayError::invalid(
+            "bad Idempotency-Key: sent more than once; send one key per request",
+            Some("Idempotency-Key"),
+        ));
+    }
     let key = validate_key(raw.as_bytes()).map_err(|why| {
         GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
     })?;
