@@ -15,6 +15,11 @@ use crate::limits::budget::Reservation;
 use crate::limits::prices::format_usd;
 use crate::limits::rate::{Limiter, retry_after_secs};
 use crate::runtime::{RouteRuntime, Shared, TargetRuntime};
+use crate::store::redis::Hold;
+
+/// How long a shared budget reservation outlives its route's total deadline before it stops
+/// counting (the settlement runs after the request ends, bounded by `state.timeout`).
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
 
 /// Request-level checks, before any target is tried. Counts the prompt only when a limit needs
 /// the number.
@@ -64,6 +69,10 @@ pub async fn request(
             "messages"
         }));
     }
+    if let Some(e) = larger_than_budget(route, ask) {
+        reject("budget");
+        return Err(e);
+    }
     let limited = |kind: &str, wait: Duration| {
         reject(kind);
         GatewayError::new(
@@ -106,6 +115,59 @@ async fn rate(
         }
     }
     local.check(units)
+}
+
+/// A request no paid target can ever take, because its worst case there is larger than the
+/// route's whole budget (or, on some targets, above `max_request_usd`), on a route with no
+/// free tier to answer instead. No window will fit it, so this is the request's fault, like
+/// the cost ceiling: 400 `cost_ceiling_exceeded` (not retryable), not 429 `budget_exhausted`,
+/// whose `Retry-After` would invite retries that can never succeed.
+fn larger_than_budget(route: &RouteRuntime, ask: &Prepared<'_>) -> Option<GatewayError> {
+    let limits = &route.route.limits;
+    let budget = limits.budget?;
+    if !route.route.free_tiers.is_empty() || route.targets.is_empty() {
+        return None;
+    }
+    let mut smallest = u64::MAX;
+    for t in &route.targets {
+        let price = t.series.price.as_ref()?;
+        if price.is_free() {
+            return None;
+        }
+        let input = ask.input_tokens(t.series.family);
+        let max_output = ask.output_limit().or_else(|| price.output_ceiling(input)).unwrap_or(0);
+        let worst = price.worst_case(input, max_output, ask.n());
+        if worst <= budget.limit && limits.max_request_usd.is_none_or(|c| worst <= c) {
+            return None;
+        }
+        smallest = smallest.min(worst);
+    }
+    if smallest <= budget.limit {
+        // Every target is above the cost ceiling, none above the budget: the ceiling's refusal.
+        return None;
+    }
+    let param = if ask.n() > 1 {
+        "n"
+    } else if ask.output_limit().is_some() {
+        "max_tokens"
+    } else {
+        "messages"
+    };
+    Some(
+        GatewayError::new(
+            ErrorCode::CostCeilingExceeded,
+            format!(
+                "this request is larger than route {:?}'s whole budget: its worst case is {} USD \
+                 (input tokens x input price + max output x output price, times n), the budget \
+                 {} USD per {} s; lower max_tokens or n, or shorten the prompt",
+                route.route.name,
+                format_usd(smallest),
+                format_usd(budget.limit),
+                budget.per.as_secs()
+            ),
+        )
+        .with_param(param),
+    )
 }
 
 /// The prompt's size for the route's limits: the largest count among its targets' tokenizers.
@@ -191,10 +253,13 @@ pub async fn target(
     }
     if let Some(store) = &shared.state.redis {
         let (window, ttl) = (limit.window_of(now), crate::store::window_ttl(limit.per));
-        match store.budget_reserve(&route.route.name, window, ttl, limit.limit, worst).await {
+        // The request ends by its total deadline and settles right after: a reservation
+        // still unsettled past this was lost (its replica died), and stops counting.
+        let hold = Hold::new(worst, route.route.timeouts.total + HOLD_MARGIN);
+        match store.budget_reserve(&route.route.name, window, ttl, limit.limit, &hold).await {
             Ok(Ok(())) => {
                 let reservation = Reservation { window, amount: worst };
-                let redis = Some((store.clone(), Arc::from(route.route.name.as_str())));
+                let redis = Some((store.clone(), Arc::from(route.route.name.as_str()), hold));
                 let held = Held {
                     ledger: ledger.clone(),
                     redis,
@@ -212,6 +277,8 @@ pub async fn target(
                 return Err(Skip::Budget(limit.until_reset(now)));
             }
             Err(e) => {
+                // It may still land in Redis (a stall): cancel it once Redis answers.
+                store.abandon_reserve(&route.route.name, window, ttl, hold);
                 if shared.state.failed("budgets", &e) == Policy::Reject {
                     reject("budget");
                     return Err(Skip::Budget(Duration::from_secs(1)));

@@ -40,7 +40,13 @@ pub enum Begin {
 
 enum Owner {
     Memory(Lease),
-    Redis { store: RedisStore, key: String, owner: String, ttl: Duration },
+    Redis {
+        store: RedisStore,
+        key: String,
+        owner: String,
+        ttl: Duration,
+        keeper: redis::ClaimKeeper,
+    },
 }
 
 /// A claimed key and the answer being collected for it.
@@ -121,7 +127,10 @@ impl Capture {
                 lease.complete(answer);
             }
             Owner::Memory(lease) => lease.release(),
-            Owner::Redis { store, key, owner, ttl } => {
+            Owner::Redis { store, key, owner, ttl, keeper } => {
+                // No renewal may follow: a late one is a no-op anyway (the record is done or
+                // gone by then), but there is no reason to send it.
+                drop(keeper);
                 store.spawn(|store| async move {
                     let mut r = if keep {
                         store.idem_complete(&key, &owner, &answer.encode(), ttl).await
@@ -134,7 +143,7 @@ impl Capture {
                         r = store.idem_release(&key, &owner).await;
                     }
                     if let Err(e) = r {
-                        // The record's lease expires by itself; a retry then executes.
+                        // The claim's short lease expires by itself; a retry then executes.
                         tracing::warn!(error = %e, "idempotency record not finished in redis");
                     }
                 });
@@ -205,7 +214,15 @@ pub async fn begin(
     deadline: Instant,
 ) -> Result<Begin, GatewayError> {
     let Some(cfg) = route.route.idempotency else { return Ok(Begin::Run(None)) };
-    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else { return Ok(Begin::Run(None)) };
+    let mut sent = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(raw) = sent.next() else { return Ok(Begin::Run(None)) };
+    if sent.next().is_some() {
+        // Which one the client meant is unknowable: using either could replay the wrong answer.
+        return Err(GatewayError::invalid(
+            "bad Idempotency-Key: sent more than once; send one key per request",
+            Some("Idempotency-Key"),
+        ));
+    }
     let key = validate_key(raw.as_bytes()).map_err(|why| {
         GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
     })?;
@@ -227,15 +244,17 @@ pub async fn begin(
         over: false,
     };
     if let Some(store) = &shared.state.redis {
-        let lease = route.route.timeouts.total + Duration::from_secs(10);
-        match in_redis(store, &hex(&scope), &hex(&fp), lease, cfg.wait, deadline).await {
+        match in_redis(store, &hex(&scope), &hex(&fp), redis::CLAIM_LEASE, cfg.wait, deadline).await
+        {
             Ok(InRedis::Run(key, owner)) => {
                 let ttl = cfg.ttl;
+                let keeper = store.keep_claim(&key, &owner, redis::CLAIM_LEASE);
                 return Ok(Begin::Run(Some(capture(Owner::Redis {
                     store: store.clone(),
                     key,
                     owner,
                     ttl,
+                    keeper,
                 }))));
             }
             Ok(InRedis::Replay(a)) => {
@@ -314,7 +333,16 @@ async fn in_redis(
         // script answers "claimed" to its own owner), so one retry cannot run the request twice.
         let claim = match store.idem_claim(key, fp, &owner, lease).await {
             Ok(c) => c,
-            Err(_) => store.idem_claim(key, fp, &owner, lease).await?,
+            Err(_) => match store.idem_claim(key, fp, &owner, lease).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Either try may still land in Redis once it answers (a stall, not an
+                    // outage): nobody would own that claim, so it is released then, and its
+                    // short lease bounds it meanwhile.
+                    store.abandon_claim(key, &owner);
+                    return Err(e);
+                }
+            },
         };
         match claim {
             redis::Claim::Claimed => return Ok(InRedis::Run(key.to_owned(), owner)),

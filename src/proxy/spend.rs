@@ -20,8 +20,8 @@ use super::peek::Usage;
 pub struct Held {
     /// This process's ledger of the route (also the fallback while Redis is away).
     pub ledger: Arc<Ledger>,
-    /// Set when the reservation was made in Redis: settled there.
-    pub redis: Option<(crate::store::redis::RedisStore, Arc<str>)>,
+    /// Set when the reservation was made in Redis: settled there (route name, its entry).
+    pub redis: Option<(crate::store::redis::RedisStore, Arc<str>, crate::store::redis::Hold)>,
     pub limit: BudgetLimit,
     pub reservation: Reservation,
     pub clock: EpochClock,
@@ -36,13 +36,14 @@ impl Held {
     /// any), and updates the route's remaining-budget gauge.
     pub fn settle(self, actual: u64, route: Option<&RouteSeries>) {
         let actual = actual.saturating_add(self.accrued);
-        if let Some((store, name)) = self.redis {
+        if let Some((store, name, hold)) = self.redis {
             let (r, per) = (self.reservation, self.limit.per);
             let ttl = crate::store::window_ttl(per);
             // Settling must not wait for Redis: it runs on its own, bounded by the store's
-            // timeout. A lost settlement leaves the worst case reserved until the window ends.
+            // timeout. A lost settlement leaves the worst case reserved until its lease ends
+            // (the route's deadline plus a margin), and the cost uncounted.
             store.spawn(|store| async move {
-                if let Err(e) = store.budget_settle(&name, r.window, ttl, r.amount, actual).await {
+                if let Err(e) = store.budget_settle(&name, r.window, ttl, &hold, actual).await {
                     tracing::warn!(route = %name, error = %e, "budget settlement in redis failed");
                 }
             });

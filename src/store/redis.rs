@@ -16,9 +16,12 @@
 //! stalled, a call answers `Err(StoreError)` within that time rather than hang, and a later
 //! call succeeds again once Redis is back. [`RedisStore::new`] itself never connects, so a
 //! replica can start while Redis is away; a background task pings once a second, which
-//! reconnects ahead of traffic. A timed-out call may still have run on the server (its answer
-//! was lost): an unknown budget reservation is not leaked for long, since the window's key
-//! expires, and an unknown idempotency claim expires with its lease.
+//! reconnects ahead of traffic. A timed-out call may still have run on the server, or still run
+//! later (queued while Redis was stalled): such late writes are made harmless. An idempotency
+//! claim lives for a short lease ([`CLAIM_LEASE`]) that only a live owner renews, and a claim
+//! that timed out is released as soon as Redis answers again. A budget reservation is its own
+//! entry with a lease (the route's deadline plus a margin) and stops counting when it ends; one
+//! that timed out is cancelled as soon as Redis answers (or refused, should it land later).
 //!
 //! # Key layout
 //!
@@ -26,7 +29,8 @@
 //!
 //! | key | type | fields / value | TTL |
 //! | --- | --- | --- | --- |
-//! | `{prefix}budget:{route}:{window_start_secs}` | hash | `spent`, `reserved` (integer micro-dollars) | the `ttl` given, refreshed on each write |
+//! | `{prefix}budget:{route}:{window_start_secs}` | hash | `spent`, `reserved` (integer micro-dollars; `reserved` is the sum of the live reservations) | the `ttl` given, refreshed on each write |
+//! | `{prefix}budget:{route}:{window_start_secs}:holds` | sorted set | `{id}:{amount}` per reservation (`{id}:x`: a cancelled one), scored by its expiry, ms on the Redis clock | as the hash |
 //! | `{prefix}gcra:{key}` | string | theoretical arrival time, integer microseconds since the epoch (Redis `TIME`) | until the bucket is full again |
 //! | `{prefix}idem:{scope}` | hash | `state` (`running`/`done`), `fp`, `owner`, `answer` (bytes, once done) | the lease while running, the `ttl` once done |
 //!
@@ -66,8 +70,8 @@ use ::redis::{Client, RedisError, RedisResult, Script};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-pub use budget::Exhausted;
-pub use idempotency::{Claim, WaitResult};
+pub use budget::{Exhausted, Hold};
+pub use idempotency::{CLAIM_LEASE, Claim, ClaimKeeper, WaitResult};
 
 /// The largest integer a Lua number (a double) holds exactly.
 const MAX_EXACT: u64 = (1 << 53) - 1;
@@ -106,6 +110,8 @@ impl StoreError {
 struct Scripts {
     budget_reserve: Script,
     budget_settle: Script,
+    budget_cancel: Script,
+    budget_status: Script,
     gcra: Script,
     idem_claim: Script,
     idem_complete: Script,
@@ -115,9 +121,12 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        let [budget_reserve, budget_settle, budget_cancel, budget_status] = budget::scripts();
         Scripts {
-            budget_reserve: Script::new(include_str!("redis/budget_reserve.lua")),
-            budget_settle: Script::new(include_str!("redis/budget_settle.lua")),
+            budget_reserve,
+            budget_settle,
+            budget_cancel,
+            budget_status,
             gcra: Script::new(include_str!("redis/gcra.lua")),
             idem_claim: Script::new(include_str!("redis/idem_claim.lua")),
             idem_complete: Script::new(include_str!("redis/idem_complete.lua")),

@@ -90,6 +90,16 @@ async fn same_key_other_request_is_422_and_bad_keys_are_400() {
         assert_eq!(got.json()["error"]["param"], "Idempotency-Key");
     }
     assert_eq!(calls(&gw), 1);
+    // Two keys: ambiguous, refused before any work (audit F8).
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "two1")
+        .header("idempotency-key", "two2");
+    let got = call_with(&gw, req.body(Full::new(Bytes::from(chat("x")))).unwrap()).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.error_code(), "invalid_request");
+    assert_eq!(got.json()["error"]["param"], "Idempotency-Key");
+    assert_eq!(calls(&gw), 1);
 }
 
 #[tokio::test(start_paused = true)]

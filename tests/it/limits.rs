@@ -482,3 +482,30 @@ async fn a_stream_that_breaks_on_every_attempt_is_counted_once() {
     );
     assert_eq!((metric_cost * 1e6).round() as u64, cost, "metric vs log: {line}");
 }
+
+/// A request whose worst case alone is larger than the whole budget can never be served: a
+/// non-retryable 400 saying so, not a retryable 429 claiming the budget is spent (audit F4).
+#[tokio::test(start_paused = true)]
+async fn a_request_larger_than_the_whole_budget_is_a_400_not_a_429() {
+    let gw = gateway(&priced("m", "{budget: {usd: 0.00003, per: 60s}}", ""));
+    let body = |extra: &str| {
+        format!(r#"{{"model":"x",{extra}"messages":[{{"role":"user","content":"hi"}}]}}"#)
+    };
+    for (extra, param) in
+        [(r#""max_tokens":1000,"#, "max_tokens"), (r#""max_tokens":5,"n":20,"#, "n")]
+    {
+        let got = post(&gw, "/v1/chat/completions", &body(extra)).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        assert_eq!(got.error_code(), "cost_ceiling_exceeded");
+        assert_eq!(got.header("x-should-retry"), "false");
+        assert!(got.headers.get("retry-after").is_none());
+        let e = &got.json()["error"];
+        assert_eq!(e["param"], param);
+        assert!(
+            e["message"].as_str().unwrap_or("").contains("larger than route \"r\"'s whole budget"),
+            "{e}"
+        );
+    }
+    // Nothing was spent: a request that fits is served.
+    assert_eq!(post(&gw, "/v1/chat/completions", &body(r#""max_tokens":5,"#)).await.status, 200);
+}

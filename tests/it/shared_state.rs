@@ -46,7 +46,9 @@ async fn replica(redis: &str, mock: SocketAddr, name: &str) -> Replica {
              providers:\n  remote: {{kind: openai_compatible, base_url: \"http://{mock}/v1\"}}\n\
              routes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: {target}\n\
              \x20 budgeted:\n    limits: {{max_output_tokens: 10, budget: {{usd: 0.0011, per: 1h}}}}\n    targets: {target}\n\
-             \x20 limited:\n    limits: {{rpm: 4}}\n    targets: {target}\n",
+             \x20 limited:\n    limits: {{rpm: 4}}\n    targets: {target}\n\
+             \x20 short:\n    timeouts: {{total: 6s}}\n    targets: {target}\n\
+             \x20 stallbudget:\n    limits: {{max_output_tokens: 10, budget: {{usd: 1, per: 1h}}}}\n    targets: {target}\n",
             pid = std::process::id()
         ),
     )
@@ -203,4 +205,76 @@ async fn two_replicas_share_keys_budgets_and_limits_through_redis() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     one_call_for_a_key_across_replicas(&a, &b, &stats, "after-restart").await;
+}
+
+/// Sends SIGSTOP or SIGCONT to the test's redis-server.
+fn signal(redis: &TestServer, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &redis.pid().to_string()]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill {sig} failed");
+}
+
+/// Redis stalls (SIGSTOP) while a keyed request claims its key: the claim times out, the
+/// request is served on local state, and the queued claim lands in Redis when it resumes. That
+/// claim must not leave the key "running" (owned by nobody) for the route's whole deadline: a
+/// retry with the key is answered, not held until its own deadline and then refused with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_landing_after_a_redis_stall_does_not_block_the_key() {
+    let redis = TestServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let (mock, _stats) = mock_server().await;
+    let a = replica(&redis.url(), mock, "stall").await;
+    // The connection is up before the stall.
+    assert_eq!(chat_to(&a, "short", Some("warm")).await.status, 200);
+
+    signal(&redis, "-STOP");
+    let stalled = send(a.data, "POST", "/r/short/v1/chat/completions", &chat("x"), Some("k")).await;
+    signal(&redis, "-CONT");
+    let stalled = stalled.expect("answered during the stall");
+    assert_eq!(stalled.status, 200, "{}", stalled.text());
+    assert!(state_errors(&a).await > 0.0, "the claim did not go through the stall path");
+
+    // The retry (route deadline 6 s) executes or replays; before the fix the claim that landed
+    // late held the key for total + 10 s, so the retry waited 6 s and got 409.
+    let t0 = Instant::now();
+    let retry = chat_to(&a, "short", Some("k")).await;
+    assert_eq!(retry.status, 200, "after {:?}: {}", t0.elapsed(), retry.text());
+}
+
+/// What the budget hashes of `route` hold as `reserved`, summed over its windows.
+async fn reserved_in_redis(url: &str, route: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("it{}:budget:{route}:*", std::process::id());
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut c).await.unwrap();
+    let mut sum = 0;
+    for k in keys.iter().filter(|k| !k.ends_with(":holds")) {
+        let r: Option<u64> =
+            redis::cmd("HGET").arg(k).arg("reserved").query_async(&mut c).await.unwrap();
+        sum += r.unwrap_or(0);
+    }
+    sum
+}
+
+/// Redis stalls while a request reserves budget: the reserve times out, the request is served
+/// on the local ledger, and the queued reserve lands when Redis resumes. Nobody settles it, so
+/// it must be cancelled, not held in the shared window until the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_reserve_landing_after_a_redis_stall_is_cancelled() {
+    let redis = TestServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let (mock, _stats) = mock_server().await;
+    let a = replica(&redis.url(), mock, "stallbudget").await;
+    assert_eq!(chat_to(&a, "stallbudget", None).await.status, 200);
+    assert_eq!(reserved_in_redis(&redis.url(), "stallbudget").await, 0);
+
+    signal(&redis, "-STOP");
+    let path = "/r/stallbudget/v1/chat/completions";
+    let stalled = send(a.data, "POST", path, &chat("x"), None).await;
+    signal(&redis, "-CONT");
+    assert_eq!(stalled.expect("answered during the stall").status, 200);
+    assert!(state_errors(&a).await > 0.0, "the reserve did not go through the stall path");
+
+    let t0 = Instant::now();
+    while reserved_in_redis(&redis.url(), "stallbudget").await != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the late reservation was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,13 +1,15 @@
--- Settle a reservation, atomically: reserved -= ARGV[1] (floor 0); spent += ARGV[2].
--- KEYS[1]: the window's hash {spent, reserved}, integer micro-dollars.
--- ARGV[1]: reserved amount, ARGV[2]: actual cost, ARGV[3]: TTL in milliseconds.
+-- Settle a reservation, atomically (after budget_purge.lua): if it is still held, it leaves
+-- `reserved`; either way spent += the actual cost.
+-- ARGV[1]: reservation id, ARGV[2]: its amount, ARGV[3]: actual cost, ARGV[4]: TTL in ms.
 -- Arguments go to HINCRBY as the strings the caller sent: no float formatting on the way back.
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-if tonumber(ARGV[1]) >= reserved then
-  redis.call('HSET', KEYS[1], 'reserved', '0')
-else
-  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
+  reserved = reserved - tonumber(ARGV[2])
+  if reserved < 0 then
+    reserved = 0
+  end
+  redis.call('HSET', KEYS[1], 'reserved', string.format('%d', reserved))
 end
-redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1

@@ -16,6 +16,26 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// The longest poll interval while it is up: polling then only covers lost messages and
 /// expired leases.
 const POLL_MAX_SUBSCRIBED: Duration = Duration::from_millis(500);
+/// How many times [`RedisStore::abandon_claim`] tries.
+const ABANDON_TRIES: usize = 5;
+
+/// How long a claim lives in Redis unless its owner renews it. Short on purpose: a claim
+/// whose reply was lost (Redis stalled past `state.timeout`, so the request went on with local
+/// state) may still land in Redis later, and then nobody owns it; it must not hold the key for
+/// the route's whole deadline. A live owner renews it every quarter of this
+/// ([`RedisStore::keep_claim`]); completion sets the record's real TTL.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+
+/// Renews a claim while it is held: dropping it stops the renewals (the record then expires
+/// one lease after the last, unless completed or released first).
+#[derive(Debug)]
+pub struct ClaimKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for ClaimKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The answer of [`RedisStore::idem_claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +162,38 @@ impl RedisStore {
             })
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Keeps `owner`'s claim on `key` alive: renews it to `lease` every quarter of `lease`
+    /// until the returned keeper drops, or the claim is found lost (completed, released,
+    /// expired). A renewal that fails is tried again at the next tick; one that lands late is
+    /// harmless (the script checks that the record is still running and still the owner's).
+    pub fn keep_claim(&self, key: &str, owner: &str, lease: Duration) -> ClaimKeeper {
+        let (store, key, owner) = (self.clone(), key.to_owned(), owner.to_owned());
+        let every = (lease / 4).max(Duration::from_millis(1));
+        ClaimKeeper(self.inner.home.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(false) = store.idem_renew(&key, &owner, lease).await {
+                    return;
+                }
+            }
+        }))
+    }
+
+    /// After a claim whose outcome is unknown (every try timed out): deletes it if it landed
+    /// and is still `owner`'s, as soon as Redis answers again (a few tries, a second apart).
+    /// Until then, or if it lands after this ran, the claim's short lease bounds it.
+    pub fn abandon_claim(&self, key: &str, owner: &str) {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.spawn(|store| async move {
+            for _ in 0..ABANDON_TRIES {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if store.idem_release(&key, &owner).await.is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Wait until `key` is done, released or expired, or `deadline` passes; answer its state

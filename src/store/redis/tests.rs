@@ -36,28 +36,36 @@ async fn until_ping_ok(store: &RedisStore, within: Duration) -> Result<(), Strin
     }
 }
 
+fn hold(amount: u64) -> Hold {
+    Hold::new(amount, HOUR)
+}
+
 #[tokio::test]
 async fn budget_reserve_and_settle_arithmetic() -> TestResult {
     let server = TestServer::start().await?;
     let store = store_on(&server)?;
     let w = 1_700_000_000;
     assert_eq!(store.budget_status("chat", w).await?, (0, 0));
-    assert_eq!(store.budget_reserve("chat", w, HOUR, 1000, 300).await?, Ok(()));
+    let h300 = hold(300);
+    assert_eq!(store.budget_reserve("chat", w, HOUR, 1000, &h300).await?, Ok(()));
     assert_eq!(
-        store.budget_reserve("chat", w, HOUR, 1000, 800).await?,
+        store.budget_reserve("chat", w, HOUR, 1000, &hold(800)).await?,
         Err(Exhausted { spent: 0, reserved: 300 })
     );
     assert_eq!(store.budget_status("chat", w).await?, (0, 300));
-    store.budget_settle("chat", w, HOUR, 300, 250).await?;
+    store.budget_settle("chat", w, HOUR, &h300, 250).await?;
     assert_eq!(store.budget_status("chat", w).await?, (250, 0));
     // Exactly at the limit is admitted; one more is not.
-    assert_eq!(store.budget_reserve("chat", w, HOUR, 1000, 750).await?, Ok(()));
+    let h750 = hold(750);
+    assert_eq!(store.budget_reserve("chat", w, HOUR, 1000, &h750).await?, Ok(()));
     assert_eq!(
-        store.budget_reserve("chat", w, HOUR, 1000, 1).await?,
+        store.budget_reserve("chat", w, HOUR, 1000, &hold(1)).await?,
         Err(Exhausted { spent: 250, reserved: 750 })
     );
-    // Releasing more than is reserved floors at 0.
-    store.budget_settle("chat", w, HOUR, 5000, 10).await?;
+    // Settling twice, or an unknown reservation, releases nothing more; spent still counts.
+    store.budget_settle("chat", w, HOUR, &h750, 10).await?;
+    store.budget_settle("chat", w, HOUR, &h750, 0).await?;
+    store.budget_settle("chat", w, HOUR, &hold(5000), 0).await?;
     assert_eq!(store.budget_status("chat", w).await?, (260, 0));
     // Windows and routes are separate keys; a route with ':' does not collide.
     assert_eq!(store.budget_status("chat", w + 60).await?, (0, 0));
@@ -66,7 +74,45 @@ async fn budget_reserve_and_settle_arithmetic() -> TestResult {
     let ttl = pttl(&store, &store.budget_key("chat", w)).await?;
     assert!(ttl > 3_500_000 && ttl <= 3_600_000, "pttl {ttl}");
     // Amounts Lua cannot hold exactly are refused, not rounded.
-    assert!(store.budget_reserve("chat", w, HOUR, u64::MAX, 1 << 60).await.is_err());
+    assert!(store.budget_reserve("chat", w, HOUR, u64::MAX, &hold(1 << 60)).await.is_err());
+    Ok(())
+}
+
+/// A reservation nobody settles (its replica died) stops counting when its lease ends; one
+/// settled after that adds its cost and frees nothing twice.
+#[tokio::test]
+async fn an_unsettled_reservation_expires_with_its_lease() -> TestResult {
+    let server = TestServer::start().await?;
+    let store = store_on(&server)?;
+    let lost = Hold::new(600, Duration::from_millis(200));
+    assert_eq!(store.budget_reserve("lease", 0, HOUR, 1000, &lost).await?, Ok(()));
+    let kept = hold(400);
+    assert_eq!(store.budget_reserve("lease", 0, HOUR, 1000, &kept).await?, Ok(()));
+    assert!(store.budget_reserve("lease", 0, HOUR, 1000, &hold(600)).await?.is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.budget_status("lease", 0).await? != (0, 400) {
+        assert!(Instant::now() < deadline, "the lost reservation never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.budget_reserve("lease", 0, HOUR, 1000, &hold(600)).await?, Ok(()));
+    store.budget_settle("lease", 0, HOUR, &lost, 100).await?;
+    assert_eq!(store.budget_status("lease", 0).await?, (100, 1000));
+    Ok(())
+}
+
+/// A cancelled reservation frees its amount; one cancelled before it lands is refused.
+#[tokio::test]
+async fn a_cancelled_reservation_is_freed_or_refused_if_it_lands_later() -> TestResult {
+    let server = TestServer::start().await?;
+    let store = store_on(&server)?;
+    let landed = hold(700);
+    assert_eq!(store.budget_reserve("c", 0, HOUR, 1000, &landed).await?, Ok(()));
+    store.budget_cancel("c", 0, HOUR, &landed).await?;
+    assert_eq!(store.budget_status("c", 0).await?, (0, 0));
+    let late = hold(700);
+    store.budget_cancel("c", 0, HOUR, &late).await?;
+    assert!(store.budget_reserve("c", 0, HOUR, 1000, &late).await.is_err());
+    assert_eq!(store.budget_status("c", 0).await?, (0, 0));
     Ok(())
 }
 
@@ -77,7 +123,9 @@ async fn concurrent_reserves_admit_exactly_the_limit() -> TestResult {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.budget_reserve("r", 60, HOUR, 50_000, 1000).await })
+            tokio::spawn(
+                async move { store.budget_reserve("r", 60, HOUR, 50_000, &hold(1000)).await },
+            )
         })
         .collect();
     let mut admitted = 0;
@@ -272,7 +320,7 @@ async fn invalid_urls_fail_and_unreachable_redis_does_not() -> TestResult {
     // Redis comes up on that port: the same store recovers by itself.
     let _server = TestServer::start_on(port).await?;
     until_ping_ok(&store, Duration::from_secs(15)).await?;
-    assert_eq!(store.budget_reserve("r", 0, HOUR, 10, 1).await?, Ok(()));
+    assert_eq!(store.budget_reserve("r", 0, HOUR, 10, &hold(1)).await?, Ok(()));
     Ok(())
 }
 
@@ -282,7 +330,7 @@ async fn killed_server_fails_fast_then_recovers_on_the_same_port() -> TestResult
     let port = server.port();
     let op = Duration::from_millis(500);
     let store = RedisStore::new(&server.url(), "tidegate:", op)?;
-    assert_eq!(store.budget_reserve("r", 0, HOUR, 10_000, 100).await?, Ok(()));
+    assert_eq!(store.budget_reserve("r", 0, HOUR, 10_000, &hold(100)).await?, Ok(()));
     assert_eq!(store.gcra("g", 10, HOUR, 1).await?, None);
     drop(server);
 
@@ -291,7 +339,7 @@ async fn killed_server_fails_fast_then_recovers_on_the_same_port() -> TestResult
     for round in 0..3 {
         let start = Instant::now();
         assert!(store.ping().await.is_err(), "round {round}: ping");
-        assert!(store.budget_reserve("r", 0, HOUR, 10_000, 1).await.is_err());
+        assert!(store.budget_reserve("r", 0, HOUR, 10_000, &hold(1)).await.is_err());
         assert!(store.gcra("g", 10, HOUR, 1).await.is_err());
         assert!(store.idem_claim("k", "fp", "a", HOUR).await.is_err());
         assert!(store.idem_wait("k", Instant::now() + HOUR).await.is_err());
@@ -302,7 +350,7 @@ async fn killed_server_fails_fast_then_recovers_on_the_same_port() -> TestResult
     // A new, empty server on the same port: calls succeed again (scripts are reloaded).
     let _server = TestServer::start_on(port).await?;
     until_ping_ok(&store, Duration::from_secs(15)).await?;
-    assert_eq!(store.budget_reserve("r", 0, HOUR, 10_000, 100).await?, Ok(()));
+    assert_eq!(store.budget_reserve("r", 0, HOUR, 10_000, &hold(100)).await?, Ok(()));
     assert_eq!(store.budget_status("r", 0).await?, (0, 100));
     assert_eq!(store.gcra("g", 10, HOUR, 1).await?, None);
     assert_eq!(store.idem_claim("k", "fp", "a", HOUR).await?, Claim::Claimed);
@@ -338,7 +386,7 @@ async fn stalled_server_times_out_then_recovers() -> TestResult {
         return Err("kill -STOP failed".into());
     }
     let start = Instant::now();
-    let stalled = store.budget_reserve("r", 0, HOUR, 10, 1).await;
+    let stalled = store.budget_reserve("r", 0, HOUR, 10, &hold(1)).await;
     let took = start.elapsed();
     let resumed = signal("-CONT");
     assert!(
@@ -350,7 +398,7 @@ async fn stalled_server_times_out_then_recovers() -> TestResult {
         return Err("kill -CONT failed".into());
     }
     until_ping_ok(&store, Duration::from_secs(15)).await?;
-    assert!(store.budget_reserve("r", 0, HOUR, 10, 1).await?.is_ok());
+    assert!(store.budget_reserve("r", 0, HOUR, 10, &hold(1)).await?.is_ok());
     Ok(())
 }
 
@@ -372,4 +420,20 @@ async fn flush_waits_for_spawned_writes_within_its_bound() {
     let t = Instant::now();
     assert!(!store.flush(Duration::from_millis(50)).await, "a stuck write cannot hold shutdown");
     assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+/// A kept claim outlives its short lease; once the keeper drops, it expires one lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_claim_is_renewed_and_expires_once_dropped() -> TestResult {
+    let server = TestServer::start().await?;
+    let store = store_on(&server)?;
+    let lease = Duration::from_secs(1);
+    assert_eq!(store.idem_claim("kc", "fp", "a", lease).await?, Claim::Claimed);
+    let keeper = store.keep_claim("kc", "a", lease);
+    tokio::time::sleep(lease * 3).await; // renewed every 250 ms meanwhile
+    assert_eq!(store.idem_wait("kc", Instant::now()).await?, WaitResult::Running);
+    drop(keeper);
+    let far = Instant::now() + Duration::from_secs(30);
+    assert_eq!(store.idem_wait("kc", far).await?, WaitResult::Gone);
+    Ok(())
 }
