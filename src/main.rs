@@ -78,7 +78,15 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // SPEC §2: invalid input exits 1 (clap's own code for a usage error is 2, which the SPEC
+    // keeps for runtime failures); --help and --version still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     // `serve` runs its data plane on worker threads of their own (`server.worker_threads`);
     // the main thread only accepts connections and runs the admin plane and reloads. The other
     // commands use a multi-threaded runtime (TOKIO_WORKER_THREADS overrides its size).
@@ -123,19 +131,20 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> u8 {
     match Config::load(path) {
         Ok(c) => {
-            print!("{}: ok\n{}", path.display(), c.summary());
+            // Written at once, and a closed stdout (`check | head`) is not a panic.
+            let mut out = format!("{}: ok\n{}", path.display(), c.summary());
             for p in c.providers.values() {
                 if let Err(e) = tidegate::providers::resolve_key(&p.key) {
-                    println!(
-                        "warning: providers.{}: {e} (serve will refuse to start without it)",
+                    out += &format!(
+                        "warning: providers.{}: {e} (serve will refuse to start without it)\n",
                         p.name
                     );
                 }
                 if let Some(Err(e)) =
                     p.ca_file.as_deref().map(tidegate::providers::client::check_ca_file)
                 {
-                    println!(
-                        "warning: providers.{}.ca_file: {e} (serve would refuse to start with it)",
+                    out += &format!(
+                        "warning: providers.{}.ca_file: {e} (serve would refuse to start with it)\n",
                         p.name
                     );
                 }
@@ -145,8 +154,9 @@ fn check(path: &std::path::Path) -> u8 {
             let token = app::admin_token(None);
             if let Err(e) = app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
             {
-                println!("warning: {e} (serve will refuse to start without it)");
+                out += &format!("warning: {e} (serve will refuse to start without it)\n");
             }
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
             0
         }
         Err(e) => {

@@ -56,6 +56,14 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         return Err(cx.err("providers", "expected at least one provider"));
     }
 
+    if let Some(l) = raw.label.as_deref()
+        && !header_safe(l)
+    {
+        return Err(cx.err(
+            "label",
+            "expected printable text without control characters (it is sent in the x-tidegate-config-label header)",
+        ));
+    }
     let models = super::limits::models(raw.models, &|p, m| cx.err(p, m))?;
 
     let routes = routes(&cx, raw.routes, &providers, &models)?;
@@ -360,6 +368,12 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
 /// hyper 200, Go 250), so a larger value is a typo.
 const MAX_HTTP2_STREAMS: u32 = 10_000;
 
+/// Text sent as a response header value (the label, the upstream model): no control
+/// characters (tab aside), which `http::HeaderValue` refuses.
+fn header_safe(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// Names appear in URL paths and metric labels: keep them to a safe alphabet.
 fn check_name(cx: &Ctx<'_>, path: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
@@ -441,11 +455,12 @@ fn routes(
                 ));
             }
             let model = match t.model {
-                Some(m) if !m.trim().is_empty() => m,
+                Some(m) if !m.trim().is_empty() && header_safe(&m) => m,
                 _ => {
-                    return Err(
-                        cx.err(format!("{tpath}.model"), "expected the upstream model name")
-                    );
+                    return Err(cx.err(
+                        format!("{tpath}.model"),
+                        "expected the upstream model name (printable text: it is sent in the x-tidegate-model header)",
+                    ));
                 }
             };
             targets.push(Target { provider, model });
@@ -694,6 +709,16 @@ mod tests {
         assert_eq!(c.breaker.max_open_for, Duration::from_secs(300));
         let e = load_str(&format!("circuit_breaker: {{failure_rate: 1.5}}\n{MIN}")).unwrap_err();
         assert_eq!(e.path, "circuit_breaker.failure_rate");
+    }
+
+    #[test]
+    fn labels_and_models_that_cannot_be_headers_are_refused() {
+        let e = load_str(&format!("label: \"a\\nb\"\n{MIN}")).unwrap_err();
+        assert_eq!(e.path, "label", "{e}");
+        let bad = MIN.replace("model: ok", "model: \"o\\u0001k\"");
+        let e = load_str(&bad).unwrap_err();
+        assert_eq!(e.path, "routes.chat.targets[0].model", "{e}");
+        assert!(load_str(&format!("label: \"2026-11-29 rollout 日本\"\n{MIN}")).is_ok());
     }
 
     #[test]

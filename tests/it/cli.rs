@@ -35,6 +35,17 @@ fn check_reports_path_aware_errors_with_exit_1() {
     let missing =
         tidegate().args(["check", "--config", "/nonexistent/tidegate.yaml"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
+    // A usage error is invalid input too (SPEC §2: 2 is for runtime failures); help is not.
+    let usage = tidegate().args(["check"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("--config"));
+    assert_eq!(tidegate().args(["check", "--help"]).output().unwrap().status.code(), Some(0));
+    // A label that cannot be a header value is refused by check, as serve would.
+    let label = dir.join("label.yaml");
+    std::fs::write(&label, "label: \"a\\nb\"\nproviders:\n  sim: {kind: mock}\nroutes:\n  r:\n    targets: [{provider: sim, model: m}]\n").unwrap();
+    let out = tidegate().args(["check", "--config"]).arg(&label).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("label.yaml: label: expected printable"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
