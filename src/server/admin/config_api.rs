@@ -74,10 +74,17 @@ impl ConfigApi {
         let got = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or("");
         constant_time_eq(got.trim().as_bytes(), want.as_bytes())
     }
+}
+
+/// The credential of a `Bearer` authorization (the scheme name is case-insensitive, RFC 9110
+/// §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares SHA-256 digests without an early exit, so neither the token's content nor its
@@ -145,5 +152,14 @@ mod tests {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+            assert_eq!(bearer(v), Some("s3cret"), "{v}");
+        }
+        assert_eq!(bearer("Basic s3cret"), None);
+        assert_eq!(bearer("Bearers3cret"), None);
     }
 }
