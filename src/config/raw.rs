@@ -25,10 +25,43 @@ pub struct RawConfig {
     /// Circuit-breaker settings (read at start).
     #[serde(default)]
     pub circuit_breaker: RawBreaker,
+    #[serde(deserialize_with = "unique")]
     pub providers: BTreeMap<String, RawProvider>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique")]
     pub models: BTreeMap<String, RawModel>,
+    #[serde(deserialize_with = "unique")]
     pub routes: BTreeMap<String, RawRoute>,
+}
+
+/// A name map that refuses a name given twice: YAML parsers keep the last of duplicate keys,
+/// which would silently drop a copy-pasted route or provider.
+fn unique<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Names<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Names<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of names")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if out.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!("`{name}` is defined twice")));
+                }
+                let v = map.next_value()?;
+                out.insert(name, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Names(std::marker::PhantomData))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -34,7 +34,7 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        cx.err(path, e.into_inner().to_string())
+        cx.err(&path, yaml_message(&path, &e.into_inner().to_string()))
     })?;
 
     let server = server(&cx, raw.server)?;
@@ -367,6 +367,29 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
 /// The largest `http2_max_streams`: far above any upstream's stream limit (nginx allows 128,
 /// hyper 200, Go 250), so a larger value is a typo.
 const MAX_HTTP2_STREAMS: u32 = 10_000;
+
+/// A YAML error's message for a report that already names `path`: without the parser's own
+/// location prefix (`routes.chat: unknown field ...` under `routes.chat.timeout`), and with
+/// the names of internal types (`expected struct RawRoute`) read as what they are.
+fn yaml_message(path: &str, msg: &str) -> String {
+    let msg = match msg.split_once(": ") {
+        Some((at, rest))
+            if !at.contains(' ')
+                && (path == at
+                    || path.strip_prefix(at).is_some_and(|r| r.starts_with(['.', '[']))) =>
+        {
+            rest
+        }
+        _ => msg,
+    };
+    match msg.split_once("expected struct ") {
+        Some((before, after)) => {
+            let rest = after.split_once(' ').map_or("", |(_, r)| r);
+            format!("{before}expected a mapping of keys {rest}").trim_end().to_owned()
+        }
+        None => msg.to_owned(),
+    }
+}
 
 /// Text sent as a response header value (the label, the upstream model): no control
 /// characters (tab aside), which `http::HeaderValue` refuses.
@@ -709,6 +732,21 @@ mod tests {
         assert_eq!(c.breaker.max_open_for, Duration::from_secs(300));
         let e = load_str(&format!("circuit_breaker: {{failure_rate: 1.5}}\n{MIN}")).unwrap_err();
         assert_eq!(e.path, "circuit_breaker.failure_rate");
+    }
+
+    #[test]
+    fn a_name_defined_twice_is_an_error_and_messages_name_their_path_once() {
+        let dup = "providers:\n  sim: {kind: mock}\nroutes:\n  chat: {targets: [{provider: sim, model: m}]}\n  chat: {targets: [{provider: sim, model: n}]}\n";
+        let e = load_str(dup).unwrap_err();
+        assert_eq!(e.path, "routes", "{e}");
+        assert!(e.message.starts_with("`chat` is defined twice"), "{e}");
+        let dup = "providers:\n  sim: {kind: mock}\n  sim: {kind: mock}\nroutes:\n  chat: {targets: [{provider: sim, model: m}]}\n";
+        assert!(load_str(dup).unwrap_err().message.contains("`sim` is defined twice"));
+        let e = load_str(&MIN.replace("chat:", "chat:\n    timeout: 3s")).unwrap_err();
+        assert_eq!(e.path, "routes.chat.timeout");
+        assert!(e.message.starts_with("unknown field `timeout`"), "{e}");
+        let e = load_str("- a\n- b\n").unwrap_err();
+        assert!(!e.message.contains("Raw"), "{e}");
     }
 
     #[test]
