@@ -301,20 +301,20 @@ pub(super) fn resolve(h: &History, wanted: &str) -> Result<String, OpError> {
     let valid = || h.entries.iter().filter(|e| e.content.is_some());
     let hex = wanted.strip_prefix("v-").unwrap_or(wanted).to_ascii_lowercase();
     let is_hex = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hex && hex.len() >= 6 {
-        let found: Vec<_> = valid().filter(|e| e.version[2..].starts_with(&hex)).collect();
-        match found.as_slice() {
-            [one] => return Ok(one.version.clone()),
-            [] => {}
-            many => return Err(ambiguous(wanted, many)),
-        }
-    }
-    let found: Vec<_> = valid().filter(|e| e.label.as_deref() == Some(wanted)).collect();
+    // A prefix and a label both count: a name that is one version's label and another's
+    // prefix is ambiguous, not silently the prefix's.
+    let prefix = |e: &&VersionInfo| is_hex && hex.len() >= 6 && e.version[2..].starts_with(&hex);
+    let found: Vec<_> =
+        valid().filter(|e| prefix(e) || e.label.as_deref() == Some(wanted)).collect();
     match found.as_slice() {
         [one] => Ok(one.version.clone()),
-        [] if is_hex && hex.len() < 6 => {
-            Err(OpError::bad_request("a version prefix needs at least 6 hex digits"))
-        }
+        [] if is_hex && hex.len() < 6 => Err(OpError {
+            status: 404,
+            code: "version_not_found",
+            message: format!(
+                "no label {wanted:?} in the history (a version prefix needs at least 6 hex digits)"
+            ),
+        }),
         [] => Err(OpError::not_found(wanted)),
         many => Err(ambiguous(wanted, many)),
     }
@@ -379,11 +379,18 @@ mod tests {
         assert_eq!(resolve(&h, "v-abc123").unwrap(), "v-abc123000000");
         assert_eq!(resolve(&h, "abc124").unwrap(), "v-abc124000000");
         assert_eq!(resolve(&h, "two").unwrap(), "v-abc124000000");
-        assert_eq!(resolve(&h, "v-abc12").unwrap_err().status, 400);
-        assert_eq!(resolve(&h, "abc12").unwrap_err().status, 400);
+        // Too short for a prefix and no such label: an unknown version (404), saying why.
+        assert_eq!(resolve(&h, "v-abc12").unwrap_err().status, 404);
+        let e = resolve(&h, "abc12").unwrap_err();
+        assert_eq!(e.status, 404);
+        assert!(e.message.contains("at least 6 hex digits"), "{}", e.message);
         assert_eq!(resolve(&h, "v-abc1230").unwrap(), "v-abc123000000");
         assert_eq!(resolve(&h, "nope").unwrap_err().status, 404);
         assert_eq!(resolve(&h, "v-ffffff000000").unwrap_err().status, 400);
+        // One version's label that is another's prefix: ambiguous, not the prefix's.
+        let _ = h.push(info("v-fedcba000000", Some("abc124"), Outcome::Applied));
+        let e = resolve(&h, "abc124").unwrap_err();
+        assert_eq!((e.status, e.code), (409, "ambiguous_version"));
         let _ = h.push(info("v-abc123999999", None, Outcome::Applied));
         let e = resolve(&h, "abc123").unwrap_err();
         assert_eq!((e.status, e.code), (409, "ambiguous_version"));
