@@ -140,6 +140,12 @@ impl Reloader {
         if pinned {
             tracing::info!(version = %active.config.version, "config pinned (restored from the state dir)");
         }
+        // A pin restored over a different file: the process bound the file's static settings
+        // (it had to listen before it knew the pin), so where the pinned version's differ, say so.
+        let restart_required = static_keys::pinned_over_file(&boot_static, &active.config);
+        if let Some(r) = &restart_required {
+            tracing::warn!("{r}");
+        }
         let reloader = Arc::new(Reloader {
             gw: gw.clone(),
             path,
@@ -150,7 +156,7 @@ impl Reloader {
                 pinned,
                 last_seen: file_version,
                 last_error: (!notes.is_empty()).then(|| notes.join("; ")),
-                restart_required: None,
+                restart_required,
                 persist_warning: None,
                 sources_error: None,
                 persisted_file,

@@ -20,6 +20,24 @@ impl Static {
 
 /// Names the static keys of `cfg` that differ from the running process's, if any.
 pub(super) fn changes(running: &Static, cfg: &Config) -> Option<String> {
+    let keys = differing(running, cfg)?;
+    Some(format!(
+        "{keys} changed in {}: static settings take effect after a restart; the rest is active",
+        cfg.version
+    ))
+}
+
+/// For a pin restored at start over a different file: the process bound the file's static
+/// settings, and keeps them (a restart reads them from the file again).
+pub(super) fn pinned_over_file(running: &Static, pinned: &Config) -> Option<String> {
+    let keys = differing(running, pinned)?;
+    Some(format!(
+        "{keys} of the pinned version {} differ from the config file's, which this process started with and keeps (static settings come from the file at start)",
+        pinned.version
+    ))
+}
+
+fn differing(running: &Static, cfg: &Config) -> Option<String> {
     let s = &running.server;
     let n = &cfg.server;
     let keys: Vec<&str> = [
@@ -37,11 +55,5 @@ pub(super) fn changes(running: &Static, cfg: &Config) -> Option<String> {
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
     .collect();
-    (!keys.is_empty()).then(|| {
-        format!(
-            "{} changed in {}: static settings take effect after a restart; the rest is active",
-            keys.join(", "),
-            cfg.version
-        )
-    })
+    (!keys.is_empty()).then(|| keys.join(", "))
 }

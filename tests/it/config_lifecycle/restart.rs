@@ -101,3 +101,25 @@ async fn rolled_back_from_version_is_no_candidate_after_a_restart() {
     assert_eq!(candidates, [version_of(&d)]);
     r.shutdown().await;
 }
+
+/// A pin restored over a file whose static settings differ: the process runs the file's (it
+/// bound them before it knew the pin), and `restart_required` says which keys differ instead of
+/// nothing (helper-27 D1).
+#[tokio::test]
+async fn a_pin_restored_over_other_static_settings_says_so() {
+    let dir = TempDir::new("pinned-static");
+    let (path, state) = (dir.join("tidegate.yaml"), dir.join("state"));
+    let a = versioned("A", "a");
+    std::fs::write(&path, &a).unwrap();
+    let r = start_file(&path, StateDir::At(state.clone()), "", false).await;
+    r.reloader.pin(None).await.unwrap();
+    r.shutdown().await;
+    let b = format!("server: {{max_body_bytes: 1MiB}}\n{}", versioned("B", "b"));
+    std::fs::write(&path, &b).unwrap();
+    let r = serve(&path, &state).await.unwrap();
+    assert_eq!(active(&r), version_of(&a));
+    let doc = r.reloader.status();
+    let note = doc.restart_required.as_deref().unwrap_or("");
+    assert!(note.contains("server.max_body_bytes") && note.contains(&version_of(&a)), "{doc:?}");
+    r.shutdown().await;
+}
