@@ -142,7 +142,7 @@ impl Metrics {
             idempotency: counter(
                 &r,
                 "tidegate_idempotency_total",
-                "Keyed requests by result (executed, replayed, waited, mismatch, in_flight, released, untracked, unavailable).",
+                "Keyed requests by result (executed, replayed (waiters included), mismatch, in_flight, released, untracked, unavailable).",
                 &["route", "result"],
             ),
             state_errors: counter(
