@@ -80,6 +80,23 @@ impl Gateway {
         m.config_info
             .with_label_values(&[&snap.config.version, snap.config.label.as_deref().unwrap_or("")])
             .set(1);
+        // The remaining-budget series follow the active version: a route with a budget has
+        // one, a route without none (a budget removed takes its series with it).
+        let now = self.shared.clock.now();
+        for r in &snap.routes {
+            match (&r.ledger, r.route.limits.budget) {
+                (Some(ledger), Some(limit)) => {
+                    let gauge = r
+                        .series
+                        .budget_remaining
+                        .get_or_init(|| m.budget_remaining.with_label_values(&[&r.route.name]));
+                    gauge.set(ledger.remaining(now, &limit) as f64 / 1e6);
+                }
+                _ => {
+                    let _ = m.budget_remaining.remove_label_values(&[&r.route.name]);
+                }
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -107,7 +124,7 @@ impl Gateway {
                 None => ledger.status(now, &limit),
             };
             let left = limit.limit.saturating_sub(spent.saturating_add(reserved));
-            if let Some(g) = &r.series.budget_remaining {
+            if let Some(g) = r.series.budget_remaining.get() {
                 g.set(left as f64 / 1e6);
             }
         }

@@ -78,8 +78,10 @@ pub struct RouteSeries {
     pub overhead: Histogram,
     pub inflight: IntGauge,
     /// `tidegate_budget_remaining_usd`, on routes with a budget only (a route without one has
-    /// no series: a 0 would read as a spent budget).
-    pub budget_remaining: Option<prometheus::Gauge>,
+    /// no series: a 0 would read as a spent budget). Set when the version is activated
+    /// (`Gateway::install`), not when it is prepared: a candidate that is never activated must
+    /// not add or remove the active version's series.
+    pub budget_remaining: std::sync::OnceLock<prometheus::Gauge>,
 }
 
 /// The metric series of one target of one route.
@@ -176,7 +178,7 @@ fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
         duration: m.request_duration.with_label_values(&[route]),
         overhead: m.overhead.with_label_values(&[route]),
         inflight: m.inflight.with_label_values(&[route]),
-        budget_remaining: None,
+        budget_remaining: std::sync::OnceLock::new(),
     }
 }
 
@@ -269,20 +271,8 @@ impl Snapshot {
                     crate::limits::tokens::warm(t.series.family);
                 }
             }
-            let mut series = route_series(metrics, &route.name, &version);
-            let ledger = limits.budget.map(|b| {
-                let ledger = shared.ledgers.get(&route.name);
-                let left = ledger.remaining(shared.clock.now(), &b);
-                let gauge = metrics.budget_remaining.with_label_values(&[&route.name]);
-                gauge.set(left as f64 / 1e6);
-                series.budget_remaining = Some(gauge);
-                ledger
-            });
-            if ledger.is_none() {
-                // A budget removed by this version takes its series with it.
-                let _ = metrics.budget_remaining.remove_label_values(&[&route.name]);
-            }
-            let series = Arc::new(series);
+            let series = Arc::new(route_series(metrics, &route.name, &version));
+            let ledger = limits.budget.map(|_| shared.ledgers.get(&route.name));
             routes.push(RouteRuntime {
                 index: i,
                 name_header: header(&route.name)?,

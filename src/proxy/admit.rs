@@ -297,7 +297,7 @@ pub async fn target(
                 target: ti,
                 accrued: 0,
             };
-            if let Some(g) = &route.series.budget_remaining {
+            if let Some(g) = route.series.budget_remaining.get() {
                 g.set(ledger.remaining(now, &limit) as f64 / 1e6);
             }
             rec.spend.held = Some(held);

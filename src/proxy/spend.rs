@@ -50,7 +50,7 @@ impl Held {
             return;
         }
         self.ledger.settle(self.reservation, actual);
-        if let Some(g) = route.and_then(|r| r.budget_remaining.as_ref()) {
+        if let Some(g) = route.and_then(|r| r.budget_remaining.get()) {
             let left = self.ledger.remaining(self.clock.now(), &self.limit);
             g.set(left as f64 / 1e6);
         }

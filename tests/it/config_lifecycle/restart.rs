@@ -123,3 +123,29 @@ async fn a_pin_restored_over_other_static_settings_says_so() {
     assert!(note.contains("server.max_body_bytes") && note.contains(&version_of(&a)), "{doc:?}");
     r.shutdown().await;
 }
+
+/// The remaining-budget series follow the active version only: a candidate deferred behind a
+/// pin (prepared, never activated) that drops a route's budget leaves the active route's
+/// series alone; activating it removes the series (helper-34).
+#[tokio::test]
+async fn budget_series_follow_the_active_version() {
+    let dir = TempDir::new("budget-series");
+    let path = dir.join("tidegate.yaml");
+    let with = "providers:\n  a: {kind: mock}\nmodels:\n  m: {input: 1.0, output: 1.0}\nroutes:\n  r:\n    default: true\n    limits: {max_output_tokens: 10, budget: {usd: 5, per: 1h}}\n    targets: [{provider: a, model: m}]\n";
+    let without = with.replace("budget: {usd: 5, per: 1h}", "rpm: 100");
+    std::fs::write(&path, with).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    let series = "tidegate_budget_remaining_usd{route=\"r\"}";
+    let present =
+        |r: &Running| String::from_utf8(r.gateway.metrics.render()).unwrap().contains(series);
+    assert!(present(&r));
+    r.reloader.pin(None).await.unwrap();
+    std::fs::write(&path, &without).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Deferred(_)));
+    assert!(present(&r), "a deferred candidate removed the active version's series");
+    assert_eq!(metric(&r.gateway, series), 5.0);
+    r.reloader.unpin().await.unwrap();
+    assert_eq!(active(&r), version_of(&without));
+    assert!(!present(&r), "the active version has no budget: no series");
+    r.shutdown().await;
+}
