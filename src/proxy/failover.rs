@@ -146,7 +146,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     }
                     continue 'targets;
                 }
-                if let Admission::Skip { reason, retry_in } = self.health.admit(p, m) {
+                let admission = self.health.admit(p, m);
+                if let Admission::Skip { reason, retry_in } = admission {
                     first_reason.get_or_insert(reason);
                     failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
                     continue 'targets;
@@ -176,6 +177,12 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     // it and tells the breaker how it ended (a stream cut after the commit
                     // point is the target's failure).
                     Ok(opened @ Opened::Stream(_)) => {
+                        // A half-open breaker's probe: an answer that began is the target back
+                        // (it must not stay out of rotation for the stream's whole length);
+                        // how the stream ends is reported too.
+                        if admission == Admission::Probe {
+                            tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
+                        }
                         return Ok(Served {
                             target: ti,
                             opened,

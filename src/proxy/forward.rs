@@ -85,6 +85,10 @@ pub(super) fn stream_verdict(reason: &str, client_idle: bool) -> Outcome {
         // said something else (resume only), or the client's own read timeout.
         "tool_call" | "diverged" => Outcome::Neutral,
         "timeout_idle" if client_idle => Outcome::Neutral,
+        // The route's own `timeouts.total` ran out while the target was still delivering: a
+        // route that allows less than its answers take is no failure of the target's (it
+        // would open the breaker on a healthy one).
+        "deadline" => Outcome::Neutral,
         _ => Outcome::Failure,
     }
 }

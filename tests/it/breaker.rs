@@ -158,3 +158,45 @@ async fn a_client_gone_before_the_answer_leaves_its_attempt_on_record() {
     assert_eq!(metric(&gw, aborts), 1.0, "the stream request only");
     assert_eq!(metric(&gw, "tidegate_inflight_requests{route=\"r\"}"), 0.0);
 }
+
+/// A stream cut short by the route's own `timeouts.total` is no failure of the target's: a
+/// healthy target whose answers take longer than the route allows must not be taken out of
+/// rotation (helper-33 R1).
+#[tokio::test(start_paused = true)]
+async fn the_routes_own_deadline_mid_stream_does_not_open_the_breaker() {
+    let model = "p+chunks=30+delay=100ms";
+    let gw = gateway(&single(model, "    resume: off\n    timeouts: {total: 1s}\n"));
+    for i in 0..7 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert_eq!(got.status, 200, "request {i}: {}", got.text());
+        assert!(got.text().contains("deadline_exceeded"), "request {i}: {}", got.text());
+    }
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 7, "never skipped");
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 0.0);
+}
+
+/// A half-open breaker's probe that is a stream closes the breaker once the answer begins, not
+/// when the (long) stream ends: the target is back in rotation at once.
+#[tokio::test(start_paused = true)]
+async fn a_streamed_probe_closes_the_breaker_when_its_answer_begins() {
+    let model = "p+chunks=50+delay=1s+status=500+fail_first=5";
+    let gw = gateway(&pair(model, "b", "    retries: {per_target: 0}\n"));
+    for _ in 0..5 {
+        post(&gw, "/v1/chat/completions", &chat("x")).await;
+    }
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 1.0);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    // The probe: a 50 s stream. Read its head only; the breaker is closed already.
+    let req = http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat_stream("x"))))
+        .unwrap();
+    let resp = gw.handle(req).await;
+    assert_eq!(resp.headers()["x-tidegate-provider"], "sim");
+    assert_eq!(metric(&gw, &open), 0.0);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.header("x-tidegate-provider"), "sim", "back in rotation during the probe");
+    drop(resp);
+}
