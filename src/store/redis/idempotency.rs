@@ -23,8 +23,10 @@ const ABANDON_TRIES: usize = 5;
 /// whose reply was lost (Redis stalled past `state.timeout`, so the request went on with local
 /// state) may still land in Redis later, and then nobody owns it; it must not hold the key for
 /// the route's whole deadline. A live owner renews it every quarter of this
-/// ([`RedisStore::keep_claim`]); completion sets the record's real TTL.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// ([`RedisStore::keep_claim`]); completion sets the record's real TTL. Long enough to ride
+/// out a Redis stall of that length with the claim kept (past it, a duplicate may run again,
+/// which the owner logs), short enough that a claim nobody owns frees its key soon.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 
 /// Renews a claim while it is held: dropping it stops the renewals (the record then expires
 /// one lease after the last, unless completed or released first).
@@ -175,6 +177,10 @@ impl RedisStore {
             loop {
                 tokio::time::sleep(every).await;
                 if let Ok(false) = store.idem_renew(&key, &owner, lease).await {
+                    // Completed or released meanwhile (the keeper was about to drop), or the
+                    // lease ran out while Redis could not be reached: then a duplicate may have
+                    // claimed the key and run the call again.
+                    tracing::debug!(key = %key, "idempotency claim no longer held; renewals stop");
                     return;
                 }
             }
