@@ -19,5 +19,9 @@ if #expired > 0 then
     reserved = 0
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  redis.call('HSET', KEYS[1], 'reserved', string.format('%d', reserved))
+  -- Only into a hash that exists (made, with its TTL, by a reserve or a settle): a missing one
+  -- holds nothing, and writing it here would leave a key without a TTL.
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'reserved', string.format('%d', reserved))
+  end
 end

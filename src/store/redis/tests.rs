@@ -116,6 +116,22 @@ async fn a_cancelled_reservation_is_freed_or_refused_if_it_lands_later() -> Test
     Ok(())
 }
 
+/// A cancelled reserve that never landed leaves a tombstone only; once it expires, purging it
+/// must not create the window's hash without a TTL (helper-34: a key that never expired).
+#[tokio::test]
+async fn purging_an_expired_tombstone_leaves_no_key_without_a_ttl() -> TestResult {
+    let server = TestServer::start().await?;
+    let store = store_on(&server)?;
+    let never = Hold::new(700, Duration::from_millis(100));
+    store.budget_cancel("t", 0, HOUR, &never).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.budget_status("t", 0).await?, (0, 0));
+    // -2: no such key; never -1 (a key that would live forever).
+    let ttl = pttl(&store, &store.budget_key("t", 0)).await?;
+    assert!(ttl == -2 || ttl > 0, "PTTL {ttl}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reserves_admit_exactly_the_limit() -> TestResult {
     let server = TestServer::start().await?;
