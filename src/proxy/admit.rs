@@ -277,8 +277,12 @@ pub async fn target(
                 return Err(Skip::Budget(limit.until_reset(now)));
             }
             Err(e) => {
-                // It may still land in Redis (a stall): cancel it once Redis answers.
-                store.abandon_reserve(&route.route.name, window, ttl, hold);
+                // It may still land in Redis (a stall): cancel it once Redis answers. Not
+                // when it cannot have (Redis refused the connection): an outage must not
+                // queue a cleanup task per request.
+                if e.may_have_landed() {
+                    store.abandon_reserve(&route.route.name, window, ttl, hold);
+                }
                 if shared.state.failed("budgets", &e) == Policy::Reject {
                     reject("budget");
                     return Err(Skip::Budget(Duration::from_secs(1)));

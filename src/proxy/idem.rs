@@ -333,13 +333,15 @@ async fn in_redis(
         // script answers "claimed" to its own owner), so one retry cannot run the request twice.
         let claim = match store.idem_claim(key, fp, &owner, lease).await {
             Ok(c) => c,
-            Err(_) => match store.idem_claim(key, fp, &owner, lease).await {
+            Err(first) => match store.idem_claim(key, fp, &owner, lease).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Either try may still land in Redis once it answers (a stall, not an
                     // outage): nobody would own that claim, so it is released then, and its
                     // short lease bounds it meanwhile.
-                    store.abandon_claim(key, &owner);
+                    if first.may_have_landed() || e.may_have_landed() {
+                        store.abandon_claim(key, &owner);
+                    }
                     return Err(e);
                 }
             },

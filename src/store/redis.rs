@@ -88,13 +88,26 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Marks a refused connection in a [`StoreError`]'s message.
+const REFUSED: &str = "connection refused";
+
 impl StoreError {
     fn from_redis(e: &RedisError) -> Self {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        if e.is_connection_refusal() {
+            StoreError(format!("redis unavailable ({REFUSED}): {e}"))
+        } else if e.is_io_error() || e.is_connection_dropped() {
             StoreError(format!("redis unavailable: {e}"))
         } else {
             StoreError(format!("redis error: {e}"))
         }
+    }
+
+    /// The command may have reached Redis and may still run there (it timed out, or the
+    /// connection broke after it was sent); a refused connection or an error reply ran nothing.
+    /// Only then is a write worth undoing once Redis answers again.
+    pub fn may_have_landed(&self) -> bool {
+        self.0.starts_with("redis timed out")
+            || (self.0.starts_with("redis unavailable") && !self.0.contains(REFUSED))
     }
 
     fn timed_out(after: Duration) -> Self {
