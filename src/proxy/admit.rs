@@ -70,7 +70,8 @@ pub async fn request(
         }));
     }
     if let Some(e) = larger_than_budget(route, ask) {
-        reject("budget");
+        // Counted as what the client is told: a cost ceiling (the budget's), not a spent budget.
+        reject("cost_ceiling");
         return Err(e);
     }
     let limited = |kind: &str, wait: Duration| {

@@ -506,6 +506,12 @@ async fn a_request_larger_than_the_whole_budget_is_a_400_not_a_429() {
             "{e}"
         );
     }
+    // Counted as the cost ceiling the client was told, not as a spent budget.
+    let kind = |k: &str| {
+        metric(&gw, &format!("tidegate_ceiling_rejections_total{{kind=\"{k}\",route=\"r\"}}"))
+    };
+    assert!(kind("cost_ceiling") >= 1.0);
+    assert_eq!(kind("budget"), 0.0);
     // Nothing was spent: a request that fits is served.
     assert_eq!(post(&gw, "/v1/chat/completions", &body(r#""max_tokens":5,"#)).await.status, 200);
 }
