@@ -259,6 +259,16 @@ impl Gateway {
                 return Ok(models_list(snap, fixed.map(|r| r.index)));
             }
             Call::Model(id) => {
+                // Under a route's base URL, the route is the one model there is.
+                if let Some(r) = fixed
+                    && r.route.name != id
+                {
+                    return Err(GatewayError::new(
+                        ErrorCode::ModelNotFound,
+                        format!("no model {id:?} under route {:?}'s base URL", r.route.name),
+                    )
+                    .with_param("model"));
+                }
                 let one = model_one(snap, id)?;
                 rec.outcome = "ok";
                 rec.status = 200;

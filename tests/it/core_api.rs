@@ -154,7 +154,8 @@ async fn models_list_and_one() {
     assert_eq!(via_prefix.status, 200);
     assert_eq!(via_prefix.json()["data"].as_array().unwrap().len(), 1);
     assert_eq!(via_prefix.json()["data"][0]["id"], "beta");
-    for path in ["/r/nope/v1/models", "/r/nope/v1/models/beta"] {
+    assert_eq!(get(&gw, "/r/beta/v1/models/beta").await.status, 200);
+    for path in ["/r/nope/v1/models", "/r/nope/v1/models/beta", "/r/beta/v1/models/alpha"] {
         let got = get(&gw, path).await;
         assert_eq!(got.status, 404, "{path}");
         assert_eq!(got.error_code(), "model_not_found");
@@ -164,7 +165,7 @@ async fn models_list_and_one() {
     let ok = format!(
         "tidegate_requests_total{{config_version=\"{version}\",outcome=\"ok\",route=\"\"}}"
     );
-    assert_eq!(metric(&gw, &ok), 3.0);
+    assert_eq!(metric(&gw, &ok), 4.0);
     let aborted = ok.replace("\"ok\"", "\"aborted\"");
     assert_eq!(metric(&gw, &aborted), 0.0);
 }
