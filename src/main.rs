@@ -188,7 +188,14 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     let running = match app::start_boot(boot, opts).await {
         Ok(r) => r,
         Err(StartError::Config(e)) => {
-            eprintln!("{e}");
+            // Errors name the file (SPEC §2); those found while preparing it (a missing key)
+            // know only their key path.
+            let file = path.display().to_string();
+            if e.starts_with(&file) {
+                eprintln!("{e}")
+            } else {
+                eprintln!("{file}: {e}")
+            }
             return 1;
         }
         Err(StartError::Runtime(e)) => {

@@ -78,6 +78,17 @@ fn check_warns_of_secrets_serve_could_not_load() {
     assert!(warnings[1].starts_with("warning: providers.b: cannot read key file"), "{stdout}");
     assert!(warnings[2].starts_with("warning: providers.b.ca_file: CA file"), "{stdout}");
     assert!(warnings[2].contains("holds no certificate"), "{stdout}");
+    // serve refuses it, naming the file and the key (SPEC §2).
+    let out = tidegate()
+        .args(["serve", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}: providers.", cfg.display())), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
