@@ -41,7 +41,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
     pub truncations: IntCounterVec,
-    pub cost_usd: prometheus::CounterVec,
+    /// Counted in integer micro-dollars (exact, like every amount tidegate keeps), exposed in
+    /// USD ([`MicroUsd`]).
+    pub cost_usd: IntCounterVec,
     pub circuit_open: GaugeVec,
     pub ceiling_rejections: IntCounterVec,
     pub budget_remaining: GaugeVec,
@@ -71,6 +73,27 @@ fn histogram(
         .unwrap_or_else(|e| panic_metric(name, e));
     register(r, name, Box::new(h.clone()));
     h
+}
+
+/// Exposes a counter of micro-dollars in USD: each sample is divided once, at scrape time, so
+/// the total never drifts the way adding fractions of a dollar in floating point does
+/// (`0.016999999999999998`).
+struct MicroUsd(IntCounterVec);
+
+impl prometheus::core::Collector for MicroUsd {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        for m in families.iter_mut().flat_map(|f| f.mut_metric().iter_mut()) {
+            let mut c = prometheus::proto::Counter::default();
+            c.set_value(m.get_counter().get_value() / 1e6);
+            m.set_counter(c);
+        }
+        families
+    }
 }
 
 fn register(r: &Registry, name: &str, c: Box<dyn prometheus::core::Collector>) {
@@ -107,12 +130,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic_metric("config_last", e));
         register(&r, "config_last", Box::new(config_last_success.clone()));
-        let cost_usd = prometheus::CounterVec::new(
+        let cost_usd = IntCounterVec::new(
             Opts::new("tidegate_cost_usd_total", "Settled upstream cost in USD."),
             &["route", "provider", "model"],
         )
         .unwrap_or_else(|e| panic_metric("cost", e));
-        register(&r, "cost", Box::new(cost_usd.clone()));
+        register(&r, "cost", Box::new(MicroUsd(cost_usd.clone())));
         let circuit_open = GaugeVec::new(
             Opts::new(
                 "tidegate_circuit_open",
@@ -281,5 +304,28 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_exposed_in_usd_without_drift() {
+        let m = Metrics::new();
+        let c = m.cost_usd.with_label_values(&["r", "p", "m"]);
+        // 17 x 0.0011 USD: added as floats this reads 0.018699999999999998.
+        for _ in 0..17 {
+            c.inc_by(1100);
+        }
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                "tidegate_cost_usd_total{model=\"m\",provider=\"p\",route=\"r\"} 0.0187\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tidegate_cost_usd_total counter"), "{text}");
     }
 }

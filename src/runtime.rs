@@ -95,8 +95,8 @@ pub struct TargetSeries {
     pub output_tokens: IntCounter,
     pub cached_tokens: IntCounter,
     pub truncations: IntCounter,
-    /// `tidegate_cost_usd_total` of this route and target.
-    pub cost: prometheus::Counter,
+    /// `tidegate_cost_usd_total` of this route and target, in micro-dollars.
+    pub cost: IntCounter,
     /// The model's prices (built-in table or `models:`), when known.
     pub price: Option<crate::config::ModelInfo>,
     /// Which tokenizer counts this model's prompts.

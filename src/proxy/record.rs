@@ -272,7 +272,7 @@ impl RequestRecord {
         if let Some(t) = &self.served_by
             && current > 0
         {
-            t.cost.inc_by(current as f64 / 1e6);
+            t.cost.inc_by(current);
         }
         let total = self.start.elapsed();
         let overhead = total.saturating_sub(self.upstream_wait).saturating_sub(self.client_wait);

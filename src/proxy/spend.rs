@@ -149,7 +149,7 @@ impl Spend {
             h.settle(0, route);
         }
         if c > 0 {
-            t.cost.inc_by(c as f64 / 1e6);
+            t.cost.inc_by(c);
         }
     }
 
@@ -185,7 +185,7 @@ impl Spend {
         if let Some(t) = served
             && c > 0
         {
-            t.cost.inc_by(c as f64 / 1e6);
+            t.cost.inc_by(c);
         }
         self.closed = true;
         self.streamed_bytes = 0;
