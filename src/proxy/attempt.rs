@@ -105,7 +105,16 @@ pub struct Waited {
 
 impl Attempt<'_> {
     fn timeout_failure(&self, now: Instant, phase: &'static str) -> AttemptFailure {
-        let mut f = AttemptFailure::retry(phase, format!("no answer within the {phase} limit"));
+        // The request's own deadline (`timeouts.total`, or the client's read timeout) is what
+        // ran out, not the attempt's limit: say so.
+        let mut f = if now >= self.deadline {
+            AttemptFailure::retry(
+                "deadline",
+                "no answer before the request's deadline (timeouts.total, or the client's read timeout)",
+            )
+        } else {
+            AttemptFailure::retry(phase, format!("no answer within the {phase} limit"))
+        };
         f.deadline = now >= self.deadline;
         f
     }

@@ -380,6 +380,7 @@ pub(super) fn tell_breaker(health: &Health, metrics: &Metrics, t: &TargetSeries,
 pub(super) fn billable(f: &AttemptFailure) -> bool {
     // `timeout_upstream` is the provider's own 408: a refusal by status, not billed.
     (f.reason.starts_with("timeout") && f.reason != "timeout_upstream")
+        || f.reason == "deadline"
         || f.reason == "cut"
         || (f.status.is_some_and(|s| (200..300).contains(&s))
             && matches!(f.reason, "malformed" | "error_event" | "error_body" | "content_type"))

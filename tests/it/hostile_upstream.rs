@@ -69,6 +69,12 @@ async fn hang_before_headers_is_bounded_by_the_deadline() {
     assert_eq!(got.error_code(), "deadline_exceeded");
     assert_eq!(t0.elapsed().as_secs(), 3);
     assert_eq!(gw.mock_stats("sim").get("m+hang").cancels, 1);
+    // The attempt is named for what ran out: the request's deadline, not its own limit.
+    let msg = got.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("sim/m+hang: deadline"), "{msg}");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["attempts"][0]["reason"], "deadline", "{line}");
 }
 
 #[tokio::test(start_paused = true)]
