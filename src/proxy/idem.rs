@@ -26,8 +26,11 @@ use crate::metrics::Metrics;
 use crate::runtime::{RouteRuntime, Shared};
 use crate::store::redis::{self, RedisStore};
 
-/// How many times a duplicate re-claims after the first owner released the key.
-const RECLAIMS: usize = 3;
+/// How many times a waiting duplicate re-claims after an owner released the key (its call
+/// failed). Each wait is bounded by the request's deadline, which is what ends a long chain of
+/// failing owners; this only bounds a loop that would not wait. It was 3, so the fourth of
+/// four waiters behind failing owners got a 409 `in_flight` instead of its own try.
+const RECLAIMS: usize = 64;
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// What to do with a request after its key was looked at.

@@ -185,3 +185,25 @@ async fn a_replay_costs_nothing_and_free_tier_answers_are_not_stored() {
     assert_eq!(retried.header("x-tidegate-idempotent-replay"), "");
     assert_eq!(retried.header("x-tidegate-provider"), "sim");
 }
+
+/// Waiting duplicates of a call that keeps failing take the key over one after another, each
+/// within the deadline, and each gets that attempt's answer: none is told 409 `in_flight` for
+/// having waited through three owners (helper-28 F6: the fourth of four got a 409).
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_failing_owners_are_never_told_in_flight() {
+    let gw =
+        gateway(&single("m+latency=1s+status=500", "    retries: {per_target: 0, total: 1}\n"));
+    let body = r#"{"model":"x","messages":[{"role":"user","content":"retry me"}]}"#;
+    // Five: a sixth would find the target's breaker open after five failures.
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { keyed(&gw, "job-f6", body, None).await })
+        })
+        .collect();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, 502, "{}", got.text());
+    }
+    assert_eq!(calls(&gw), 5, "each owner in turn made its own call");
+}
