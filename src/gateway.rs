@@ -81,7 +81,13 @@ impl Gateway {
             .with_label_values(&[&snap.config.version, snap.config.label.as_deref().unwrap_or("")])
             .set(1);
         // The remaining-budget series follow the active version: a route with a budget has
-        // one, a route without none (a budget removed takes its series with it).
+        // one, a route without none (a budget removed takes its series with it, and so does a
+        // route removed).
+        if let Some(old) = old {
+            for r in old.routes.iter().filter(|r| snap.route_by_name(&r.route.name).is_none()) {
+                let _ = m.budget_remaining.remove_label_values(&[&r.route.name]);
+            }
+        }
         let now = self.shared.clock.now();
         for r in &snap.routes {
             match (&r.ledger, r.route.limits.budget) {

@@ -147,5 +147,12 @@ async fn budget_series_follow_the_active_version() {
     r.reloader.unpin().await.unwrap();
     assert_eq!(active(&r), version_of(&without));
     assert!(!present(&r), "the active version has no budget: no series");
+    // Back to the budget, then a version without the route at all: its series goes with it.
+    std::fs::write(&path, with).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Applied(_)));
+    assert!(present(&r));
+    std::fs::write(&path, with.replace("  r:\n", "  s:\n")).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Applied(_)));
+    assert!(!present(&r), "a removed route keeps no budget series");
     r.shutdown().await;
 }
