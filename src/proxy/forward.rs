@@ -93,6 +93,11 @@ pub(super) fn stream_verdict(reason: &str, client_idle: bool) -> Outcome {
     }
 }
 
+/// A stream silent this long (or its `idle`, if shorter) when the route's deadline ends it
+/// had stalled: that is the target's failure, where a deadline cutting a stream still
+/// delivering is the route's.
+const STALLED: Duration = Duration::from_secs(10);
+
 /// Upstream failures after the commit point that resume may repair.
 const RESUMABLE: &[&str] = &["cut", "timeout_idle", "error_event", "malformed"];
 
@@ -411,8 +416,20 @@ impl Forward {
             let after = Instant::now();
             self.rec.upstream_wait += after - now;
             now = after;
+            let silent = after - last_event;
             last_event = after;
             match frame {
+                // The route's deadline, not the target's doing while it was still delivering
+                // (`stream_verdict`); a target silent that long before it had stalled.
+                Err(_) if Instant::now() >= self.deadline && silent >= self.idle.min(STALLED) => {
+                    return End::Upstream {
+                        reason: "deadline_stalled",
+                        detail: format!(
+                            "the route's total deadline passed, the upstream silent for {silent:?}"
+                        ),
+                        code: ErrorCode::DeadlineExceeded,
+                    };
+                }
                 Err(_) if Instant::now() >= self.deadline => {
                     return End::Upstream {
                         reason: "deadline",

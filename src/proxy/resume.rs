@@ -114,7 +114,8 @@ async fn open(
         .map_err(|_| (Next::NextTarget, "untranslatable"))?;
     // An open breaker (or a 429 cooldown) is honoured here too; a probe it allows is reported.
     let health = &kit.gw.shared.health;
-    if let Admission::Skip { reason, .. } = health.admit(&t.target.provider, &t.target.model) {
+    let admission = health.admit(&t.target.provider, &t.target.model);
+    if let Admission::Skip { reason, .. } = admission {
         return Err((Next::NextTarget, reason));
     }
     let attempt = Attempt {
@@ -132,8 +133,19 @@ async fn open(
     fwd.rec.upstream_wait += waited.upstream;
     let detail = || detail_of(prefill.is_some()).to_owned();
     match result {
-        // Under way until its stream ends (`resume` ends it).
-        Ok(Opened::Stream(s)) => Ok(s),
+        // Under way until its stream ends (`resume` ends it). A half-open breaker's probe
+        // closes it as the answer begins, as in the failover loop.
+        Ok(Opened::Stream(s)) => {
+            if admission == Admission::Probe {
+                super::failover::tell_breaker(
+                    health,
+                    fwd.rec.metrics(),
+                    &t.series,
+                    Outcome::Success,
+                );
+            }
+            Ok(s)
+        }
         Ok(Opened::Complete { .. }) => {
             fwd.end_attempt("error", "content_type", Outcome::Failure, detail());
             Err((Next::NextTarget, "content_type"))

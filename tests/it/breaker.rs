@@ -200,3 +200,47 @@ async fn a_streamed_probe_closes_the_breaker_when_its_answer_begins() {
     assert_eq!(got.header("x-tidegate-provider"), "sim", "back in rotation during the probe");
     drop(resp);
 }
+
+/// A stream that went silent and stayed so until the route's deadline ended it had stalled:
+/// that is the target's failure (helper-35: on a route whose `total` is shorter than `idle`, a
+/// hanging target never opened its breaker).
+#[tokio::test(start_paused = true)]
+async fn a_stream_stalled_until_the_deadline_counts_against_its_target() {
+    let model = "p+chunks=6+stall=2";
+    let gw = gateway(&single(model, "    resume: off\n    timeouts: {total: 15s}\n"));
+    for _ in 0..5 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert!(got.text().contains("deadline_exceeded"), "{}", got.text());
+    }
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 1.0);
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["attempts"][0]["reason"], "deadline_stalled", "{line}");
+}
+
+/// A resumed stream that is a half-open breaker's probe closes the breaker as its answer
+/// begins, as a first attempt's does (helper-35).
+#[tokio::test(start_paused = true)]
+async fn a_resumed_probe_closes_the_breaker_when_its_answer_begins() {
+    let slow = "b+chunks=50+delay=1s+status=500+fail_first=5";
+    let yaml = format!(
+        "providers:\n  sim: {{kind: mock}}\n  backup: {{kind: mock}}\nroutes:\n  rb:\n    targets: [{{provider: backup, model: \"{slow}\"}}]\n    retries: {{per_target: 0}}\n  r:\n    default: true\n    targets:\n      - {{provider: sim, model: \"p+chunks=6+cut=2\"}}\n      - {{provider: backup, model: \"{slow}\"}}\n    retries: {{per_target: 0}}\n"
+    );
+    let gw = gateway(&yaml);
+    for _ in 0..5 {
+        post(&gw, "/r/rb/v1/chat/completions", &chat("x")).await;
+    }
+    let open = format!("tidegate_circuit_open{{model=\"{slow}\",provider=\"backup\"}}");
+    assert_eq!(metric(&gw, &open), 1.0);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    // The primary breaks after two words; the resume probes the backup with a 50 s stream.
+    let gw2 = gw.clone();
+    let stream =
+        tokio::spawn(async move { post(&gw2, "/v1/chat/completions", &chat_stream("x")).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!stream.is_finished());
+    assert_eq!(metric(&gw, &open), 0.0, "closed while the probe still streams");
+    let got = stream.await.unwrap();
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+}
