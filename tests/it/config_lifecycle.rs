@@ -405,6 +405,13 @@ async fn pin_unpin_rollback_and_restart() {
     assert_eq!((status, doc["error"]["code"].as_str()), (404, Some("version_not_found")));
     let (status, _) = admin(&r, "POST", "/admin/config/pin", "{not json", None).await;
     assert_eq!(status, 400);
+    // Only an object (or nothing) names a version; errors name no internal type.
+    for body in ["[]", "null", "\"one\""] {
+        let (status, doc) = admin(&r, "POST", "/admin/config/pin", body, None).await;
+        let msg = doc["error"]["message"].as_str().unwrap_or("");
+        assert_eq!(status, 400, "{body}: {doc}");
+        assert!(msg.contains("expected a JSON object") && !msg.contains("PinBody"), "{doc}");
+    }
 
     // A new file while pinned, then a restart: the pinned version is still served.
     std::fs::write(&path, &y3).unwrap();

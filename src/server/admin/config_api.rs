@@ -115,8 +115,16 @@ async fn read_pin(body: Incoming) -> Result<Option<String>, OpError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let pin: PinBody = serde_json::from_slice(&bytes)
-        .map_err(|e| OpError::bad_request(format!("expected {{\"version\": \"...\"}}: {e}")))?;
+    const EXPECTED: &str = "expected a JSON object {\"version\": \"...\"} or an empty body";
+    // An object only (serde would read `[]` as a struct with no fields), and errors that do
+    // not name internal types.
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| OpError::bad_request(format!("{EXPECTED}: {e}")))?;
+    if !v.is_object() {
+        return Err(OpError::bad_request(EXPECTED));
+    }
+    let pin =
+        PinBody::deserialize(v).map_err(|e| OpError::bad_request(format!("{EXPECTED}: {e}")))?;
     Ok(pin.version)
 }
 
