@@ -196,8 +196,8 @@ impl Gateway {
                 // SPEC §3: `x-tidegate-route` once a route is selected, errors included; the
                 // attempts made, when upstreams were called.
                 let h = resp.headers_mut();
-                if let Some(v) =
-                    rec.route.as_ref().and_then(|r| HeaderValue::from_str(&r.name).ok())
+                if let Some(r) = &rec.route
+                    && let Ok(v) = HeaderValue::from_str(&r.name)
                 {
                     h.insert(ROUTE_HEADER, v);
                 }
@@ -251,12 +251,22 @@ impl Gateway {
             (None, None) => None,
             _ => Some(snap.select(header_route, path_route, None)?),
         };
+        // A route named by header or path is selected before the body is read, so a request
+        // refused for its body (or a models call under the route's base URL) is counted,
+        // logged and answered under its route too.
+        if let Some(r) = fixed {
+            rec.set_route(&r.series);
+        }
         match call {
             Call::Models => {
                 rec.outcome = "ok";
                 rec.status = 200;
                 // Under a route's base URL, that route is the one model.
-                return Ok(models_list(snap, fixed.map(|r| r.index)));
+                let mut resp = models_list(snap, fixed.map(|r| r.index));
+                if let Some(r) = fixed {
+                    resp.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
+                }
+                return Ok(resp);
             }
             Call::Model(id) => {
                 // Under a route's base URL, the route is the one model there is.
@@ -269,17 +279,15 @@ impl Gateway {
                     )
                     .with_param("model"));
                 }
-                let one = model_one(snap, id)?;
+                let mut one = model_one(snap, id)?;
+                if let Some(r) = fixed {
+                    one.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
+                }
                 rec.outcome = "ok";
                 rec.status = 200;
                 return Ok(one);
             }
             Call::Chat | Call::Messages | Call::Embeddings => {}
-        }
-        // A route named by header or path is selected before the body is read, so a request
-        // refused for its body is counted, logged and answered under its route too.
-        if let Some(r) = fixed {
-            rec.set_route(&r.series);
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
             GatewayError::new(

@@ -307,7 +307,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             ErrorCode::UpstreamUnavailable
         };
         Err(Failed::Exhausted {
-            error: all_failed(code, &route.name, &failures),
+            error: all_failed(code, &route.name, &failures, self.client_bound),
             reason: first_reason.unwrap_or("no_target"),
         })
     }
@@ -320,7 +320,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         refused: Refused,
     ) -> Failed {
         if f.deadline {
-            let error = all_failed(ErrorCode::DeadlineExceeded, &self.route.route.name, failures);
+            let name = &self.route.route.name;
+            let error = all_failed(ErrorCode::DeadlineExceeded, name, failures, self.client_bound);
             return Failed::Exhausted { error, reason: "deadline" };
         }
         match f.passthrough {
@@ -391,8 +392,16 @@ fn describe(t: &TargetRuntime, f: &AttemptFailure) -> String {
     format!("{}/{}: {}{status}", t.target.provider, t.target.model, f.reason)
 }
 
-fn all_failed(code: ErrorCode, route: &str, failures: &[String]) -> GatewayError {
-    let what = if code == ErrorCode::DeadlineExceeded {
+/// `client_bound`: the deadline was the client's read timeout, not the route's total.
+fn all_failed(
+    code: ErrorCode,
+    route: &str,
+    failures: &[String],
+    client_bound: bool,
+) -> GatewayError {
+    let what = if code == ErrorCode::DeadlineExceeded && client_bound {
+        "the client's read timeout (x-stainless-read-timeout, plus 1 s) passed"
+    } else if code == ErrorCode::DeadlineExceeded {
         "the route's total deadline passed"
     } else {
         "every target failed"

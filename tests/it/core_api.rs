@@ -154,7 +154,9 @@ async fn models_list_and_one() {
     assert_eq!(via_prefix.status, 200);
     assert_eq!(via_prefix.json()["data"].as_array().unwrap().len(), 1);
     assert_eq!(via_prefix.json()["data"][0]["id"], "beta");
-    assert_eq!(get(&gw, "/r/beta/v1/models/beta").await.status, 200);
+    let beta = get(&gw, "/r/beta/v1/models/beta").await;
+    assert_eq!((beta.status.as_u16(), beta.header("x-tidegate-route")), (200, "beta"));
+    assert_eq!(via_prefix.header("x-tidegate-route"), "beta");
     for path in ["/r/nope/v1/models", "/r/nope/v1/models/beta", "/r/beta/v1/models/alpha"] {
         let got = get(&gw, path).await;
         assert_eq!(got.status, 404, "{path}");
@@ -165,7 +167,9 @@ async fn models_list_and_one() {
     let ok = format!(
         "tidegate_requests_total{{config_version=\"{version}\",outcome=\"ok\",route=\"\"}}"
     );
-    assert_eq!(metric(&gw, &ok), 4.0);
+    assert_eq!(metric(&gw, &ok), 2.0);
+    // Those under a route's base URL count under that route.
+    assert_eq!(metric(&gw, &ok.replace("route=\"\"", "route=\"beta\"")), 2.0);
     let aborted = ok.replace("\"ok\"", "\"aborted\"");
     assert_eq!(metric(&gw, &aborted), 0.0);
 }

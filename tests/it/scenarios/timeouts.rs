@@ -88,6 +88,9 @@ async fn s17_client_read_timeout_caps_the_wait_for_an_answer() {
         assert_eq!(took, secs(3), "stream={stream}");
         assert_eq!(got.status, 504, "{}", got.text());
         assert_eq!(got.error_code(), "deadline_exceeded");
+        // It says whose deadline it was.
+        let msg = got.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(msg.contains("the client's read timeout"), "{msg}");
         assert_eq!(calls(&gw, "sim", primary), 1);
         assert_eq!(cancels(&gw, "sim", primary).await, 1);
         assert_eq!(calls(&gw, "backup", BACKUP), 0);
