@@ -42,7 +42,7 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     pub truncations: IntCounterVec,
     /// Counted in integer micro-dollars (exact, like every amount tidegate keeps), exposed in
-    /// USD ([`MicroUsd`]).
+    /// USD (`MicroUsd`).
     pub cost_usd: IntCounterVec,
     pub circuit_open: GaugeVec,
     pub ceiling_rejections: IntCounterVec,
