@@ -22,6 +22,20 @@ async fn s08_cut_before_content_is_an_invisible_failover() {
     }
 }
 
+/// Scenario 8 on the Anthropic wire: a non-stream body cut half-way (and a stream cut before
+/// content) fails over the same way (helper-36: the mock's Anthropic answers never broke).
+#[tokio::test(start_paused = true)]
+async fn s08b_a_cut_on_the_anthropic_wire_fails_over_too() {
+    let primary = "p+cut=0";
+    for stream in [false, true] {
+        let gw = gateway(&route(&[("claude", primary), ("backup", BACKUP)], NO_RETRY));
+        let (got, _) = timed(&gw, stream).await;
+        assert_answered(&got, stream, "backup", BACKUP, PROMPT);
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=cut", "stream={stream}");
+        assert_eq!(calls(&gw, "claude", primary), 1);
+    }
+}
+
 /// Scenario 11: a stream that ends after its finish (and usage) without `[DONE]` is a complete
 /// answer: tidegate supplies the one `[DONE]`; nothing is retried.
 #[tokio::test(start_paused = true)]
