@@ -60,6 +60,14 @@ impl Gateway {
         Snapshot::prepare(config, &self.shared, &self.metrics)
     }
 
+    /// Prepares `config` only to know it could be activated (a candidate behind a pin): its
+    /// metric series go to a scratch registry, so routes and models never served add none to
+    /// `/metrics`. Activating it later prepares it again, for real.
+    pub fn check_prepare(&self, config: Config) -> Result<(), String> {
+        self.shared.clients.prune();
+        Snapshot::prepare(config, &self.shared, &Metrics::new()).map(drop)
+    }
+
     /// Activates a prepared snapshot atomically; in-flight requests keep the one they hold.
     pub fn install(&self, snap: Snapshot) {
         let old = self.current.swap(Arc::new(snap));

@@ -315,7 +315,7 @@ impl Reloader {
         if inner.pinned {
             let info = VersionInfo::of(&cfg, trigger, Outcome::Deferred);
             // Prepare and drop: a candidate should be as ready to activate as a reload would be.
-            if let Err(e) = self.gw.prepare(cfg) {
+            if let Err(e) = self.gw.check_prepare(cfg) {
                 return self.reject(inner, Some(version), e, trigger);
             }
             tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), "config candidate (pinned: not activated)");

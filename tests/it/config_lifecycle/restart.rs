@@ -140,6 +140,13 @@ async fn budget_series_follow_the_active_version() {
         |r: &Running| String::from_utf8(r.gateway.metrics.render()).unwrap().contains(series);
     assert!(present(&r));
     r.reloader.pin(None).await.unwrap();
+    // A candidate with a route and model never served adds no series (helper-35).
+    let extra =
+        format!("{without}  newroute:\n    targets: [{{provider: a, model: fresh-model}}]\n");
+    std::fs::write(&path, &extra).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Deferred(_)));
+    let text = String::from_utf8(r.gateway.metrics.render()).unwrap();
+    assert!(!text.contains("fresh-model") && !text.contains("newroute"), "{text}");
     std::fs::write(&path, &without).unwrap();
     assert!(matches!(r.reloader.reload_now().await, ReloadResult::Deferred(_)));
     assert!(present(&r), "a deferred candidate removed the active version's series");
