@@ -109,17 +109,8 @@ pub(crate) fn messages(req: &Value, b: &Behaviour) -> Script {
         }
         let body = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop, "stop_sequence": null, "usage": usage});
-        if b.cut.is_some() || b.stall.is_some() {
-            // A non-stream answer that breaks (or stops) half-way through its body, as on the
-            // OpenAI wire.
-            let text = body.to_string();
-            let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
-            let end = if b.cut.is_some() { Step::Cut } else { Step::Stall };
-            return Script {
-                status: 200,
-                headers: vec![("content-type", "application/json".into())],
-                steps: vec![Step::Sleep(b.ttft), Step::Send(half), Step::Sleep(FLUSH), end],
-            };
+        if let Some(broken) = super::openai_wire::broken_body(&body.to_string(), b) {
+            return broken;
         }
         return Script {
             status: 200,

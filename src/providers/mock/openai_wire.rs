@@ -242,15 +242,8 @@ pub(crate) fn chat(req: &Value, b: &Behaviour) -> Script {
         o.remove("usage");
     }
     let text = body.to_string();
-    if b.cut.is_some() || b.stall.is_some() {
-        // A non-stream answer that breaks (or stops) half-way through its body.
-        let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
-        let end = if b.cut.is_some() { Step::Cut } else { Step::Stall };
-        return Script {
-            status: 200,
-            headers: vec![("content-type", "application/json".into())],
-            steps: vec![Step::Sleep(b.ttft), Step::Send(half), Step::Sleep(FLUSH), end],
-        };
+    if let Some(broken) = broken_body(&text, b) {
+        return broken;
     }
     Script {
         status: 200,
@@ -260,6 +253,22 @@ pub(crate) fn chat(req: &Value, b: &Behaviour) -> Script {
         ],
         steps: vec![Step::Sleep(b.ttft), Step::Send(Bytes::from(text))],
     }
+}
+
+/// With `cut` or `stall`, a non-stream answer (either wire) that breaks (or stops) half-way
+/// through its body `text`.
+pub(crate) fn broken_body(text: &str, b: &Behaviour) -> Option<Script> {
+    let end = match (b.cut, b.stall) {
+        (Some(_), _) => Step::Cut,
+        (None, Some(_)) => Step::Stall,
+        (None, None) => return None,
+    };
+    let half = Bytes::copy_from_slice(&text.as_bytes()[..text.len() / 2]);
+    Some(Script {
+        status: 200,
+        headers: vec![("content-type", "application/json".into())],
+        steps: vec![Step::Sleep(b.ttft), Step::Send(half), Step::Sleep(FLUSH), end],
+    })
 }
 
 /// A pause before a deliberate cut, so an HTTP server flushes what was sent before it breaks

@@ -1,12 +1,7 @@
 -- Cancel a reservation whose reserve call timed out (after budget_purge.lua): if it landed,
 -- it leaves `reserved`; if not (yet), a tombstone makes it refused should it land later.
 -- ARGV[1]: reservation id, ARGV[2]: its amount, ARGV[3]: TTL in ms, ARGV[4]: lease in ms.
-if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
-  reserved = reserved - tonumber(ARGV[2])
-  if reserved < 0 then
-    reserved = 0
-  end
-  redis.call('HSET', KEYS[1], 'reserved', string.format('%d', reserved))
+if release(ARGV[1], ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 else
   redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[4])), ARGV[1] .. ':x')

@@ -2,13 +2,7 @@
 -- `reserved`; either way spent += the actual cost.
 -- ARGV[1]: reservation id, ARGV[2]: its amount, ARGV[3]: actual cost, ARGV[4]: TTL in ms.
 -- Arguments go to HINCRBY as the strings the caller sent: no float formatting on the way back.
-if redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2]) == 1 then
-  reserved = reserved - tonumber(ARGV[2])
-  if reserved < 0 then
-    reserved = 0
-  end
-  redis.call('HSET', KEYS[1], 'reserved', string.format('%d', reserved))
-end
+release(ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
