@@ -291,13 +291,10 @@ impl RequestRecord {
             r.overhead.observe(overhead.as_secs_f64());
         }
         // The tokens charged: reported, or estimated like the cost where none were.
-        let billed = self.spend.billed_usage();
-        if let (Some(t), Some(u)) = (&self.served_by, billed) {
+        if let (Some(t), Some(u)) = (&self.served_by, self.spend.answered_usage()) {
             // Attempts a resume closed, and failed ones, were counted for their own targets.
             let prior = self.spend.prior_usage();
-            let input =
-                u.input.saturating_sub(prior.input.saturating_add(self.spend.failed_input()));
-            t.input_tokens.inc_by(input);
+            t.input_tokens.inc_by(u.input.saturating_sub(prior.input));
             t.output_tokens.inc_by(u.output.saturating_sub(prior.output));
             t.cached_tokens.inc_by(u.cached_input.saturating_sub(prior.cached_input));
             if self.truncated() {
@@ -311,6 +308,7 @@ impl RequestRecord {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let billed = self.spend.billed_usage();
         let line = LogLine {
             ts,
             request_id: &self.request_id,

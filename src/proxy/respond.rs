@@ -165,7 +165,6 @@ impl Gateway {
                     tainted: false,
                 });
                 let resume = route.route.resume.then(|| ResumeKit {
-                    gw: self.clone(),
                     snap: snap.clone(),
                     route: route.index,
                     target: served.target,

@@ -35,9 +35,8 @@ use crate::translate::finish::anthropic_stop_reason;
 use crate::translate::finish::openai_finish_reason;
 
 /// What a stream task needs to start new attempts on its own.
+/// (Budgets, limits and breakers are the gateway's: [`Forward::gw`].)
 pub struct ResumeKit {
-    /// Budgets and limits of the resumed attempts (they are admitted like any attempt).
-    pub gw: Arc<crate::gateway::Gateway>,
     pub snap: Arc<Snapshot>,
     pub route: usize,
     /// The target that was streaming when it broke.
@@ -106,14 +105,16 @@ async fn open(
     if let Some(h) = fwd.rec.spend.held.take() {
         h.settle(0, fwd.rec.route.as_deref());
     }
-    super::admit::target(route, ti, t, &ask, &kit.gw.shared, &mut fwd.rec)
+    // Admitted like any attempt: budgets, limits, then the breaker.
+    let gw = fwd.gw.clone();
+    super::admit::target(route, ti, t, &ask, &gw.shared, &mut fwd.rec)
         .await
         .map_err(|skip| (Next::NextTarget, skip.reason()))?;
     let body = ask
         .body_for(t, &kit.snap.config, route.route.drop_unsupported_params)
         .map_err(|_| (Next::NextTarget, "untranslatable"))?;
     // An open breaker (or a 429 cooldown) is honoured here too; a probe it allows is reported.
-    let health = &kit.gw.shared.health;
+    let health = &gw.shared.health;
     let admission = health.admit(&t.target.provider, &t.target.model);
     if let Admission::Skip { reason, .. } = admission {
         return Err((Next::NextTarget, reason));

@@ -87,9 +87,9 @@ pub struct Spend {
     pub resumed_usage: Option<Usage>,
     /// Once computed: (micro-dollars, estimated).
     settled: Option<(u64, bool)>,
-    /// The tokens that cost was computed from: the attempts that answered (in part or whole),
-    /// estimated where they reported none, plus the input charged to failed attempts.
-    billed: Option<Usage>,
+    /// The tokens that cost was computed from for the attempts that answered (in part or
+    /// whole), estimated where they reported none.
+    answered: Option<Usage>,
     /// Input tokens charged to failed attempts ([`Self::charge_failed`]).
     failed_input: u64,
 }
@@ -104,26 +104,25 @@ impl Spend {
         let (c, est) = self.attempt_cost(served, usage);
         let total = (self.prior.saturating_add(c), self.prior_estimated || est);
         self.settled = Some(total);
-        let answered = served.map(|_| self.request_usage(usage));
-        let failed = Usage { input: self.failed_input, output: 0, cached_input: 0 };
-        self.billed = match answered {
-            Some(u) => Some(sum(u, failed)),
-            None if self.failed_input > 0 => Some(failed),
-            None => None,
-        };
+        self.answered = served.map(|_| self.request_usage(usage));
         total
     }
 
-    /// The tokens the request was charged for ([`Self::cost`] computes them): what its log
-    /// line and `tidegate_tokens_total` count, so tokens and cost always agree. `None` before
-    /// `cost`, or when nothing was charged.
-    pub fn billed_usage(&self) -> Option<Usage> {
-        self.billed
+    /// The tokens the answering attempts were charged for ([`Self::cost`] computes them):
+    /// what `tidegate_tokens_total` counts for the serving target, so tokens and cost agree.
+    /// `None` before `cost`, or when no attempt answered.
+    pub fn answered_usage(&self) -> Option<Usage> {
+        self.answered
     }
 
-    /// Input tokens charged to failed attempts (counted for their targets when charged).
-    pub fn failed_input(&self) -> u64 {
-        self.failed_input
+    /// Every token the request was charged for, failed attempts' input included: the log
+    /// line's.
+    pub fn billed_usage(&self) -> Option<Usage> {
+        let failed = Usage { input: self.failed_input, output: 0, cached_input: 0 };
+        match self.answered {
+            Some(u) => Some(sum(u, failed)),
+            None => (self.failed_input > 0).then_some(failed),
+        }
     }
 
     /// What earlier attempts cost (already settled against the budget).
