@@ -290,7 +290,8 @@ pub struct Timeouts {
     pub first_token: Duration,
     /// Longest gap between stream events. Default 30 s.
     pub idle: Duration,
-    /// One whole attempt. Default 300 s.
+    /// One whole attempt, a stream's to its end (a resumed stream's from its own start).
+    /// Default 300 s.
     pub attempt: Duration,
     /// The whole request, all attempts included; hard. Default 600 s.
     pub total: Duration,

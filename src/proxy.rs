@@ -15,6 +15,7 @@ pub mod request;
 mod respond;
 pub mod resume;
 pub mod spend;
+mod stream_end;
 pub mod tiers;
 
 use std::sync::Arc;

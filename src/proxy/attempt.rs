@@ -59,8 +59,13 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// A successful attempt.
 pub enum Opened {
-    Complete { body: Bytes, usage: Option<Usage>, finish: Option<String> },
-    Stream(OpenStream),
+    Complete {
+        body: Bytes,
+        usage: Option<Usage>,
+        finish: Option<String>,
+    },
+    /// Boxed: the stream's state is large, and an answer is one or the other.
+    Stream(Box<OpenStream>),
 }
 
 /// A stream at its commit point.
@@ -71,6 +76,10 @@ pub struct OpenStream {
     pub held: Vec<(Option<String>, Bytes)>,
     pub usage: Option<Usage>,
     pub finish: Option<String>,
+    /// When `timeouts.attempt` ends this attempt, counted from its start (the request's own
+    /// deadline is the caller's to apply): a stream is bounded as a whole, not only until its
+    /// answer begins.
+    pub attempt_end: Instant,
 }
 
 /// Per-attempt inputs.
@@ -265,26 +274,28 @@ impl Attempt<'_> {
                     Some(ChunkPeek::Done) => {
                         waited.first_token = Some(start.elapsed());
                         held.push((ev.event, ev.data));
-                        return Ok(Opened::Stream(OpenStream {
+                        return Ok(Opened::Stream(Box::new(OpenStream {
                             body,
                             decoder,
                             held,
                             usage,
                             finish: None,
-                        }));
+                            attempt_end: start + self.timeouts.attempt,
+                        })));
                     }
                     Some(ChunkPeek::Chunk { content, finish, usage: u, .. }) => {
                         usage = peek::merge_usage(usage, u);
                         held.push((ev.event, ev.data));
                         if content {
                             waited.first_token = Some(start.elapsed());
-                            return Ok(Opened::Stream(OpenStream {
+                            return Ok(Opened::Stream(Box::new(OpenStream {
                                 body,
                                 decoder,
                                 held,
                                 usage,
                                 finish,
-                            }));
+                                attempt_end: start + self.timeouts.attempt,
+                            })));
                         }
                     }
                 }

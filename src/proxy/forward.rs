@@ -21,6 +21,7 @@ use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
 use super::resume::{self, ResumeKit, Resumed};
+use super::stream_end::{End, RESUMABLE, stream_verdict, timer_reason, upstream};
 use crate::cache::AnswerCache;
 use crate::config::Wire;
 use crate::error::{Dialect, ErrorCode, GatewayError};
@@ -76,35 +77,6 @@ pub struct Forward {
     /// `idle` is the client's read timeout (shorter than the route's `timeouts.idle`): a gap
     /// that long is no failure of the target's.
     pub client_idle: bool,
-}
-
-/// How a streamed attempt that ended for `reason` counts for its target's breaker.
-pub(super) fn stream_verdict(reason: &str, client_idle: bool) -> Outcome {
-    match reason {
-        // Not the target's doing: the answer turned into a tool call, or a restarted answer
-        // said something else (resume only), or the client's own read timeout.
-        "tool_call" | "diverged" => Outcome::Neutral,
-        "timeout_idle" if client_idle => Outcome::Neutral,
-        // The route's own `timeouts.total` ran out while the target was still delivering: a
-        // route that allows less than its answers take is no failure of the target's (it
-        // would open the breaker on a healthy one).
-        "deadline" => Outcome::Neutral,
-        _ => Outcome::Failure,
-    }
-}
-
-/// A stream silent this long (or its `idle`, if shorter) when the route's deadline ends it
-/// had stalled: that is the target's failure, where a deadline cutting a stream still
-/// delivering is the route's.
-const STALLED: Duration = Duration::from_secs(10);
-
-/// Upstream failures after the commit point that resume may repair.
-const RESUMABLE: &[&str] = &["cut", "timeout_idle", "error_event", "malformed"];
-
-pub(super) enum End {
-    Complete,
-    ClientGone,
-    Upstream { reason: &'static str, detail: String, code: ErrorCode },
 }
 
 impl Forward {
@@ -362,7 +334,9 @@ impl Forward {
         }
         let mut now = Instant::now();
         let mut last_event = now;
-        let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(self.deadline)));
+        // Every timer ends at the request's deadline or the attempt's limit, whichever is first.
+        let limit = self.deadline.min(self.stream.attempt_end);
+        let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(limit)));
         // The end of the upstream body (or its error) met while draining ready frames: handled
         // after the events before it are queued.
         let mut ended = None;
@@ -404,7 +378,7 @@ impl Forward {
                             // period and is pushed back to the real end (last event + idle)
                             // if events came.
                             let t = Instant::now();
-                            let end = (last_event + self.idle).min(self.deadline);
+                            let end = (last_event + self.idle).min(limit);
                             if t >= end {
                                 break Err(());
                             }
@@ -419,25 +393,27 @@ impl Forward {
             let silent = after - last_event;
             last_event = after;
             match frame {
-                // The route's deadline, not the target's doing while it was still delivering
-                // (`stream_verdict`); a target silent that long before it had stalled.
-                Err(_) if Instant::now() >= self.deadline && silent >= self.idle.min(STALLED) => {
-                    return End::Upstream {
-                        reason: "deadline_stalled",
-                        detail: format!(
-                            "the route's total deadline passed, the upstream silent for {silent:?}"
+                // The route's limits, not the target's doing while it was still delivering
+                // (`stream_verdict`); a target silent that long before had stalled.
+                Err(_) => {
+                    let reason = timer_reason(after, self.deadline, limit, silent, self.idle);
+                    return match reason {
+                        "deadline" | "deadline_stalled" => End::Upstream {
+                            reason,
+                            detail: format!(
+                                "the route's total deadline passed, the upstream silent for {silent:?}"
+                            ),
+                            code: ErrorCode::DeadlineExceeded,
+                        },
+                        "timeout_idle" => upstream(reason, format!("no event for {:?}", self.idle)),
+                        _ => upstream(
+                            reason,
+                            format!(
+                                "the attempt's limit (timeouts.attempt) passed, the upstream silent for {silent:?}"
+                            ),
                         ),
-                        code: ErrorCode::DeadlineExceeded,
                     };
                 }
-                Err(_) if Instant::now() >= self.deadline => {
-                    return End::Upstream {
-                        reason: "deadline",
-                        detail: "the route's total deadline passed".into(),
-                        code: ErrorCode::DeadlineExceeded,
-                    };
-                }
-                Err(_) => return upstream("timeout_idle", format!("no event for {:?}", self.idle)),
                 // A stream that ends after its finish reason is complete; `[DONE]` is only a
                 // terminator, so tidegate supplies it.
                 Ok(None) if self.stream.finish.is_some() => return self.finish(false).await,
@@ -509,8 +485,4 @@ impl std::future::Future for YieldNow {
         cx.waker().wake_by_ref();
         std::task::Poll::Pending
     }
-}
-
-fn upstream(reason: &'static str, detail: String) -> End {
-    End::Upstream { reason, detail, code: ErrorCode::UpstreamUnavailable }
 }

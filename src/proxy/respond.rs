@@ -185,7 +185,7 @@ impl Gateway {
                     blocks_started: 0,
                     blocks_stopped: 0,
                     capture,
-                    stream,
+                    stream: *stream,
                     tx,
                     rec: rec.take(),
                     deadline: due.end,

@@ -145,7 +145,7 @@ async fn open(
                     Outcome::Success,
                 );
             }
-            Ok(s)
+            Ok(*s)
         }
         Ok(Opened::Complete { .. }) => {
             fwd.end_attempt("error", "content_type", Outcome::Failure, detail());
@@ -325,7 +325,8 @@ async fn forward_rest(
             continue;
         }
         let waiting = Instant::now();
-        let wait_end = (waiting + fwd.idle).min(fwd.deadline);
+        let limit = fwd.deadline.min(s.attempt_end);
+        let wait_end = (waiting + fwd.idle).min(limit);
         let frame = tokio::select! {
             biased;
             () = fwd.tx.closed() => return Ok(Resumed::ClientGone),
@@ -340,8 +341,16 @@ async fn forward_rest(
             }
             Ok(None) if finish.is_some() => break 'stream,
             Ok(None | Some(Err(_))) => return Err("cut"),
-            Err(_) if Instant::now() >= fwd.deadline => return Err("deadline"),
-            Err(_) => return Err("timeout_idle"),
+            Err(_) => {
+                let now = Instant::now();
+                return Err(super::stream_end::timer_reason(
+                    now,
+                    fwd.deadline,
+                    limit,
+                    now - waiting,
+                    fwd.idle,
+                ));
+            }
         }
     }
     close(fwd, shape, finish.as_deref().unwrap_or("stop"), usage, splicing).await
@@ -459,7 +468,8 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
                             return Some(Resumed::ClientGone);
                         }
                         Err(reason) => {
-                            let verdict = super::forward::stream_verdict(reason, fwd.client_idle);
+                            let verdict =
+                                super::stream_end::stream_verdict(reason, fwd.client_idle);
                             fwd.end_attempt("error", reason, verdict, detail);
                         }
                     }

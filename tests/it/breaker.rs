@@ -244,3 +244,28 @@ async fn a_resumed_probe_closes_the_breaker_when_its_answer_begins() {
     let got = stream.await.unwrap();
     assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"), "{}", got.text());
 }
+
+/// `timeouts.attempt` cutting a stream that is still delivering is the route's limit, not the
+/// target's failure, as with `total`; a stream silent up to that limit had stalled
+/// (`timeout_attempt_stalled`), which is.
+#[tokio::test(start_paused = true)]
+async fn a_streams_attempt_limit_counts_against_its_target_only_if_it_stalled() {
+    let model = "p+chunks=30+delay=100ms";
+    let gw = gateway(&single(model, "    resume: off\n    timeouts: {attempt: 1s}\n"));
+    for i in 0..7 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert!(got.text().contains("timeout_attempt"), "request {i}: {}", got.text());
+    }
+    assert_eq!(gw.mock_stats("sim").get(model).calls, 7, "never skipped");
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 0.0);
+
+    let model = "p+chunks=6+stall=2";
+    let gw = gateway(&single(model, "    resume: off\n    timeouts: {attempt: 15s}\n"));
+    for _ in 0..5 {
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert!(got.text().contains("timeout_attempt_stalled"), "{}", got.text());
+    }
+    let open = format!("tidegate_circuit_open{{model=\"{model}\",provider=\"sim\"}}");
+    assert_eq!(metric(&gw, &open), 1.0);
+}

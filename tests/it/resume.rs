@@ -225,3 +225,42 @@ async fn a_resumed_stream_is_a_fallback_in_the_log_and_the_outcome() {
     );
     assert_eq!(metric(&gw, &fallback), 1.0);
 }
+
+/// `timeouts.attempt` bounds a whole attempt, a stream's too (SPEC §5): a stream still going at
+/// its attempt's limit is cut there and finished by the next target; with `resume: off`, the
+/// client gets the error event at that limit. Either way the request is not held past it.
+#[tokio::test(start_paused = true)]
+async fn a_stream_longer_than_its_attempt_is_cut_there_and_resumed() {
+    let slow = "p+chunks=6+delay=1s";
+    let limits = "    timeouts: {attempt: 2500ms}\n    retries: {per_target: 0}\n";
+    let gw = gateway(&pair(slow, "b+chunks=6", limits));
+    let t0 = tokio::time::Instant::now();
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(t0.elapsed(), std::time::Duration::from_millis(2500));
+    assert_eq!(got.stream_text(), full(6), "{}", got.text());
+    assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["attempts"][0]["reason"], "timeout_attempt", "{line}");
+    assert_eq!(line["attempts"][1]["provider"], "backup", "{line}");
+    assert_eq!(line["outcome"], "fallback", "{line}");
+
+    let gw = gateway(&pair(slow, "b+chunks=6", &format!("{limits}    resume: off\n")));
+    let t0 = tokio::time::Instant::now();
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(t0.elapsed(), std::time::Duration::from_millis(2500));
+    let last = got.events().last().cloned().unwrap_or_default();
+    assert!(last.contains("\"error\"") && last.contains("timeout_attempt"), "{}", got.text());
+    assert!(!got.text().contains("[DONE]"), "{}", got.text());
+    assert_eq!(gw.mock_stats("backup").get("b+chunks=6").calls, 0);
+
+    // A resumed attempt is bounded the same way, from its own start.
+    let gw = gateway(&pair("p+chunks=6+cut=1", slow, limits));
+    let t0 = tokio::time::Instant::now();
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(!got.text().contains("[DONE]"), "{}", got.text());
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["attempts"][1]["reason"], "timeout_attempt", "{line}");
+}
