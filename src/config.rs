@@ -5,6 +5,7 @@
 //! cross-field rules and produces these types, which have no "filled in later" options.
 //! Every error names the file, the key path and what was expected.
 
+pub mod auth;
 mod limits;
 pub mod raw;
 pub mod reload;
@@ -59,6 +60,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelInfo>,
     /// Routes sorted by name.
     pub routes: Vec<Arc<Route>>,
+    /// `auth:` client auth; `None`: every client is let in.
+    pub auth: Option<auth::Auth>,
 }
 
 /// `server:` — static settings; changing them needs a restart.
@@ -490,6 +493,14 @@ impl Config {
                 )),
                 None => out.push_str("    idempotency: off\n"),
             }
+        }
+        match &self.auth {
+            Some(a) => out.push_str(&format!(
+                "auth: {} key(s), clients {}\n",
+                a.key_count(),
+                a.names().join(", ")
+            )),
+            None => out.push_str("auth: off (every client is let in)\n"),
         }
         out
     }

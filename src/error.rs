@@ -215,6 +215,10 @@ impl GatewayError {
         } else {
             h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
+        if matches!(self.code, ErrorCode::Unauthorized) {
+            // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if matches!(self.code, ErrorCode::RequestTooLarge | ErrorCode::RequestTimeout) {
             // The client may still be sending: close after the response is flushed.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -5,6 +5,7 @@ pub mod admit;
 pub mod ask;
 pub mod attempt;
 pub mod classify;
+mod client_auth;
 pub mod emit;
 pub mod failover;
 pub mod forward;
@@ -237,6 +238,9 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let (path_route, api_path) = split_route_prefix(parts.uri.path());
         let call = resolve(&parts.method, api_path)?;
+        // With `auth.keys`, nothing is read or selected for a caller without a listed key.
+        let client = client_auth::identify(snap, &parts.headers)?;
+        rec.client = client.as_ref().map(|c| c.name.clone());
         let header_route = match parts.headers.get(ROUTE_HEADER) {
             Some(v) => Some(v.to_str().map_err(|_| {
                 GatewayError::invalid(
@@ -257,13 +261,18 @@ impl Gateway {
         // logged and answered under its route too.
         if let Some(r) = fixed {
             rec.set_route(&r.series);
+            client_auth::allow(client.as_deref(), r)?;
         }
         match call {
             Call::Models => {
                 rec.outcome = "ok";
                 rec.status = 200;
                 // Under a route's base URL, that route is the one model.
-                let mut resp = models_list(snap, fixed.map(|r| r.index));
+                let visible = |i: usize| {
+                    fixed.is_none_or(|r| r.index == i)
+                        && client.as_ref().is_none_or(|c| c.may_use(i))
+                };
+                let mut resp = models_list(snap, visible);
                 if let Some(r) = fixed {
                     resp.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
                 }
@@ -279,6 +288,9 @@ impl Gateway {
                         format!("no model {id:?} under route {:?}'s base URL", r.route.name),
                     )
                     .with_param("model"));
+                }
+                if let Some(r) = snap.route_by_name(id) {
+                    client_auth::allow(client.as_deref(), r)?;
                 }
                 let mut one = model_one(snap, id)?;
                 if let Some(r) = fixed {
@@ -374,6 +386,7 @@ impl Gateway {
             None => {
                 let r = snap.select(None, None, ask.model())?;
                 rec.set_route(&r.series);
+                client_auth::allow(client.as_deref(), r)?;
                 r
             }
         };
@@ -390,7 +403,7 @@ impl Gateway {
             &self.shared,
             &self.metrics,
             route,
-            &parts.headers,
+            idem::Caller { headers: &parts.headers, client: client.as_ref().map(|c| &*c.name) },
             &bytes,
             endpoint,
             due.begin,
@@ -469,14 +482,14 @@ fn outcome_of(code: ErrorCode) -> &'static str {
     }
 }
 
-fn models_list(snap: &Snapshot, only: Option<usize>) -> Response<Body> {
+fn models_list(snap: &Snapshot, visible: impl Fn(usize) -> bool) -> Response<Body> {
     let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let data: Vec<serde_json::Value> = snap
         .config
         .routes
         .iter()
         .enumerate()
-        .filter(|(i, _)| only.is_none_or(|o| o == *i))
+        .filter(|(i, _)| visible(*i))
         .map(|(_, r)| r)
         .map(|r| serde_json::json!({"id": r.name, "object": "model", "created": created, "owned_by": "tidegate"}))
         .collect();

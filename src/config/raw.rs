@@ -31,6 +31,27 @@ pub struct RawConfig {
     pub models: BTreeMap<String, RawModel>,
     #[serde(deserialize_with = "unique")]
     pub routes: BTreeMap<String, RawRoute>,
+    /// Client auth: API keys (by SHA-256) mapped to a client name and its routes.
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+}
+
+/// `auth:` — the keys clients may present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Lowercase or uppercase hex SHA-256 of a key → who holds it.
+    #[serde(deserialize_with = "unique")]
+    pub keys: BTreeMap<String, RawClientKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub name: String,
+    /// The routes this key may use; absent: every route.
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
 }
 
 /// A name map that refuses a name given twice: YAML parsers keep the last of duplicate keys,

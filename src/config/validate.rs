@@ -67,6 +67,8 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     let models = super::limits::models(raw.models, &|p, m| cx.err(p, m))?;
 
     let routes = routes(&cx, raw.routes, &providers, &models)?;
+    let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    let auth = super::auth::auth(raw.auth, &route_names, &|p, m| cx.err(p, m))?;
     let breaker = breaker(&cx, &raw.circuit_breaker)?;
     Ok(Config {
         version: version_of(content),
@@ -80,6 +82,7 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         providers,
         models,
         routes,
+        auth,
     })
 }
 

@@ -206,18 +206,25 @@ fn in_flight() -> GatewayError {
     .with_retry_after(Duration::from_secs(1))
 }
 
+/// Who sent a request: its headers (the `Idempotency-Key`, the credential) and, with client
+/// auth on, its `auth.keys` name (which scopes its keys, SPEC §7).
+pub struct Caller<'a> {
+    pub headers: &'a HeaderMap,
+    pub client: Option<&'a str>,
+}
+
 /// Looks at the request's `Idempotency-Key` (if the route has idempotency on).
 pub async fn begin(
     shared: &Shared,
     metrics: &std::sync::Arc<Metrics>,
     route: &RouteRuntime,
-    headers: &HeaderMap,
+    caller: Caller<'_>,
     body: &[u8],
     endpoint: &str,
     deadline: Instant,
 ) -> Result<Begin, GatewayError> {
     let Some(cfg) = route.route.idempotency else { return Ok(Begin::Run(None)) };
-    let mut sent = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let mut sent = caller.headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(raw) = sent.next() else { return Ok(Begin::Run(None)) };
     if sent.next().is_some() {
         // Which one the client meant is unknowable: using either could replay the wrong answer.
@@ -230,7 +237,7 @@ pub async fn begin(
         GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
     })?;
     let name = &route.route.name;
-    let scope = scope(&client_identity(None, headers), name, key);
+    let scope = scope(&client_identity(caller.client, caller.headers), name, key);
     let fp = fingerprint(body, endpoint);
     let cap = shared.state.idem_cap;
     let count = |result: &str| metrics.idempotency.with_label_values(&[name, result]).inc();

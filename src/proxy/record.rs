@@ -66,6 +66,8 @@ pub struct RequestRecord {
     metrics: Arc<Metrics>,
     sink: Arc<LogSink>,
     pub request_id: String,
+    /// The client's `auth.keys` name, when client auth is on.
+    pub client: Option<Arc<str>>,
     pub version: Arc<str>,
     /// Set once `version` left the history: its request series are gone and stay gone.
     retired: Arc<std::sync::atomic::AtomicBool>,
@@ -119,6 +121,7 @@ impl RequestRecord {
             metrics,
             sink,
             request_id,
+            client: None,
             version,
             retired,
             route: None,
@@ -312,6 +315,7 @@ impl RequestRecord {
         let line = LogLine {
             ts,
             request_id: &self.request_id,
+            client: self.client.as_deref(),
             route: self.route_name(),
             config_version: &self.version,
             outcome: self.outcome,
@@ -350,6 +354,9 @@ impl Drop for RequestRecord {
 struct LogLine<'a> {
     ts: f64,
     request_id: &'a str,
+    /// The `auth.keys` name of the client, when client auth is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
     route: &'a str,
     config_version: &'a str,
     outcome: &'static str,

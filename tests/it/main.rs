@@ -6,6 +6,7 @@
 mod common;
 
 mod anthropic;
+mod auth;
 mod bad_input;
 mod breaker;
 mod cli;

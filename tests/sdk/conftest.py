@@ -1,6 +1,7 @@
 """Starts a real `tidegate serve --config config/demo.yaml` (on free loopback ports) for the
 official-SDK tests, and stops it with SIGTERM, which must exit 0."""
 
+import hashlib
 import os
 import pathlib
 import signal
@@ -37,14 +38,15 @@ class Gateway:
         return 0.0
 
 
-@pytest.fixture(scope="session")
-def gateway():
+def launch(extra: str = ""):
+    """Starts `tidegate serve` on config/demo.yaml (plus `extra` YAML) on free ports; yields the
+    gateway and stops it with SIGTERM, which must exit 0."""
     binary = os.environ.get("TIDEGATE_BIN", str(ROOT / "target" / "debug" / "tidegate"))
     data, admin = free_port(), free_port()
     text = (ROOT / "config" / "demo.yaml").read_text()
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{data}").replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(text)
+    cfg.write(text + extra)
     cfg.close()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([binary, "serve", "--config", cfg.name], stdout=log, stderr=log)
@@ -66,3 +68,24 @@ def gateway():
     code = proc.wait(timeout=40)
     os.unlink(cfg.name)
     assert code == 0, f"tidegate exited {code} on SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    yield from launch()
+
+
+def sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def auth_gateway():
+    """The demo config with client auth on: `k-chat` may use the `chat` route only, `k-all`
+    every route."""
+    extra = (
+        "auth:\n  keys:\n"
+        f"    {sha256_hex('k-chat')}: {{name: chat-app, routes: [chat]}}\n"
+        f"    {sha256_hex('k-all')}: {{name: ops}}\n"
+    )
+    yield from launch(extra)
