@@ -28,6 +28,15 @@ pub enum Endpoint {
     Embeddings,
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Chat => "chat",
+            Self::Embeddings => "embeddings",
+        })
+    }
+}
+
 impl Endpoint {
     /// The upstream path for a provider of `wire`, relative to its base URL; `None` if that
     /// wire has no such API.

@@ -111,6 +111,21 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 continue;
             }
             too_long = None;
+            if self.endpoint.path(t.provider.spec.wire).is_none() {
+                // This target's API has no such endpoint (embeddings on the Anthropic wire): no
+                // call is made; another target might serve it.
+                let (p, m) = (&t.target.provider, &t.target.model);
+                failures.push(format!("{p}/{m}: its API has no {} endpoint", self.endpoint));
+                untranslatable.get_or_insert_with(|| TranslateError {
+                    message: format!(
+                        "no target of route {:?} serves {} (Anthropic-wire providers have no embeddings API)",
+                        route.name, self.endpoint
+                    ),
+                    param: Some("model".to_owned()),
+                });
+                first_reason.get_or_insert("unsupported");
+                continue;
+            }
             let body = match (self.body_for)(t) {
                 Ok(b) => b,
                 Err(e) => {

@@ -276,3 +276,27 @@ async fn content_logging_is_opt_in() {
     let stream: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(stream["completion"], "The tide rises", "{stream}");
 }
+
+/// Embeddings on a route whose targets speak the Anthropic wire (no embeddings API): no call is
+/// made; with no other target it is the request's problem (400 naming the route), and an
+/// OpenAI-wire target later in the list serves it as a visible fallback.
+#[tokio::test]
+async fn embeddings_skip_targets_whose_api_has_none() {
+    let yaml = "providers:\n  claude: {kind: mock, api: anthropic}\n  sim: {kind: mock}\nroutes:\n  ant:\n    targets: [{provider: claude, model: c}]\n  mixed:\n    targets: [{provider: claude, model: c}, {provider: sim, model: e}]\n";
+    let gw = gateway(yaml);
+    let got = post(&gw, "/v1/embeddings", r#"{"model":"ant","input":"x"}"#).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.error_code(), "invalid_request");
+    assert_eq!(got.json()["error"]["param"], "model");
+    assert!(
+        got.text().contains("no target of route \\\"ant\\\" serves embeddings"),
+        "{}",
+        got.text()
+    );
+    assert!(got.headers.get("x-tidegate-attempts").is_none());
+    let got = post(&gw, "/v1/embeddings", r#"{"model":"mixed","input":"x"}"#).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-provider"), "sim");
+    assert_eq!(got.header("x-tidegate-fallback"), "target;reason=unsupported");
+    assert_eq!(gw.mock_stats("claude").get("c").calls, 0);
+}
