@@ -506,6 +506,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Settings that load but cannot do what they seem to: warnings for `tidegate check`.
+    pub fn lint(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            for m in &r.match_models {
+                if m != &r.name && self.routes.iter().any(|o| &o.name == m) {
+                    out.push(format!(
+                        "routes.{}.match_models: {m:?} is the name of route {m:?}, which a request for that model selects first (SPEC §3 order): this entry never applies",
+                        r.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 fn fmt_flags(flags: &[String]) -> String {
     if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join("; ")) }
 }

@@ -133,6 +133,9 @@ fn check(path: &std::path::Path) -> u8 {
         Ok(c) => {
             // Written at once, and a closed stdout (`check | head`) is not a panic.
             let mut out = format!("{}: ok\n{}", path.display(), c.summary());
+            for w in c.lint() {
+                out += &format!("warning: {w}\n");
+            }
             for p in c.providers.values() {
                 if let Err(e) = tidegate::providers::resolve_key(&p.key) {
                     out += &format!(

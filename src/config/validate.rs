@@ -718,6 +718,15 @@ mod tests {
     }
 
     #[test]
+    fn a_match_model_that_is_another_routes_name_is_a_warning() {
+        let s = "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    match_models: [b, a, m]\n    targets: [{provider: sim, model: ok}]\n  b:\n    targets: [{provider: sim, model: ok}]\n";
+        let lint = load_str(s).unwrap().lint();
+        assert_eq!(lint.len(), 1, "{lint:?}");
+        assert!(lint[0].starts_with("routes.a.match_models: \"b\" is the name of route \"b\""));
+        assert!(load_str(MIN).unwrap().lint().is_empty());
+    }
+
+    #[test]
     fn duplicate_match_model_is_rejected() {
         let s = "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n  b:\n    match_models: [m]\n    targets: [{provider: sim, model: ok}]\n";
         let e = load_str(s).unwrap_err();
