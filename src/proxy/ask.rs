@@ -217,7 +217,15 @@ impl<'a> Prepared<'a> {
             (Ask::Embeddings(e), _) => Ok(Bytes::from(e.obj.write(&[("model", model)], &[]))),
             (ask, _) => {
                 let Some(value) = self.value() else {
-                    return Err(TranslateError::body("the request body is not a JSON object"));
+                    // The body is a JSON object (it was parsed field by field), so what fails
+                    // here is a value JSON allows but a full parse does not hold: a number out
+                    // of range (`1e999`), or nesting past serde_json's limit.
+                    let why = serde_json::from_slice::<Value>(self.raw)
+                        .err()
+                        .map_or_else(String::new, |e| format!(": {e}"));
+                    return Err(TranslateError::body(format!(
+                        "the request cannot be translated for this target{why}"
+                    )));
                 };
                 let opts = RequestOptions {
                     default_max_tokens: config

@@ -144,3 +144,19 @@ async fn arbitrary_bodies_never_panic() {
         );
     }
 }
+
+/// A number JSON allows but no float holds (`1e999`) cannot be translated for another dialect:
+/// a 400 that says so, not "not a JSON object" (helper-37 N1). Same-dialect routes forward the
+/// body untouched, as they do every unknown value, and the upstream decides.
+#[tokio::test]
+async fn a_number_out_of_range_is_named_when_the_request_must_be_translated() {
+    let yaml = "providers:\n  claude: {kind: mock, api: anthropic}\nroutes:\n  ant:\n    default: true\n    targets: [{provider: claude, model: c}]\n";
+    let gw = gateway(yaml);
+    let body = r#"{"model":"ant","messages":[{"role":"user","content":"hi"}],"temperature":1e999}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.error_code(), "invalid_request");
+    let msg = got.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("number out of range"), "{msg}");
+    assert_eq!(gw.mock_stats("claude").get("c").calls, 0);
+}
