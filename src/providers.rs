@@ -171,6 +171,32 @@ impl HttpTarget {
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 const ANTHROPIC_BETA_HEADER: HeaderName = HeaderName::from_static("anthropic-beta");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The client's headers that go on to the upstream; nothing else the client sent does.
+#[derive(Clone, Debug, Default)]
+pub struct PassOn {
+    /// An Anthropic client's `anthropic-beta` (the beta features its body may use): sent to
+    /// Anthropic-wire targets only, and dropped when the request is translated.
+    pub anthropic_beta: Option<HeaderValue>,
+    /// W3C trace context (`traceparent`, `tracestate`), so the upstream call joins the
+    /// client's trace.
+    pub traceparent: Option<HeaderValue>,
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl PassOn {
+    /// The trace context of a client's request (`anthropic_beta` is set by the caller, for
+    /// Messages requests only).
+    pub fn from_client(headers: &http::HeaderMap) -> Self {
+        Self {
+            anthropic_beta: None,
+            traceparent: headers.get(TRACEPARENT).cloned(),
+            tracestate: headers.get(TRACESTATE).cloned(),
+        }
+    }
+}
 
 /// One configured provider, ready to send.
 pub struct Provider {
@@ -223,7 +249,7 @@ impl Provider {
         client: &client::Upstream,
         path: &str,
         body: Bytes,
-        anthropic_beta: Option<&HeaderValue>,
+        pass_on: &PassOn,
     ) -> Result<Response<UpstreamBody>, SendError> {
         match &self.transport {
             Transport::Mock(stats) => match mock::respond(stats, path, &body).await {
@@ -244,12 +270,18 @@ impl Provider {
                 if let Some((name, value)) = &self.auth {
                     headers.insert(name.clone(), value.clone());
                 }
+                if let Some(v) = &pass_on.traceparent {
+                    headers.insert(TRACEPARENT, v.clone());
+                }
+                if let Some(v) = &pass_on.tracestate {
+                    headers.insert(TRACESTATE, v.clone());
+                }
                 if self.spec.wire == Wire::Anthropic {
                     headers.insert(
                         ANTHROPIC_VERSION_HEADER,
                         HeaderValue::from_static(ANTHROPIC_VERSION),
                     );
-                    if let Some(beta) = anthropic_beta {
+                    if let Some(beta) = &pass_on.anthropic_beta {
                         headers.insert(ANTHROPIC_BETA_HEADER, beta.clone());
                     }
                 }

@@ -378,8 +378,9 @@ impl Gateway {
             _ => Ask::Embeddings(EmbeddingsRequest::parse(&bytes)?),
         };
         let mut ask = Prepared::new(ask, &bytes)?;
+        ask.pass_on = crate::providers::PassOn::from_client(&parts.headers);
         if matches!(call, Call::Messages) {
-            ask.anthropic_beta = anthropic_beta(&parts.headers);
+            ask.pass_on.anthropic_beta = anthropic_beta(&parts.headers);
         }
         let route = match fixed {
             Some(r) => r,

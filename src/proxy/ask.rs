@@ -40,9 +40,9 @@ pub struct Prepared<'a> {
     clamp: Option<u64>,
     /// Prompt tokens per vocabulary (o200k, cl100k), counted on first need.
     counts: [OnceLock<u64>; 2],
-    /// An Anthropic client's `anthropic-beta` header: sent on to Anthropic-wire targets (the
-    /// beta features its body may use), dropped when the request is translated.
-    pub anthropic_beta: Option<http::HeaderValue>,
+    /// The client's headers that go on upstream: trace context, and an Anthropic client's
+    /// `anthropic-beta`.
+    pub pass_on: crate::providers::PassOn,
 }
 
 impl<'a> Prepared<'a> {
@@ -59,7 +59,7 @@ impl<'a> Prepared<'a> {
             value: OnceLock::new(),
             clamp: None,
             counts: [OnceLock::new(), OnceLock::new()],
-            anthropic_beta: None,
+            pass_on: crate::providers::PassOn::default(),
         })
     }
 

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
 use http::header::CONTENT_TYPE;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -101,7 +100,7 @@ pub struct Attempt<'a> {
     /// The request's overall deadline.
     pub deadline: Instant,
     /// The client's `anthropic-beta` header, for an Anthropic-wire target.
-    pub anthropic_beta: Option<&'a HeaderValue>,
+    pub pass_on: &'a crate::providers::PassOn,
 }
 
 /// An attempt's clock: when it began, and when its first token and its whole answer are due.
@@ -160,12 +159,7 @@ impl Attempt<'_> {
         };
         let sent = timeout_at(
             first_token_end,
-            self.target.provider.send(
-                &self.target.client,
-                path,
-                self.body.clone(),
-                self.anthropic_beta,
-            ),
+            self.target.provider.send(&self.target.client, path, self.body.clone(), self.pass_on),
         )
         .await;
         waited.upstream += start.elapsed();

@@ -178,7 +178,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     stream: self.stream,
                     timeouts: &route.timeouts,
                     deadline: self.deadline,
-                    anthropic_beta: self.ask.anthropic_beta.as_ref(),
+                    pass_on: &self.ask.pass_on,
                 };
                 let mut waited = Waited::default();
                 rec.begin_attempt(&t.series);

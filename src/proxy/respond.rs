@@ -170,7 +170,7 @@ impl Gateway {
                     target: served.target,
                     raw: ask.raw_owned.clone(),
                     include_usage: ask.include_usage(),
-                    anthropic_beta: ask.anthropic_beta.clone(),
+                    pass_on: ask.pass_on.clone(),
                 });
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 if let Some(c) = rec.idem.as_mut() {

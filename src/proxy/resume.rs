@@ -44,8 +44,8 @@ pub struct ResumeKit {
     /// The client's request body.
     pub raw: Bytes,
     pub include_usage: bool,
-    /// The client's `anthropic-beta` header ([`Prepared::anthropic_beta`]).
-    pub anthropic_beta: Option<http::HeaderValue>,
+    /// The client's headers that go on upstream ([`Prepared::pass_on`]).
+    pub pass_on: crate::providers::PassOn,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,7 @@ async fn open(
         stream: true,
         timeouts: &route.route.timeouts,
         deadline,
-        anthropic_beta: kit.anthropic_beta.as_ref(),
+        pass_on: &kit.pass_on,
     };
     let mut waited = Waited::default();
     fwd.rec.begin_attempt(&t.series);

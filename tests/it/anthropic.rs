@@ -245,7 +245,8 @@ async fn anthropic_error_event_after_content() {
 
 /// An Anthropic client's `anthropic-beta` header reaches an Anthropic-wire upstream with the
 /// provider's own key and `anthropic-version`; a request translated for an OpenAI-wire
-/// upstream does not carry it, nor does an OpenAI client's request.
+/// upstream does not carry it, nor does an OpenAI client's request. The W3C trace context goes
+/// on to every upstream, so its call joins the client's trace.
 #[tokio::test]
 async fn anthropic_beta_reaches_anthropic_upstreams_only() {
     use http::Request;
@@ -295,6 +296,8 @@ async fn anthropic_beta_reaches_anthropic_upstreams_only() {
             .header("anthropic-beta", "context-management-2025-06-27")
             .header("anthropic-beta", "prompt-caching-2024-07-31")
             .header("x-api-key", "sk-client")
+            .header("traceparent", TRACEPARENT)
+            .header("tracestate", "vendor=opaque")
             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .unwrap()
     };
@@ -317,4 +320,10 @@ async fn anthropic_beta_reaches_anthropic_upstreams_only() {
     assert_eq!(header(1, "anthropic-beta"), None);
     assert_eq!(seen[2].0, "/v1/messages");
     assert_eq!(header(2, "anthropic-beta"), None, "an OpenAI client's request");
+    for i in 0..3 {
+        assert_eq!(header(i, "traceparent").as_deref(), Some(TRACEPARENT), "request {i}");
+        assert_eq!(header(i, "tracestate").as_deref(), Some("vendor=opaque"), "request {i}");
+    }
 }
+
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
