@@ -190,11 +190,11 @@ impl PassOn {
     /// The trace context of a client's request (`anthropic_beta` is set by the caller, for
     /// Messages requests only).
     pub fn from_client(headers: &http::HeaderMap) -> Self {
-        Self {
-            anthropic_beta: None,
-            traceparent: headers.get(TRACEPARENT).cloned(),
-            tracestate: headers.get(TRACESTATE).cloned(),
-        }
+        let traceparent = headers.get(TRACEPARENT).cloned();
+        // `tracestate` means nothing without `traceparent` (W3C Trace Context §3.3): not
+        // looked up (a hashed lookup per request) when there is none.
+        let tracestate = traceparent.as_ref().and_then(|_| headers.get(TRACESTATE)).cloned();
+        Self { anthropic_beta: None, traceparent, tracestate }
     }
 }
 
