@@ -84,6 +84,18 @@ impl<'a> Prepared<'a> {
         self.clamp.or_else(|| self.client_max_output())
     }
 
+    /// The request field holding the output limit that applies, when it is the client's own
+    /// (not lowered by the route's `max_output_tokens`): what an error should name as `param`.
+    pub fn output_limit_field(&self) -> Option<&'static str> {
+        if self.client_max_output()? != self.output_limit()? {
+            return None;
+        }
+        match &self.ask {
+            Ask::Chat(c) if c.max_completion_tokens.is_some() => Some("max_completion_tokens"),
+            _ => Some("max_tokens"),
+        }
+    }
+
     /// Choices asked for (`n`; 1 unless the client set it).
     pub fn n(&self) -> u64 {
         match &self.ask {

@@ -491,10 +491,18 @@ async fn a_request_larger_than_the_whole_budget_is_a_400_not_a_429() {
     let body = |extra: &str| {
         format!(r#"{{"model":"x",{extra}"messages":[{{"role":"user","content":"hi"}}]}}"#)
     };
-    for (extra, param) in
-        [(r#""max_tokens":1000,"#, "max_tokens"), (r#""max_tokens":5,"n":20,"#, "n")]
-    {
-        let got = post(&gw, "/v1/chat/completions", &body(extra)).await;
+    // `param` names what the client can lower: its own output limit (in the field it used),
+    // `n`, or, when the route's `max_output_tokens` sets the output, the prompt.
+    let clamped =
+        gateway(&priced("m", "{budget: {usd: 0.00003, per: 60s}, max_output_tokens: 1000}", ""));
+    for (gw, extra, param) in [
+        (&gw, r#""max_tokens":1000,"#, "max_tokens"),
+        (&gw, r#""max_completion_tokens":1000,"#, "max_completion_tokens"),
+        (&gw, r#""max_tokens":5,"n":20,"#, "n"),
+        (&clamped, "", "messages"),
+        (&clamped, r#""max_tokens":5000,"#, "messages"),
+    ] {
+        let got = post(gw, "/v1/chat/completions", &body(extra)).await;
         assert_eq!(got.status, 400, "{}", got.text());
         assert_eq!(got.error_code(), "cost_ceiling_exceeded");
         assert_eq!(got.header("x-should-retry"), "false");
