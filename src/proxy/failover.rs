@@ -164,7 +164,11 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 let admission = self.health.admit(p, m);
                 if let Admission::Skip { reason, retry_in } = admission {
                     first_reason.get_or_insert(reason);
-                    failures.push(format!("{p}/{m}: skipped ({reason}, {retry_in:?} left)"));
+                    // Open: until it may be probed; half-open: until the probe under way
+                    // answers (it may close the breaker sooner), so "at most".
+                    let secs = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                    failures
+                        .push(format!("{p}/{m}: skipped ({reason}, for at most {secs} s more)"));
                     continue 'targets;
                 }
                 attempts += 1;
