@@ -205,6 +205,9 @@ impl Gateway {
                 if !rec.attempts.is_empty() {
                     h.insert(ATTEMPTS_HEADER, HeaderValue::from(rec.attempts.len()));
                 }
+                if rec.route.is_some() && !rec.stream {
+                    respond::cost_headers(&mut rec, h);
+                }
                 resp
             }
         };
