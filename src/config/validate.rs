@@ -247,14 +247,22 @@ fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
         Some(n @ 1..=1024) => n as usize,
         Some(_) => return Err(cx.err("server.worker_threads", "expected a count from 1 to 1024")),
     };
+    // A zero read timeout would drop every request whose head (or body) takes a second read.
+    let read_timeout = |key: &str, v: Option<super::units::HumanDuration>, default: u64| {
+        let d = v.map_or(Duration::from_secs(default), |d| d.0);
+        if d.is_zero() {
+            return Err(cx.err(format!("server.{key}"), "expected a duration above zero"));
+        }
+        Ok(d)
+    };
     Ok(Server {
         listen: addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?,
         admin_listen: addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?,
         max_body_bytes: max_body as usize,
         max_concurrent_requests: max_conc as usize,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
-        header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
-        body_read_timeout: s.body_read_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        header_read_timeout: read_timeout("header_read_timeout", s.header_read_timeout, 10)?,
+        body_read_timeout: read_timeout("body_read_timeout", s.body_read_timeout, 30)?,
         worker_threads: workers,
     })
 }
@@ -649,6 +657,14 @@ mod tests {
         for bad in ["0", "1025"] {
             let e = load_str(&format!("server: {{worker_threads: {bad}}}\n{MIN}")).unwrap_err();
             assert_eq!(e.path, "server.worker_threads", "{e}");
+        }
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        for key in ["header_read_timeout", "body_read_timeout"] {
+            let e = load_str(&format!("server: {{{key}: 0s}}\n{MIN}")).unwrap_err();
+            assert_eq!(
+                (e.path.as_str(), e.message.as_str()),
+                (&*format!("server.{key}"), "expected a duration above zero")
+            );
         }
     }
 
