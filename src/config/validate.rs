@@ -776,6 +776,35 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_map_errors_name_their_key_and_what_was_expected() {
+        let with = |v: &str| MIN.replace("targets:", &format!("idempotency: {v}\n    targets:"));
+        for (v, path, says) in [
+            (
+                "{ttl: 1h, in_flight: wait, extra: 1}",
+                "routes.chat.idempotency.extra",
+                "unknown field `extra`, expected `ttl` or `in_flight`",
+            ),
+            ("{ttl: 5}", "routes.chat.idempotency.ttl", "expected a duration like"),
+            (
+                "{in_flight: foo}",
+                "routes.chat.idempotency.in_flight",
+                "expected wait or reject, got \"foo\"",
+            ),
+            ("of", "routes.chat.idempotency", "expected off or {ttl, in_flight}, got \"of\""),
+            ("[1]", "routes.chat.idempotency", "expected off or {ttl, in_flight}"),
+        ] {
+            let e = load_str(&with(v)).unwrap_err();
+            assert_eq!(e.path, path, "{v}: {e}");
+            assert!(e.message.contains(says), "{v}: {e}");
+            assert!(!e.message.contains("RawIdempotency") && !e.message.contains("variant"), "{e}");
+        }
+        let c = load_str(&with("{ttl: 2h, in_flight: reject}")).unwrap();
+        let i = c.routes[0].idempotency.as_ref().unwrap();
+        assert_eq!((i.ttl, i.wait), (Duration::from_secs(7200), false));
+        assert!(load_str(&with("off")).unwrap().routes[0].idempotency.is_none());
+    }
+
+    #[test]
     fn label_changes_version() {
         let a = load_str(MIN).unwrap();
         let b = load_str(&format!("label: x\n{MIN}")).unwrap();
