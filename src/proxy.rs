@@ -521,5 +521,15 @@ mod tests {
         assert_eq!(request_id(&h), "client-7");
         h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert!(request_id(&h).starts_with("tg-"));
+        // The README's policy: 1 to 128 printable ASCII characters, no spaces.
+        for (id, kept) in [
+            ("a".repeat(128), true),
+            ("a".repeat(129), false),
+            ("a/b:c=d\"e\\f".into(), true),
+            ("café".into(), false),
+        ] {
+            h.insert(REQUEST_ID, HeaderValue::from_bytes(id.as_bytes()).unwrap());
+            assert_eq!(request_id(&h) == id, kept, "{id}");
+        }
     }
 }
