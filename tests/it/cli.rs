@@ -135,3 +135,15 @@ fn demo_runs_and_prints_a_table() {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
+
+/// The mock serves both wire formats, and its help says so (both in the verb list and its own).
+#[test]
+fn mock_provider_help_names_both_wires() {
+    for args in [&["--help"][..], &["mock-provider", "--help"]] {
+        let out = tidegate().args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line =
+            help.lines().find(|l| l.contains("mock provider's behaviours")).unwrap_or_default();
+        assert!(line.contains("OpenAI") && line.contains("Anthropic"), "{args:?}: {help}");
+    }
+}
