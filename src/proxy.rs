@@ -71,10 +71,12 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
     };
     // HEAD wherever GET is (hyper sends the head without the body).
     if *method != call.0 && !(call.0 == Method::GET && *method == Method::HEAD) {
+        let allow = if call.0 == Method::GET { "GET, HEAD" } else { "POST" };
         return Err(GatewayError::new(
             ErrorCode::MethodNotAllowed,
             format!("{path} accepts {} only", call.0),
-        ));
+        )
+        .with_allow(allow));
     }
     Ok(call.1)
 }
