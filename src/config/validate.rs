@@ -390,13 +390,27 @@ fn yaml_message(path: &str, msg: &str) -> String {
         }
         _ => msg,
     };
-    match msg.split_once("expected struct ") {
+    let msg = match msg.split_once("expected struct ") {
         Some((before, after)) => {
             let rest = after.split_once(' ').map_or("", |(_, r)| r);
             format!("{before}expected a mapping of keys {rest}").trim_end().to_owned()
         }
         None => msg.to_owned(),
-    }
+    };
+    // serde names the Rust number types; say what they take.
+    [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number ≥ 0"),
+        ("f64", "a number"),
+    ]
+    .iter()
+    .fold(msg + " ", |m, (rust, plain)| {
+        m.replace(&format!("expected {rust} "), &format!("expected {plain} "))
+    })
+    .trim_end()
+    .to_owned()
 }
 
 /// Text sent as a response header value (the label, the upstream model): no control
@@ -701,6 +715,30 @@ mod tests {
         let e = load_str(&MIN.replace("targets:", "timeout: 1s\n    targets:")).unwrap_err();
         assert_eq!(e.path, "routes.chat.timeout");
         assert!(e.message.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn number_type_errors_say_what_is_expected_not_the_rust_type() {
+        for (key, path, says) in [
+            (
+                "retries: {per_target: -1}",
+                "retries.per_target",
+                "expected a whole number from 0 to 4294967295",
+            ),
+            ("limits: {rpm: 1.5}", "limits.rpm", "expected a whole number from 0 to 4294967295"),
+            (
+                "limits: {max_input_tokens: -5}",
+                "limits.max_input_tokens",
+                "expected a whole number ≥ 0",
+            ),
+            ("limits: {max_request_usd: abc}", "limits.max_request_usd", "expected a number"),
+        ] {
+            let e =
+                load_str(&MIN.replace("targets:", &format!("{key}\n    targets:"))).unwrap_err();
+            assert_eq!(e.path, format!("routes.chat.{path}"), "{e}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(!["u32", "u64", "f64"].iter().any(|t| e.message.contains(t)), "{e}");
+        }
     }
 
     #[test]
