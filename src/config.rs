@@ -416,6 +416,7 @@ impl Config {
 
     /// A readable summary for `tidegate check`.
     pub fn summary(&self) -> String {
+        let d = units::format_duration;
         let mut out = format!("version {}", self.version);
         if let Some(l) = &self.label {
             out.push_str(&format!(" (label {l:?})"));
@@ -450,7 +451,7 @@ impl Config {
                 let n = r.targets.len() + i + 1;
                 match tier {
                     FreeTier::Cache { max_age } => {
-                        out.push_str(&format!("    {n}. cache (max_age {max_age:?})\n"))
+                        out.push_str(&format!("    {n}. cache (max_age {})\n", d(*max_age)))
                     }
                     FreeTier::Template(t) => {
                         out.push_str(&format!("    {n}. template ({} chars)\n", t.chars().count()))
@@ -458,14 +459,16 @@ impl Config {
                 }
             }
             let t = &r.timeouts;
+            let [conn, first, idle, att, total] =
+                [t.connect, t.first_token, t.idle, t.attempt, t.total].map(d);
             out.push_str(&format!(
-                "    timeouts: connect {:?} first_token {:?} idle {:?} attempt {:?} total {:?}\n",
-                t.connect, t.first_token, t.idle, t.attempt, t.total
+                "    timeouts: connect {conn} first_token {first} idle {idle} attempt {att} total {total}\n"
             ));
             let rt = &r.retries;
+            let (tries, backoff, max_ra) = (rt.per_target, d(rt.backoff), d(rt.max_retry_after));
             out.push_str(&format!(
-                "    retries: per_target {} total {} backoff {:?} max_retry_after {:?}\n",
-                rt.per_target, rt.total, rt.backoff, rt.max_retry_after
+                "    retries: per_target {tries} total {} backoff {backoff} max_retry_after {max_ra}\n",
+                rt.total
             ));
             let l = &r.limits;
             let usd = crate::limits::prices::format_usd;
@@ -479,7 +482,7 @@ impl Config {
             push("max_output_tokens", l.max_output_tokens.map(|v| v.to_string()));
             push("max_n", l.max_n.map(|v| v.to_string()));
             push("max_request_usd", l.max_request_usd.map(usd));
-            push("budget", l.budget.map(|b| format!("{} USD per {:?}", usd(b.limit), b.per)));
+            push("budget", l.budget.map(|b| format!("{} USD per {}", usd(b.limit), d(b.per))));
             push("rpm", l.rpm.map(|v| v.to_string()));
             push("tpm", l.tpm.map(|v| v.to_string()));
             if !parts.is_empty() {
@@ -487,8 +490,8 @@ impl Config {
             }
             match r.idempotency {
                 Some(i) => out.push_str(&format!(
-                    "    idempotency: ttl {:?}, in_flight {}\n",
-                    i.ttl,
+                    "    idempotency: ttl {}, in_flight {}\n",
+                    d(i.ttl),
                     if i.wait { "wait" } else { "reject" }
                 )),
                 None => out.push_str("    idempotency: off\n"),

@@ -156,11 +156,13 @@ pub struct GatewayError {
     pub param: Option<String>,
     /// Sent as `Retry-After` (whole seconds, rounded up) on retryable codes.
     pub retry_after: Option<Duration>,
+    /// Sent as `Allow` on a 405: the methods the endpoint takes (RFC 9110 §15.5.6).
+    pub allow: Option<&'static str>,
 }
 
 impl GatewayError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None, retry_after: None }
+        Self { code, message: message.into(), param: None, retry_after: None, allow: None }
     }
 
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
@@ -169,6 +171,12 @@ impl GatewayError {
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
+        self
+    }
+
+    /// The methods the endpoint takes, for a 405's `Allow`.
+    pub fn with_allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
         self
     }
 
@@ -218,6 +226,9 @@ impl GatewayError {
         if matches!(self.code, ErrorCode::Unauthorized) {
             // RFC 9110 §11.6.1: a 401 names the scheme it wants.
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(methods) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(methods));
         }
         if matches!(self.code, ErrorCode::RequestTooLarge | ErrorCode::RequestTimeout) {
             // The client may still be sending: close after the response is flushed.

@@ -45,7 +45,8 @@ enum Command {
     },
     /// Run the gateway in-process on the mock provider and show scripted traffic.
     Demo,
-    /// Serve the mock provider's behaviours over HTTP (OpenAI wire format).
+    /// Serve the mock provider's behaviours over HTTP, in both wire formats (OpenAI and
+    /// Anthropic).
     MockProvider {
         /// Address to listen on, e.g. 127.0.0.1:9999.
         #[arg(long)]
@@ -224,7 +225,10 @@ async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
         }
     };
     let addr = listener.local_addr().map_or(listen, |a| a);
-    tracing::info!(%addr, "mock provider serving (OpenAI wire format at /v1, counters at /mock/stats)");
+    tracing::info!(
+        %addr,
+        "mock provider serving (OpenAI wire at /v1/chat/completions and /v1/embeddings, Anthropic wire at /v1/messages, counters at /mock/stats)"
+    );
     let stats = std::sync::Arc::default();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let opts = tidegate::server::ConnOptions {

@@ -72,10 +72,12 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
     };
     // HEAD wherever GET is (hyper sends the head without the body).
     if *method != call.0 && !(call.0 == Method::GET && *method == Method::HEAD) {
+        let allow = if call.0 == Method::GET { "GET, HEAD" } else { "POST" };
         return Err(GatewayError::new(
             ErrorCode::MethodNotAllowed,
             format!("{path} accepts {} only", call.0),
-        ));
+        )
+        .with_allow(allow));
     }
     Ok(call.1)
 }
@@ -205,6 +207,9 @@ impl Gateway {
                 }
                 if !rec.attempts.is_empty() {
                     h.insert(ATTEMPTS_HEADER, HeaderValue::from(rec.attempts.len()));
+                }
+                if rec.route.is_some() && !rec.stream {
+                    respond::cost_headers(&mut rec, h);
                 }
                 resp
             }
@@ -532,5 +537,15 @@ mod tests {
         assert_eq!(request_id(&h), "client-7");
         h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert!(request_id(&h).starts_with("tg-"));
+        // The README's policy: 1 to 128 printable ASCII characters, no spaces.
+        for (id, kept) in [
+            ("a".repeat(128), true),
+            ("a".repeat(129), false),
+            ("a/b:c=d\"e\\f".into(), true),
+            ("café".into(), false),
+        ] {
+            h.insert(REQUEST_ID, HeaderValue::from_bytes(id.as_bytes()).unwrap());
+            assert_eq!(request_id(&h) == id, kept, "{id}");
+        }
     }
 }

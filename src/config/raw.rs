@@ -188,11 +188,35 @@ pub struct RawRoute {
     pub idempotency: Option<RawIdempotency>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawIdempotency {
     Word(String),
     Settings(RawIdemSettings),
+}
+
+/// By hand rather than `untagged`: a bad key or value inside the map is reported at its own
+/// path (`routes.<r>.idempotency.ttl`), not as "did not match any variant".
+impl<'de> Deserialize<'de> for RawIdempotency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawIdempotency;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("off or {ttl, in_flight}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawIdempotency::Word(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let m = serde::de::value::MapAccessDeserializer::new(m);
+                RawIdemSettings::deserialize(m).map(RawIdempotency::Settings)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]

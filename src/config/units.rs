@@ -30,6 +30,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as a config file writes it: whole hours in `h`, else whole seconds in `s` (as the
+/// config reference gives defaults: `60s`, `600s`, `24h`), else `ms`; zero is `0s`. What `check`
+/// prints, so it reads back as the same value.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        // Never read from a config (whole milliseconds): shown exactly.
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -81,6 +98,19 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn durations_are_shown_in_config_units() {
+        for (text, shown) in
+            [("0s", "0s"), ("0ms", "0s"), ("250ms", "250ms"), ("1500ms", "1500ms"), ("90s", "90s")]
+                .into_iter()
+                .chain([("5m", "300s"), ("60m", "1h"), ("36h", "36h"), ("86400s", "24h")])
+        {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(format_duration(d), shown, "{text}");
+            assert_eq!(parse_duration(shown), Ok(d), "{shown} reads back");
+        }
     }
 
     #[test]

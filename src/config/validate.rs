@@ -250,14 +250,22 @@ fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
         Some(n @ 1..=1024) => n as usize,
         Some(_) => return Err(cx.err("server.worker_threads", "expected a count from 1 to 1024")),
     };
+    // A zero read timeout would drop every request whose head (or body) takes a second read.
+    let read_timeout = |key: &str, v: Option<super::units::HumanDuration>, default: u64| {
+        let d = v.map_or(Duration::from_secs(default), |d| d.0);
+        if d.is_zero() {
+            return Err(cx.err(format!("server.{key}"), "expected a duration above zero"));
+        }
+        Ok(d)
+    };
     Ok(Server {
         listen: addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?,
         admin_listen: addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?,
         max_body_bytes: max_body as usize,
         max_concurrent_requests: max_conc as usize,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
-        header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
-        body_read_timeout: s.body_read_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        header_read_timeout: read_timeout("header_read_timeout", s.header_read_timeout, 10)?,
+        body_read_timeout: read_timeout("body_read_timeout", s.body_read_timeout, 30)?,
         worker_threads: workers,
     })
 }
@@ -385,13 +393,27 @@ fn yaml_message(path: &str, msg: &str) -> String {
         }
         _ => msg,
     };
-    match msg.split_once("expected struct ") {
+    let msg = match msg.split_once("expected struct ") {
         Some((before, after)) => {
             let rest = after.split_once(' ').map_or("", |(_, r)| r);
             format!("{before}expected a mapping of keys {rest}").trim_end().to_owned()
         }
         None => msg.to_owned(),
-    }
+    };
+    // serde names the Rust number types; say what they take.
+    [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number ≥ 0"),
+        ("f64", "a number"),
+    ]
+    .iter()
+    .fold(msg + " ", |m, (rust, plain)| {
+        m.replace(&format!("expected {rust} "), &format!("expected {plain} "))
+    })
+    .trim_end()
+    .to_owned()
 }
 
 /// Text sent as a response header value (the label, the upstream model): no control
@@ -653,6 +675,14 @@ mod tests {
             let e = load_str(&format!("server: {{worker_threads: {bad}}}\n{MIN}")).unwrap_err();
             assert_eq!(e.path, "server.worker_threads", "{e}");
         }
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        for key in ["header_read_timeout", "body_read_timeout"] {
+            let e = load_str(&format!("server: {{{key}: 0s}}\n{MIN}")).unwrap_err();
+            assert_eq!(
+                (e.path.as_str(), e.message.as_str()),
+                (&*format!("server.{key}"), "expected a duration above zero")
+            );
+        }
     }
 
     #[test]
@@ -688,6 +718,30 @@ mod tests {
         let e = load_str(&MIN.replace("targets:", "timeout: 1s\n    targets:")).unwrap_err();
         assert_eq!(e.path, "routes.chat.timeout");
         assert!(e.message.contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn number_type_errors_say_what_is_expected_not_the_rust_type() {
+        for (key, path, says) in [
+            (
+                "retries: {per_target: -1}",
+                "retries.per_target",
+                "expected a whole number from 0 to 4294967295",
+            ),
+            ("limits: {rpm: 1.5}", "limits.rpm", "expected a whole number from 0 to 4294967295"),
+            (
+                "limits: {max_input_tokens: -5}",
+                "limits.max_input_tokens",
+                "expected a whole number ≥ 0",
+            ),
+            ("limits: {max_request_usd: abc}", "limits.max_request_usd", "expected a number"),
+        ] {
+            let e =
+                load_str(&MIN.replace("targets:", &format!("{key}\n    targets:"))).unwrap_err();
+            assert_eq!(e.path, format!("routes.chat.{path}"), "{e}");
+            assert!(e.message.contains(says), "{e}");
+            assert!(!["u32", "u64", "f64"].iter().any(|t| e.message.contains(t)), "{e}");
+        }
     }
 
     #[test]
@@ -769,6 +823,35 @@ mod tests {
         let e = load_str(&bad).unwrap_err();
         assert_eq!(e.path, "routes.chat.targets[0].model", "{e}");
         assert!(load_str(&format!("label: \"2026-11-29 rollout 日本\"\n{MIN}")).is_ok());
+    }
+
+    #[test]
+    fn idempotency_map_errors_name_their_key_and_what_was_expected() {
+        let with = |v: &str| MIN.replace("targets:", &format!("idempotency: {v}\n    targets:"));
+        for (v, path, says) in [
+            (
+                "{ttl: 1h, in_flight: wait, extra: 1}",
+                "routes.chat.idempotency.extra",
+                "unknown field `extra`, expected `ttl` or `in_flight`",
+            ),
+            ("{ttl: 5}", "routes.chat.idempotency.ttl", "expected a duration like"),
+            (
+                "{in_flight: foo}",
+                "routes.chat.idempotency.in_flight",
+                "expected wait or reject, got \"foo\"",
+            ),
+            ("of", "routes.chat.idempotency", "expected off or {ttl, in_flight}, got \"of\""),
+            ("[1]", "routes.chat.idempotency", "expected off or {ttl, in_flight}"),
+        ] {
+            let e = load_str(&with(v)).unwrap_err();
+            assert_eq!(e.path, path, "{v}: {e}");
+            assert!(e.message.contains(says), "{v}: {e}");
+            assert!(!e.message.contains("RawIdempotency") && !e.message.contains("variant"), "{e}");
+        }
+        let c = load_str(&with("{ttl: 2h, in_flight: reject}")).unwrap();
+        let i = c.routes[0].idempotency.as_ref().unwrap();
+        assert_eq!((i.ttl, i.wait), (Duration::from_secs(7200), false));
+        assert!(load_str(&with("off")).unwrap().routes[0].idempotency.is_none());
     }
 
     #[test]

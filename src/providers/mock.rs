@@ -1,5 +1,5 @@
-//! The `mock` provider: a deterministic fake of the OpenAI wire format whose behaviour is chosen
-//! by the model name (see `behaviour.rs` and the README's table).
+//! The `mock` provider: a deterministic fake of the OpenAI and Anthropic wire formats whose
+//! behaviour is chosen by the model name (see `behaviour.rs` and the README's table).
 //!
 //! [`respond`] produces a real HTTP response with a streaming body. The in-process provider
 //! (`kind: mock`) calls it directly; `tidegate mock-provider --listen ADDR` serves the same

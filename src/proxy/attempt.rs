@@ -118,6 +118,24 @@ struct Times {
 pub struct Waited {
     pub upstream: Duration,
     pub first_token: Option<Duration>,
+    /// The upstream's own id for its answer, if it sent one (see [`upstream_request_id`]).
+    pub upstream_request_id: Option<String>,
+}
+
+/// The longest upstream request id logged; a longer one is cut to this.
+const MAX_UPSTREAM_ID: usize = 128;
+
+/// The upstream's own request id (OpenAI `x-request-id`, Anthropic `request-id`), for the log
+/// line only: kept if it is printable ASCII without spaces, cut to 128 bytes.
+pub fn upstream_request_id(wire: Wire, headers: &http::HeaderMap) -> Option<String> {
+    let names = match wire {
+        Wire::OpenAi => ["x-request-id", "request-id"],
+        Wire::Anthropic => ["request-id", "x-request-id"],
+    };
+    let v = names.iter().find_map(|n| headers.get(*n))?.as_bytes();
+    let v = &v[..v.len().min(MAX_UPSTREAM_ID)];
+    (!v.is_empty() && v.iter().all(u8::is_ascii_graphic))
+        .then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 impl Attempt<'_> {
@@ -170,6 +188,7 @@ impl Attempt<'_> {
             Ok(Ok(r)) => r,
         };
         let (parts, mut body) = resp.into_parts();
+        waited.upstream_request_id = upstream_request_id(wire, &parts.headers);
         if !parts.status.is_success() {
             let t = Instant::now();
             let bytes = read_body(&mut body, MAX_ERROR_BODY, attempt_end).await.unwrap_or_default();
@@ -388,4 +407,34 @@ async fn read_body(body: &mut UpstreamBody, limit: usize, end: Instant) -> Optio
 /// Whether a failure should end the request now rather than try elsewhere.
 pub fn is_final(f: &AttemptFailure) -> bool {
     f.next == Next::Stop || f.deadline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn upstream_request_ids_are_taken_per_wire_and_sanitized() {
+        let both = headers(&[("x-request-id", b"req_oai"), ("request-id", b"req_ant")]);
+        assert_eq!(upstream_request_id(Wire::OpenAi, &both).as_deref(), Some("req_oai"));
+        assert_eq!(upstream_request_id(Wire::Anthropic, &both).as_deref(), Some("req_ant"));
+        assert_eq!(upstream_request_id(Wire::OpenAi, &http::HeaderMap::new()), None);
+        // Spaces, control or non-ASCII bytes: not logged.
+        for bad in [&b"has space"[..], b"caf\xc3\xa9", b"tab\there", b""] {
+            let h = headers(&[("x-request-id", bad)]);
+            assert_eq!(upstream_request_id(Wire::OpenAi, &h), None, "{bad:?}");
+        }
+        // Bounded: a long id is cut.
+        let long = "a".repeat(500);
+        let h = headers(&[("request-id", long.as_bytes())]);
+        assert_eq!(upstream_request_id(Wire::Anthropic, &h).unwrap().len(), MAX_UPSTREAM_ID);
+    }
 }

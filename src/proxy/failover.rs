@@ -188,6 +188,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 rec.begin_attempt(&t.series);
                 let result = attempt.run(&mut waited).await;
                 rec.upstream_wait += waited.upstream;
+                rec.upstream_request_id(waited.upstream_request_id.take());
                 if let Some(ft) = waited.first_token {
                     t.series.ttft.observe(ft.as_secs_f64());
                 }

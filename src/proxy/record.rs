@@ -59,6 +59,10 @@ pub struct AttemptLog {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
     pub duration_ms: f64,
+    /// The upstream's own id for its answer (OpenAI `x-request-id`, Anthropic `request-id`),
+    /// when it sent one: for a provider's support. Never returned to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
 }
 
 /// Everything known about one request, filled in as it runs.
@@ -84,6 +88,8 @@ pub struct RequestRecord {
     /// ([`Self::end_attempt`]): a committed stream's attempt ends with the stream. One still
     /// under way when the record drops was cut short by the client leaving.
     in_flight: Option<(Arc<TargetSeries>, Instant)>,
+    /// The upstream's request id for the attempt under way, once its answer's head arrived.
+    in_flight_upstream_id: Option<String>,
     /// The target that answered.
     pub served_by: Option<Arc<TargetSeries>>,
     pub usage: Option<Usage>,
@@ -131,6 +137,7 @@ impl RequestRecord {
             client_wait: Duration::ZERO,
             attempts: Vec::new(),
             in_flight: None,
+            in_flight_upstream_id: None,
             served_by: None,
             usage: None,
             finish: None,
@@ -196,6 +203,12 @@ impl RequestRecord {
     /// An attempt on `series` begins now.
     pub fn begin_attempt(&mut self, series: &Arc<TargetSeries>) {
         self.in_flight = Some((series.clone(), Instant::now()));
+        self.in_flight_upstream_id = None;
+    }
+
+    /// The upstream's own request id for the attempt under way, logged when it ends.
+    pub fn upstream_request_id(&mut self, id: Option<String>) {
+        self.in_flight_upstream_id = id;
     }
 
     /// The attempt under way, if any: its target.
@@ -220,6 +233,7 @@ impl RequestRecord {
             status,
             detail,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            upstream_request_id: self.in_flight_upstream_id.take(),
         };
         self.attempt(&series, log);
     }

@@ -284,13 +284,16 @@ impl<'a> EmbeddingsRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
         let obj = RawObject::parse(body)?;
         let model = obj.typed("model", "a string")?;
-        match obj.get("input").map(|r| r.get().as_bytes().first().copied()) {
-            Some(Some(b'"' | b'[')) => {}
-            _ => {
-                return Err(GatewayError::invalid(
-                    "`input` is required: a string or an array of strings or token arrays",
-                    Some("input"),
-                ));
+        const EXPECTED: &str = "a string or an array of strings or token arrays";
+        match obj.get("input").map(RawValue::get).filter(|raw| *raw != "null") {
+            Some(raw) if raw.starts_with(['"', '[']) => {}
+            None => {
+                let message = format!("`input` is required: {EXPECTED}");
+                return Err(GatewayError::invalid(message, Some("input")));
+            }
+            Some(raw) => {
+                let message = format!("`input` must be {EXPECTED}, got {}", preview(raw));
+                return Err(GatewayError::invalid(message, Some("input")));
             }
         }
         Ok(Self { obj, model })
@@ -300,6 +303,24 @@ impl<'a> EmbeddingsRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_input_missing_or_of_the_wrong_type_says_which() {
+        let message = |body: &str| EmbeddingsRequest::parse(body.as_bytes()).unwrap_err().message;
+        for missing in [r#"{"model":"m"}"#, r#"{"model":"m","input":null}"#] {
+            assert!(message(missing).starts_with("`input` is required: a string"), "{missing}");
+        }
+        for (wrong, got) in [("5.5", "5.5"), ("{\"a\":1}", "{\"a\":1}"), ("true", "true")] {
+            let m = message(&format!(r#"{{"model":"m","input":{wrong}}}"#));
+            assert_eq!(
+                m,
+                format!(
+                    "`input` must be a string or an array of strings or token arrays, got {got}"
+                )
+            );
+        }
+        assert!(EmbeddingsRequest::parse(br#"{"model":"m","input":["a"]}"#).is_ok());
+    }
 
     #[test]
     fn lone_surrogate_escapes_are_found() {

@@ -128,13 +128,7 @@ impl Gateway {
                 {
                     rec.spend.streamed_bytes = text.len() as u64;
                 }
-                let (cost, estimated) = rec.cost();
-                if let Ok(v) = HeaderValue::try_from(format_usd(cost)) {
-                    headers.insert(COST, v);
-                }
-                if estimated {
-                    headers.insert(COST_ESTIMATED, HeaderValue::from_static("true"));
-                }
+                cost_headers(rec, &mut headers);
                 if let Some(key) = capture_key(route, ask)
                     && let Some((text, model)) = super::tiers::text_of_body(&body, wire)
                 {
@@ -208,6 +202,20 @@ impl Gateway {
     }
 }
 
+/// `x-tidegate-cost-usd`, and `x-tidegate-cost-estimated: true` when estimated: the request's
+/// settled cost (every attempt's), the log line's `cost_usd`. For non-stream responses, whose
+/// cost is known before their head is sent: answers, upstream refusals passed through, and
+/// gateway errors once a route was selected.
+pub(super) fn cost_headers(rec: &mut RequestRecord, headers: &mut HeaderMap) {
+    let (cost, estimated) = rec.cost();
+    if let Ok(v) = HeaderValue::try_from(format_usd(cost)) {
+        headers.insert(COST, v);
+    }
+    if estimated {
+        headers.insert(COST_ESTIMATED, HeaderValue::from_static("true"));
+    }
+}
+
 fn with_headers(body: Body, headers: HeaderMap) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.headers_mut() = headers;
@@ -234,6 +242,14 @@ fn error_in_dialect(p: &Passthrough, client: Dialect, wire: Wire) -> Bytes {
         }
         (Dialect::Anthropic, Wire::OpenAi) => {
             let (kind, message) = translate::anthropic_error_from_openai(&v);
+            // Where Anthropic gives a status its own type (a 413 is `request_too_large`, whatever
+            // type the OpenAI body named), the status decides.
+            let kind = match p.status.as_u16() {
+                s @ (401 | 403 | 404 | 413 | 429) => {
+                    translate::anthropic_error_type_for_status(s).to_owned()
+                }
+                _ => kind,
+            };
             translate::anthropic_error_body(&kind, &message)
         }
     };
@@ -267,6 +283,9 @@ pub(super) fn failed(
                 && let Some(v) = rec.fallback(&route.route.name, "target", reason)
             {
                 h.insert(FALLBACK, v);
+            }
+            if !rec.stream {
+                cost_headers(rec, h);
             }
             Ok(resp)
         }

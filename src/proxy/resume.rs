@@ -132,6 +132,7 @@ async fn open(
     fwd.rec.begin_attempt(&t.series);
     let result = attempt.run(&mut waited).await;
     fwd.rec.upstream_wait += waited.upstream;
+    fwd.rec.upstream_request_id(waited.upstream_request_id.take());
     let detail = || detail_of(prefill.is_some()).to_owned();
     match result {
         // Under way until its stream ends (`resume` ends it). A half-open breaker's probe

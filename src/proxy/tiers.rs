@@ -61,10 +61,7 @@ pub fn serve(
         }
         if !ask.stream() {
             // What the failed attempts before the free tier were charged (often nothing).
-            let (cost, _) = rec.cost();
-            if let Ok(v) = HeaderValue::from_str(&crate::limits::prices::format_usd(cost)) {
-                h.insert("x-tidegate-cost-usd", v);
-            }
+            super::respond::cost_headers(rec, h);
         }
         return Some(resp);
     }

@@ -41,7 +41,9 @@ pub async fn handle(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
         (_, "/metrics" | "/healthz" | "/readyz") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n")
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -327,3 +327,22 @@ async fn anthropic_beta_reaches_anthropic_upstreams_only() {
 }
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// An OpenAI upstream's refusal shown to an Anthropic client takes the Anthropic type of its
+/// status where there is one: a 413 is `request_too_large`, not the OpenAI body's
+/// `invalid_request_error`.
+#[tokio::test(start_paused = true)]
+async fn an_openai_upstream_413_is_request_too_large_for_anthropic_clients() {
+    let gw = gateway(&single("o+status=413", ""));
+    let got = post(&gw, "/v1/messages", &messages("x", false)).await;
+    assert_eq!(got.status, 413, "{}", got.text());
+    let v = got.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "request_too_large", "{v}");
+    assert_eq!(v["error"]["message"], "mock error 413", "{v}");
+    // A 400 keeps the body's class.
+    let gw = gateway(&single("o+status=400", ""));
+    let got = post(&gw, "/v1/messages", &messages("x", false)).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.json()["error"]["type"], "invalid_request_error");
+}

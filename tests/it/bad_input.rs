@@ -114,6 +114,12 @@ async fn unknown_path_and_wrong_method() {
     let got = get(&gw, "/v1/chat/completions").await;
     assert_eq!(got.status, 405);
     assert_eq!(got.error_code(), "method_not_allowed");
+    // RFC 9110 §15.5.6: a 405 says which methods the endpoint takes.
+    assert_eq!(got.header("allow"), "POST");
+    let req = Request::delete("/v1/models").body(Full::new(Bytes::new())).unwrap();
+    let got = call_with(&gw, req).await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.header("allow"), "GET, HEAD");
 }
 
 #[tokio::test(start_paused = true)]

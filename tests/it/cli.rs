@@ -135,3 +135,37 @@ fn demo_runs_and_prints_a_table() {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }
 }
+
+/// The mock serves both wire formats, and its help says so (both in the verb list and its own).
+#[test]
+fn mock_provider_help_names_both_wires() {
+    for args in [&["--help"][..], &["mock-provider", "--help"]] {
+        let out = tidegate().args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line =
+            help.lines().find(|l| l.contains("mock provider's behaviours")).unwrap_or_default();
+        assert!(line.contains("OpenAI") && line.contains("Anthropic"), "{args:?}: {help}");
+    }
+}
+
+/// `check` prints durations as a config writes them: `0s`, never `0ns`; defaults as the config
+/// reference gives them.
+#[test]
+fn check_prints_durations_in_config_units() {
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("units.yaml");
+    std::fs::write(&cfg, "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    retries: {backoff: 0s, max_retry_after: 1500ms}\n    idempotency: {ttl: 90m}\n    targets: [{provider: sim, model: m}, {cache: {max_age: 1h}}]\n").unwrap();
+    let out = tidegate().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "    2. cache (max_age 1h)",
+        "    timeouts: connect 2s first_token 60s idle 30s attempt 300s total 600s",
+        "    retries: per_target 1 total 3 backoff 0s max_retry_after 1500ms",
+        "    idempotency: ttl 5400s, in_flight wait",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} not in:\n{stdout}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -300,3 +300,33 @@ async fn embeddings_skip_targets_whose_api_has_none() {
     assert_eq!(got.header("x-tidegate-fallback"), "target;reason=unsupported");
     assert_eq!(gw.mock_stats("claude").get("c").calls, 0);
 }
+
+/// The upstream's own request id (OpenAI `x-request-id`, Anthropic `request-id`) is logged with
+/// its attempt, only when one was sent, and never returned to the client as ours.
+#[tokio::test(start_paused = true)]
+async fn upstream_request_ids_are_logged_per_attempt_not_returned() {
+    let yaml = "providers:\n  sim: {kind: mock}\n  claude: {kind: mock, api: anthropic}\nroutes:\n  r:\n    default: true\n    retries: {per_target: 0}\n    targets:\n      - {provider: sim, model: \"o+status=500\"}\n      - {provider: claude, model: c}\n      - {provider: sim, model: o}\n";
+    let gw = gateway(yaml);
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.header("x-request-id").starts_with("tg-"));
+    for (k, v) in &got.headers {
+        assert!(!v.as_bytes().ends_with(b"req_mock"), "{k}: {v:?}");
+    }
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    let attempts = line["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{line}");
+    // The mock's error answer carries no id: no field.
+    assert!(attempts[0].get("upstream_request_id").is_none(), "{line}");
+    // The Anthropic-wire backup's `request-id`.
+    assert_eq!(attempts[1]["upstream_request_id"], "req_mock", "{line}");
+    // The OpenAI wire's `x-request-id`.
+    let gw = gateway(&single("o", ""));
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["attempts"][0]["upstream_request_id"], "req_mock", "{line}");
+    assert_ne!(got.header("x-request-id"), "req_mock");
+}

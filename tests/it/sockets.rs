@@ -409,6 +409,11 @@ async fn admin_plane_probes_and_metrics() {
     let req = Request::delete(format!("http://{}/healthz", gw.admin_addr));
     let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    let req = Request::get(format!("http://{}/admin/config/pin", gw.admin_addr));
+    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
     gw.shutdown().await;
 }
 

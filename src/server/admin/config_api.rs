@@ -53,9 +53,9 @@ impl ConfigApi {
             },
             (Method::POST, "/admin/config/unpin") => r.unpin().await,
             (Method::POST, "/admin/config/rollback") => r.rollback().await,
-            (_, "/admin/config") => Err(method_not_allowed("GET")),
+            (_, "/admin/config") => return method_not_allowed("GET"),
             (_, "/admin/config/pin" | "/admin/config/unpin" | "/admin/config/rollback") => {
-                Err(method_not_allowed("POST"))
+                return method_not_allowed("POST");
             }
             _ => Err(OpError {
                 status: 404,
@@ -94,8 +94,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn method_not_allowed(allowed: &str) -> OpError {
-    OpError { status: 405, code: "method_not_allowed", message: format!("{allowed} only") }
+/// A 405 with its `Allow` header (RFC 9110 §15.5.6).
+fn method_not_allowed(allowed: &'static str) -> Response<Body> {
+    let e = OpError { status: 405, code: "method_not_allowed", message: format!("{allowed} only") };
+    let mut r = error(&e);
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+    r
 }
 
 #[derive(Deserialize)]

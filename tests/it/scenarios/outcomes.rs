@@ -211,3 +211,27 @@ async fn failover_from_an_openai_wire_to_an_anthropic_wire() {
         assert_eq!(calls(&gw, "claude", "c+chunks=3"), 1);
     }
 }
+
+/// SPEC §3, §6: a non-stream answer carries the request's settled cost, errors included, as its
+/// log line says it: the 504 of the deadline and the 502 of a billable failure (each attempt
+/// charged its input, estimated), and an upstream refusal passed through (nothing charged).
+#[tokio::test(start_paused = true)]
+async fn non_stream_errors_carry_the_settled_cost() {
+    let cases = [
+        ("p+ttft=3s", "    timeouts: {total: 1s}\n", 504, true),
+        ("p+cut=1", NO_RETRY, 502, true),
+        ("p+status=422", "", 422, false),
+    ];
+    for (model, route_keys, status, charged) in cases {
+        let prices = format!("models:\n  \"{model}\": {{input: 1000, output: 1000}}\n");
+        let gw = gateway(&route(&[("sim", model)], &format!("{route_keys}{prices}")));
+        let got = post(&gw, "/v1/chat/completions", &request(false)).await;
+        assert_eq!(got.status, status, "{model}: {}", got.text());
+        let line: serde_json::Value =
+            serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+        assert_eq!(got.header("x-tidegate-cost-usd"), line["cost_usd"], "{model}: {line}");
+        let estimated = if charged { "true" } else { "" };
+        assert_eq!(got.header("x-tidegate-cost-estimated"), estimated, "{model}: {line}");
+        assert_eq!(got.header("x-tidegate-cost-usd") != "0.000000", charged, "{model}: {line}");
+    }
+}
