@@ -6,10 +6,13 @@ pub mod ask;
 pub mod attempt;
 pub mod classify;
 mod client_auth;
+mod client_headers;
 pub mod emit;
 pub mod failover;
 pub mod forward;
 pub mod idem;
+mod intake;
+mod models;
 pub mod peek;
 pub mod record;
 pub mod request;
@@ -23,14 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::time::Instant;
 
-use crate::body::{Body, ReadError, drain, read_limited};
+use crate::body::Body;
 use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::{RouteRuntime, Snapshot};
 use ask::{Ask, Prepared};
+use client_headers::{anthropic_beta, client_timeout, request_id};
 use failover::Plan;
 use record::RequestRecord;
 use request::{ChatRequest, EmbeddingsRequest, MessagesRequest};
@@ -89,53 +93,6 @@ const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tidegate-route");
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-tidegate-attempts");
 const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-tidegate-config-version");
 const CONFIG_LABEL: HeaderName = HeaderName::from_static("x-tidegate-config-label");
-const READ_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-read-timeout");
-const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
-
-/// Request id: the client's if it is a sane header value, else a fresh one (`tg-` and 32 hex
-/// digits).
-fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
-        && !v.is_empty()
-        && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return v.to_owned();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = *b"tg-00000000000000000000000000000000";
-    let n = fastrand::u128(..);
-    for (i, b) in id[3..].iter_mut().enumerate() {
-        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    String::from_utf8_lossy(&id).into_owned()
-}
-
-/// `x-stainless-read-timeout` (seconds, from the OpenAI and Anthropic SDKs): the longest the
-/// client waits for a byte of the answer. It gives up then (and hangs up, which cancels the
-/// work), so tidegate stops waiting [`CLIENT_MARGIN`] later: the client's own timeout always
-/// fires first, and it sees the same error, with its own retries, every time.
-fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let s = headers.get(READ_TIMEOUT)?.to_str().ok()?.trim().parse::<f64>().ok()?;
-    (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)) + CLIENT_MARGIN)
-}
-
-/// The client's `anthropic-beta` flags: one header as sent, or several lines joined with commas
-/// (the form the API takes).
-fn anthropic_beta(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut lines = headers.get_all(ANTHROPIC_BETA).iter();
-    let first = lines.next()?;
-    let rest: Vec<&HeaderValue> = lines.collect();
-    if rest.is_empty() {
-        return Some(first.clone());
-    }
-    let joined = std::iter::once(first).chain(rest).map(HeaderValue::as_bytes);
-    HeaderValue::from_bytes(&joined.collect::<Vec<_>>().join(&b","[..])).ok()
-}
-
-/// How long after a client's read timeout tidegate stops waiting for it (see
-/// [`client_timeout`]).
-const CLIENT_MARGIN: Duration = Duration::from_secs(1);
 
 /// When a request's answer is due.
 #[derive(Clone, Copy, Debug)]
@@ -269,42 +226,8 @@ impl Gateway {
             client_auth::allow(client.as_deref(), r)?;
         }
         match call {
-            Call::Models => {
-                rec.outcome = "ok";
-                rec.status = 200;
-                // Under a route's base URL, that route is the one model.
-                let visible = |i: usize| {
-                    fixed.is_none_or(|r| r.index == i)
-                        && client.as_ref().is_none_or(|c| c.may_use(i))
-                };
-                let mut resp = models_list(snap, visible);
-                if let Some(r) = fixed {
-                    resp.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
-                }
-                return Ok(resp);
-            }
-            Call::Model(id) => {
-                // Under a route's base URL, the route is the one model there is.
-                if let Some(r) = fixed
-                    && r.route.name != id
-                {
-                    return Err(GatewayError::new(
-                        ErrorCode::ModelNotFound,
-                        format!("no model {id:?} under route {:?}'s base URL", r.route.name),
-                    )
-                    .with_param("model"));
-                }
-                if let Some(r) = snap.route_by_name(id) {
-                    client_auth::allow(client.as_deref(), r)?;
-                }
-                let mut one = model_one(snap, id)?;
-                if let Some(r) = fixed {
-                    one.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
-                }
-                rec.outcome = "ok";
-                rec.status = 200;
-                return Ok(one);
-            }
+            Call::Models => return Ok(models::list(snap, fixed, client.as_deref(), rec)),
+            Call::Model(id) => return models::one(snap, id, fixed, client.as_deref(), rec),
             Call::Chat | Call::Messages | Call::Embeddings => {}
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {
@@ -314,64 +237,7 @@ impl Gateway {
             )
             .with_retry_after(Duration::from_secs(1))
         })?;
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            let ok = ct
-                .to_str()
-                .is_ok_and(|s| s.trim_start().to_ascii_lowercase().starts_with("application/json"));
-            if !ok {
-                return Err(GatewayError::invalid(
-                    "content-type must be application/json",
-                    Some("content-type"),
-                ));
-            }
-        }
-        let (limit, within) = self.body_limits;
-        let mut body = std::pin::pin!(body);
-        let read = {
-            let mut read = std::pin::pin!(read_limited(body.as_mut(), limit));
-            // A body that is already here (nearly every one) is read without arming a timer.
-            let polled =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
-            match polled {
-                std::task::Poll::Ready(read) => read,
-                std::task::Poll::Pending => tokio::time::timeout_at(rec.start + within, read)
-                    .await
-                    .unwrap_or(Err(ReadError::TimedOut)),
-            }
-        };
-        let bytes = match read {
-            Ok(b) => b,
-            Err(ReadError::TooLarge) => {
-                // Read what the client is still sending (bounded) so it sees the 413, not a
-                // reset; unless it waits to be asked for its body (`Expect: 100-continue`):
-                // reading would ask for it, and the 413 alone tells it not to send it.
-                let waits = parts.headers.get(header::EXPECT).is_some_and(|v| {
-                    v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("100-continue"))
-                });
-                if !waits {
-                    let bound = limit.saturating_mul(4).min(64 << 20);
-                    drain(body.as_mut(), bound, Duration::from_secs(5)).await;
-                }
-                return Err(GatewayError::new(
-                    ErrorCode::RequestTooLarge,
-                    format!("request body exceeds the {limit}-byte limit"),
-                ));
-            }
-            Err(ReadError::Broken(e)) => {
-                return Err(GatewayError::invalid(
-                    format!("could not read the request body: {e}"),
-                    None,
-                ));
-            }
-            Err(ReadError::TimedOut) => {
-                return Err(GatewayError::new(
-                    ErrorCode::RequestTimeout,
-                    format!(
-                        "the request body did not arrive within {within:?} (server.body_read_timeout)"
-                    ),
-                ));
-            }
-        };
+        let bytes = intake::read_body(&parts.headers, body, self.body_limits, rec.start).await?;
         if snap.config.logging.content {
             rec.log_content = true;
             rec.prompt = Some(String::from_utf8_lossy(&bytes).into_owned());
@@ -488,64 +354,9 @@ fn outcome_of(code: ErrorCode) -> &'static str {
     }
 }
 
-fn models_list(snap: &Snapshot, visible: impl Fn(usize) -> bool) -> Response<Body> {
-    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let data: Vec<serde_json::Value> = snap
-        .config
-        .routes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| visible(*i))
-        .map(|(_, r)| r)
-        .map(|r| serde_json::json!({"id": r.name, "object": "model", "created": created, "owned_by": "tidegate"}))
-        .collect();
-    json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
-}
-
-fn model_one(snap: &Snapshot, id: &str) -> Result<Response<Body>, GatewayError> {
-    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match snap.route_by_name(id) {
-        Some(r) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({"id": r.route.name, "object": "model", "created": created, "owned_by": "tidegate"}),
-        )),
-        None => Err(GatewayError::new(ErrorCode::ModelNotFound, format!("no route named {id:?}"))
-            .with_param("model")),
-    }
-}
-
 pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Body::full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_the_clients_or_fresh_hex() {
-        let fresh = request_id(&HeaderMap::new());
-        assert_eq!(fresh.len(), 35, "{fresh}");
-        assert!(fresh.starts_with("tg-"));
-        assert!(fresh[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_ne!(fresh, request_id(&HeaderMap::new()));
-        let mut h = HeaderMap::new();
-        h.insert(REQUEST_ID, HeaderValue::from_static("client-7"));
-        assert_eq!(request_id(&h), "client-7");
-        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
-        assert!(request_id(&h).starts_with("tg-"));
-        // The README's policy: 1 to 128 printable ASCII characters, no spaces.
-        for (id, kept) in [
-            ("a".repeat(128), true),
-            ("a".repeat(129), false),
-            ("a/b:c=d\"e\\f".into(), true),
-            ("café".into(), false),
-        ] {
-            h.insert(REQUEST_ID, HeaderValue::from_bytes(id.as_bytes()).unwrap());
-            assert_eq!(request_id(&h) == id, kept, "{id}");
-        }
-    }
 }
