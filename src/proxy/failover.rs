@@ -92,6 +92,11 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
         let mut untranslatable: Option<TranslateError> = None;
         // Targets passed over by the cost ceiling or the budget (the latter with its reset).
         let mut ceiling_skipped = false;
+        // Targets passed over for what the request is (untranslatable, an endpoint their API
+        // lacks, over the cost ceiling): when that is every target, the request is the problem
+        // (a 400); when some other target was only unavailable for now (breaker, cooldown),
+        // it is not.
+        let mut refused_for_request = 0usize;
         let mut budget_reset: Option<Duration> = None;
         // The last failure was the prompt's length, and every target after it was passed over
         // for its window: the client hears that refusal (its request is the problem, not the
@@ -124,6 +129,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     param: Some("model".to_owned()),
                 });
                 first_reason.get_or_insert("unsupported");
+                refused_for_request += 1;
                 continue;
             }
             let body = match (self.body_for)(t) {
@@ -137,6 +143,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     untranslatable.get_or_insert(e);
                     // A later target serving it is a fallback, and says so.
                     first_reason.get_or_insert("untranslatable");
+                    refused_for_request += 1;
                     continue;
                 }
             };
@@ -156,7 +163,10 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     first_reason.get_or_insert(skip.reason());
                     failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
                     match skip {
-                        Skip::CostCeiling => ceiling_skipped = true,
+                        Skip::CostCeiling => {
+                            ceiling_skipped = true;
+                            refused_for_request += 1;
+                        }
                         Skip::Budget(reset) => budget_reset = Some(reset),
                     }
                     continue 'targets;
@@ -303,7 +313,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 .with_retry_after(crate::limits::rate::retry_after_secs(reset));
                 return Err(Failed::Exhausted { error, reason: "budget_exhausted" });
             }
-            if ceiling_skipped {
+            let for_request = refused_for_request == self.route.targets.len();
+            if ceiling_skipped && for_request {
                 return Err(Failed::Gateway(GatewayError::new(
                     ErrorCode::CostCeilingExceeded,
                     format!(
@@ -311,7 +322,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     ),
                 )));
             }
-            if let Some(e) = untranslatable {
+            if let Some(e) = untranslatable.filter(|_| for_request) {
                 // No target could take the request at all: the request is the problem (SPEC §3).
                 return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
             }

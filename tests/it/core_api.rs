@@ -299,6 +299,17 @@ async fn embeddings_skip_targets_whose_api_has_none() {
     assert_eq!(got.header("x-tidegate-provider"), "sim");
     assert_eq!(got.header("x-tidegate-fallback"), "target;reason=unsupported");
     assert_eq!(gw.mock_stats("claude").get("c").calls, 0);
+
+    // The one target that serves it only unavailable for now (its breaker open): that is a
+    // 502 like any other, not the request's fault (helper-41 B1).
+    let yaml = "providers:\n  claude: {kind: mock, api: anthropic}\n  sim: {kind: mock}\nroutes:\n  mixed:\n    retries: {per_target: 0}\n    targets: [{provider: claude, model: c}, {provider: sim, model: \"e+status=500\"}]\n";
+    let gw = gateway(yaml);
+    for i in 0..7 {
+        let got = post(&gw, "/v1/embeddings", r#"{"model":"mixed","input":"x"}"#).await;
+        assert_eq!(got.status, 502, "request {i}: {}", got.text());
+        assert_eq!(got.error_code(), "upstream_unavailable");
+    }
+    assert_eq!(gw.mock_stats("sim").get("e+status=500").calls, 5, "the breaker opened");
 }
 
 /// The upstream's own request id (OpenAI `x-request-id`, Anthropic `request-id`) is logged with
