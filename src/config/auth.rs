@@ -91,18 +91,20 @@ fn bearer_token(v: &[u8]) -> Option<&[u8]> {
 
 /// Validates `auth:` against the routes (sorted by name, as in `Config::routes`).
 pub(super) fn auth(
-    raw: Option<RawAuth>,
+    raw: Option<Option<RawAuth>>,
     route_names: &[&str],
     err: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<Option<Auth>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    if raw.keys.is_empty() {
+    // `auth:` with nothing under it reads as auth off; refused, so that commenting out every
+    // key cannot open the gateway by accident.
+    let Some(raw) = raw.filter(|r| !r.keys.is_empty()) else {
         return Err(err(
             "auth.keys".into(),
-            "expected at least one key (no client could call; remove `auth` to turn client auth off)"
+            "expected at least one key (an empty `auth` would be read as auth off; remove `auth` to turn client auth off)"
                 .into(),
         ));
-    }
+    };
     let mut names: BTreeMap<String, Arc<str>> = BTreeMap::new();
     let mut keys = HashMap::with_capacity(raw.keys.len());
     for (hash, client) in raw.keys {
@@ -123,6 +125,10 @@ pub(super) fn auth(
                 format!("{path}.name"),
                 format!("name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"),
             ));
+        }
+        if name == "anonymous" {
+            // The identity of callers without a credential (it scopes their idempotency keys).
+            return Err(err(format!("{path}.name"), "the name \"anonymous\" is reserved".into()));
         }
         let routes = match client.routes {
             None => None,
@@ -182,7 +188,7 @@ mod tests {
         ))
         .unwrap();
         let err = |p: String, m: String| ConfigError { file: "t".into(), path: p, message: m };
-        let auth = auth(Some(raw), &["a", "b"], &err).unwrap().unwrap();
+        let auth = auth(Some(Some(raw)), &["a", "b"], &err).unwrap().unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(auth.identify(&h).unwrap_err(), Refusal::Missing);
         h.insert(AUTHORIZATION, "bearer  k1 ".parse().unwrap());
@@ -209,7 +215,7 @@ mod tests {
         let err = |p: String, m: String| ConfigError { file: "t".into(), path: p, message: m };
         let load = |y: &str| {
             let raw: RawAuth = serde_yaml_ng::from_str(y).unwrap();
-            auth(Some(raw), &["a"], &err).unwrap_err()
+            auth(Some(Some(raw)), &["a"], &err).unwrap_err()
         };
         let e = load("keys: {sk-plaintext: {name: app}}");
         assert_eq!(e.path, "auth.keys.sk-plaintext");
@@ -220,6 +226,11 @@ mod tests {
         assert_eq!(e.path, format!("auth.keys.{}.name", sha("k")));
         let e = load("keys: {}");
         assert_eq!(e.path, "auth.keys");
+        // `auth:` with every key commented out is not auth off.
+        let e = auth(Some(None), &["a"], &err).unwrap_err();
+        assert_eq!(e.path, "auth.keys");
+        let e = load(&format!("keys: {{{}: {{name: anonymous}}}}", sha("k")));
+        assert!(e.message.contains("reserved"), "{}", e.message);
         let e = load(&format!("keys: {{{}: {{name: a}}, {}: {{name: b}}}}", sha("k"), {
             sha("k").to_uppercase()
         }));

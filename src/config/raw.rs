@@ -31,9 +31,20 @@ pub struct RawConfig {
     pub models: BTreeMap<String, RawModel>,
     #[serde(deserialize_with = "unique")]
     pub routes: BTreeMap<String, RawRoute>,
-    /// Client auth: API keys (by SHA-256) mapped to a client name and its routes.
-    #[serde(default)]
-    pub auth: Option<RawAuth>,
+    /// Client auth: API keys (by SHA-256) mapped to a client name and its routes. `Some(None)`
+    /// is an `auth:` key with nothing under it (every entry commented out, say), which must
+    /// not turn client auth off silently.
+    #[serde(default, deserialize_with = "present")]
+    pub auth: Option<Option<RawAuth>>,
+}
+
+/// A key that is there, even with a null value: `Some(None)`; absent: `None` (serde's default).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `auth:` — the keys clients may present.
