@@ -171,8 +171,8 @@ impl HttpTarget {
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 const ANTHROPIC_BETA_HEADER: HeaderName = HeaderName::from_static("anthropic-beta");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The client's headers that go on to the upstream; nothing else the client sent does.
 #[derive(Clone, Debug, Default)]
@@ -184,18 +184,6 @@ pub struct PassOn {
     /// client's trace.
     pub traceparent: Option<HeaderValue>,
     pub tracestate: Option<HeaderValue>,
-}
-
-impl PassOn {
-    /// The trace context of a client's request (`anthropic_beta` is set by the caller, for
-    /// Messages requests only).
-    pub fn from_client(headers: &http::HeaderMap) -> Self {
-        let traceparent = headers.get(TRACEPARENT).cloned();
-        // `tracestate` means nothing without `traceparent` (W3C Trace Context §3.3): not
-        // looked up (a hashed lookup per request) when there is none.
-        let tracestate = traceparent.as_ref().and_then(|_| headers.get(TRACESTATE)).cloned();
-        Self { anthropic_beta: None, traceparent, tracestate }
-    }
 }
 
 /// One configured provider, ready to send.

@@ -34,7 +34,7 @@ use crate::error::{Dialect, ErrorCode, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::{RouteRuntime, Snapshot};
 use ask::{Ask, Prepared};
-use client_headers::{anthropic_beta, client_timeout, request_id};
+use client_headers::{client_timeout, pass_on, request_id};
 use failover::Plan;
 use record::RequestRecord;
 use request::{ChatRequest, EmbeddingsRequest, MessagesRequest};
@@ -249,10 +249,7 @@ impl Gateway {
             _ => Ask::Embeddings(EmbeddingsRequest::parse(&bytes)?),
         };
         let mut ask = Prepared::new(ask, &bytes)?;
-        ask.pass_on = crate::providers::PassOn::from_client(&parts.headers);
-        if matches!(call, Call::Messages) {
-            ask.pass_on.anthropic_beta = anthropic_beta(&parts.headers);
-        }
+        ask.pass_on = pass_on(&parts.headers, matches!(call, Call::Messages));
         let route = match fixed {
             Some(r) => r,
             None => {

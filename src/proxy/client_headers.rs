@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use http::header::GetAll;
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::providers::{PassOn, TRACEPARENT, TRACESTATE};
 
 use super::REQUEST_ID;
 
@@ -41,14 +44,54 @@ pub(super) fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// The client's `anthropic-beta` flags: one header as sent, or several lines joined with commas
 /// (the form the API takes).
 pub(super) fn anthropic_beta(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut lines = headers.get_all(ANTHROPIC_BETA).iter();
-    let first = lines.next()?;
-    let rest: Vec<&HeaderValue> = lines.collect();
+    joined(headers.get_all(ANTHROPIC_BETA))
+}
+
+/// The client's headers that go on upstream ([`PassOn`]): the W3C trace context, and for a
+/// Messages request (`messages`) its `anthropic-beta`. A `traceparent` that is not well formed
+/// is not passed on, and neither is its `tracestate` (W3C Trace Context §4.3: a receiver
+/// ignores both); several `tracestate` lines go on joined, as one list.
+pub(super) fn pass_on(headers: &HeaderMap, messages: bool) -> PassOn {
+    let traceparent = headers.get(TRACEPARENT).filter(|v| traceparent_ok(v.as_bytes()));
+    // Looked up only with a traceparent (a hashed lookup per request otherwise).
+    let tracestate = traceparent.and_then(|_| joined(headers.get_all(TRACESTATE)));
+    PassOn {
+        anthropic_beta: if messages { anthropic_beta(headers) } else { None },
+        traceparent: traceparent.cloned(),
+        tracestate,
+    }
+}
+
+/// The lines of a list-valued header as one value, joined with commas.
+fn joined(lines: GetAll<'_, HeaderValue>) -> Option<HeaderValue> {
+    let mut it = lines.iter();
+    let first = it.next()?;
+    let rest: Vec<&HeaderValue> = it.collect();
     if rest.is_empty() {
         return Some(first.clone());
     }
-    let joined = std::iter::once(first).chain(rest).map(HeaderValue::as_bytes);
-    HeaderValue::from_bytes(&joined.collect::<Vec<_>>().join(&b","[..])).ok()
+    let all = std::iter::once(first).chain(rest).map(HeaderValue::as_bytes);
+    HeaderValue::from_bytes(&all.collect::<Vec<_>>().join(&b","[..])).ok()
+}
+
+/// `version "-" trace-id "-" parent-id "-" flags`: lowercase hex of 2, 32, 16 and 2 digits,
+/// version not `ff`, ids not all zero; a later version may append `-...` fields.
+fn traceparent_ok(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let zero = |s: &[u8]| s.iter().all(|&b| b == b'0');
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    let rest_ok = if version == b"00" { v.len() == 55 } else { v.len() == 55 || v[55] == b'-' };
+    hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && !zero(trace)
+        && hex(parent)
+        && !zero(parent)
+        && hex(flags)
+        && rest_ok
 }
 
 /// How long after a client's read timeout tidegate stops waiting for it (see
@@ -81,5 +124,32 @@ mod tests {
             h.insert(REQUEST_ID, HeaderValue::from_bytes(id.as_bytes()).unwrap());
             assert_eq!(request_id(&h) == id, kept, "{id}");
         }
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_goes_on_with_its_tracestate_lines_joined() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(tp));
+        h.append(TRACESTATE, HeaderValue::from_static("a=1"));
+        h.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        let p = pass_on(&h, false);
+        assert_eq!(p.traceparent.unwrap(), tp);
+        assert_eq!(p.tracestate.unwrap(), "a=1,b=2");
+        for bad in [
+            "garbage",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        ] {
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            let p = pass_on(&h, false);
+            assert!(p.traceparent.is_none() && p.tracestate.is_none(), "{bad}");
+        }
+        // A later version may carry more fields.
+        let v1 = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz";
+        h.insert(TRACEPARENT, HeaderValue::from_static(v1));
+        assert!(pass_on(&h, false).traceparent.is_some());
     }
 }
