@@ -153,11 +153,16 @@ impl Gateway {
                 rec.outcome = outcome_of(e.code);
                 rec.status = e.code.status().as_u16();
                 rec.error = Some(e.message.clone());
+                let e_code = e.code;
                 let mut resp = e.into_response(dialect);
                 // SPEC §3: `x-tidegate-route` once a route is selected, errors included; the
-                // attempts made, when upstreams were called.
+                // attempts made, when upstreams were called. Not to a client refused the route
+                // (a model alias would tell it the name of a route it may not use); its
+                // refusal is still counted and logged under the route.
                 let h = resp.headers_mut();
+                let refused = e_code == ErrorCode::Unauthorized;
                 if let Some(r) = &rec.route
+                    && !refused
                     && let Ok(v) = HeaderValue::from_str(&r.name)
                 {
                     h.insert(ROUTE_HEADER, v);
@@ -165,7 +170,7 @@ impl Gateway {
                 if !rec.attempts.is_empty() {
                     h.insert(ATTEMPTS_HEADER, HeaderValue::from(rec.attempts.len()));
                 }
-                if rec.route.is_some() && !rec.stream {
+                if rec.route.is_some() && !rec.stream && !refused {
                     respond::cost_headers(&mut rec, h);
                 }
                 resp

@@ -32,7 +32,11 @@ pub(super) fn allow(client: Option<&Client>, route: &RouteRuntime) -> Result<(),
     match client {
         Some(c) if !c.may_use(route.index) => Err(GatewayError::new(
             ErrorCode::Unauthorized,
-            format!("client {:?} may not use route {:?}", c.name, route.route.name),
+            // The route is not named: a model alias would tell the client a route's name.
+            format!(
+                "client {:?} may not use the route this request selects (by its model, path or x-tidegate-route)",
+                c.name
+            ),
         )),
         _ => Ok(()),
     }

@@ -156,11 +156,12 @@ impl Forward {
             && RESUMABLE.contains(reason)
             && self.resume.is_some()
         {
+            let broke = *reason;
             // What arrived before the break goes out first: it is part of `sent_text`.
             end = if !self.flush().await {
                 End::ClientGone
             } else {
-                match resume::resume(self).await {
+                match resume::resume(self, broke).await {
                     Some(Resumed::Complete) => End::Complete,
                     Some(Resumed::ClientGone) => End::ClientGone,
                     None => end,

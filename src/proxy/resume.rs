@@ -399,8 +399,9 @@ async fn close(
 }
 
 /// Tries continuation, then splice, on the failed target (while `retries.per_target` allows
-/// another try of it) and the ones after it.
-pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
+/// another try of it) and the ones after it. `broke`: why the stream broke (a stream cut by
+/// `timeouts.attempt` is continued only, never spliced).
+pub async fn resume(fwd: &mut Forward, broke: &'static str) -> Option<Resumed> {
     let kit = fwd.resume.take()?;
     if fwd.in_tool || fwd.sent_text.is_empty() || Instant::now() >= fwd.deadline {
         return None;
@@ -427,7 +428,12 @@ pub async fn resume(fwd: &mut Forward) -> Option<Resumed> {
         if t.provider.spec.supports_prefill {
             modes.push(Mode::Continuation);
         }
-        modes.push(Mode::Splice);
+        // A stream cut for running past `timeouts.attempt` is not restarted from scratch: the
+        // restart would have to regenerate all it had sent, about as long as the attempt that
+        // just ran out, before adding anything (a second paid generation cut the same way).
+        if !broke.starts_with("timeout_attempt") {
+            modes.push(Mode::Splice);
+        }
         for mode in modes {
             // `retries.total` caps the route's upstream calls, resumed ones included.
             if fwd.rec.attempts.len() >= route.route.retries.total as usize {

@@ -264,3 +264,20 @@ async fn a_stream_longer_than_its_attempt_is_cut_there_and_resumed() {
         serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
     assert_eq!(line["attempts"][1]["reason"], "timeout_attempt", "{line}");
 }
+
+/// A stream cut by `timeouts.attempt` is continued, never spliced: a restart would regenerate
+/// everything already sent, about as long as the attempt that ran out, and be cut the same
+/// way after a second paid generation (helper-41 R1). With no target taking a prefill, the
+/// client gets the error event at the limit and nothing is called again.
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_by_its_attempt_limit_is_not_spliced() {
+    let config = "providers:\n  sim: {kind: mock, supports_prefill: false}\n  backup: {kind: mock, supports_prefill: false}\nroutes:\n  r:\n    default: true\n    targets:\n      - {provider: sim, model: \"p+chunks=6+delay=1s\"}\n      - {provider: backup, model: \"b+chunks=6+delay=1s\"}\n    timeouts: {attempt: 2500ms}\n";
+    let gw = gateway(config);
+    let t0 = tokio::time::Instant::now();
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(t0.elapsed(), std::time::Duration::from_millis(2500));
+    let last = got.events().last().cloned().unwrap_or_default();
+    assert!(last.contains("timeout_attempt"), "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").get("p+chunks=6+delay=1s").calls, 1);
+    assert_eq!(gw.mock_stats("backup").get("b+chunks=6+delay=1s").calls, 0);
+}

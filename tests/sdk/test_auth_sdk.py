@@ -17,7 +17,7 @@ def test_openai_sdk_with_a_listed_key(auth_gateway):
     # A route this key may not use, by model name and by per-route base URL.
     with pytest.raises(openai.AuthenticationError) as e:
         client.chat.completions.create(model="echo", messages=USER)
-    assert "may not use route" in str(e.value)
+    assert "may not use the route" in str(e.value)
     per_route = openai.OpenAI(base_url=auth_gateway.base + "/r/echo/v1", api_key="k-chat", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         per_route.chat.completions.create(model="x", messages=USER)
