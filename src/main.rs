@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tidegate::app::{self, StartError, StartOptions, StateDir};
 use tidegate::cli_config::{self, Action};
 use tidegate::config::Config;
+use tidegate::signals::Signals;
 
 #[derive(Parser)]
 #[command(name = "tidegate", version, about = "A transparent LLM gateway")]
@@ -104,8 +105,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Serve { config, state_dir } => {
+                // First: a SIGTERM during start is then acted on once started, not fatal.
+                let signals = Signals::install();
                 init_tracing();
-                serve(config, state_dir).await
+                serve(config, state_dir, signals).await
             }
             Command::Check { config } => check(&config),
             Command::Config { action, admin, token } => {
@@ -120,8 +123,9 @@ fn main() -> ExitCode {
             }
             Command::Demo => tidegate::demo::run().await,
             Command::MockProvider { listen } => {
+                let signals = Signals::install();
                 init_tracing();
-                mock_provider(listen).await
+                mock_provider(listen, signals).await
             }
         }
     });
@@ -166,7 +170,7 @@ fn check(path: &std::path::Path) -> u8 {
     }
 }
 
-async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
+async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>, mut signals: Signals) -> u8 {
     let path = config
         .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
@@ -205,14 +209,14 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     };
     let version = running.gateway.snapshot().config.version.clone();
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
-    app::termination().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    let stop = signals.recv().await;
+    tracing::info!(signal = stop.name(), "shutting down: draining in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");
     0
 }
 
-async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
+async fn mock_provider(listen: std::net::SocketAddr, mut signals: Signals) -> u8 {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -234,7 +238,7 @@ async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
         opts,
         rx,
     ));
-    app::termination().await;
+    signals.recv().await;
     let _ = tx.send(true);
     let _ = task.await;
     0

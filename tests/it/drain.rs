@@ -78,3 +78,45 @@ fn sigterm_drains_a_stream_then_exits_zero() {
     assert_eq!(status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A SIGTERM that arrives while the process is still starting is caught and acted on once it
+/// has started (a drain of nothing, exit 0), not the default action that kills it. The
+/// provider's key file is a FIFO, so the test knows when the process is mid-start: opening the
+/// FIFO for writing returns once the process opened it to read the key.
+#[test]
+fn sigterm_during_start_is_a_clean_shutdown() {
+    let dir = std::env::temp_dir().join(format!("tidegate-early-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (data, admin) = (free_port(), free_port());
+    let fifo = dir.join("key");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let cfg = dir.join("tidegate.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}}}\nproviders:\n  up: {{kind: openai_compatible, base_url: \"http://127.0.0.1:9/v1\", api_key_file: {}}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: up, model: m}}]\n", fifo.display()),
+    )
+    .unwrap();
+    let mut child = crate::common::spawn_serve(&cfg, &dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(&opener));
+    });
+    let Ok(opened) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = child.kill();
+        panic!("tidegate never read its key file");
+    };
+    let mut writer = opened.unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    // The key, and a plain file in the FIFO's place for any later read of it.
+    let _ = writer.write_all(b"sk-test\n");
+    let plain = dir.join("key.plain");
+    std::fs::write(&plain, "sk-test\n").unwrap();
+    std::fs::rename(&plain, &fifo).unwrap();
+    drop(writer);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
