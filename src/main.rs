@@ -211,7 +211,20 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>, mut signals:
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
     let stop = signals.recv().await;
     tracing::info!(signal = stop.name(), "shutting down: draining in-flight requests");
-    running.shutdown().await;
+    let drain = running.shutdown();
+    tokio::pin!(drain);
+    tokio::select! {
+        () = &mut drain => {}
+        again = signals.recv() => {
+            // An operator who asks twice wants out now (a local Ctrl-C Ctrl-C), not after
+            // `shutdown_grace`. Exit without unwinding: the drain's tasks are not waited for.
+            tracing::warn!(
+                signal = again.name(),
+                "second signal during the drain: exiting now; requests still in flight are cut"
+            );
+            std::process::exit(0);
+        }
+    }
     tracing::info!("stopped");
     0
 }

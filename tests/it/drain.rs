@@ -19,36 +19,52 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
-#[test]
+/// A `tidegate serve` child on free ports with one default route on the mock model `model`,
+/// `server:` extended by `server_extra`, polled until ready. Returns the child, the data and
+/// admin ports and its directory.
 #[expect(clippy::disallowed_methods, reason = "a synchronous test polling another process")]
-fn sigterm_drains_a_stream_then_exits_zero() {
+fn serve_ready(
+    name: &str,
+    server_extra: &str,
+    model: &str,
+) -> (std::process::Child, u16, u16, std::path::PathBuf) {
     let (data, admin) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("tidegate-drain-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tidegate-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("tidegate.yaml");
     std::fs::write(
         &cfg,
-        format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, shutdown_grace: 20s}}\nproviders:\n  sim: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"m+chunks=15+delay=100ms\"}}]\n"),
+        format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}, {server_extra}}}\nproviders:\n  sim: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    targets: [{{provider: sim, model: \"{model}\"}}]\n"),
     )
     .unwrap();
-    let mut child = crate::common::spawn_serve(&cfg, &dir);
+    let child = crate::common::spawn_serve(&cfg, &dir);
     let t0 = Instant::now();
     while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
         assert!(t0.elapsed() < Duration::from_secs(20), "tidegate never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, data, admin, dir)
+}
 
-    // A 1.5 s stream in flight...
+/// Starts a streamed chat on the data port and reads the response head.
+fn open_stream(data: u16) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", data)).unwrap();
     let body = r#"{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     write!(stream, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut first = [0u8; 64];
     let n = stream.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    stream
+}
 
-    // ...then SIGTERM.
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+fn kill(child: &std::process::Child, signal: &str) {
+    let killed = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
+}
+
+/// Polls `/readyz` until it fails (the drain has begun).
+#[expect(clippy::disallowed_methods, reason = "a synchronous test polling another process")]
+fn wait_unready(admin: u16) {
     let t1 = Instant::now();
     loop {
         match http_get(admin, "/readyz") {
@@ -62,6 +78,18 @@ fn sigterm_drains_a_stream_then_exits_zero() {
             }
         }
     }
+}
+
+#[test]
+fn sigterm_drains_a_stream_then_exits_zero() {
+    let (mut child, data, admin, dir) =
+        serve_ready("drain", "shutdown_grace: 20s", "m+chunks=15+delay=100ms");
+    // A 1.5 s stream in flight...
+    let mut stream = open_stream(data);
+
+    // ...then SIGTERM.
+    kill(&child, "-TERM");
+    wait_unready(admin);
     assert!(
         TcpStream::connect(("127.0.0.1", data)).is_err(),
         "a new connection was accepted while draining"
@@ -77,6 +105,26 @@ fn sigterm_drains_a_stream_then_exits_zero() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A second SIGTERM or SIGINT during the drain exits at once (exit 0), without waiting for the
+/// streams still open: a local Ctrl-C Ctrl-C does not wait out `shutdown_grace`.
+#[test]
+fn a_second_signal_during_the_drain_exits_at_once() {
+    for (first, second) in [("-TERM", "-INT"), ("-INT", "-TERM"), ("-TERM", "-TERM")] {
+        let (mut child, data, admin, dir) =
+            serve_ready("second-signal", "shutdown_grace: 60s", "m+chunks=300+delay=100ms");
+        // A 30 s stream that would hold the drain.
+        let _stream = open_stream(data);
+        kill(&child, first);
+        wait_unready(admin);
+        let t = Instant::now();
+        kill(&child, second);
+        let status = child.wait().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{first} {second}: took {:?}", t.elapsed());
+        assert_eq!(status.code(), Some(0), "{first} {second}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// A SIGTERM that arrives while the process is still starting is caught and acted on once it
