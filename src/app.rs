@@ -83,19 +83,50 @@ pub enum StartError {
     Config(String),
     /// The environment failed us, e.g. a port in use (exit code 2).
     Runtime(String),
+    /// A setting from the environment is unusable, e.g. a blank `TIDEGATE_ADMIN_TOKEN`
+    /// (exit code 1; the message names the variable, not the config file).
+    Env(String),
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Config(e) | Self::Runtime(e) => f.write_str(e),
+            Self::Config(e) | Self::Runtime(e) | Self::Env(e) => f.write_str(e),
         }
     }
 }
 
-/// The admin token: the option if given, else `$TIDEGATE_ADMIN_TOKEN`; empty means none.
-pub fn admin_token(option: Option<String>) -> Option<String> {
-    option.or_else(|| std::env::var("TIDEGATE_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty())
+/// The admin token: the option if given (empty means none: tests, the demo), else
+/// `$TIDEGATE_ADMIN_TOKEN`. ASCII whitespace around it is trimmed: a Secret made from a file
+/// written with `echo` ends in a newline, which no client can send in a header. A variable that
+/// is set but blank, or a token that cannot be sent as a header value, is an error: serving the
+/// admin plane open, or behind a token nobody can present, would be silent.
+pub fn admin_token(option: Option<String>) -> Result<Option<String>, String> {
+    if let Some(t) = option {
+        let t = t.trim_ascii();
+        return Ok((!t.is_empty()).then(|| t.to_owned()));
+    }
+    let Some(raw) = std::env::var_os("TIDEGATE_ADMIN_TOKEN") else { return Ok(None) };
+    let raw =
+        raw.into_string().map_err(|_| "TIDEGATE_ADMIN_TOKEN is not valid UTF-8".to_owned())?;
+    let token = clean_token(&raw).map_err(|e| format!("TIDEGATE_ADMIN_TOKEN {e}"))?;
+    if token.is_empty() {
+        return Err("TIDEGATE_ADMIN_TOKEN is set but empty (or only whitespace): set a token, or unset the variable to leave a loopback admin plane open".into());
+    }
+    Ok(Some(token))
+}
+
+/// `raw` without the ASCII whitespace around it; an error (to follow the token's name) when the
+/// rest cannot be sent in an `Authorization` header.
+pub fn clean_token(raw: &str) -> Result<String, String> {
+    let t = raw.trim_ascii();
+    if http::HeaderValue::from_str(t).is_err() {
+        return Err(
+            "holds characters that cannot be sent in a header (control characters or non-ASCII)"
+                .into(),
+        );
+    }
+    Ok(t.to_owned())
 }
 
 /// The admin plane may leave loopback only behind a token (SPEC §8).
@@ -160,7 +191,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
     let Boot { config, file_error } = boot;
     let server_cfg = config.server.clone();
     let admin = opts.admin_listen.unwrap_or(server_cfg.admin_listen);
-    let token = admin_token(opts.admin_token);
+    let token = admin_token(opts.admin_token).map_err(StartError::Env)?;
     check_admin_exposure(admin, token.as_deref(), &config.source).map_err(StartError::Config)?;
     let store = match opts.state_dir {
         // Where Boot::load found the pin when the file could not say.

@@ -155,10 +155,15 @@ fn check(path: &std::path::Path) -> u8 {
             }
             // SPEC §8: serve refuses an admin plane off loopback without a token; the token
             // comes from the environment, which may differ where serve runs: a warning.
-            let token = app::admin_token(None);
-            if let Err(e) = app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
-            {
-                out += &format!("warning: {e} (serve will refuse to start without it)\n");
+            match app::admin_token(None) {
+                Ok(token) => {
+                    if let Err(e) =
+                        app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
+                    {
+                        out += &format!("warning: {e} (serve will refuse to start without it)\n");
+                    }
+                }
+                Err(e) => out += &format!("warning: {e} (serve will refuse to start with it)\n"),
             }
             let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
             0
@@ -200,6 +205,10 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>, mut signals:
             } else {
                 eprintln!("{file}: {e}")
             }
+            return 1;
+        }
+        Err(StartError::Env(e)) => {
+            eprintln!("tidegate: {e}");
             return 1;
         }
         Err(StartError::Runtime(e)) => {
