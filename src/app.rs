@@ -71,6 +71,8 @@ pub struct Running {
     stop_reload: watch::Sender<bool>,
     reload_task: Option<JoinHandle<()>>,
     stop_data: watch::Sender<bool>,
+    /// `server.shutdown_delay`: accepting goes on this long after shutdown begins.
+    shutdown_delay: std::time::Duration,
     stop_admin: watch::Sender<bool>,
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
@@ -242,6 +244,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
         stop_reload,
         reload_task,
         stop_data,
+        shutdown_delay: server_cfg.shutdown_delay,
         stop_admin,
         data_task,
         admin_task,
@@ -255,10 +258,20 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Running {
-    /// Graceful shutdown: readiness fails at once, the data listener stops accepting, in-flight
-    /// requests and streams drain up to `server.shutdown_grace`, then the admin plane stops.
+    /// Graceful shutdown: readiness fails at once; the data listener keeps accepting and serving
+    /// for `server.shutdown_delay` (load balancers and kube-proxy stop sending meanwhile), then
+    /// stops accepting; in-flight requests and streams drain up to `server.shutdown_grace`,
+    /// counted from there; then the admin plane stops.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(
+                delay = ?self.shutdown_delay,
+                "/readyz fails; still accepting for server.shutdown_delay"
+            );
+            tokio::time::sleep(self.shutdown_delay).await;
+            tracing::info!("server.shutdown_delay passed: no longer accepting; draining");
+        }
         let _ = self.stop_data.send(true);
         // Reloads stop too; nothing here may delay the data listener's close above.
         let _ = self.stop_reload.send(true);

@@ -219,7 +219,7 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>, mut signals:
     let version = running.gateway.snapshot().config.version.clone();
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
     let stop = signals.recv().await;
-    tracing::info!(signal = stop.name(), "shutting down: draining in-flight requests");
+    tracing::info!(signal = stop.name(), "shutting down");
     let drain = running.shutdown();
     tokio::pin!(drain);
     tokio::select! {

@@ -274,6 +274,11 @@ def check_configmap(docs, values, cm_name):
         p.append(f"server.listen {listen!r}: expected {want_host}:{values['server']['port']}")
     if srv.get("shutdown_grace") != values["server"]["shutdownGrace"]:
         p.append(f"server.shutdown_grace {srv.get('shutdown_grace')!r} != values {values['server']['shutdownGrace']!r}")
+    # shutdown_delay: the value, or by default 5s in deployment mode (endpoint removal races
+    # SIGTERM) and 0s in sidecar mode.
+    want_delay = values["server"].get("shutdownDelay") or ("5s" if values["mode"] == "deployment" else "0s")
+    if srv.get("shutdown_delay") != want_delay:
+        p.append(f"server.shutdown_delay {srv.get('shutdown_delay')!r}: expected {want_delay!r}")
     if "state" in cfg and (cfg["state"] or {}).get("dir") != STATE_DIR:
         p.append(f"state.dir {(cfg['state'] or {}).get('dir')!r}: expected {STATE_DIR}")
     for key in ("providers", "routes"):
@@ -406,10 +411,11 @@ def check_gateway(docs, values, workload, spec, c, where, cfg, expect_native):
     tgps = spec.get("terminationGracePeriodSeconds")
     if cfg is not None:
         grace = duration_seconds((cfg.get("server") or {}).get("shutdown_grace", "30s"))
+        delay = duration_seconds((cfg.get("server") or {}).get("shutdown_delay", "0s"))
         sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
-        if not isinstance(tgps, int) or tgps <= grace + sleep:
+        if not isinstance(tgps, int) or tgps <= grace + delay + sleep:
             p.append(f"{wname}: terminationGracePeriodSeconds {tgps!r} must exceed shutdown_grace "
-                     f"{grace}s + preStop sleep {sleep}s")
+                     f"{grace}s + shutdown_delay {delay}s + preStop sleep {sleep}s")
     # Admin token from a Secret.
     env = {e.get("name"): e for e in c.get("env") or []}
     tok = env.get("TIDEGATE_ADMIN_TOKEN")
@@ -896,6 +902,8 @@ def run_self_test(rep, args, sidecar_case, deployment_case):
          "seccompProfile"),
         ("grace period equal to shutdown_grace", sidecar_case,
          lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 30), "terminationGracePeriodSeconds 30"),
+        ("grace period that leaves out shutdown_delay", deployment_case,
+         lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 121), "shutdown_delay 5s"),
         ("admin token as a literal env value", deployment_case,
          lambda w, s, c, d: c["env"].__setitem__(0, {"name": "TIDEGATE_ADMIN_TOKEN", "value": "literal"}),
          "TIDEGATE_ADMIN_TOKEN must come from a secretKeyRef"),

@@ -96,6 +96,39 @@ fn sigterm_drains_a_stream_then_exits_zero() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `server.shutdown_delay`: after SIGTERM `/readyz` fails at once, but new connections are
+/// still accepted and served for the delay (endpoint removal is not instant); then the
+/// listener closes, what is in flight drains, and the process exits 0.
+#[test]
+#[expect(clippy::disallowed_methods, reason = "a synchronous test polling another process")]
+fn shutdown_delay_keeps_accepting_after_sigterm() {
+    let (mut child, data, admin, dir) =
+        serve_ready("delay", "shutdown_delay: 4s, shutdown_grace: 20s", "m+chunks=5+delay=100ms");
+    let t0 = Instant::now();
+    kill(&child, "-TERM");
+    wait_unready(admin);
+    // Within the delay: a new connection is accepted and its stream served to the end.
+    let mut stream = open_stream(data);
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Read up to the stream's end; the keep-alive connection itself stays open.
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&rest).contains("data: [DONE]") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4), "the test was too slow to see the delay");
+    // After it, the listener is closed (polled, bounded).
+    while TcpStream::connect(("127.0.0.1", data)).is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "still accepting long after the delay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(4), "closed before the delay passed");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A second SIGTERM or SIGINT during the drain exits at once (exit 0), without waiting for the
 /// streams still open: a local Ctrl-C Ctrl-C does not wait out `shutdown_grace`.
 #[test]

@@ -156,11 +156,15 @@ Call with (dict "entry" $entry "what" "providerKeys.env[0]" "root" $).
 {{- end }}
 {{- end }}
 
-{{/* server.shutdownGrace in whole seconds (rounded up). Same duration syntax as tidegate. */}}
-{{- define "tidegate.shutdownGraceSeconds" -}}
-{{- $d := toString .Values.server.shutdownGrace }}
+{{/*
+A duration value in whole seconds (rounded up): (list "server.shutdownGrace" "30s"). Same
+duration syntax as tidegate: one number and a unit.
+*/}}
+{{- define "tidegate.durationSeconds" -}}
+{{- $name := index . 0 }}
+{{- $d := toString (index . 1) }}
 {{- if not (regexMatch "^[0-9]+(ms|s|m|h)$" $d) }}
-{{- fail (printf "server.shutdownGrace %q: expected one number and a unit (ms, s, m or h), e.g. 30s" $d) }}
+{{- fail (printf "%s %q: expected one number and a unit (ms, s, m or h), e.g. 30s" $name $d) }}
 {{- end }}
 {{- $num := regexFind "^[0-9]+" $d }}
 {{- $n := regexReplaceAll "^0+([0-9])" $num "${1}" | int64 }}
@@ -176,18 +180,47 @@ Call with (dict "entry" $entry "what" "providerKeys.env[0]" "root" $).
 {{- end }}
 {{- end }}
 
+{{/* server.shutdownGrace in whole seconds (rounded up). */}}
+{{- define "tidegate.shutdownGraceSeconds" -}}
+{{- include "tidegate.durationSeconds" (list "server.shutdownGrace" .Values.server.shutdownGrace) }}
+{{- end }}
+
 {{/*
-terminationGracePeriodSeconds: derived (shutdownGrace + preStop sleep + margin), or the value
-set, which must leave the gateway its whole drain time.
+server.shutdown_delay as written into the config: server.shutdownDelay, or when empty 5s in
+deployment mode (endpoint removal reaches kube-proxy and client caches after SIGTERM) and 0s in
+sidecar mode (loopback traffic; a native sidecar is stopped after the app).
+*/}}
+{{- define "tidegate.shutdownDelay" -}}
+{{- $d := toString (.Values.server.shutdownDelay | default "") }}
+{{- if $d }}
+{{- $d }}
+{{- else if eq .Values.mode "deployment" }}
+{{- print "5s" }}
+{{- else }}
+{{- print "0s" }}
+{{- end }}
+{{- end }}
+
+{{/* server.shutdown_delay in whole seconds (rounded up). */}}
+{{- define "tidegate.shutdownDelaySeconds" -}}
+{{- include "tidegate.durationSeconds" (list "server.shutdownDelay" (include "tidegate.shutdownDelay" .)) }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: derived (preStop sleep + shutdownDelay + shutdownGrace + margin),
+or the value set, which must leave the gateway its whole shutdown: the kubelet's clock starts
+with the preStop hook, tidegate keeps accepting for shutdown_delay after SIGTERM, and the drain
+(shutdown_grace) starts only then.
 */}}
 {{- define "tidegate.terminationGracePeriodSeconds" -}}
 {{- $grace := include "tidegate.shutdownGraceSeconds" . | int64 }}
+{{- $delay := include "tidegate.shutdownDelaySeconds" . | int64 }}
 {{- $preStop := int64 .Values.lifecycle.preStopSleepSeconds }}
-{{- $drain := add $grace $preStop }}
+{{- $drain := add $grace $delay $preStop }}
 {{- $set := int64 .Values.terminationGracePeriodSeconds }}
 {{- if gt $set 0 }}
 {{- if le $set $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than server.shutdownGrace (%ds) + lifecycle.preStopSleepSeconds (%ds) = %ds, or the kubelet kills streams that are still draining" $set $grace $preStop $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than server.shutdownGrace (%ds) + server.shutdownDelay (%ds) + lifecycle.preStopSleepSeconds (%ds) = %ds, or the kubelet kills streams that are still draining" $set $grace $delay $preStop $drain) }}
 {{- end }}
 {{- $set }}
 {{- else }}
@@ -196,7 +229,7 @@ set, which must leave the gateway its whole drain time.
 {{- end }}
 
 {{/*
-The gateway config file (YAML). server.listen / admin_listen / shutdown_grace come from the
+The gateway config file (YAML). server.listen / admin_listen / shutdown_grace / shutdown_delay come from the
 `server` values; the rest from `config`. Fails on inline API keys and chart-managed keys.
 */}}
 {{- define "tidegate.config" -}}
@@ -207,14 +240,15 @@ The gateway config file (YAML). server.listen / admin_listen / shutdown_grace co
 {{- $_ := set $cfg "label" (toString .) }}
 {{- end }}
 {{- $server := deepCopy ($c.server | default dict) }}
-{{- range $k := list "listen" "admin_listen" "shutdown_grace" }}
+{{- range $k := list "listen" "admin_listen" "shutdown_grace" "shutdown_delay" }}
 {{- if hasKey $server $k }}
-{{- fail (printf "config.server.%s is set by the chart: use the server.* values (listenAddress, port, adminPort, shutdownGrace)" $k) }}
+{{- fail (printf "config.server.%s is set by the chart: use the server.* values (listenAddress, adminListenAddress, port, adminPort, shutdownGrace, shutdownDelay)" $k) }}
 {{- end }}
 {{- end }}
 {{- $_ := set $server "listen" (include "tidegate.hostPort" (list (include "tidegate.listenAddress" .) $v.server.port)) }}
 {{- $_ := set $server "admin_listen" (include "tidegate.hostPort" (list $v.server.adminListenAddress $v.server.adminPort)) }}
 {{- $_ := set $server "shutdown_grace" (toString $v.server.shutdownGrace) }}
+{{- $_ := set $server "shutdown_delay" (include "tidegate.shutdownDelay" .) }}
 {{- $_ := set $cfg "server" $server }}
 {{- with $c.state }}
 {{- $state := deepCopy . }}
