@@ -213,6 +213,12 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
     let conn = ConnOptions {
         header_read_timeout: server_cfg.header_read_timeout,
         grace: server_cfg.shutdown_grace,
+        stop_streams: Some(gateway.stop_streams.clone()),
+    };
+    let admin_conn = ConnOptions {
+        grace: std::time::Duration::from_secs(1),
+        stop_streams: None,
+        ..conn.clone()
     };
     let (stop_data, rx_data) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
@@ -223,7 +229,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
         }
         None => tokio::spawn(server::serve(data_listener, data_plane, conn, rx_data)),
     };
-    let admin_conn = ConnOptions { grace: std::time::Duration::from_secs(1), ..conn };
+
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         server::admin::admin_plane(

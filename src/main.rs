@@ -253,6 +253,7 @@ async fn mock_provider(listen: std::net::SocketAddr, mut signals: Signals) -> u8
     let opts = tidegate::server::ConnOptions {
         header_read_timeout: std::time::Duration::from_secs(10),
         grace: std::time::Duration::from_secs(5),
+        stop_streams: None,
     };
     let task = tokio::spawn(tidegate::server::serve(
         listener,

@@ -48,12 +48,19 @@ where
 }
 
 /// How a listener's connections are served.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub grace: Duration,
+    /// Cancelled when `grace` ends with connections still open (the data plane's
+    /// `Gateway::stop_streams`): their streams end with an error event and their records are
+    /// written, within [`ABORT_WAIT`], before the connections are dropped.
+    pub stop_streams: Option<tokio_util::sync::CancellationToken>,
 }
+
+/// How long streams cut at the end of the grace get to send their error event and finish.
+pub const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves `listener` until `shutdown` turns true, then drains open connections for up to
 /// `opts.grace`. An `Err` from `handler` (or a panic in it) closes the connection without a
@@ -64,7 +71,7 @@ pub async fn serve<H: Handler>(
     opts: ConnOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let conns = Connections::new(handler, opts);
+    let conns = Connections::new(handler, opts.clone());
     while let Some(stream) = accept(&listener, &mut shutdown).await {
         conns.serve(stream);
     }
@@ -99,6 +106,7 @@ struct Connections<H> {
     graceful: GracefulShutdown,
     handler: H,
     grace: Duration,
+    stop_streams: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl<H: Handler> Connections<H> {
@@ -111,6 +119,7 @@ impl<H: Handler> Connections<H> {
             graceful: GracefulShutdown::new(),
             handler,
             grace: opts.grace,
+            stop_streams: opts.stop_streams,
         }
     }
 
@@ -141,10 +150,26 @@ impl<H: Handler> Connections<H> {
         self.serve_then(stream, || {});
     }
 
-    /// Lets open connections finish for up to the grace period.
+    /// Lets open connections finish for up to the grace period. Streams still open then are
+    /// cut (`stop_streams`): each sends its error event and writes its record, and the
+    /// connection closes cleanly, within [`ABORT_WAIT`].
     async fn drain(self) {
-        if tokio::time::timeout(self.grace, self.graceful.shutdown()).await.is_err() {
+        let shutdown = self.graceful.shutdown();
+        tokio::pin!(shutdown);
+        if tokio::time::timeout(self.grace, &mut shutdown).await.is_ok() {
+            return;
+        }
+        let Some(stop) = &self.stop_streams else {
             tracing::warn!("shutdown grace of {:?} passed with connections still open", self.grace);
+            return;
+        };
+        tracing::warn!(
+            "shutdown grace of {:?} passed with connections still open: cutting their streams",
+            self.grace
+        );
+        stop.cancel();
+        if tokio::time::timeout(ABORT_WAIT, &mut shutdown).await.is_err() {
+            tracing::warn!("connections still open after their streams were cut: closing them");
         }
     }
 }
@@ -165,7 +190,7 @@ pub async fn serve_on_workers<H: Handler>(
     let mut finished = Vec::with_capacity(workers);
     let draining = worker::Draining::new();
     for i in 0..workers {
-        match worker::spawn(i, handler.clone(), opts, &draining) {
+        match worker::spawn(i, handler.clone(), opts.clone(), &draining) {
             Ok((w, done)) => {
                 pool.push(w);
                 finished.push(done);

@@ -190,3 +190,73 @@ fn sigterm_during_start_is_a_clean_shutdown() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Streams a chat through `r`'s data port, triggers shutdown once the first events arrived,
+/// and returns what the client read to the connection's end.
+async fn cut_by_shutdown(r: tidegate::app::Running, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(r.data_addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the stream began");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let shutdown = tokio::spawn(r.shutdown());
+    s.read_to_end(&mut got).await.unwrap();
+    shutdown.await.unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A stream still open when `shutdown_grace` ends is cut by the gateway with the dialect's
+/// error event (`overloaded`: retry elsewhere), its chunked body properly terminated; its
+/// request is logged as `stream_error` with the attempt `aborted`/`shutdown`, and counted in
+/// `tidegate_stream_aborts_total{side="gateway",reason="shutdown"}`, before shutdown returns.
+async fn stream_cut_at_the_grace_end(workers: Option<usize>) {
+    let yaml = format!(
+        "server: {{shutdown_grace: 1s}}\n{}",
+        crate::common::single("m+chunks=200+delay=100ms", "")
+    );
+    for (path, body) in [
+        ("/v1/chat/completions", crate::common::chat_stream("x")),
+        (
+            "/v1/messages",
+            r#"{"model":"x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.to_owned(),
+        ),
+    ] {
+        let r = crate::common::start_with_workers(&yaml, workers).await;
+        let gw = r.gateway.clone();
+        let text = cut_by_shutdown(r, path, &body).await;
+        assert!(text.contains(r#""overloaded"#), "{path}: {text}");
+        assert!(text.contains("shutting down"), "{path}: {text}");
+        assert!(!text.contains("[DONE]") && !text.contains("message_stop"), "{path}: {text}");
+        assert!(text.ends_with("\r\n0\r\n\r\n"), "{path}: the chunked body is not terminated: {text}");
+        let lines = gw.log_sink.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["outcome"], "stream_error", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["attempts"][0]["outcome"], "aborted", "{line}");
+        assert_eq!(line["attempts"][0]["reason"], "shutdown", "{line}");
+        let series = "tidegate_stream_aborts_total{reason=\"shutdown\",route=\"r\",side=\"gateway\"}";
+        assert_eq!(crate::common::metric(&gw, series), 1.0, "{path}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_open_at_the_grace_end_gets_an_error_event_and_its_record() {
+    stream_cut_at_the_grace_end(None).await;
+}
+
+/// The same with the data plane on worker threads (as `serve` runs it): the record is written
+/// before the workers' runtimes go, so before the process would exit.
+#[tokio::test]
+async fn a_stream_cut_on_a_worker_thread_is_recorded_before_shutdown_returns() {
+    stream_cut_at_the_grace_end(Some(2)).await;
+}
