@@ -459,6 +459,9 @@ def check_gateway(docs, values, workload, spec, c, where, cfg, expect_native):
             p.append(f"{wname}: env {e['name']} has a literal value; secrets must come from Secrets")
     # Config roll-out annotation only when asked for.
     ann = (workload["spec"]["template"].get("metadata") or {}).get("annotations") or {}
+    if not re.fullmatch(r"[0-9a-f]{64}", str(ann.get("checksum/static-config", ""))):
+        p.append(f"{wname}: no checksum/static-config annotation: a change to config.server, "
+                 "config.state or config.circuit_breaker (read at start) would not roll the pods")
     if values.get("rollOnConfigChange") != ("checksum/config" in ann):
         p.append(f"{wname}: checksum/config annotation present={('checksum/config' in ann)} but rollOnConfigChange={values.get('rollOnConfigChange')}")
     return p, cm_name
@@ -797,6 +800,38 @@ def check_dockerfile(repo, chart_args):
 # Cases
 # ---------------------------------------------------------------------------------------------
 
+def check_static_checksum(args):
+    """checksum/static-config follows config.server, config.state and config.circuit_breaker
+    (read once at start: a change must roll the pods) and nothing else (the rest hot-reloads)."""
+    def annotation(label, overlay):
+        work = case_dir(args, "static-checksum-" + label)
+        path = os.path.join(work, "overlay.yaml")
+        with open(path, "w") as fh:
+            yaml.safe_dump(overlay, fh)
+        r = render(args.renderer, args.chart, [path], "rel", "apps", work)
+        if not r.ok:
+            return None, r.error
+        dep = by_kind(r.docs, "Deployment")[0]
+        return ((dep["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/static-config"), "")
+    base, err = annotation("base", {"mode": "deployment"})
+    if base is None:
+        return [f"base render failed: {err}"]
+    p = []
+    for label, overlay, changes in (
+        ("server", {"config": {"server": {"max_body_bytes": "1KiB"}}}, True),
+        ("state", {"config": {"state": {"backend": "memory", "timeout": "50ms"}}}, True),
+        ("breaker", {"config": {"circuit_breaker": {"consecutive_failures": 3}}}, True),
+        ("label", {"config": {"label": "another-version"}}, False),
+        ("logging", {"config": {"logging": {"sample_rate": 0.5}}}, False),
+    ):
+        got, err = annotation(label, dict(overlay, mode="deployment"))
+        if got is None:
+            p.append(f"{label}: render failed: {err}")
+        elif (got != base) != changes:
+            p.append(f"config.{label} change {'did not change' if changes else 'changed'} checksum/static-config")
+    return p
+
+
 def case_dir(args, label):
     d = os.path.join(args.work, re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_"))
     shutil.rmtree(d, ignore_errors=True)
@@ -904,6 +939,9 @@ def run_self_test(rep, args, sidecar_case, deployment_case):
          lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 30), "terminationGracePeriodSeconds 30"),
         ("grace period that leaves out shutdown_delay", deployment_case,
          lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 121), "shutdown_delay 5s"),
+        ("pod template without checksum/static-config", deployment_case,
+         lambda w, s, c, d: w["spec"]["template"]["metadata"]["annotations"].pop("checksum/static-config"),
+         "no checksum/static-config annotation"),
         ("admin token as a literal env value", deployment_case,
          lambda w, s, c, d: c["env"].__setitem__(0, {"name": "TIDEGATE_ADMIN_TOKEN", "value": "literal"}),
          "TIDEGATE_ADMIN_TOKEN must come from a secretKeyRef"),
@@ -997,6 +1035,9 @@ def main():
     run_positive(rep, args, schema, app_version, "example app chart", app,
                  [os.path.join(app, "values.yaml")], DEFAULT_KUBE_VERSIONS, release="shop",
                  tidegate_values=lambda v: v["tidegate"], app_chart=True)
+
+    rep.check("checksum/static-config changes with config.server/state/circuit_breaker only",
+              check_static_checksum(args))
 
     print("== Dockerfile")
     rep.check("Dockerfile: parses; stages, stub layer, COPY sources, non-root, ports, ENTRYPOINT/CMD",

@@ -353,14 +353,33 @@ Checks across values that a schema cannot express. Renders nothing; fails with a
 {{- end }}
 {{- end }}
 
-{{/* Pod template annotations: podAnnotations, plus the config checksum when rollOnConfigChange. */}}
+{{/*
+Checksum of the config's static sections (server, state, circuit_breaker): tidegate reads them
+once at start, so a change must roll the pods even when rollOnConfigChange is false (the rest
+of the config hot-reloads).
+*/}}
+{{- define "tidegate.staticConfigChecksum" -}}
+{{- pick (include "tidegate.config" . | fromYaml) "server" "state" "circuit_breaker" | toYaml | sha256sum }}
+{{- end }}
+
+{{/*
+The checksum annotations for a pod running tidegate: checksum/static-config always,
+checksum/config too when rollOnConfigChange. App charts include it in their pod template's
+annotations (sidecar mode); the chart's own pods get it through tidegate.podAnnotations.
+*/}}
+{{- define "tidegate.sidecar.podAnnotations" -}}
+checksum/static-config: {{ include "tidegate.staticConfigChecksum" . }}
+{{- if .Values.rollOnConfigChange }}
+checksum/config: {{ include "tidegate.config" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template annotations: podAnnotations, plus the checksum annotations. */}}
 {{- define "tidegate.podAnnotations" -}}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
-{{- if .Values.rollOnConfigChange }}
-checksum/config: {{ include "tidegate.config" . | sha256sum }}
-{{- end }}
+{{ include "tidegate.sidecar.podAnnotations" . }}
 {{- end }}
 
 {{/*
