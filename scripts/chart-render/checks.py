@@ -51,6 +51,7 @@ CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas; shape checked b
 # and the newest schemas the installed kubernetes-validate ships).
 KUBE_VERSIONS = {
     "sidecar-legacy.yaml": [OLDEST_KUBE, LATEST_KUBE],
+    "deployment-full.yaml": ["1.30", LATEST_KUBE],  # preStop.sleep
     "deployment-defaults.yaml": [OLDEST_KUBE, NATIVE_SIDECAR_KUBE, LATEST_KUBE],
 }
 DEFAULT_KUBE_VERSIONS = [NATIVE_SIDECAR_KUBE, LATEST_KUBE]
@@ -84,7 +85,7 @@ class Rendered:
         self.ok, self.docs, self.values, self.notes, self.error = ok, docs, values, notes, error
 
 
-def render(renderer, chart_dir, values_files, release, namespace, workdir):
+def render(renderer, chart_dir, values_files, release, namespace, workdir, kube_version=None):
     values_out = os.path.join(workdir, "values.json")
     notes_out = os.path.join(workdir, "NOTES.txt")
     for p in (values_out, notes_out):
@@ -92,6 +93,8 @@ def render(renderer, chart_dir, values_files, release, namespace, workdir):
             os.remove(p)
     cmd = [renderer, "--release", release, "--namespace", namespace,
            "--values-out", values_out, "--notes-out", notes_out]
+    if kube_version:
+        cmd += ["--kube-version", kube_version]
     for f in values_files:
         cmd += ["-f", f]
     cmd.append(chart_dir)
@@ -842,7 +845,9 @@ def case_dir(args, label):
 def run_positive(rep, args, schema, app_version, label, chart_dir, values_files, kube_versions,
                  release="rel", namespace="apps", tidegate_values=lambda v: v, app_chart=False):
     work = case_dir(args, label)
-    r = render(args.renderer, chart_dir, values_files, release, namespace, work)
+    # Rendered for the oldest version it is validated against (.Capabilities checks apply).
+    oldest = min(kube_versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+    r = render(args.renderer, chart_dir, values_files, release, namespace, work, f"v{oldest}.0")
     vals = r.values
     tv = tidegate_values(vals) if vals is not None else None
     rep.check(f"{label}: helm lint (strict)", helm_lint(chart_dir, vals if values_files else None, work)
@@ -859,18 +864,20 @@ def run_positive(rep, args, schema, app_version, label, chart_dir, values_files,
 
 
 def parse_expectation(path):
-    first = open(path).readline()
+    text = open(path).read()
+    first = text.split("\n", 1)[0]
     m = re.match(r"#\s*expect:\s*(schema|render)\s+(.+?)\s*$", first)
     if not m:
         raise SystemExit(f"{path}: first line must be '# expect: schema|render <message substring>'")
-    return m.group(1), m.group(2)
+    kv = re.search(r"(?m)^#\s*kube-version:\s*(v[0-9.]+)\s*$", text)
+    return m.group(1), m.group(2), kv.group(1) if kv else None
 
 
 def run_negative(rep, args, schema, path):
-    stage, needle = parse_expectation(path)
+    stage, needle, kube_version = parse_expectation(path)
     name = os.path.relpath(path, args.repo)
     work = case_dir(args, "invalid-" + os.path.basename(path))
-    r = render(args.renderer, args.chart, [path], "rel", "apps", work)
+    r = render(args.renderer, args.chart, [path], "rel", "apps", work, kube_version)
     s_errs = schema_errors(schema, r.values) if r.values is not None else []
     p = []
     if stage == "schema":

@@ -387,7 +387,32 @@ The gateway container, as one list item. Deployment mode puts it in `containers`
 (tidegate.sidecar) in `initContainers` with restartPolicy: Always, or in `containers` when
 sidecar.native is false.
 */}}
+{{/*
+The cluster's Kubernetes version (.Capabilities), or "" in a context built by hand without it.
+*/}}
+{{- define "tidegate.kubeVersion" -}}
+{{- with get . "Capabilities" }}{{ .KubeVersion.Version }}{{ end }}
+{{- end }}
+
+{{/*
+Fails at render when the values ask for a feature the target cluster lacks, instead of letting
+the apiserver reject the pod with an unrelated-looking error.
+*/}}
+{{- define "tidegate.checkKubeVersion" -}}
+{{- $kv := include "tidegate.kubeVersion" . }}
+{{- if $kv }}
+{{- $v := .Values }}
+{{- if and (eq $v.mode "sidecar") $v.sidecar.native (semverCompare "<1.29.0-0" $kv) }}
+{{- fail (printf "sidecar.native: a native sidecar (initContainers[].restartPolicy: Always) needs Kubernetes 1.29+, and this cluster is %s: set sidecar.native=false for a classic sidecar" $kv) }}
+{{- end }}
+{{- if and (gt (int $v.lifecycle.preStopSleepSeconds) 0) (semverCompare "<1.30.0-0" $kv) }}
+{{- fail (printf "lifecycle.preStopSleepSeconds: a preStop sleep hook needs Kubernetes 1.30+, and this cluster is %s: set it to 0 and use server.shutdownDelay (tidegate keeps accepting after SIGTERM)" $kv) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "tidegate.container" -}}
+{{- include "tidegate.checkKubeVersion" . }}
 {{- $v := .Values }}
 {{- $native := and (eq $v.mode "sidecar") $v.sidecar.native -}}
 - name: {{ $v.containerName }}
