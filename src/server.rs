@@ -107,6 +107,8 @@ struct Connections<H> {
     handler: H,
     grace: Duration,
     stop_streams: Option<tokio_util::sync::CancellationToken>,
+    /// Turns true when the drain begins: connections that never got a request are closed.
+    closing: watch::Sender<bool>,
 }
 
 impl<H: Handler> Connections<H> {
@@ -120,13 +122,22 @@ impl<H: Handler> Connections<H> {
             handler,
             grace: opts.grace,
             stop_streams: opts.stop_streams,
+            closing: watch::channel(false).0,
         }
     }
 
     /// Serves one connection in its own task; `done` runs when the connection closes.
+    ///
+    /// At shutdown hyper closes a keep-alive connection between requests at once, but treats
+    /// a connection that has not finished its first request's headers (or sent nothing yet)
+    /// as busy, and waits for it up to `header_read_timeout`, then closes it with no answer
+    /// anyway. Such a connection (no request yet) is closed as soon as the drain begins.
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
         let h = self.handler.clone();
+        let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = requested.clone();
         let svc = service_fn(move |req| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
             let fut = h.call(req);
             async move {
                 let r: Result<Response<Body>, Broken> =
@@ -140,8 +151,19 @@ impl<H: Handler> Connections<H> {
         let conn =
             self.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
         let conn = self.graceful.watch(conn);
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let unused = async {
+                let _ = closing.wait_for(|c| *c).await;
+                if requested.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                // Dropping the connection closes it.
+                () = unused => {}
+            }
             done();
         });
     }
@@ -154,6 +176,7 @@ impl<H: Handler> Connections<H> {
     /// cut (`stop_streams`): each sends its error event and writes its record, and the
     /// connection closes cleanly, within [`ABORT_WAIT`].
     async fn drain(self) {
+        self.closing.send_replace(true);
         let shutdown = self.graceful.shutdown();
         tokio::pin!(shutdown);
         if tokio::time::timeout(self.grace, &mut shutdown).await.is_ok() {

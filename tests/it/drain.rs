@@ -260,3 +260,28 @@ async fn a_stream_open_at_the_grace_end_gets_an_error_event_and_its_record() {
 async fn a_stream_cut_on_a_worker_thread_is_recorded_before_shutdown_returns() {
     stream_cut_at_the_grace_end(Some(2)).await;
 }
+
+/// At shutdown a connection that has not finished its first request's headers (or sent
+/// nothing) is closed at once: it used to hold the drain up to `header_read_timeout` (10 s),
+/// then be closed without an answer anyway.
+#[tokio::test(start_paused = true)]
+async fn connections_without_a_request_do_not_hold_the_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let yaml = format!(
+        "server: {{shutdown_grace: 30s}}\n{}",
+        crate::common::single("m+chunks=3+delay=100ms", "")
+    );
+    let r = crate::common::start(&yaml).await;
+    let mut partial = tokio::net::TcpStream::connect(r.data_addr).await.unwrap();
+    partial.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(r.data_addr).await.unwrap();
+    // Let the server take both connections in before shutting down.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let t0 = tokio::time::Instant::now();
+    r.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "the drain waited {:?}", t0.elapsed());
+    let mut buf = Vec::new();
+    assert_eq!(partial.read_to_end(&mut buf).await.unwrap_or(0), 0);
+    assert_eq!(silent.read_to_end(&mut buf).await.unwrap_or(0), 0);
+}
