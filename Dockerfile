@@ -41,5 +41,7 @@ COPY --from=builder /out/tidegate /usr/local/bin/tidegate
 USER 65532:65532
 # 8080: data plane (OpenAI/Anthropic API). 9090: admin plane (/healthz /readyz /metrics /admin/*).
 EXPOSE 8080 9090
+# No HEALTHCHECK: distroless has no shell or curl to run one, and Kubernetes ignores it (the
+# chart probes /readyz and /healthz on port 9090). See docs/kubernetes.md, "The image".
 ENTRYPOINT ["/usr/local/bin/tidegate"]
 CMD ["serve", "--config", "/etc/tidegate/tidegate.yaml", "--state-dir", "/var/lib/tidegate"]

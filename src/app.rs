@@ -71,6 +71,8 @@ pub struct Running {
     stop_reload: watch::Sender<bool>,
     reload_task: Option<JoinHandle<()>>,
     stop_data: watch::Sender<bool>,
+    /// `server.shutdown_delay`: accepting goes on this long after shutdown begins.
+    shutdown_delay: std::time::Duration,
     stop_admin: watch::Sender<bool>,
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
@@ -83,19 +85,50 @@ pub enum StartError {
     Config(String),
     /// The environment failed us, e.g. a port in use (exit code 2).
     Runtime(String),
+    /// A setting from the environment is unusable, e.g. a blank `TIDEGATE_ADMIN_TOKEN`
+    /// (exit code 1; the message names the variable, not the config file).
+    Env(String),
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Config(e) | Self::Runtime(e) => f.write_str(e),
+            Self::Config(e) | Self::Runtime(e) | Self::Env(e) => f.write_str(e),
         }
     }
 }
 
-/// The admin token: the option if given, else `$TIDEGATE_ADMIN_TOKEN`; empty means none.
-pub fn admin_token(option: Option<String>) -> Option<String> {
-    option.or_else(|| std::env::var("TIDEGATE_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty())
+/// The admin token: the option if given (empty means none: tests, the demo), else
+/// `$TIDEGATE_ADMIN_TOKEN`. ASCII whitespace around it is trimmed: a Secret made from a file
+/// written with `echo` ends in a newline, which no client can send in a header. A variable that
+/// is set but blank, or a token that cannot be sent as a header value, is an error: serving the
+/// admin plane open, or behind a token nobody can present, would be silent.
+pub fn admin_token(option: Option<String>) -> Result<Option<String>, String> {
+    if let Some(t) = option {
+        let t = t.trim_ascii();
+        return Ok((!t.is_empty()).then(|| t.to_owned()));
+    }
+    let Some(raw) = std::env::var_os("TIDEGATE_ADMIN_TOKEN") else { return Ok(None) };
+    let raw =
+        raw.into_string().map_err(|_| "TIDEGATE_ADMIN_TOKEN is not valid UTF-8".to_owned())?;
+    let token = clean_token(&raw).map_err(|e| format!("TIDEGATE_ADMIN_TOKEN {e}"))?;
+    if token.is_empty() {
+        return Err("TIDEGATE_ADMIN_TOKEN is set but empty (or only whitespace): set a token, or unset the variable to leave a loopback admin plane open".into());
+    }
+    Ok(Some(token))
+}
+
+/// `raw` without the ASCII whitespace around it; an error (to follow the token's name) when the
+/// rest cannot be sent in an `Authorization` header.
+pub fn clean_token(raw: &str) -> Result<String, String> {
+    let t = raw.trim_ascii();
+    if http::HeaderValue::from_str(t).is_err() {
+        return Err(
+            "holds characters that cannot be sent in a header (control characters or non-ASCII)"
+                .into(),
+        );
+    }
+    Ok(t.to_owned())
 }
 
 /// The admin plane may leave loopback only behind a token (SPEC §8).
@@ -160,7 +193,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
     let Boot { config, file_error } = boot;
     let server_cfg = config.server.clone();
     let admin = opts.admin_listen.unwrap_or(server_cfg.admin_listen);
-    let token = admin_token(opts.admin_token);
+    let token = admin_token(opts.admin_token).map_err(StartError::Env)?;
     check_admin_exposure(admin, token.as_deref(), &config.source).map_err(StartError::Config)?;
     let store = match opts.state_dir {
         // Where Boot::load found the pin when the file could not say.
@@ -180,6 +213,12 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
     let conn = ConnOptions {
         header_read_timeout: server_cfg.header_read_timeout,
         grace: server_cfg.shutdown_grace,
+        stop_streams: Some(gateway.stop_streams.clone()),
+    };
+    let admin_conn = ConnOptions {
+        grace: std::time::Duration::from_secs(1),
+        stop_streams: None,
+        ..conn.clone()
     };
     let (stop_data, rx_data) = watch::channel(false);
     let (stop_admin, rx_admin) = watch::channel(false);
@@ -190,7 +229,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
         }
         None => tokio::spawn(server::serve(data_listener, data_plane, conn, rx_data)),
     };
-    let admin_conn = ConnOptions { grace: std::time::Duration::from_secs(1), ..conn };
+
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         server::admin::admin_plane(
@@ -211,6 +250,7 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
         stop_reload,
         reload_task,
         stop_data,
+        shutdown_delay: server_cfg.shutdown_delay,
         stop_admin,
         data_task,
         admin_task,
@@ -224,10 +264,20 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Running {
-    /// Graceful shutdown: readiness fails at once, the data listener stops accepting, in-flight
-    /// requests and streams drain up to `server.shutdown_grace`, then the admin plane stops.
+    /// Graceful shutdown: readiness fails at once; the data listener keeps accepting and serving
+    /// for `server.shutdown_delay` (load balancers and kube-proxy stop sending meanwhile), then
+    /// stops accepting; in-flight requests and streams drain up to `server.shutdown_grace`,
+    /// counted from there; then the admin plane stops.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(
+                delay = ?self.shutdown_delay,
+                "/readyz fails; still accepting for server.shutdown_delay"
+            );
+            tokio::time::sleep(self.shutdown_delay).await;
+            tracing::info!("server.shutdown_delay passed: no longer accepting; draining");
+        }
         let _ = self.stop_data.send(true);
         // Reloads stop too; nothing here may delay the data listener's close above.
         let _ = self.stop_reload.send(true);
@@ -245,28 +295,5 @@ impl Running {
         }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
-    }
-}
-
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -35,17 +35,36 @@ pub async fn run(action: Action, admin: &str, token: Option<String>) -> u8 {
         Action::Rollback => (Method::POST, "/admin/config/rollback", String::new()),
     };
     let url = format!("{base}{path}");
-    let mut req = Request::builder().method(method).uri(&url);
+    let uri = match url.parse::<http::Uri>() {
+        Ok(u) if u.scheme().is_some() && u.authority().is_some() => u,
+        Ok(_) => {
+            eprintln!("tidegate: bad admin URL {url:?}: expected http://HOST:PORT");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("tidegate: bad admin URL {url:?}: {e}");
+            return 1;
+        }
+    };
+    let mut req = Request::builder().method(method).uri(uri);
     if !body.is_empty() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
+    // Trimmed as serve trims it (a Secret file's trailing newline).
+    let token = match token.as_deref().map(crate::app::clean_token).transpose() {
+        Ok(t) => t.filter(|t| !t.is_empty()),
+        Err(e) => {
+            eprintln!("tidegate: the admin token (--token or $TIDEGATE_ADMIN_TOKEN) {e}");
+            return 1;
+        }
+    };
+    if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     let req = match req.body(Full::new(Bytes::from(body))) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("tidegate: bad admin URL {url:?}: {e}");
+            eprintln!("tidegate: cannot build the request to {url:?}: {e}");
             return 1;
         }
     };

@@ -77,6 +77,10 @@ pub struct Server {
     pub max_concurrent_requests: usize,
     /// How long SIGTERM waits for in-flight requests and streams. Default 30 s.
     pub shutdown_grace: Duration,
+    /// How long after SIGTERM the data listener keeps accepting and serving (with `/readyz`
+    /// already failing) before the drain begins, so that load balancers stop sending first.
+    /// Default 0.
+    pub shutdown_delay: Duration,
     /// Time a client has to send the request headers. Default 10 s.
     pub header_read_timeout: Duration,
     /// Time a client has to send the whole request body, counted from its headers; a body

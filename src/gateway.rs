@@ -24,6 +24,10 @@ pub struct Gateway {
     pub body_limits: (usize, std::time::Duration),
     pub log_sink: Arc<LogSink>,
     draining: AtomicBool,
+    /// Cancelled when `server.shutdown_grace` ends with streams still open: each ends with the
+    /// dialect's error event (`overloaded`) and its record is written, before the data plane's
+    /// runtimes go.
+    pub stop_streams: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {
@@ -42,6 +46,7 @@ impl Gateway {
             body_limits,
             log_sink: Arc::new(log_sink),
             draining: AtomicBool::new(false),
+            stop_streams: tokio_util::sync::CancellationToken::new(),
         });
         gw.mark_active(None);
         Ok(gw)

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod sse;
 pub mod state;
 pub mod store;

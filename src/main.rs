@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tidegate::app::{self, StartError, StartOptions, StateDir};
 use tidegate::cli_config::{self, Action};
 use tidegate::config::Config;
+use tidegate::signals::Signals;
 
 #[derive(Parser)]
 #[command(name = "tidegate", version, about = "A transparent LLM gateway")]
@@ -105,8 +106,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Serve { config, state_dir } => {
+                // First: a SIGTERM during start is then acted on once started, not fatal.
+                let signals = Signals::install();
                 init_tracing();
-                serve(config, state_dir).await
+                serve(config, state_dir, signals).await
             }
             Command::Check { config } => check(&config),
             Command::Config { action, admin, token } => {
@@ -121,8 +124,9 @@ fn main() -> ExitCode {
             }
             Command::Demo => tidegate::demo::run().await,
             Command::MockProvider { listen } => {
+                let signals = Signals::install();
                 init_tracing();
-                mock_provider(listen).await
+                mock_provider(listen, signals).await
             }
         }
     });
@@ -155,10 +159,15 @@ fn check(path: &std::path::Path) -> u8 {
             }
             // SPEC §8: serve refuses an admin plane off loopback without a token; the token
             // comes from the environment, which may differ where serve runs: a warning.
-            let token = app::admin_token(None);
-            if let Err(e) = app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
-            {
-                out += &format!("warning: {e} (serve will refuse to start without it)\n");
+            match app::admin_token(None) {
+                Ok(token) => {
+                    if let Err(e) =
+                        app::check_admin_exposure(c.server.admin_listen, token.as_deref(), path)
+                    {
+                        out += &format!("warning: {e} (serve will refuse to start without it)\n");
+                    }
+                }
+                Err(e) => out += &format!("warning: {e} (serve will refuse to start with it)\n"),
             }
             let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
             0
@@ -170,7 +179,7 @@ fn check(path: &std::path::Path) -> u8 {
     }
 }
 
-async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
+async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>, mut signals: Signals) -> u8 {
     let path = config
         .or_else(|| std::env::var_os("TIDEGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/tidegate.yaml"));
@@ -202,6 +211,10 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
             }
             return 1;
         }
+        Err(StartError::Env(e)) => {
+            eprintln!("tidegate: {e}");
+            return 1;
+        }
         Err(StartError::Runtime(e)) => {
             eprintln!("tidegate: {e}");
             return 2;
@@ -209,14 +222,27 @@ async fn serve(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> u8 {
     };
     let version = running.gateway.snapshot().config.version.clone();
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, %version, "tidegate serving");
-    app::termination().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown().await;
+    let stop = signals.recv().await;
+    tracing::info!(signal = stop.name(), "shutting down");
+    let drain = running.shutdown();
+    tokio::pin!(drain);
+    tokio::select! {
+        () = &mut drain => {}
+        again = signals.recv() => {
+            // An operator who asks twice wants out now (a local Ctrl-C Ctrl-C), not after
+            // `shutdown_grace`. Exit without unwinding: the drain's tasks are not waited for.
+            tracing::warn!(
+                signal = again.name(),
+                "second signal during the drain: exiting now; requests still in flight are cut"
+            );
+            std::process::exit(0);
+        }
+    }
     tracing::info!("stopped");
     0
 }
 
-async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
+async fn mock_provider(listen: std::net::SocketAddr, mut signals: Signals) -> u8 {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -234,6 +260,7 @@ async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
     let opts = tidegate::server::ConnOptions {
         header_read_timeout: std::time::Duration::from_secs(10),
         grace: std::time::Duration::from_secs(5),
+        stop_streams: None,
     };
     let task = tokio::spawn(tidegate::server::serve(
         listener,
@@ -241,7 +268,7 @@ async fn mock_provider(listen: std::net::SocketAddr) -> u8 {
         opts,
         rx,
     ));
-    app::termination().await;
+    signals.recv().await;
     let _ = tx.send(true);
     let _ = task.await;
     0

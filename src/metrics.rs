@@ -38,6 +38,9 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     pub config_info: IntGaugeVec,
     pub config_pinned: IntGauge,
+    /// `tidegate_config_restart_required`: 1 while the active version's static settings
+    /// (`server`, `state`, `circuit_breaker`) differ from the ones this process runs with.
+    pub config_restart_required: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
     pub truncations: IntCounterVec,
@@ -124,6 +127,12 @@ impl Metrics {
             IntGauge::new("tidegate_config_pinned", "1 while the config is pinned.")
                 .unwrap_or_else(|e| panic_metric("config_pinned", e));
         register(&r, "config_pinned", Box::new(config_pinned.clone()));
+        let config_restart_required = IntGauge::new(
+            "tidegate_config_restart_required",
+            "1 while the active config version's static settings (server, state, circuit_breaker) differ from those this process started with: they take effect after a restart.",
+        )
+        .unwrap_or_else(|e| panic_metric("config_restart_required", e));
+        register(&r, "config_restart_required", Box::new(config_restart_required.clone()));
         let config_last_success = Gauge::new(
             "tidegate_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
@@ -253,6 +262,7 @@ impl Metrics {
             inflight,
             config_info,
             config_pinned,
+            config_restart_required,
             config_last_success,
             cost_usd,
             circuit_open,

@@ -48,12 +48,19 @@ where
 }
 
 /// How a listener's connections are served.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub grace: Duration,
+    /// Cancelled when `grace` ends with connections still open (the data plane's
+    /// `Gateway::stop_streams`): their streams end with an error event and their records are
+    /// written, within [`ABORT_WAIT`], before the connections are dropped.
+    pub stop_streams: Option<tokio_util::sync::CancellationToken>,
 }
+
+/// How long streams cut at the end of the grace get to send their error event and finish.
+pub const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves `listener` until `shutdown` turns true, then drains open connections for up to
 /// `opts.grace`. An `Err` from `handler` (or a panic in it) closes the connection without a
@@ -64,7 +71,7 @@ pub async fn serve<H: Handler>(
     opts: ConnOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let conns = Connections::new(handler, opts);
+    let conns = Connections::new(handler, opts.clone());
     while let Some(stream) = accept(&listener, &mut shutdown).await {
         conns.serve(stream);
     }
@@ -99,6 +106,9 @@ struct Connections<H> {
     graceful: GracefulShutdown,
     handler: H,
     grace: Duration,
+    stop_streams: Option<tokio_util::sync::CancellationToken>,
+    /// Turns true when the drain begins: connections that never got a request are closed.
+    closing: watch::Sender<bool>,
 }
 
 impl<H: Handler> Connections<H> {
@@ -111,13 +121,23 @@ impl<H: Handler> Connections<H> {
             graceful: GracefulShutdown::new(),
             handler,
             grace: opts.grace,
+            stop_streams: opts.stop_streams,
+            closing: watch::channel(false).0,
         }
     }
 
     /// Serves one connection in its own task; `done` runs when the connection closes.
+    ///
+    /// At shutdown hyper closes a keep-alive connection between requests at once, but treats
+    /// a connection that has not finished its first request's headers (or sent nothing yet)
+    /// as busy, and waits for it up to `header_read_timeout`, then closes it with no answer
+    /// anyway. Such a connection (no request yet) is closed as soon as the drain begins.
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
         let h = self.handler.clone();
+        let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = requested.clone();
         let svc = service_fn(move |req| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
             let fut = h.call(req);
             async move {
                 let r: Result<Response<Body>, Broken> =
@@ -131,8 +151,19 @@ impl<H: Handler> Connections<H> {
         let conn =
             self.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
         let conn = self.graceful.watch(conn);
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let unused = async {
+                let _ = closing.wait_for(|c| *c).await;
+                if requested.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                // Dropping the connection closes it.
+                () = unused => {}
+            }
             done();
         });
     }
@@ -141,10 +172,27 @@ impl<H: Handler> Connections<H> {
         self.serve_then(stream, || {});
     }
 
-    /// Lets open connections finish for up to the grace period.
+    /// Lets open connections finish for up to the grace period. Streams still open then are
+    /// cut (`stop_streams`): each sends its error event and writes its record, and the
+    /// connection closes cleanly, within [`ABORT_WAIT`].
     async fn drain(self) {
-        if tokio::time::timeout(self.grace, self.graceful.shutdown()).await.is_err() {
+        self.closing.send_replace(true);
+        let shutdown = self.graceful.shutdown();
+        tokio::pin!(shutdown);
+        if tokio::time::timeout(self.grace, &mut shutdown).await.is_ok() {
+            return;
+        }
+        let Some(stop) = &self.stop_streams else {
             tracing::warn!("shutdown grace of {:?} passed with connections still open", self.grace);
+            return;
+        };
+        tracing::warn!(
+            "shutdown grace of {:?} passed with connections still open: cutting their streams",
+            self.grace
+        );
+        stop.cancel();
+        if tokio::time::timeout(ABORT_WAIT, &mut shutdown).await.is_err() {
+            tracing::warn!("connections still open after their streams were cut: closing them");
         }
     }
 }
@@ -165,7 +213,7 @@ pub async fn serve_on_workers<H: Handler>(
     let mut finished = Vec::with_capacity(workers);
     let draining = worker::Draining::new();
     for i in 0..workers {
-        match worker::spawn(i, handler.clone(), opts, &draining) {
+        match worker::spawn(i, handler.clone(), opts.clone(), &draining) {
             Ok((w, done)) => {
                 pool.push(w);
                 finished.push(done);

@@ -51,6 +51,7 @@ CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas; shape checked b
 # and the newest schemas the installed kubernetes-validate ships).
 KUBE_VERSIONS = {
     "sidecar-legacy.yaml": [OLDEST_KUBE, LATEST_KUBE],
+    "deployment-full.yaml": ["1.30", LATEST_KUBE],  # preStop.sleep
     "deployment-defaults.yaml": [OLDEST_KUBE, NATIVE_SIDECAR_KUBE, LATEST_KUBE],
 }
 DEFAULT_KUBE_VERSIONS = [NATIVE_SIDECAR_KUBE, LATEST_KUBE]
@@ -84,7 +85,7 @@ class Rendered:
         self.ok, self.docs, self.values, self.notes, self.error = ok, docs, values, notes, error
 
 
-def render(renderer, chart_dir, values_files, release, namespace, workdir):
+def render(renderer, chart_dir, values_files, release, namespace, workdir, kube_version=None):
     values_out = os.path.join(workdir, "values.json")
     notes_out = os.path.join(workdir, "NOTES.txt")
     for p in (values_out, notes_out):
@@ -92,6 +93,8 @@ def render(renderer, chart_dir, values_files, release, namespace, workdir):
             os.remove(p)
     cmd = [renderer, "--release", release, "--namespace", namespace,
            "--values-out", values_out, "--notes-out", notes_out]
+    if kube_version:
+        cmd += ["--kube-version", kube_version]
     for f in values_files:
         cmd += ["-f", f]
     cmd.append(chart_dir)
@@ -274,6 +277,11 @@ def check_configmap(docs, values, cm_name):
         p.append(f"server.listen {listen!r}: expected {want_host}:{values['server']['port']}")
     if srv.get("shutdown_grace") != values["server"]["shutdownGrace"]:
         p.append(f"server.shutdown_grace {srv.get('shutdown_grace')!r} != values {values['server']['shutdownGrace']!r}")
+    # shutdown_delay: the value, or by default 5s in deployment mode (endpoint removal races
+    # SIGTERM) and 0s in sidecar mode.
+    want_delay = values["server"].get("shutdownDelay") or ("5s" if values["mode"] == "deployment" else "0s")
+    if srv.get("shutdown_delay") != want_delay:
+        p.append(f"server.shutdown_delay {srv.get('shutdown_delay')!r}: expected {want_delay!r}")
     if "state" in cfg and (cfg["state"] or {}).get("dir") != STATE_DIR:
         p.append(f"state.dir {(cfg['state'] or {}).get('dir')!r}: expected {STATE_DIR}")
     for key in ("providers", "routes"):
@@ -406,10 +414,11 @@ def check_gateway(docs, values, workload, spec, c, where, cfg, expect_native):
     tgps = spec.get("terminationGracePeriodSeconds")
     if cfg is not None:
         grace = duration_seconds((cfg.get("server") or {}).get("shutdown_grace", "30s"))
+        delay = duration_seconds((cfg.get("server") or {}).get("shutdown_delay", "0s"))
         sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
-        if not isinstance(tgps, int) or tgps <= grace + sleep:
+        if not isinstance(tgps, int) or tgps <= grace + delay + sleep:
             p.append(f"{wname}: terminationGracePeriodSeconds {tgps!r} must exceed shutdown_grace "
-                     f"{grace}s + preStop sleep {sleep}s")
+                     f"{grace}s + shutdown_delay {delay}s + preStop sleep {sleep}s")
     # Admin token from a Secret.
     env = {e.get("name"): e for e in c.get("env") or []}
     tok = env.get("TIDEGATE_ADMIN_TOKEN")
@@ -453,6 +462,9 @@ def check_gateway(docs, values, workload, spec, c, where, cfg, expect_native):
             p.append(f"{wname}: env {e['name']} has a literal value; secrets must come from Secrets")
     # Config roll-out annotation only when asked for.
     ann = (workload["spec"]["template"].get("metadata") or {}).get("annotations") or {}
+    if not re.fullmatch(r"[0-9a-f]{64}", str(ann.get("checksum/static-config", ""))):
+        p.append(f"{wname}: no checksum/static-config annotation: a change to config.server, "
+                 "config.state or config.circuit_breaker (read at start) would not roll the pods")
     if values.get("rollOnConfigChange") != ("checksum/config" in ann):
         p.append(f"{wname}: checksum/config annotation present={('checksum/config' in ann)} but rollOnConfigChange={values.get('rollOnConfigChange')}")
     return p, cm_name
@@ -791,6 +803,38 @@ def check_dockerfile(repo, chart_args):
 # Cases
 # ---------------------------------------------------------------------------------------------
 
+def check_static_checksum(args):
+    """checksum/static-config follows config.server, config.state and config.circuit_breaker
+    (read once at start: a change must roll the pods) and nothing else (the rest hot-reloads)."""
+    def annotation(label, overlay):
+        work = case_dir(args, "static-checksum-" + label)
+        path = os.path.join(work, "overlay.yaml")
+        with open(path, "w") as fh:
+            yaml.safe_dump(overlay, fh)
+        r = render(args.renderer, args.chart, [path], "rel", "apps", work)
+        if not r.ok:
+            return None, r.error
+        dep = by_kind(r.docs, "Deployment")[0]
+        return ((dep["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/static-config"), "")
+    base, err = annotation("base", {"mode": "deployment"})
+    if base is None:
+        return [f"base render failed: {err}"]
+    p = []
+    for label, overlay, changes in (
+        ("server", {"config": {"server": {"max_body_bytes": "1KiB"}}}, True),
+        ("state", {"config": {"state": {"backend": "memory", "timeout": "50ms"}}}, True),
+        ("breaker", {"config": {"circuit_breaker": {"consecutive_failures": 3}}}, True),
+        ("label", {"config": {"label": "another-version"}}, False),
+        ("logging", {"config": {"logging": {"sample_rate": 0.5}}}, False),
+    ):
+        got, err = annotation(label, dict(overlay, mode="deployment"))
+        if got is None:
+            p.append(f"{label}: render failed: {err}")
+        elif (got != base) != changes:
+            p.append(f"config.{label} change {'did not change' if changes else 'changed'} checksum/static-config")
+    return p
+
+
 def case_dir(args, label):
     d = os.path.join(args.work, re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_"))
     shutil.rmtree(d, ignore_errors=True)
@@ -801,7 +845,9 @@ def case_dir(args, label):
 def run_positive(rep, args, schema, app_version, label, chart_dir, values_files, kube_versions,
                  release="rel", namespace="apps", tidegate_values=lambda v: v, app_chart=False):
     work = case_dir(args, label)
-    r = render(args.renderer, chart_dir, values_files, release, namespace, work)
+    # Rendered for the oldest version it is validated against (.Capabilities checks apply).
+    oldest = min(kube_versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+    r = render(args.renderer, chart_dir, values_files, release, namespace, work, f"v{oldest}.0")
     vals = r.values
     tv = tidegate_values(vals) if vals is not None else None
     rep.check(f"{label}: helm lint (strict)", helm_lint(chart_dir, vals if values_files else None, work)
@@ -818,18 +864,20 @@ def run_positive(rep, args, schema, app_version, label, chart_dir, values_files,
 
 
 def parse_expectation(path):
-    first = open(path).readline()
+    text = open(path).read()
+    first = text.split("\n", 1)[0]
     m = re.match(r"#\s*expect:\s*(schema|render)\s+(.+?)\s*$", first)
     if not m:
         raise SystemExit(f"{path}: first line must be '# expect: schema|render <message substring>'")
-    return m.group(1), m.group(2)
+    kv = re.search(r"(?m)^#\s*kube-version:\s*(v[0-9.]+)\s*$", text)
+    return m.group(1), m.group(2), kv.group(1) if kv else None
 
 
 def run_negative(rep, args, schema, path):
-    stage, needle = parse_expectation(path)
+    stage, needle, kube_version = parse_expectation(path)
     name = os.path.relpath(path, args.repo)
     work = case_dir(args, "invalid-" + os.path.basename(path))
-    r = render(args.renderer, args.chart, [path], "rel", "apps", work)
+    r = render(args.renderer, args.chart, [path], "rel", "apps", work, kube_version)
     s_errs = schema_errors(schema, r.values) if r.values is not None else []
     p = []
     if stage == "schema":
@@ -896,6 +944,11 @@ def run_self_test(rep, args, sidecar_case, deployment_case):
          "seccompProfile"),
         ("grace period equal to shutdown_grace", sidecar_case,
          lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 30), "terminationGracePeriodSeconds 30"),
+        ("grace period that leaves out shutdown_delay", deployment_case,
+         lambda w, s, c, d: set_(s, "terminationGracePeriodSeconds", 121), "shutdown_delay 5s"),
+        ("pod template without checksum/static-config", deployment_case,
+         lambda w, s, c, d: w["spec"]["template"]["metadata"]["annotations"].pop("checksum/static-config"),
+         "no checksum/static-config annotation"),
         ("admin token as a literal env value", deployment_case,
          lambda w, s, c, d: c["env"].__setitem__(0, {"name": "TIDEGATE_ADMIN_TOKEN", "value": "literal"}),
          "TIDEGATE_ADMIN_TOKEN must come from a secretKeyRef"),
@@ -989,6 +1042,9 @@ def main():
     run_positive(rep, args, schema, app_version, "example app chart", app,
                  [os.path.join(app, "values.yaml")], DEFAULT_KUBE_VERSIONS, release="shop",
                  tidegate_values=lambda v: v["tidegate"], app_chart=True)
+
+    rep.check("checksum/static-config changes with config.server/state/circuit_breaker only",
+              check_static_checksum(args))
 
     print("== Dockerfile")
     rep.check("Dockerfile: parses; stages, stub layer, COPY sources, non-root, ports, ENTRYPOINT/CMD",

@@ -104,6 +104,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<HumanSize>,
     pub max_concurrent_requests: Option<u32>,
     pub shutdown_grace: Option<HumanDuration>,
+    pub shutdown_delay: Option<HumanDuration>,
     pub header_read_timeout: Option<HumanDuration>,
     pub body_read_timeout: Option<HumanDuration>,
     pub worker_threads: Option<u32>,

@@ -143,6 +143,7 @@ impl Reloader {
         // A pin restored over a different file: the process bound the file's static settings
         // (it had to listen before it knew the pin), so where the pinned version's differ, say so.
         let restart_required = static_keys::pinned_over_file(&boot_static, &active.config);
+        m.config_restart_required.set(i64::from(restart_required.is_some()));
         if let Some(r) = &restart_required {
             tracing::warn!("{r}");
         }
@@ -338,6 +339,7 @@ impl Reloader {
         if let Some(r) = &restart {
             tracing::warn!("{r}");
         }
+        self.gw.metrics.config_restart_required.set(i64::from(restart.is_some()));
         inner.restart_required = restart;
         self.remember(inner, info);
         inner.history.mark_active(&version, Outcome::Applied);
@@ -383,6 +385,7 @@ impl Reloader {
         let snap = self.gw.prepare(cfg).map_err(|e| OpError::conflict("prepare_failed", e))?;
         self.gw.install(snap);
         inner.sources_error = None;
+        self.gw.metrics.config_restart_required.set(i64::from(restart.is_some()));
         inner.restart_required = restart;
         inner.history.mark_active(version, outcome);
         tracing::info!(%version, ?outcome, "config activated");

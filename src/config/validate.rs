@@ -264,6 +264,7 @@ fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> {
         max_body_bytes: max_body as usize,
         max_concurrent_requests: max_conc as usize,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        shutdown_delay: s.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
         header_read_timeout: read_timeout("header_read_timeout", s.header_read_timeout, 10)?,
         body_read_timeout: read_timeout("body_read_timeout", s.body_read_timeout, 30)?,
         worker_threads: workers,

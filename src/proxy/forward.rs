@@ -147,6 +147,9 @@ impl Forward {
             End::ClientGone => {
                 self.end_attempt("aborted", "client_gone", Outcome::Neutral, String::new());
             }
+            End::Shutdown => {
+                self.end_attempt("aborted", "shutdown", Outcome::Neutral, String::new());
+            }
             End::Upstream { reason, detail, .. } => {
                 let verdict = stream_verdict(reason, self.client_idle);
                 self.end_attempt("error", reason, verdict, detail.clone());
@@ -193,6 +196,7 @@ impl Forward {
                     .with_label_values(&[&route, "client", "disconnect"])
                     .inc();
             }
+            End::Shutdown => self.end_for_shutdown(&route).await,
             End::Upstream { reason, detail, code } => {
                 self.rec.outcome = "stream_error";
                 // The client got a 200 and then the error event.
@@ -373,6 +377,7 @@ impl Forward {
                     tokio::select! {
                         biased;
                         () = self.tx.closed() => return End::ClientGone,
+                        () = self.gw.stop_streams.cancelled() => return End::Shutdown,
                         f = self.stream.body.frame() => break Ok(f),
                         () = &mut idle => {
                             // The timer is armed lazily: it fires at most once per idle

@@ -61,7 +61,40 @@ pub(super) const RESUMABLE: &[&str] = &[
 pub(super) enum End {
     Complete,
     ClientGone,
-    Upstream { reason: &'static str, detail: String, code: ErrorCode },
+    /// `server.shutdown_grace` ended with the stream still open: the gateway cut it.
+    Shutdown,
+    Upstream {
+        reason: &'static str,
+        detail: String,
+        code: ErrorCode,
+    },
+}
+
+/// How long a stream cut at shutdown may wait for the client to take its error event.
+const SHUTDOWN_SEND: Duration = Duration::from_millis(500);
+
+impl super::forward::Forward {
+    /// [`End::Shutdown`]: the stream gets the dialect's `overloaded` error event (this instance
+    /// is going away; a retry goes to another), and the request is recorded as a
+    /// `stream_error` the gateway caused.
+    pub(super) async fn end_for_shutdown(&mut self, route: &str) {
+        self.rec.outcome = "stream_error";
+        self.rec.status = 200;
+        let labels = [route, "gateway", "shutdown"];
+        self.rec.metrics().stream_aborts.with_label_values(&labels).inc();
+        let msg = "tidegate is shutting down: the stream was still open when server.shutdown_grace ended; retry the request";
+        self.rec.error = Some(msg.to_owned());
+        let err = crate::error::GatewayError::new(ErrorCode::Overloaded, msg);
+        // After anything still queued.
+        self.out.extend_from_slice(&err.sse_event(self.dialect));
+        let chunk = self.out.split().freeze();
+        if let Some(c) = &mut self.rec.idem {
+            c.push(&chunk);
+        }
+        // Briefly: the process is exiting, and a client that stopped reading must not hold it
+        // (the event is lost then, the record is not).
+        let _ = tokio::time::timeout(SHUTDOWN_SEND, self.tx.send(chunk)).await;
+    }
 }
 
 /// An upstream failure after the commit point, answered as `upstream_unavailable`.

@@ -90,6 +90,9 @@ pub fn spawn<H: Handler>(
             run(rx, handler, opts, counter).await;
             member.leave_and_wait().await;
         });
+        // Tasks still here (a request the grace cut) are dropped with the runtime, which writes
+        // their records; only then is the acceptor told, so the process exits after them.
+        drop(runtime);
         let _ = done_tx.send(());
     })?;
     Ok((Worker { tx, open }, done_rx))

@@ -169,3 +169,68 @@ fn check_prints_durations_in_config_units() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A token from a Secret file written with `echo` ends in a newline: it is trimmed (serve and
+/// the CLI agree on it), a blank one is refused at start, and a token that cannot be a header
+/// value is named as such by the CLI (it used to say "bad admin URL").
+#[test]
+#[expect(clippy::disallowed_methods, reason = "a synchronous test polling another process")]
+fn admin_token_whitespace_is_trimmed_and_a_blank_one_refused() {
+    use crate::common::{free_port, http_get, http_get_with};
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (data, admin) = (free_port(), free_port());
+    let cfg = dir.join("tidegate.yaml");
+    std::fs::write(&cfg, format!("server: {{listen: 127.0.0.1:{data}, admin_listen: 127.0.0.1:{admin}}}\nproviders:\n  a: {{kind: mock}}\nroutes:\n  r: {{default: true, targets: [{{provider: a, model: m}}]}}\n")).unwrap();
+    let serve = |token: &str| {
+        let mut cmd = tidegate();
+        cmd.args(["serve", "--config"]).arg(&cfg).arg("--state-dir").arg(&dir);
+        cmd.env("TIDEGATE_ADMIN_TOKEN", token);
+        cmd
+    };
+    // A blank token is refused at start (bounded: a process that serves anyway is killed).
+    let mut blank = serve(" \n")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while blank.try_wait().unwrap().is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = blank.kill();
+    let out = blank.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a blank token was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TIDEGATE_ADMIN_TOKEN") && err.contains("empty"), "{err}");
+
+    let mut child = serve("s3cret-token\n")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let got = http_get_with(admin, "/admin/config", &["authorization: Bearer s3cret-token"]);
+    assert!(got.as_deref().is_some_and(|r| r.starts_with("HTTP/1.1 200")), "{got:?}");
+    let url = format!("http://127.0.0.1:{admin}");
+    let status = tidegate()
+        .args(["config", "status", "--admin", &url])
+        .env("TIDEGATE_ADMIN_TOKEN", "\ts3cret-token\r\n")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let bad = tidegate()
+        .args(["config", "status", "--admin", &url, "--token", "s3cret\u{1}token"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("admin token") && !err.contains("URL"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

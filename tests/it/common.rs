@@ -162,3 +162,25 @@ pub fn spawn_serve(cfg: &Path, dir: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A blocking `GET path` on loopback `port` with `headers` (lines without CRLF), the whole
+/// response as text; `None` when the connection fails.
+pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_with(port, path, &[])
+}

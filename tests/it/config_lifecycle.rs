@@ -332,11 +332,15 @@ async fn static_changes_are_reported() {
     let path = dir.join("tidegate.yaml");
     std::fs::write(&path, versioned("one", "a")).unwrap();
     let r = start_file(&path, StateDir::InMemory, "", false).await;
+    let gauge = "tidegate_config_restart_required";
+    assert!(String::from_utf8(r.gateway.metrics.render()).unwrap().contains(gauge));
+    assert_eq!(metric(&r.gateway, gauge), 0.0);
     let two = format!("server: {{max_body_bytes: 1MiB}}\n{}", versioned("two", "b"));
     std::fs::write(&path, &two).unwrap();
     assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&two)));
     let note = r.reloader.status().restart_required.unwrap();
     assert!(note.contains("server.max_body_bytes"), "{note}");
+    assert_eq!(metric(&r.gateway, gauge), 1.0, "the static change is on a metric too");
     let got = post(&r.gateway, "/v1/chat/completions", &chat("x")).await;
     assert_eq!(got.header("x-tidegate-provider"), "b");
     // Static means so until the restart: the running limit (8 MiB) still holds.
@@ -350,6 +354,12 @@ async fn static_changes_are_reported() {
     assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&three)));
     let note = r.reloader.status().restart_required.unwrap();
     assert!(note.contains("circuit_breaker") && !note.contains("server."), "{note}");
+    assert_eq!(metric(&r.gateway, gauge), 1.0);
+    // Back to what the process runs with: nothing to restart for.
+    std::fs::write(&path, versioned("one", "a")).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Applied(_)));
+    assert_eq!(r.reloader.status().restart_required, None);
+    assert_eq!(metric(&r.gateway, gauge), 0.0);
     r.shutdown().await;
 }
 

@@ -21,8 +21,11 @@ pub(crate) async fn mock_server() -> (SocketAddr, Arc<MockStats>) {
     let stats: Arc<MockStats> = Arc::default();
     let (tx, rx) = tokio::sync::watch::channel(false);
     std::mem::forget(tx); // serve until the test process ends
-    let opts =
-        ConnOptions { header_read_timeout: Duration::from_secs(5), grace: Duration::from_secs(1) };
+    let opts = ConnOptions {
+        header_read_timeout: Duration::from_secs(5),
+        grace: Duration::from_secs(1),
+        stop_streams: None,
+    };
     tokio::spawn(server::serve(listener, server::mock::mock_plane(stats.clone()), opts, rx));
     (addr, stats)
 }

@@ -156,47 +156,8 @@ Call with (dict "entry" $entry "what" "providerKeys.env[0]" "root" $).
 {{- end }}
 {{- end }}
 
-{{/* server.shutdownGrace in whole seconds (rounded up). Same duration syntax as tidegate. */}}
-{{- define "tidegate.shutdownGraceSeconds" -}}
-{{- $d := toString .Values.server.shutdownGrace }}
-{{- if not (regexMatch "^[0-9]+(ms|s|m|h)$" $d) }}
-{{- fail (printf "server.shutdownGrace %q: expected one number and a unit (ms, s, m or h), e.g. 30s" $d) }}
-{{- end }}
-{{- $num := regexFind "^[0-9]+" $d }}
-{{- $n := regexReplaceAll "^0+([0-9])" $num "${1}" | int64 }}
-{{- $unit := trimPrefix $num $d }}
-{{- if eq $unit "ms" }}
-{{- div (add $n 999) 1000 }}
-{{- else if eq $unit "s" }}
-{{- $n }}
-{{- else if eq $unit "m" }}
-{{- mul $n 60 }}
-{{- else }}
-{{- mul $n 3600 }}
-{{- end }}
-{{- end }}
-
 {{/*
-terminationGracePeriodSeconds: derived (shutdownGrace + preStop sleep + margin), or the value
-set, which must leave the gateway its whole drain time.
-*/}}
-{{- define "tidegate.terminationGracePeriodSeconds" -}}
-{{- $grace := include "tidegate.shutdownGraceSeconds" . | int64 }}
-{{- $preStop := int64 .Values.lifecycle.preStopSleepSeconds }}
-{{- $drain := add $grace $preStop }}
-{{- $set := int64 .Values.terminationGracePeriodSeconds }}
-{{- if gt $set 0 }}
-{{- if le $set $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than server.shutdownGrace (%ds) + lifecycle.preStopSleepSeconds (%ds) = %ds, or the kubelet kills streams that are still draining" $set $grace $preStop $drain) }}
-{{- end }}
-{{- $set }}
-{{- else }}
-{{- add $drain (int64 .Values.terminationGraceMarginSeconds) }}
-{{- end }}
-{{- end }}
-
-{{/*
-The gateway config file (YAML). server.listen / admin_listen / shutdown_grace come from the
+The gateway config file (YAML). server.listen / admin_listen / shutdown_grace / shutdown_delay come from the
 `server` values; the rest from `config`. Fails on inline API keys and chart-managed keys.
 */}}
 {{- define "tidegate.config" -}}
@@ -207,14 +168,15 @@ The gateway config file (YAML). server.listen / admin_listen / shutdown_grace co
 {{- $_ := set $cfg "label" (toString .) }}
 {{- end }}
 {{- $server := deepCopy ($c.server | default dict) }}
-{{- range $k := list "listen" "admin_listen" "shutdown_grace" }}
+{{- range $k := list "listen" "admin_listen" "shutdown_grace" "shutdown_delay" }}
 {{- if hasKey $server $k }}
-{{- fail (printf "config.server.%s is set by the chart: use the server.* values (listenAddress, port, adminPort, shutdownGrace)" $k) }}
+{{- fail (printf "config.server.%s is set by the chart: use the server.* values (listenAddress, adminListenAddress, port, adminPort, shutdownGrace, shutdownDelay)" $k) }}
 {{- end }}
 {{- end }}
 {{- $_ := set $server "listen" (include "tidegate.hostPort" (list (include "tidegate.listenAddress" .) $v.server.port)) }}
 {{- $_ := set $server "admin_listen" (include "tidegate.hostPort" (list $v.server.adminListenAddress $v.server.adminPort)) }}
 {{- $_ := set $server "shutdown_grace" (toString $v.server.shutdownGrace) }}
+{{- $_ := set $server "shutdown_delay" (include "tidegate.shutdownDelay" .) }}
 {{- $_ := set $cfg "server" $server }}
 {{- with $c.state }}
 {{- $state := deepCopy . }}
@@ -319,14 +281,33 @@ Checks across values that a schema cannot express. Renders nothing; fails with a
 {{- end }}
 {{- end }}
 
-{{/* Pod template annotations: podAnnotations, plus the config checksum when rollOnConfigChange. */}}
+{{/*
+Checksum of the config's static sections (server, state, circuit_breaker): tidegate reads them
+once at start, so a change must roll the pods even when rollOnConfigChange is false (the rest
+of the config hot-reloads).
+*/}}
+{{- define "tidegate.staticConfigChecksum" -}}
+{{- pick (include "tidegate.config" . | fromYaml) "server" "state" "circuit_breaker" | toYaml | sha256sum }}
+{{- end }}
+
+{{/*
+The checksum annotations for a pod running tidegate: checksum/static-config always,
+checksum/config too when rollOnConfigChange. App charts include it in their pod template's
+annotations (sidecar mode); the chart's own pods get it through tidegate.podAnnotations.
+*/}}
+{{- define "tidegate.sidecar.podAnnotations" -}}
+checksum/static-config: {{ include "tidegate.staticConfigChecksum" . }}
+{{- if .Values.rollOnConfigChange }}
+checksum/config: {{ include "tidegate.config" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template annotations: podAnnotations, plus the checksum annotations. */}}
 {{- define "tidegate.podAnnotations" -}}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
-{{- if .Values.rollOnConfigChange }}
-checksum/config: {{ include "tidegate.config" . | sha256sum }}
-{{- end }}
+{{ include "tidegate.sidecar.podAnnotations" . }}
 {{- end }}
 
 {{/*
@@ -335,6 +316,7 @@ The gateway container, as one list item. Deployment mode puts it in `containers`
 sidecar.native is false.
 */}}
 {{- define "tidegate.container" -}}
+{{- include "tidegate.checkKubeVersion" . }}
 {{- $v := .Values }}
 {{- $native := and (eq $v.mode "sidecar") $v.sidecar.native -}}
 - name: {{ $v.containerName }}

@@ -46,6 +46,7 @@ fn differing(running: &Static, cfg: &Config) -> Option<String> {
         ("server.max_body_bytes", s.max_body_bytes != n.max_body_bytes),
         ("server.max_concurrent_requests", s.max_concurrent_requests != n.max_concurrent_requests),
         ("server.shutdown_grace", s.shutdown_grace != n.shutdown_grace),
+        ("server.shutdown_delay", s.shutdown_delay != n.shutdown_delay),
         ("server.header_read_timeout", s.header_read_timeout != n.header_read_timeout),
         ("server.body_read_timeout", s.body_read_timeout != n.body_read_timeout),
         ("server.worker_threads", s.worker_threads != n.worker_threads),
