@@ -134,10 +134,14 @@ impl<H: Handler> Connections<H> {
     /// anyway. Such a connection (no request yet) is closed as soon as the drain begins.
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
         let h = self.handler.clone();
-        let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = requested.clone();
+        // Told once, by the connection's first request.
+        let first =
+            Arc::new((std::sync::atomic::AtomicBool::new(false), tokio::sync::Notify::new()));
+        let seen = first.clone();
         let svc = service_fn(move |req| {
-            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            if !seen.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                seen.1.notify_one();
+            }
             let fut = h.call(req);
             async move {
                 let r: Result<Response<Body>, Broken> =
@@ -153,16 +157,18 @@ impl<H: Handler> Connections<H> {
         let conn = self.graceful.watch(conn);
         let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
-            let unused = async {
-                let _ = closing.wait_for(|c| *c).await;
-                if requested.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
+            let mut conn = std::pin::pin!(conn);
+            // Until its first request the connection is closed (dropped) as soon as the drain
+            // begins; from then on it is hyper's graceful shutdown's, and this task polls the
+            // connection alone (no per-wake cost for the watch).
+            let requested = tokio::select! {
+                biased;
+                _ = &mut conn => false,
+                () = first.1.notified() => true,
+                _ = closing.wait_for(|c| *c) => false,
             };
-            tokio::select! {
-                _ = conn => {}
-                // Dropping the connection closes it.
-                () = unused => {}
+            if requested {
+                let _ = conn.await;
             }
             done();
         });

@@ -119,23 +119,26 @@ pub struct Waited {
     pub upstream: Duration,
     pub first_token: Option<Duration>,
     /// The upstream's own id for its answer, if it sent one (see [`upstream_request_id`]).
-    pub upstream_request_id: Option<String>,
+    pub upstream_request_id: Option<http::HeaderValue>,
 }
 
 /// The longest upstream request id logged; a longer one is cut to this.
-const MAX_UPSTREAM_ID: usize = 128;
+pub(crate) const MAX_UPSTREAM_ID: usize = 128;
 
 /// The upstream's own request id (OpenAI `x-request-id`, Anthropic `request-id`), for the log
 /// line only: kept if it is printable ASCII without spaces, cut to 128 bytes.
-pub fn upstream_request_id(wire: Wire, headers: &http::HeaderMap) -> Option<String> {
+pub fn upstream_request_id(wire: Wire, headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
     let names = match wire {
-        Wire::OpenAi => ["x-request-id", "request-id"],
-        Wire::Anthropic => ["request-id", "x-request-id"],
+        Wire::OpenAi => [X_REQUEST_ID, REQUEST_ID],
+        Wire::Anthropic => [REQUEST_ID, X_REQUEST_ID],
     };
-    let v = names.iter().find_map(|n| headers.get(*n))?.as_bytes();
-    let v = &v[..v.len().min(MAX_UPSTREAM_ID)];
-    (!v.is_empty() && v.iter().all(u8::is_ascii_graphic))
-        .then(|| String::from_utf8_lossy(v).into_owned())
+    // Kept as the header value (a reference-counted slice of the response head, no copy);
+    // written to the log cut to `MAX_UPSTREAM_ID` bytes (`record::upstream_id`).
+    let v = names.iter().find_map(|n| headers.get(n))?;
+    let b = &v.as_bytes()[..v.len().min(MAX_UPSTREAM_ID)];
+    (!b.is_empty() && b.iter().all(u8::is_ascii_graphic)).then(|| v.clone())
 }
 
 impl Attempt<'_> {
@@ -424,8 +427,8 @@ mod tests {
     #[test]
     fn upstream_request_ids_are_taken_per_wire_and_sanitized() {
         let both = headers(&[("x-request-id", b"req_oai"), ("request-id", b"req_ant")]);
-        assert_eq!(upstream_request_id(Wire::OpenAi, &both).as_deref(), Some("req_oai"));
-        assert_eq!(upstream_request_id(Wire::Anthropic, &both).as_deref(), Some("req_ant"));
+        assert_eq!(upstream_request_id(Wire::OpenAi, &both).unwrap(), "req_oai");
+        assert_eq!(upstream_request_id(Wire::Anthropic, &both).unwrap(), "req_ant");
         assert_eq!(upstream_request_id(Wire::OpenAi, &http::HeaderMap::new()), None);
         // Spaces, control or non-ASCII bytes: not logged.
         for bad in [&b"has space"[..], b"caf\xc3\xa9", b"tab\there", b""] {
@@ -435,6 +438,7 @@ mod tests {
         // Bounded: a long id is cut.
         let long = "a".repeat(500);
         let h = headers(&[("request-id", long.as_bytes())]);
-        assert_eq!(upstream_request_id(Wire::Anthropic, &h).unwrap().len(), MAX_UPSTREAM_ID);
+        let id = upstream_request_id(Wire::Anthropic, &h).unwrap();
+        assert_eq!(crate::proxy::record::upstream_id_text(&id).len(), MAX_UPSTREAM_ID);
     }
 }

@@ -342,6 +342,11 @@ impl Forward {
         // Every timer ends at the request's deadline or the attempt's limit, whichever is first.
         let limit = self.deadline.min(self.stream.attempt_end);
         let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(limit)));
+        // The shutdown that cuts open streams when `shutdown_grace` ends: made (and
+        // registered as a waiter) once, polled only while no frame is ready, and checked (an
+        // atomic load) before each wait, so a stream whose frames are always ready is cut too.
+        let stop_token = self.gw.stop_streams.clone();
+        let mut stop = std::pin::pin!(stop_token.cancelled());
         // The end of the upstream body (or its error) met while draining ready frames: handled
         // after the events before it are queued.
         let mut ended = None;
@@ -373,12 +378,15 @@ impl Forward {
             let frame = if let Some(end) = ended.take() {
                 Ok(end)
             } else {
+                if stop_token.is_cancelled() {
+                    return End::Shutdown;
+                }
                 loop {
                     tokio::select! {
                         biased;
                         () = self.tx.closed() => return End::ClientGone,
-                        () = self.gw.stop_streams.cancelled() => return End::Shutdown,
                         f = self.stream.body.frame() => break Ok(f),
+                        () = &mut stop => return End::Shutdown,
                         () = &mut idle => {
                             // The timer is armed lazily: it fires at most once per idle
                             // period and is pushed back to the real end (last event + idle)

@@ -61,8 +61,25 @@ pub struct AttemptLog {
     pub duration_ms: f64,
     /// The upstream's own id for its answer (OpenAI `x-request-id`, Anthropic `request-id`),
     /// when it sent one: for a provider's support. Never returned to the client.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "upstream_id")]
+    pub upstream_request_id: Option<http::HeaderValue>,
+}
+
+/// An upstream request id as logged: its first `MAX_UPSTREAM_ID` bytes (printable ASCII,
+/// checked when it was taken).
+pub fn upstream_id_text(v: &http::HeaderValue) -> &str {
+    let b = v.as_bytes();
+    std::str::from_utf8(&b[..b.len().min(super::attempt::MAX_UPSTREAM_ID)]).unwrap_or("")
+}
+
+fn upstream_id<S: serde::Serializer>(
+    v: &Option<http::HeaderValue>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(upstream_id_text(v)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Everything known about one request, filled in as it runs.
@@ -89,7 +106,7 @@ pub struct RequestRecord {
     /// under way when the record drops was cut short by the client leaving.
     in_flight: Option<(Arc<TargetSeries>, Instant)>,
     /// The upstream's request id for the attempt under way, once its answer's head arrived.
-    in_flight_upstream_id: Option<String>,
+    in_flight_upstream_id: Option<http::HeaderValue>,
     /// The target that answered.
     pub served_by: Option<Arc<TargetSeries>>,
     pub usage: Option<Usage>,
@@ -207,7 +224,7 @@ impl RequestRecord {
     }
 
     /// The upstream's own request id for the attempt under way, logged when it ends.
-    pub fn upstream_request_id(&mut self, id: Option<String>) {
+    pub fn upstream_request_id(&mut self, id: Option<http::HeaderValue>) {
         self.in_flight_upstream_id = id;
     }
 
