@@ -147,6 +147,7 @@ impl Gateway {
             snap.retired.clone(),
             snap.config.logging.sample_rate,
         );
+        rec.shutdown = Some(self.stop_streams.clone());
         let mut resp = match self.dispatch(req, &snap, &mut rec).await {
             Ok(r) => r,
             Err(e) => {
@@ -170,7 +171,9 @@ impl Gateway {
                 if !rec.attempts.is_empty() {
                     h.insert(ATTEMPTS_HEADER, HeaderValue::from(rec.attempts.len()));
                 }
-                if rec.route.is_some() && !rec.stream && !refused {
+                // Every error here is a JSON answer, a stream request's refused before its
+                // stream began too: it says what the request cost (SPEC §3, §6).
+                if rec.route.is_some() && !refused {
                     respond::cost_headers(&mut rec, h);
                 }
                 resp

@@ -123,7 +123,7 @@ pub struct Waited {
 }
 
 /// The longest upstream request id logged; a longer one is cut to this.
-pub(crate) const MAX_UPSTREAM_ID: usize = 128;
+const MAX_UPSTREAM_ID: usize = 128;
 
 /// The upstream's own request id (OpenAI `x-request-id`, Anthropic `request-id`), for the log
 /// line only: kept if it is printable ASCII without spaces, cut to 128 bytes.
@@ -135,10 +135,12 @@ pub fn upstream_request_id(wire: Wire, headers: &http::HeaderMap) -> Option<http
         Wire::Anthropic => [REQUEST_ID, X_REQUEST_ID],
     };
     // Kept as the header value (a reference-counted slice of the response head, no copy);
-    // written to the log cut to `MAX_UPSTREAM_ID` bytes (`record::upstream_id`).
+    // written to the log as it is (`record::upstream_id`).
     let v = names.iter().find_map(|n| headers.get(n))?;
-    let b = &v.as_bytes()[..v.len().min(MAX_UPSTREAM_ID)];
-    (!b.is_empty() && b.iter().all(u8::is_ascii_graphic)).then(|| v.clone())
+    // Longer than any provider's (a cut one would match nothing): not logged.
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= MAX_UPSTREAM_ID && b.iter().all(u8::is_ascii_graphic))
+        .then(|| v.clone())
 }
 
 impl Attempt<'_> {
@@ -435,10 +437,12 @@ mod tests {
             let h = headers(&[("x-request-id", bad)]);
             assert_eq!(upstream_request_id(Wire::OpenAi, &h), None, "{bad:?}");
         }
-        // Bounded: a long id is cut.
-        let long = "a".repeat(500);
+        // Bounded: a longer id is not logged (cut, it would match nothing).
+        let long = "a".repeat(MAX_UPSTREAM_ID);
         let h = headers(&[("request-id", long.as_bytes())]);
-        let id = upstream_request_id(Wire::Anthropic, &h).unwrap();
-        assert_eq!(crate::proxy::record::upstream_id_text(&id).len(), MAX_UPSTREAM_ID);
+        assert!(upstream_request_id(Wire::Anthropic, &h).is_some());
+        let long = "a".repeat(MAX_UPSTREAM_ID + 1);
+        let h = headers(&[("request-id", long.as_bytes())]);
+        assert_eq!(upstream_request_id(Wire::Anthropic, &h), None);
     }
 }

@@ -52,7 +52,10 @@ pub(super) fn anthropic_beta(headers: &HeaderMap) -> Option<HeaderValue> {
 /// is not passed on, and neither is its `tracestate` (W3C Trace Context §4.3: a receiver
 /// ignores both); several `tracestate` lines go on joined, as one list.
 pub(super) fn pass_on(headers: &HeaderMap, messages: bool) -> PassOn {
-    let traceparent = headers.get(TRACEPARENT).filter(|v| traceparent_ok(v.as_bytes()));
+    // Sent twice, it is invalid (which one is the parent is unknowable).
+    let mut sent = headers.get_all(TRACEPARENT).iter();
+    let traceparent =
+        sent.next().filter(|v| traceparent_ok(v.as_bytes())).filter(|_| sent.next().is_none());
     // Looked up only with a traceparent (a hashed lookup per request otherwise).
     let tracestate = traceparent.and_then(|_| joined(headers.get_all(TRACESTATE)));
     PassOn {
@@ -147,6 +150,10 @@ mod tests {
             let p = pass_on(&h, false);
             assert!(p.traceparent.is_none() && p.tracestate.is_none(), "{bad}");
         }
+        // Sent twice: invalid.
+        h.insert(TRACEPARENT, HeaderValue::from_static(tp));
+        h.append(TRACEPARENT, HeaderValue::from_static(tp));
+        assert!(pass_on(&h, false).traceparent.is_none());
         // A later version may carry more fields.
         let v1 = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xyz";
         h.insert(TRACEPARENT, HeaderValue::from_static(v1));

@@ -167,13 +167,15 @@ impl Forward {
                 match resume::resume(self, broke).await {
                     Some(Resumed::Complete) => End::Complete,
                     Some(Resumed::ClientGone) => End::ClientGone,
+                    Some(Resumed::Shutdown) => End::Shutdown,
                     None => end,
                 }
             };
         }
-        // A resume the client left in the middle of.
+        // A resume the client left (or the shutdown cut) in the middle of opening.
         if self.rec.attempt_in_flight().is_some() {
-            self.end_attempt("aborted", "client_gone", Outcome::Neutral, String::new());
+            let reason = if matches!(end, End::Shutdown) { "shutdown" } else { "client_gone" };
+            self.end_attempt("aborted", reason, Outcome::Neutral, String::new());
         }
         let route = self.rec.route_name().to_owned();
         // After any resume: the log gets everything the client received.

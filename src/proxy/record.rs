@@ -65,11 +65,10 @@ pub struct AttemptLog {
     pub upstream_request_id: Option<http::HeaderValue>,
 }
 
-/// An upstream request id as logged: its first `MAX_UPSTREAM_ID` bytes (printable ASCII,
+/// An upstream request id as logged (printable ASCII of at most 128 bytes,
 /// checked when it was taken).
-pub fn upstream_id_text(v: &http::HeaderValue) -> &str {
-    let b = v.as_bytes();
-    std::str::from_utf8(&b[..b.len().min(super::attempt::MAX_UPSTREAM_ID)]).unwrap_or("")
+fn upstream_id_text(v: &http::HeaderValue) -> &str {
+    v.to_str().unwrap_or("")
 }
 
 fn upstream_id<S: serde::Serializer>(
@@ -89,6 +88,9 @@ pub struct RequestRecord {
     pub request_id: String,
     /// The client's `auth.keys` name, when client auth is on.
     pub client: Option<Arc<str>>,
+    /// Cancelled when `server.shutdown_grace` ends: a request dropped unfinished after that
+    /// was cut by the gateway, not left by its client.
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
     pub version: Arc<str>,
     /// Set once `version` left the history: its request series are gone and stay gone.
     retired: Arc<std::sync::atomic::AtomicBool>,
@@ -145,6 +147,7 @@ impl RequestRecord {
             sink,
             request_id,
             client: None,
+            shutdown: None,
             version,
             retired,
             route: None,
@@ -284,18 +287,32 @@ impl RequestRecord {
         if let Some(c) = self.idem.take() {
             c.finish();
         }
+        // Dropped unfinished once the shutdown grace had ended: the gateway cut it (its
+        // connection closed as the process exits), not the client.
+        let cut =
+            self.outcome == "aborted" && self.shutdown.as_ref().is_some_and(|s| s.is_cancelled());
+        if cut {
+            self.status = 503;
+            self.error = Some("cut unanswered: server.shutdown_grace ended".to_owned());
+        }
         if let Some((_, started)) = &self.in_flight {
-            // The client left while an upstream call was under way (the call was cancelled
-            // with it). Before a stream began, that whole wait was the upstream's.
+            // The client left (or the shutdown cut the request) while an upstream call was
+            // under way (the call was cancelled with it). Before a stream began, that whole
+            // wait was the upstream's.
             if self.served_by.is_none() {
                 self.upstream_wait += started.elapsed();
                 if self.stream {
                     let route = self.route_name().to_owned();
-                    let labels = [route.as_str(), "client", "disconnect"];
+                    let labels = if cut {
+                        [route.as_str(), "gateway", "shutdown"]
+                    } else {
+                        [route.as_str(), "client", "disconnect"]
+                    };
                     self.metrics.stream_aborts.with_label_values(&labels).inc();
                 }
             }
-            self.end_attempt("aborted", "client_gone", None, String::new());
+            let reason = if cut { "shutdown" } else { "client_gone" };
+            self.end_attempt("aborted", reason, None, String::new());
         }
         let (cost, cost_estimated) = self.cost();
         // Earlier attempts settled (and counted) their own share when they ended.

@@ -69,6 +69,8 @@ pub enum Resumed {
     Complete,
     /// The client left meanwhile.
     ClientGone,
+    /// `server.shutdown_grace` ended meanwhile: the stream is cut (`End::Shutdown`).
+    Shutdown,
 }
 
 /// The client's request with the text already sent appended as an assistant message (prefill).
@@ -328,10 +330,12 @@ async fn forward_rest(
         let waiting = Instant::now();
         let limit = fwd.deadline.min(s.attempt_end);
         let wait_end = (waiting + fwd.idle).min(limit);
+        let stop = fwd.gw.stop_streams.clone();
         let frame = tokio::select! {
             biased;
             () = fwd.tx.closed() => return Ok(Resumed::ClientGone),
             f = timeout_at(wait_end, s.body.frame()) => f,
+            () = stop.cancelled() => return Ok(Resumed::Shutdown),
         };
         fwd.rec.upstream_wait += waiting.elapsed();
         match frame {
@@ -447,9 +451,11 @@ pub async fn resume(fwd: &mut Forward, broke: &'static str) -> Option<Resumed> {
             let gap_from = if fwd.client_idle { fwd.last_sent } else { Instant::now() };
             let gap_end = (gap_from + fwd.idle).min(fwd.deadline);
             let tx = fwd.tx.clone();
+            let stop = fwd.gw.stop_streams.clone();
             let opened = tokio::select! {
                 biased;
                 () = tx.closed() => return Some(Resumed::ClientGone),
+                () = stop.cancelled() => return Some(Resumed::Shutdown),
                 o = open(&kit, ti, t, prefill.as_deref(), gap_end, fwd) => o,
             };
             match opened {
@@ -473,6 +479,10 @@ pub async fn resume(fwd: &mut Forward, broke: &'static str) -> Option<Resumed> {
                         Ok(Resumed::ClientGone) => {
                             fwd.end_attempt("aborted", "client_gone", Outcome::Neutral, detail);
                             return Some(Resumed::ClientGone);
+                        }
+                        Ok(Resumed::Shutdown) => {
+                            fwd.end_attempt("aborted", "shutdown", Outcome::Neutral, detail);
+                            return Some(Resumed::Shutdown);
                         }
                         Err(reason) => {
                             let verdict =

@@ -285,3 +285,57 @@ async fn connections_without_a_request_do_not_hold_the_drain() {
     assert_eq!(partial.read_to_end(&mut buf).await.unwrap_or(0), 0);
     assert_eq!(silent.read_to_end(&mut buf).await.unwrap_or(0), 0);
 }
+
+/// A stream cut at the grace end while a resume is serving it gets the same: the error event,
+/// and its resumed attempt logged `aborted`/`shutdown` (helper-42: it used to be dropped
+/// mid-chunk and logged as the client's leaving).
+#[tokio::test(start_paused = true)]
+async fn a_resumed_stream_open_at_the_grace_end_is_cut_the_same_way() {
+    let yaml = format!(
+        "server: {{shutdown_grace: 1s}}\n{}",
+        crate::common::pair(
+            "p+chunks=6+cut=1",
+            "b+chunks=200+delay=100ms",
+            "    retries: {per_target: 0}\n"
+        )
+    );
+    let r = crate::common::start(&yaml).await;
+    let gw = r.gateway.clone();
+    let text = cut_by_shutdown(r, "/v1/chat/completions", &crate::common::chat_stream("x")).await;
+    assert!(text.contains(r#""overloaded"#) && text.contains("shutting down"), "{text}");
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "the chunked body is not terminated: {text}");
+    let line: serde_json::Value = serde_json::from_str(&gw.log_sink.lines()[0]).unwrap();
+    assert_eq!(line["outcome"], "stream_error", "{line}");
+    assert_eq!(line["attempts"][1]["provider"], "backup", "{line}");
+    assert_eq!(line["attempts"][1]["reason"], "shutdown", "{line}");
+}
+
+/// A non-stream request still waiting on its upstream when the grace ends is dropped with its
+/// connection; its record says the gateway cut it (503, attempt `aborted`/`shutdown`), not that
+/// the client left (helper-42). On worker threads, as `serve` runs it: their runtimes, and the
+/// requests on them, go at shutdown.
+#[tokio::test]
+async fn a_request_unanswered_at_the_grace_end_is_logged_as_cut_by_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let yaml = format!("server: {{shutdown_grace: 1s}}\n{}", crate::common::single("m+hang", ""));
+    let r = crate::common::start_with_workers(&yaml, Some(1)).await;
+    let gw = r.gateway.clone();
+    let body = crate::common::chat("x");
+    let mut s = tokio::net::TcpStream::connect(r.data_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    while gw.mock_stats("sim").get("m+hang").calls == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let shutdown = tokio::spawn(r.shutdown());
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    shutdown.await.unwrap();
+    let line: serde_json::Value = serde_json::from_str(&gw.log_sink.lines()[0]).unwrap();
+    assert_eq!(line["outcome"], "aborted", "{line}");
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["attempts"][0]["reason"], "shutdown", "{line}");
+}

@@ -217,15 +217,18 @@ async fn failover_from_an_openai_wire_to_an_anthropic_wire() {
 /// charged its input, estimated), and an upstream refusal passed through (nothing charged).
 #[tokio::test(start_paused = true)]
 async fn non_stream_errors_carry_the_settled_cost() {
+    // A stream request refused before its stream began gets a JSON answer too, with its cost
+    // (helper-42).
     let cases = [
-        ("p+ttft=3s", "    timeouts: {total: 1s}\n", 504, true),
-        ("p+cut=1", NO_RETRY, 502, true),
-        ("p+status=422", "", 422, false),
+        ("p+ttft=3s", "    timeouts: {total: 1s}\n", 504, true, false),
+        ("p+ttft=3s", "    timeouts: {total: 1s}\n", 504, true, true),
+        ("p+cut=1", NO_RETRY, 502, true, false),
+        ("p+status=422", "", 422, false, false),
     ];
-    for (model, route_keys, status, charged) in cases {
+    for (model, route_keys, status, charged, stream) in cases {
         let prices = format!("models:\n  \"{model}\": {{input: 1000, output: 1000}}\n");
         let gw = gateway(&route(&[("sim", model)], &format!("{route_keys}{prices}")));
-        let got = post(&gw, "/v1/chat/completions", &request(false)).await;
+        let got = post(&gw, "/v1/chat/completions", &request(stream)).await;
         assert_eq!(got.status, status, "{model}: {}", got.text());
         let line: serde_json::Value =
             serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
