@@ -33,6 +33,13 @@ impl Config {
             if !r.match_models.is_empty() {
                 flags.push(format!("models {}", r.match_models.join(", ")));
             }
+            // The non-default switches, so a summary shows every behaviour that differs.
+            if !r.resume {
+                flags.push("resume off".to_owned());
+            }
+            if r.drop_unsupported_params {
+                flags.push("drop_unsupported_params".to_owned());
+            }
             out.push_str(&format!("  {}{}\n", r.name, fmt_flags(&flags)));
             for (i, t) in r.targets.iter().enumerate() {
                 out.push_str(&format!("    {}. {}/{}\n", i + 1, t.provider, t.model));

@@ -234,3 +234,18 @@ fn admin_token_whitespace_is_trimmed_and_a_blank_one_refused() {
     let _ = child.wait();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `check` shows a route's non-default switches (`resume: off`, `drop_unsupported_params`) in
+/// its summary line.
+#[test]
+fn check_shows_a_routes_non_default_switches() {
+    let dir = std::env::temp_dir().join(format!("tidegate-cli-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("flags.yaml");
+    std::fs::write(&cfg, "providers:\n  sim: {kind: mock}\nroutes:\n  a:\n    resume: off\n    drop_unsupported_params: true\n    targets: [{provider: sim, model: m}]\n  b:\n    targets: [{provider: sim, model: m}]\n").unwrap();
+    let out = tidegate().args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l == "  a [resume off; drop_unsupported_params]"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "  b"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
