@@ -148,7 +148,10 @@ impl Gateway {
             snap.config.logging.sample_rate,
         );
         rec.shutdown = Some(self.stop_streams.clone());
-        let mut resp = match self.dispatch(req, &snap, &mut rec).await {
+        let dispatched = self.dispatch(req, &snap, &mut rec).await;
+        // Handled (a stream's record, if any, went to its task, which sets its own).
+        rec.ended = true;
+        let mut resp = match dispatched {
             Ok(r) => r,
             Err(e) => {
                 rec.outcome = outcome_of(e.code);

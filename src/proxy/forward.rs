@@ -180,6 +180,9 @@ impl Forward {
         let route = self.rec.route_name().to_owned();
         // After any resume: the log gets everything the client received.
         self.log_completion();
+        // Each arm below labels the record before it awaits anything: from here a drop (the
+        // runtime going at shutdown) leaves a record that says how the stream ended.
+        self.rec.ended = true;
         match end {
             End::Complete => {
                 self.rec.outcome = if self.rec.outcome == "fallback" { "fallback" } else { "ok" };

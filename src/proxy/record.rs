@@ -91,6 +91,9 @@ pub struct RequestRecord {
     /// Cancelled when `server.shutdown_grace` ends: a request dropped unfinished after that
     /// was cut by the gateway, not left by its client.
     pub shutdown: Option<tokio_util::sync::CancellationToken>,
+    /// Set where a request's handling ends (its answer returned, or its stream task done):
+    /// a record dropped before that was cut off mid-way.
+    pub ended: bool,
     pub version: Arc<str>,
     /// Set once `version` left the history: its request series are gone and stay gone.
     retired: Arc<std::sync::atomic::AtomicBool>,
@@ -148,6 +151,7 @@ impl RequestRecord {
             request_id,
             client: None,
             shutdown: None,
+            ended: false,
             version,
             retired,
             route: None,
@@ -287,11 +291,19 @@ impl RequestRecord {
         if let Some(c) = self.idem.take() {
             c.finish();
         }
-        // Dropped unfinished once the shutdown grace had ended: the gateway cut it (its
-        // connection closed as the process exits), not the client.
-        let cut =
-            self.outcome == "aborted" && self.shutdown.as_ref().is_some_and(|s| s.is_cancelled());
-        if cut {
+        // Dropped before its handling ended, once the shutdown grace had ended: the gateway
+        // cut it (its connection closed as the process exits), not the client. A stream that
+        // had begun (a 200 went out) is a stream cut by the gateway; anything else, unanswered.
+        let cut = !self.ended && self.shutdown.as_ref().is_some_and(|s| s.is_cancelled());
+        if cut && self.stream && self.served_by.is_some() {
+            self.outcome = "stream_error";
+            self.status = 200;
+            self.error = Some("stream cut: server.shutdown_grace ended".to_owned());
+            let route = self.route_name().to_owned();
+            let labels = [route.as_str(), "gateway", "shutdown"];
+            self.metrics.stream_aborts.with_label_values(&labels).inc();
+        } else if cut {
+            self.outcome = "aborted";
             self.status = 503;
             self.error = Some("cut unanswered: server.shutdown_grace ended".to_owned());
         }

@@ -331,6 +331,10 @@ async fn forward_rest(
         let limit = fwd.deadline.min(s.attempt_end);
         let wait_end = (waiting + fwd.idle).min(limit);
         let stop = fwd.gw.stop_streams.clone();
+        // Checked first too: with frames always ready, the select below never polls `stop`.
+        if stop.is_cancelled() {
+            return Ok(Resumed::Shutdown);
+        }
         let frame = tokio::select! {
             biased;
             () = fwd.tx.closed() => return Ok(Resumed::ClientGone),
