@@ -134,13 +134,15 @@ pub fn upstream_request_id(wire: Wire, headers: &http::HeaderMap) -> Option<http
         Wire::OpenAi => [X_REQUEST_ID, REQUEST_ID],
         Wire::Anthropic => [REQUEST_ID, X_REQUEST_ID],
     };
-    // Kept as the header value (a reference-counted slice of the response head, no copy);
-    // written to the log as it is (`record::upstream_id`).
     let v = names.iter().find_map(|n| headers.get(n))?;
     // Longer than any provider's (a cut one would match nothing): not logged.
     let b = v.as_bytes();
-    (!b.is_empty() && b.len() <= MAX_UPSTREAM_ID && b.iter().all(u8::is_ascii_graphic))
-        .then(|| v.clone())
+    if b.is_empty() || b.len() > MAX_UPSTREAM_ID || !b.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    // Copied: a clone would share (and keep alive, for the whole of a stream) the buffer the
+    // upstream's response head was read into.
+    http::HeaderValue::from_bytes(b).ok()
 }
 
 impl Attempt<'_> {
