@@ -401,6 +401,7 @@ async fn admin_plane_probes_and_metrics() {
     for (addr, path, want) in [
         (gw.admin_addr, "/healthz", 200),
         (gw.admin_addr, "/metrics", 200),
+        (gw.admin_addr, "/admin/config", 200),
         (gw.data_addr, "/v1/models", 200),
         (gw.data_addr, "/v1/chat/completions", 405),
     ] {

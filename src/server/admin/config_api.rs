@@ -46,14 +46,15 @@ impl ConfigApi {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let r = &self.reloader;
         let result = match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/admin/config") => r.status_async().await,
+            // HEAD as GET, as on the other admin endpoints (hyper sends the head only).
+            (Method::GET | Method::HEAD, "/admin/config") => r.status_async().await,
             (Method::POST, "/admin/config/pin") => match read_pin(req.into_body()).await {
                 Ok(version) => r.pin(version).await,
                 Err(e) => Err(e),
             },
             (Method::POST, "/admin/config/unpin") => r.unpin().await,
             (Method::POST, "/admin/config/rollback") => r.rollback().await,
-            (_, "/admin/config") => return method_not_allowed("GET"),
+            (_, "/admin/config") => return method_not_allowed("GET, HEAD"),
             (_, "/admin/config/pin" | "/admin/config/unpin" | "/admin/config/rollback") => {
                 return method_not_allowed("POST");
             }
