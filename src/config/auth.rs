@@ -62,7 +62,8 @@ impl Auth {
     pub fn identify(&self, headers: &HeaderMap) -> Result<&Arc<Client>, Refusal> {
         let bearer = headers.get(AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes()));
         let api_key = headers.get("x-api-key").map(|v| v.as_bytes().trim_ascii());
-        let key = bearer.or(api_key).filter(|k| !k.is_empty()).ok_or(Refusal::Missing)?;
+        let key = [bearer, api_key].into_iter().flatten().find(|k| !k.is_empty());
+        let key = key.ok_or(Refusal::Missing)?;
         let digest: [u8; 32] = Sha256::digest(key).into();
         self.keys.get(&digest).ok_or(Refusal::Unknown)
     }
@@ -81,11 +82,13 @@ impl Auth {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).
-fn bearer_token(v: &[u8]) -> Option<&[u8]> {
+/// The token of an `Authorization: Bearer <token>` value, whitespace around it trimmed (the
+/// scheme name is case-insensitive, RFC 9110 §11.1); empty for a bare `Bearer`, `None` for any
+/// other scheme. The one parser of it: client auth, the admin token, idempotency identities.
+pub fn bearer_token(v: &[u8]) -> Option<&[u8]> {
     let v = v.trim_ascii();
     let (scheme, rest) = v.split_at_checked(6)?;
-    (scheme.eq_ignore_ascii_case(b"bearer") && rest.first().is_some_and(u8::is_ascii_whitespace))
+    (scheme.eq_ignore_ascii_case(b"bearer") && rest.first().is_none_or(u8::is_ascii_whitespace))
         .then(|| rest.trim_ascii())
 }
 

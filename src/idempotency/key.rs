@@ -77,16 +77,7 @@ pub fn client_identity(auth_name: Option<&str>, headers: &HeaderMap) -> String {
 }
 
 fn strip_bearer(v: &[u8]) -> &[u8] {
-    let v = v.trim_ascii();
-    match v.split_at_checked(6) {
-        Some((scheme, rest))
-            if scheme.eq_ignore_ascii_case(b"bearer")
-                && rest.first().is_none_or(u8::is_ascii_whitespace) =>
-        {
-            rest.trim_ascii()
-        }
-        _ => v,
-    }
+    crate::config::auth::bearer_token(v).unwrap_or_else(|| v.trim_ascii())
 }
 
 fn push_hex(s: &mut String, bytes: &[u8]) {

@@ -74,18 +74,10 @@ impl ConfigApi {
         let Some(want) = &self.token else { return true };
         let got = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .unwrap_or("");
-        constant_time_eq(got.trim().as_bytes(), want.as_bytes())
+            .and_then(|v| crate::config::auth::bearer_token(v.as_bytes()))
+            .unwrap_or(b"");
+        constant_time_eq(got, want.as_bytes())
     }
-}
-
-/// The credential of a `Bearer` authorization (the scheme name is case-insensitive, RFC 9110
-/// §11.1).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares SHA-256 digests without an early exit, so neither the token's content nor its
@@ -169,10 +161,12 @@ mod tests {
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
-            assert_eq!(bearer(v), Some("s3cret"), "{v}");
+        use crate::config::auth::bearer_token;
+        for v in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", " Bearer  s3cret "] {
+            assert_eq!(bearer_token(v.as_bytes()), Some(&b"s3cret"[..]), "{v}");
         }
-        assert_eq!(bearer("Basic s3cret"), None);
-        assert_eq!(bearer("Bearers3cret"), None);
+        assert_eq!(bearer_token(b"Basic s3cret"), None);
+        assert_eq!(bearer_token(b"Bearers3cret"), None);
+        assert_eq!(bearer_token(b"Bearer"), Some(&b""[..]));
     }
 }
