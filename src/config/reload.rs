@@ -336,11 +336,7 @@ impl Reloader {
         // The new version read its key and CA files afresh.
         inner.sources_error = None;
         tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), ?trigger, "config applied");
-        if let Some(r) = &restart {
-            tracing::warn!("{r}");
-        }
-        self.gw.metrics.config_restart_required.set(i64::from(restart.is_some()));
-        inner.restart_required = restart;
+        self.set_restart_required(inner, restart);
         self.remember(inner, info);
         inner.history.mark_active(&version, Outcome::Applied);
         inner.last_error = None;
@@ -372,6 +368,16 @@ impl Reloader {
     }
 
     /// Re-parses, prepares and installs a version from the history.
+    /// The static settings the active version changes (they wait for a restart): logged,
+    /// reported by `status`, and `tidegate_config_restart_required`.
+    fn set_restart_required(&self, inner: &mut Inner, restart: Option<String>) {
+        if let Some(r) = &restart {
+            tracing::warn!("{r}");
+        }
+        self.gw.metrics.config_restart_required.set(i64::from(restart.is_some()));
+        inner.restart_required = restart;
+    }
+
     fn activate(&self, inner: &mut Inner, version: &str, outcome: Outcome) -> Result<(), OpError> {
         let entry = inner.history.get(version).ok_or_else(|| OpError::not_found(version))?;
         let Some(content) = entry.content.clone() else {
@@ -385,8 +391,7 @@ impl Reloader {
         let snap = self.gw.prepare(cfg).map_err(|e| OpError::conflict("prepare_failed", e))?;
         self.gw.install(snap);
         inner.sources_error = None;
-        self.gw.metrics.config_restart_required.set(i64::from(restart.is_some()));
-        inner.restart_required = restart;
+        self.set_restart_required(inner, restart);
         inner.history.mark_active(version, outcome);
         tracing::info!(%version, ?outcome, "config activated");
         Ok(())
