@@ -203,9 +203,9 @@ impl Gateway {
 }
 
 /// `x-tidegate-cost-usd`, and `x-tidegate-cost-estimated: true` when estimated: the request's
-/// settled cost (every attempt's), the log line's `cost_usd`. For non-stream responses, whose
-/// cost is known before their head is sent: answers, upstream refusals passed through, and
-/// gateway errors once a route was selected.
+/// settled cost (every attempt's), the log line's `cost_usd`. For JSON responses, whose cost is
+/// known before their head is sent: answers, upstream refusals passed through, and gateway
+/// errors once a route was selected (a stream request's too, when its stream never began).
 pub(super) fn cost_headers(rec: &mut RequestRecord, headers: &mut HeaderMap) {
     let (cost, estimated) = rec.cost();
     if let Ok(v) = HeaderValue::try_from(format_usd(cost)) {
@@ -284,9 +284,8 @@ pub(super) fn failed(
             {
                 h.insert(FALLBACK, v);
             }
-            if !rec.stream {
-                cost_headers(rec, h);
-            }
+            // A JSON answer, a stream request's too (its stream never began).
+            cost_headers(rec, h);
             Ok(resp)
         }
     }

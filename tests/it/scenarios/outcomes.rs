@@ -224,6 +224,7 @@ async fn non_stream_errors_carry_the_settled_cost() {
         ("p+ttft=3s", "    timeouts: {total: 1s}\n", 504, true, true),
         ("p+cut=1", NO_RETRY, 502, true, false),
         ("p+status=422", "", 422, false, false),
+        ("p+status=422", "", 422, false, true),
     ];
     for (model, route_keys, status, charged, stream) in cases {
         let prices = format!("models:\n  \"{model}\": {{input: 1000, output: 1000}}\n");
