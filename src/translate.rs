@@ -34,8 +34,8 @@ mod util;
 mod tests;
 
 pub use errors::{
-    anthropic_error_body, anthropic_error_from_openai, anthropic_error_type_for_status,
-    openai_error_body, openai_error_from_anthropic,
+    anthropic_error_body, anthropic_error_from_openai, anthropic_error_from_openai_response,
+    anthropic_error_type_for_status, openai_error_body, openai_error_from_anthropic,
 };
 pub use usage::Usage;
 

@@ -241,15 +241,8 @@ fn error_in_dialect(p: &Passthrough, client: Dialect, wire: Wire) -> Bytes {
             translate::openai_error_body(&kind, &message, None, None)
         }
         (Dialect::Anthropic, Wire::OpenAi) => {
-            let (kind, message) = translate::anthropic_error_from_openai(&v);
-            // Where Anthropic gives a status its own type (a 413 is `request_too_large`, whatever
-            // type the OpenAI body named), the status decides.
-            let kind = match p.status.as_u16() {
-                s @ (401 | 403 | 404 | 413 | 429) => {
-                    translate::anthropic_error_type_for_status(s).to_owned()
-                }
-                _ => kind,
-            };
+            let (kind, message) =
+                translate::anthropic_error_from_openai_response(p.status.as_u16(), &v);
             translate::anthropic_error_body(&kind, &message)
         }
     };

@@ -82,6 +82,19 @@ pub fn anthropic_error_from_openai(body: &Value) -> (String, String) {
     (mapped.to_owned(), message_of(err))
 }
 
+/// `(type, message)` for an Anthropic client, from an OpenAI error response of `status`: where
+/// Anthropic gives the status a type of its own (401, 403, 404, 413, 429), the status decides,
+/// whatever class the OpenAI body named (an upstream 413 is `request_too_large`).
+pub fn anthropic_error_from_openai_response(status: u16, body: &Value) -> (String, String) {
+    let (kind, message) = anthropic_error_from_openai(body);
+    match status {
+        401 | 403 | 404 | 413 | 429 => {
+            (anthropic_error_type_for_status(status).to_owned(), message)
+        }
+        _ => (kind, message),
+    }
+}
+
 /// An OpenAI error body (`{"error":{message, type, param, code}}`): the HTTP body of an error
 /// response, or the payload of a mid-stream `data:` line (openai-python raises on any SSE object
 /// with an `error` key).
