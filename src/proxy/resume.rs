@@ -267,6 +267,10 @@ async fn forward_rest(
     let mut events: Vec<(Option<String>, Bytes)> = std::mem::take(&mut s.held);
     let mut usage = s.usage;
     let mut finish: Option<String> = None;
+    // The shutdown that cuts open streams: one waiter for the whole stream (as in the first
+    // attempt's pump), polled only while no frame is ready, and checked before each wait.
+    let stop_token = fwd.gw.stop_streams.clone();
+    let mut stop = std::pin::pin!(stop_token.cancelled());
     'stream: loop {
         for (name, data) in events.drain(..) {
             match attempt::classify(wire, name.as_deref(), &data).ok_or("malformed")? {
@@ -330,16 +334,14 @@ async fn forward_rest(
         let waiting = Instant::now();
         let limit = fwd.deadline.min(s.attempt_end);
         let wait_end = (waiting + fwd.idle).min(limit);
-        let stop = fwd.gw.stop_streams.clone();
-        // Checked first too: with frames always ready, the select below never polls `stop`.
-        if stop.is_cancelled() {
+        if stop_token.is_cancelled() {
             return Ok(Resumed::Shutdown);
         }
         let frame = tokio::select! {
             biased;
             () = fwd.tx.closed() => return Ok(Resumed::ClientGone),
             f = timeout_at(wait_end, s.body.frame()) => f,
-            () = stop.cancelled() => return Ok(Resumed::Shutdown),
+            () = &mut stop => return Ok(Resumed::Shutdown),
         };
         fwd.rec.upstream_wait += waiting.elapsed();
         match frame {
