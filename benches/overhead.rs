@@ -6,7 +6,8 @@
 //! `cargo bench --bench overhead`. Environment knobs:
 //! - `OVERHEAD_SECS`: seconds per measured phase per round (default 2), three rounds each.
 //! - `OVERHEAD_ROUTES`: comma-separated gateway routes to measure (default `plain`); see
-//!   `ROUTES` below for the variants.
+//!   `ROUTES` below for the variants, and `messages`: an Anthropic client on the `plain` route
+//!   (`route_api`).
 //! - `OVERHEAD_MODES=json,stream` and `OVERHEAD_CONC=1,64`: which phases run (for profiling
 //!   one of them).
 //! - `OVERHEAD_PROXY=nginx`: measure an nginx reverse proxy (keep-alive upstream, no
@@ -176,10 +177,42 @@ struct Gateway {
     addr: SocketAddr,
 }
 
+impl Gateway {
+    /// Stops the proxy with SIGTERM, as an orchestrator would, so that it exits by its own
+    /// shutdown path (an instrumented build writes its profile then: `scripts/pgo-build`);
+    /// one still running after 10 s is killed (Drop).
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        // The shell's builtin `kill`: no `unsafe` libc call, and no procps needed in an image.
+        let termed = Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        for _ in 0..500 {
+            if !termed || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a measured route name sends: the gateway route and the API path. `messages` is an
+/// Anthropic client (`/v1/messages`) on the `plain` route, translated to the OpenAI wire and the
+/// answer back; measured directly, the upstream answers the same request in the Anthropic wire.
+/// Its body is the same JSON: `model`, `max_tokens`, `stream` and a `messages` list of
+/// string contents mean the same in both APIs.
+fn route_api(route: &str) -> (&str, &str) {
+    match route {
+        "messages" => ("plain", "v1/messages"),
+        other => (other, "v1/chat/completions"),
     }
 }
 
@@ -190,7 +223,7 @@ fn route_config(routes: &[String]) -> String {
     for line in ROUTES.lines().filter(|l| !l.is_empty()) {
         if !line.starts_with("    ") {
             let name = line.trim().trim_end_matches(':');
-            keep = routes.iter().any(|r| r == name);
+            keep = routes.iter().any(|r| route_api(r).0 == name);
         }
         if keep {
             out.push_str(line);
@@ -471,8 +504,9 @@ async fn run() {
             }
             for &conc in &concs {
                 // Warm both paths (connection pools, caches).
-                let direct_url = format!("http://{up}/v1/chat/completions");
-                let gw_url = format!("http://{}/r/{route}/v1/chat/completions", gw.addr);
+                let (gw_route, path) = route_api(route);
+                let direct_url = format!("http://{up}/{path}");
+                let gw_url = format!("http://{}/r/{gw_route}/{path}", gw.addr);
                 load(&client, &direct_url, body, conc, 0.3).await;
                 load(&client, &gw_url, body, conc, 0.3).await;
                 let (mut d_lat, mut g_lat, mut d_rps, mut g_rps) =
@@ -516,4 +550,5 @@ async fn run() {
         }
     }
     println!("tidegate peak RSS (VmHWM): {:.1} MiB", peak_rss_kib(gw.child.id()) as f64 / 1024.0);
+    gw.stop().await;
 }
