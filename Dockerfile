@@ -13,8 +13,9 @@ WORKDIR /src
 
 # With PGO=1 (the default) the binary is built with profile-guided optimization by
 # scripts/pgo-build: an instrumented build, the overhead benchmark's traffic through it, and the
-# optimized build (about a quarter fewer instructions per request; three release builds, so
-# about 12 minutes on 2 cores). `--build-arg PGO=0` builds the plain release binary.
+# optimized build (18-26% fewer instructions per request; three release builds, so about 12
+# minutes on 2 cores; the training is timed traffic, so two builds of one commit are not
+# byte-identical). `--build-arg PGO=0` builds the plain release binary.
 ARG PGO=1
 
 # 1. Dependencies only, cached until Cargo.toml or Cargo.lock change: with PGO=0, build a stub

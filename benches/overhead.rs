@@ -194,6 +194,7 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        eprintln!("the proxy (pid {pid}) did not exit within 10 s of SIGTERM: killed");
     }
 }
 
