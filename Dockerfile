@@ -11,11 +11,9 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
-# With PGO=1 (the default) the binary is built with profile-guided optimization by
-# scripts/pgo-build: an instrumented build, the overhead benchmark's traffic through it, and the
-# optimized build (18-26% fewer instructions per request; three release builds, so about 12
-# minutes on 2 cores; the training is timed traffic, so two builds of one commit are not
-# byte-identical). `--build-arg PGO=0` builds the plain release binary.
+# PGO=1 (the default): the profile-guided build of scripts/pgo-build (what it does and costs:
+# the script's header and docs/kubernetes.md, "The image"). `--build-arg PGO=0`: the plain
+# release build.
 ARG PGO=1
 
 # 1. Dependencies only, cached until Cargo.toml or Cargo.lock change: with PGO=0, build a stub
