@@ -259,14 +259,7 @@ async fn start_gateway(upstream: SocketAddr, routes: &[String]) -> Gateway {
         .spawn()
         .unwrap();
     // Built before waiting, so a failed start still kills and reaps the child (Drop).
-    let gw = Gateway { child, addr: format!("127.0.0.1:{data}").parse().unwrap() };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
-            return gw;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("tidegate did not start");
+    wait_ready(Gateway { child, addr: format!("127.0.0.1:{data}").parse().unwrap() }).await
 }
 
 /// An nginx reverse proxy in tidegate's place (reference runs only).
