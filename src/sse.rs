@@ -134,8 +134,7 @@ impl Decoder {
             // Search only what earlier calls have not: a line dripped a byte per read costs
             // linear time, not quadratic.
             let from = self.scanned.min(self.buf.len());
-            let Some(end) =
-                self.buf[from..].iter().position(|&b| b == b'\n' || b == b'\r').map(|i| from + i)
+            let Some(end) = memchr::memchr2(b'\n', b'\r', &self.buf[from..]).map(|i| from + i)
             else {
                 self.scanned = self.buf.len();
                 if self.buf.len() > self.max_line {

@@ -114,7 +114,9 @@ impl Forward {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Boxed: the task's future then holds a pointer, not the whole `Forward` (twice, as the
+    /// argument and as the `mut` binding), which the runtime copies when it moves the task.
+    pub async fn run(mut self: Box<Self>) {
         self.respond().await;
         // The client has its answer and the request is recorded (on drop); what remains of a
         // complete upstream body is waited out here to keep its connection.
@@ -164,7 +166,9 @@ impl Forward {
             end = if !self.flush().await {
                 End::ClientGone
             } else {
-                match resume::resume(self, broke).await {
+                // Boxed: the rare path's state (an attempt being opened) would otherwise sit
+                // in every stream's task, copied whole each time the task is moved or set.
+                match Box::pin(resume::resume(self, broke)).await {
                     Some(Resumed::Complete) => End::Complete,
                     Some(Resumed::ClientGone) => End::ClientGone,
                     Some(Resumed::Shutdown) => End::Shutdown,

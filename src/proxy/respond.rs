@@ -170,7 +170,7 @@ impl Gateway {
                 if let Some(c) = rec.idem.as_mut() {
                     c.record_stream(&headers);
                 }
-                let mut forward = Forward {
+                let mut forward = Box::new(Forward {
                     resume,
                     sent_text: String::new(),
                     first_out: None,
@@ -191,7 +191,7 @@ impl Gateway {
                     primed: None,
                     gw: self.clone(),
                     client_idle: due.idle < route.route.timeouts.idle,
-                };
+                });
                 forward.prime();
                 tokio::spawn(forward.run());
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
