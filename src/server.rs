@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -103,12 +103,24 @@ async fn accept(listener: &TcpListener, shutdown: &mut watch::Receiver<bool>) ->
 /// Serves connections on the current runtime and drains them at shutdown.
 struct Connections<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: GracefulShutdown,
     handler: H,
     grace: Duration,
+    /// A connection with no request yet, or none for this long, is closed (see
+    /// [`Connections::serve_then`]).
+    idle: Duration,
     stop_streams: Option<tokio_util::sync::CancellationToken>,
-    /// Turns true when the drain begins: connections that never got a request are closed.
+    /// Turns true when the drain begins. Each open connection's task holds a receiver, so the
+    /// drain waits on [`watch::Sender::closed`] for the last one.
     closing: watch::Sender<bool>,
+}
+
+/// What a connection's requests tell the task that drives it.
+#[derive(Default)]
+struct Activity {
+    /// Requests begun on the connection (their heads read).
+    requests: std::sync::atomic::AtomicU64,
+    /// Told once, by the first request.
+    first: tokio::sync::Notify,
 }
 
 impl<H: Handler> Connections<H> {
@@ -118,9 +130,9 @@ impl<H: Handler> Connections<H> {
         builder.http2().timer(TokioTimer::new());
         Self {
             builder: Arc::new(builder),
-            graceful: GracefulShutdown::new(),
             handler,
             grace: opts.grace,
+            idle: opts.header_read_timeout,
             stop_streams: opts.stop_streams,
             closing: watch::channel(false).0,
         }
@@ -128,19 +140,22 @@ impl<H: Handler> Connections<H> {
 
     /// Serves one connection in its own task; `done` runs when the connection closes.
     ///
-    /// At shutdown hyper closes a keep-alive connection between requests at once, but treats
-    /// a connection that has not finished its first request's headers (or sent nothing yet)
-    /// as busy, and waits for it up to `header_read_timeout`, then closes it with no answer
-    /// anyway. Such a connection (no request yet) is closed as soon as the drain begins.
+    /// hyper times out an HTTP/1 request head only once its first byte has come, and an idle
+    /// keep-alive connection at `header_read_timeout`; the auto builder's protocol detection
+    /// read and HTTP/2 have no such limit, so a client could hold sockets open for good (and
+    /// with them the process's file descriptors). So, on top of hyper's rules:
+    /// - a connection whose first request's head has not arrived within `header_read_timeout`
+    ///   of its accept is closed, and so is one with no request yet when the drain begins;
+    /// - an HTTP/2 connection is shut down gracefully (GOAWAY; streams under way finish) once
+    ///   no request began in a whole `header_read_timeout` period: between one and two periods
+    ///   after its last request (an HTTP/1 one reaches hyper's limit first).
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
         let h = self.handler.clone();
-        // Told once, by the connection's first request.
-        let first =
-            Arc::new((std::sync::atomic::AtomicBool::new(false), tokio::sync::Notify::new()));
-        let seen = first.clone();
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let svc = service_fn(move |req| {
-            if !seen.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                seen.1.notify_one();
+            if seen.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                seen.first.notify_one();
             }
             let fut = h.call(req);
             async move {
@@ -154,21 +169,19 @@ impl<H: Handler> Connections<H> {
         });
         let conn =
             self.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = self.graceful.watch(conn);
         let mut closing = self.closing.subscribe();
+        let idle = self.idle;
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            // Until its first request the connection is closed (dropped) as soon as the drain
-            // begins; from then on it is hyper's graceful shutdown's, and this task polls the
-            // connection alone (no per-wake cost for the watch).
             let requested = tokio::select! {
                 biased;
                 _ = &mut conn => false,
-                () = first.1.notified() => true,
+                () = activity.first.notified() => true,
                 _ = closing.wait_for(|c| *c) => false,
+                () = tokio::time::sleep(idle) => false,
             };
             if requested {
-                let _ = conn.await;
+                drive(conn, &activity, &mut closing, idle).await;
             }
             done();
         });
@@ -183,7 +196,7 @@ impl<H: Handler> Connections<H> {
     /// connection closes cleanly, within [`ABORT_WAIT`].
     async fn drain(self) {
         self.closing.send_replace(true);
-        let shutdown = self.graceful.shutdown();
+        let shutdown = self.closing.closed();
         tokio::pin!(shutdown);
         if tokio::time::timeout(self.grace, &mut shutdown).await.is_ok() {
             return;
@@ -199,6 +212,43 @@ impl<H: Handler> Connections<H> {
         stop.cancel();
         if tokio::time::timeout(ABORT_WAIT, &mut shutdown).await.is_err() {
             tracing::warn!("connections still open after their streams were cut: closing them");
+        }
+    }
+}
+
+/// Polls a connection that has had a request until it closes: shut down gracefully when the
+/// drain begins or when it has been idle (no request begun) for a whole `idle` period.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    activity: &Activity,
+    closing: &mut watch::Receiver<bool>,
+    idle: Duration,
+) where
+    C: Future + GracefulConnection,
+{
+    let count = || activity.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let mut seen = count();
+    let tick = tokio::time::sleep(idle);
+    tokio::pin!(tick);
+    let mut shut = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            _ = closing.wait_for(|c| *c), if !shut => {
+                conn.as_mut().graceful_shutdown();
+                shut = true;
+            }
+            () = &mut tick, if !shut => {
+                let now = count();
+                if now == seen {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                } else {
+                    seen = now;
+                    tick.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
         }
     }
 }

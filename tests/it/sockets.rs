@@ -341,6 +341,81 @@ async fn slow_headers_are_cut_off() {
     gw.shutdown().await;
 }
 
+/// A connection that never sends a whole request head is closed at `header_read_timeout`,
+/// whatever it sent: nothing (the protocol detection read used to wait for good), a partial
+/// HTTP/2 preface, or a preface and settings without a request (helper-45: 230 such sockets
+/// took every file descriptor and with it the data plane). The admin plane too.
+#[tokio::test(start_paused = true)]
+async fn connections_without_a_request_are_closed_at_the_header_timeout() {
+    let gw = start(&format!("server: {{header_read_timeout: 2s}}\n{}", single("m", ""))).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: the HTTP/2 handshake done, no request.
+    let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let sends: [(&str, Vec<u8>); 4] = [
+        ("nothing", Vec::new()),
+        ("a partial preface", preface[..16].to_vec()),
+        ("a preface and settings", [&preface[..], settings].concat()),
+        ("nothing (admin)", Vec::new()),
+    ];
+    let mut socks = Vec::new();
+    for (what, bytes) in &sends {
+        let addr = if what.contains("admin") { gw.admin_addr } else { gw.data_addr };
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        sock.write_all(bytes).await.unwrap();
+        socks.push((what, sock));
+    }
+    let t0 = tokio::time::Instant::now();
+    for (what, sock) in &mut socks {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a connection that sent {what} was not closed");
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(2), "closed early: {:?}", t0.elapsed());
+    let got = send(gw.data_addr, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    gw.shutdown().await;
+}
+
+/// An HTTP/2 connection is shut down gracefully (GOAWAY) once it has been idle for a whole
+/// `header_read_timeout` period, as HTTP/1 keep-alive connections are closed by hyper; one in
+/// use is not. Real time: under paused time hyper's HTTP/2 server answers only when the clock
+/// next jumps, which would test the clock, not the gateway.
+#[tokio::test]
+async fn idle_http2_connections_are_shut_down() {
+    let gw = start(&format!("server: {{header_read_timeout: 1s}}\n{}", single("m", ""))).await;
+    let sock = TcpStream::connect(gw.data_addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(sock),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let t0 = tokio::time::Instant::now();
+    // Busy: requests 100 ms apart for 3 s (three periods) keep it open.
+    while t0.elapsed() < Duration::from_secs(3) {
+        let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat("x"))))
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap_or_else(|e| {
+            panic!("the busy connection was closed at {:?}: {e}", t0.elapsed())
+        });
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_from = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection was not shut down")
+        .unwrap()
+        .expect("the connection ended with an error, not a GOAWAY");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?} idle");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_stalled_body_gets_a_408_and_frees_its_place() {
     // One place in all: a client that sends its headers and part of its body, then nothing,
