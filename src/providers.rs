@@ -31,6 +31,34 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with every echo of the key replaced by `[redacted]`, or `None` if it has none.
+    /// An upstream may echo the key inside JSON, where `/` can be written `\/` and `/`, `+`
+    /// and `=` as `\u002f`-style escapes (HTML-safe encoders): those forms count too. A key
+    /// under 8 bytes is not looked for (it would match ordinary text by chance).
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let key = self.expose();
+        if key.len() < 8 {
+            return None;
+        }
+        let escaped = |slash: &str, plus: &str, eq: &str| {
+            key.replace('/', slash).replace('+', plus).replace('=', eq)
+        };
+        let mut forms = vec![key.to_owned()];
+        if key.contains(['/', '+', '=']) {
+            forms.push(escaped("\\/", "+", "="));
+            forms.push(escaped("\\u002f", "\\u002b", "\\u003d"));
+            forms.push(escaped("\\u002F", "\\u002B", "\\u003D"));
+        }
+        let mut out: Option<String> = None;
+        for form in &forms {
+            let current = out.as_deref().unwrap_or(text);
+            if current.contains(form.as_str()) {
+                out = Some(current.replace(form.as_str(), "[redacted]"));
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -294,6 +322,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_redacted_as_sent_and_json_escaped() {
+        let key = Secret("sk-live/KEY+x==".into());
+        for (text, want) in [
+            ("bad key sk-live/KEY+x== here", Some("bad key [redacted] here")),
+            (r"bad key sk-live\/KEY+x== here", Some("bad key [redacted] here")),
+            (r"sk-live\u002fKEY\u002bx\u003d\u003d", Some("[redacted]")),
+            (
+                r"sk-live\u002FKEY\u002Bx\u003D\u003D and sk-live/KEY+x==",
+                Some("[redacted] and [redacted]"),
+            ),
+            ("nothing to see", None),
+        ] {
+            assert_eq!(key.redact(text).as_deref(), want, "{text}");
+        }
+        // Too short to look for.
+        assert_eq!(Secret("abc".into()).redact("abc abc"), None);
+    }
 
     #[test]
     fn http_targets_parse_their_destinations_once() {

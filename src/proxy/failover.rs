@@ -444,19 +444,12 @@ fn all_failed(
 
 /// Removes any echo of the provider's key from upstream text.
 fn redact(text: &str, t: &TargetRuntime) -> String {
-    match t.provider.key() {
-        Some(k) if k.expose().len() >= 8 && text.contains(k.expose()) => {
-            text.replace(k.expose(), "[redacted]")
-        }
-        _ => text.to_owned(),
-    }
+    t.provider.key().and_then(|k| k.redact(text)).unwrap_or_else(|| text.to_owned())
 }
 
 fn redact_bytes(body: Bytes, t: &TargetRuntime) -> Bytes {
     match (t.provider.key(), std::str::from_utf8(&body)) {
-        (Some(k), Ok(s)) if k.expose().len() >= 8 && s.contains(k.expose()) => {
-            Bytes::from(s.replace(k.expose(), "[redacted]"))
-        }
+        (Some(k), Ok(s)) => k.redact(s).map_or(body, Bytes::from),
         _ => body,
     }
 }

@@ -77,6 +77,9 @@ pub struct Forward {
     /// `idle` is the client's read timeout (shorter than the route's `timeouts.idle`): a gap
     /// that long is no failure of the target's.
     pub client_idle: bool,
+    /// The streaming target's credential: an upstream error event that echoes it is redacted
+    /// before it reaches the client or the log.
+    pub key: Option<crate::providers::Secret>,
 }
 
 impl Forward {
@@ -144,6 +147,11 @@ impl Forward {
 
     async fn respond(&mut self) {
         let mut end = self.pump().await;
+        if let (End::Upstream { detail, .. }, Some(key)) = (&mut end, &self.key)
+            && let Some(clean) = key.redact(detail)
+        {
+            *detail = clean;
+        }
         match &end {
             End::Complete => self.end_attempt("ok", "ok", Outcome::Success, String::new()),
             End::ClientGone => {

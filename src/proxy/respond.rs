@@ -191,6 +191,7 @@ impl Gateway {
                     primed: None,
                     gw: self.clone(),
                     client_idle: due.idle < route.route.timeouts.idle,
+                    key: t.provider.key().cloned(),
                 });
                 forward.prime();
                 tokio::spawn(forward.run());

@@ -85,3 +85,85 @@ async fn request_errors_pass_through_without_failover() {
     assert_eq!(got.json()["error"]["message"], "mock error 422");
     assert_eq!(gw.mock_stats("backup").total().calls, 0);
 }
+
+/// An upstream that echoes the provider key back, before its answer began and after (in a
+/// stream's error event), plain or JSON-escaped (`/` as `\/`): the key reaches neither the
+/// client nor the log (SPEC §10; helper-47 found the mid-stream echo passed through whole).
+#[tokio::test]
+async fn provider_keys_echoed_by_the_upstream_are_redacted_everywhere() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    const KEY: &str = "sk-live/PROVIDER+SECRET/99==";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let stream =
+                    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["stream"] == true;
+                let (status, kind, body) = match stream {
+                    // Before the answer: a 400 (passed through to the client), slashes escaped.
+                    false => (
+                        400,
+                        "application/json",
+                        format!(
+                            r#"{{"error":{{"message":"bad key {}"}}}}"#,
+                            auth.replace('/', "\\/")
+                        ),
+                    ),
+                    // After it began: an error event.
+                    true => (
+                        200,
+                        "text/event-stream",
+                        format!(
+                            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"Hello\"}},\"finish_reason\":null}}]}}\n\ndata: {{\"error\":{{\"message\":\"stream broke for key {auth}\"}}}}\n\n"
+                        ),
+                    ),
+                };
+                let resp = http::Response::builder()
+                    .status(status)
+                    .header("content-type", kind)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc),
+            );
+        }
+    });
+    let key_file = std::env::temp_dir().join(format!("tidegate-redact-{}", std::process::id()));
+    std::fs::write(&key_file, KEY).unwrap();
+    let yaml = format!(
+        "providers:\n  up: {{kind: openai_compatible, base_url: \"http://{up}/v1\", api_key_file: {key_file:?}}}\nroutes:\n  r:\n    default: true\n    resume: off\n    retries: {{per_target: 0}}\n    targets: [{{provider: up, model: m}}]\n"
+    );
+    let gw = gateway(&yaml);
+    let refused = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let streamed = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let messages = r#"{"model":"stream","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let anthropic = post(&gw, "/v1/messages", messages).await;
+    std::fs::remove_file(&key_file).unwrap();
+    for (what, text) in [
+        ("the refusal", refused.text()),
+        ("the OpenAI stream", streamed.text()),
+        ("the Anthropic stream", anthropic.text()),
+    ] {
+        assert!(text.contains("[redacted]"), "{what}: {text}");
+        assert!(!text.contains("SECRET"), "{what} carries the key: {text}");
+    }
+    assert!(streamed.text().contains("Hello"), "{}", streamed.text());
+    let lines = gw.log_sink.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert!(!line.contains("SECRET"), "a log line carries the key: {line}");
+    }
+    assert!(lines[1].contains("[redacted]"), "{}", lines[1]);
+}
