@@ -16,6 +16,10 @@ use crate::body::Body;
 const ERROR_CODE: HeaderName = HeaderName::from_static("x-tidegate-error-code");
 const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
+/// The longest `Retry-After` that still comes with `x-should-retry: true` (a rate limit's
+/// minute window fits; a budget window's hour does not).
+pub const MAX_CLIENT_WAIT_SECS: u64 = 60;
+
 /// The client's wire dialect, chosen by the front door it called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -216,9 +220,13 @@ impl GatewayError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(ERROR_CODE, HeaderValue::from_static(self.code.as_str()));
         if self.code.client_may_retry() {
-            h.insert(SHOULD_RETRY, HeaderValue::from_static("true"));
             let secs =
                 self.retry_after.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+            // A wait longer than a client should block on (a budget window's end) is still
+            // told, but as no retry: the Anthropic SDK obeys `x-should-retry: true` and then
+            // sleeps whatever `Retry-After` says, so an hour's window would hang the caller.
+            let retry = if secs <= MAX_CLIENT_WAIT_SECS { "true" } else { "false" };
+            h.insert(SHOULD_RETRY, HeaderValue::from_static(retry));
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         } else {
             h.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
@@ -322,5 +330,15 @@ mod tests {
             .into_response(Dialect::OpenAi);
         assert_eq!(r.headers()["x-should-retry"], "true");
         assert_eq!(r.headers()["retry-after"], "2");
+        // A minute is still worth retrying; a budget window's end is not (helper-46: the
+        // Anthropic SDK slept a whole hour's Retry-After, twice).
+        for (secs, retry) in [(60, "true"), (61, "false"), (3600, "false")] {
+            let r = GatewayError::new(ErrorCode::BudgetExhausted, "x")
+                .with_retry_after(Duration::from_secs(secs))
+                .into_response(Dialect::Anthropic);
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()["x-should-retry"], retry, "{secs} s");
+            assert_eq!(r.headers()["retry-after"], secs.to_string().as_str());
+        }
     }
 }

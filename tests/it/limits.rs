@@ -199,7 +199,9 @@ async fn two_hundred_concurrent_requests_never_overshoot_the_budget() {
                     assert_eq!(g.error_code(), "budget_exhausted");
                     let ra: u64 = g.header("retry-after").parse().unwrap();
                     assert!((1..=3600).contains(&ra), "{ra}");
-                    assert_eq!(g.header("x-should-retry"), "true");
+                    // The window's end is minutes away: too long for a client to wait on.
+                    let retry = if ra <= 60 { "true" } else { "false" };
+                    assert_eq!(g.header("x-should-retry"), retry, "Retry-After {ra}");
                     refused += 1;
                 }
                 (s, _) => panic!("unexpected {s}: {}", g.text()),

@@ -2,10 +2,12 @@
 an OpenAI-style one), and the `openai` SDK served by an Anthropic-wire upstream."""
 
 import json
+import time
 
 import anthropic
 import openai
 import pytest
+from conftest import launch
 
 ANSWER = "The tide rises and the gate holds steady while every model call"
 USER = [{"role": "user", "content": "Summarize ticket 42"}]
@@ -73,6 +75,34 @@ def test_messages_errors_are_anthropic_errors(gateway):
     with pytest.raises(anthropic.InternalServerError) as e:
         aclient(gateway).with_options(max_retries=2).messages.create(model="down", max_tokens=10, messages=USER)
     assert e.value.status_code == 502
+
+
+@pytest.fixture(scope="module")
+def own_gateway():
+    """A gateway of this module's own: the demo budget is spent here without touching the shared
+    one's (the OpenAI SDK tests spend it too)."""
+    yield from launch()
+
+
+def test_budget_exhausted_raises_at_once(own_gateway):
+    """A spent budget's 429 names the window's end as its Retry-After: too long to wait on, so it
+    says `x-should-retry: false` unless that end is within a minute. This SDK obeys `true` and then
+    sleeps the whole Retry-After (helper-46 saw a default client block for an hour)."""
+    gateway = own_gateway
+    probe = aclient(gateway).with_options(max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as e:
+        for _ in range(40):
+            probe.messages.create(model="budget", max_tokens=10, messages=USER)
+    assert e.value.body["error"]["message"].startswith("[budget_exhausted]")
+    headers = e.value.response.headers
+    if int(headers["retry-after"]) > 60:
+        assert headers["x-should-retry"] == "false"
+        t0 = time.monotonic()
+        with pytest.raises(anthropic.RateLimitError):
+            aclient(gateway).messages.create(model="budget", max_tokens=10, messages=USER)
+        assert time.monotonic() - t0 < 5
+    else:
+        assert headers["x-should-retry"] == "true"
 
 
 def test_openai_sdk_served_by_anthropic_upstream(gateway):
