@@ -252,6 +252,15 @@ impl<'a> Prepared<'a> {
                     Ask::Chat(_) => openai_to_anthropic::request(value, &opts)?,
                     _ => anthropic_to_openai::request(value, &opts)?,
                 };
+                // The translator writes OpenAI's current name for the limit; other OpenAI-wire
+                // servers may know only `max_tokens`, and would not hold to the other (SPEC §4).
+                if matches!(ask, Ask::Messages(_))
+                    && t.provider.spec.kind != ProviderKind::OpenAi
+                    && let Some(obj) = out.as_object_mut()
+                    && let Some(limit) = obj.remove("max_completion_tokens")
+                {
+                    obj.insert("max_tokens".into(), limit);
+                }
                 if let (Some(max), Some(obj)) = (self.clamp, out.as_object_mut()) {
                     // The translator carried the client's limit over; clamp whichever field
                     // holds it, or inject one.

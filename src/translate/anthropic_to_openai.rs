@@ -7,7 +7,8 @@
 //! Request choices (the goldens in `tests/fixtures/translate/a2o_*` pin them down):
 //! * `system` (a string, or text blocks joined with a blank line `"\n\n"`) → a leading `system`
 //!   message with string content (the form every OpenAI-compatible server accepts).
-//! * `max_tokens` → `max_completion_tokens` (the gateway core may rename it per provider).
+//! * `max_tokens` → `max_completion_tokens` (the gateway core renames it back to `max_tokens`
+//!   for providers other than `kind: openai`).
 //! * `stop_sequences` → `stop`; `temperature`, `top_p` pass (Anthropic's 0–1 range fits in
 //!   OpenAI's 0–2); `metadata.user_id` → `user`.
 //! * `stream: true` → `stream: true` + `stream_options: {include_usage: true}` (SPEC §3: tidegate

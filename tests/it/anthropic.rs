@@ -250,40 +250,8 @@ async fn anthropic_error_event_after_content() {
 #[tokio::test]
 async fn anthropic_beta_reaches_anthropic_upstreams_only() {
     use http::Request;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    use std::sync::{Arc, Mutex};
 
-    let seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let log = log.clone();
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let log = log.clone();
-                async move {
-                    let path = req.uri().path().to_owned();
-                    log.lock().unwrap().push((path.clone(), req.headers().clone()));
-                    let body = if path == "/v1/messages" {
-                        r#"{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#
-                    } else {
-                        r#"{"id":"c1","object":"chat.completion","created":1,"model":"o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#
-                    };
-                    let resp = http::Response::builder()
-                        .header("content-type", "application/json")
-                        .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), svc),
-            );
-        }
-    });
+    let (up, seen) = capture_upstream().await;
     let yaml = format!(
         "providers:\n  claude: {{kind: anthropic, base_url: \"http://{up}\"}}\n  oai: {{kind: openai_compatible, base_url: \"http://{up}/v1\"}}\nroutes:\n  a:\n    targets: [{{provider: claude, model: c}}]\n  o:\n    targets: [{{provider: oai, model: o}}]\n"
     );
@@ -324,6 +292,31 @@ async fn anthropic_beta_reaches_anthropic_upstreams_only() {
         assert_eq!(header(i, "traceparent").as_deref(), Some(TRACEPARENT), "request {i}");
         assert_eq!(header(i, "tracestate").as_deref(), Some("vendor=opaque"), "request {i}");
     }
+}
+
+/// An Anthropic client's `max_tokens` (and the route's clamp of it) reaches an OpenAI-wire
+/// upstream in the field its kind reads: `max_completion_tokens` for `kind: openai`,
+/// `max_tokens` for the others (SPEC §4), as for OpenAI clients. helper-46: it always went as
+/// `max_completion_tokens`, which servers that only know `max_tokens` ignore, so the route's
+/// output ceiling did not hold there.
+#[tokio::test]
+async fn anthropic_clients_limits_reach_each_kind_in_its_field() {
+    let (up, seen) = capture_upstream().await;
+    let yaml = format!(
+        "providers:\n  compat: {{kind: openai_compatible, base_url: \"http://{up}/v1\"}}\n  oai: {{kind: openai, base_url: \"http://{up}/v1\", api_key_env: PATH}}\nroutes:\n  compat:\n    targets: [{{provider: compat, model: o}}]\n  capped:\n    targets: [{{provider: compat, model: o}}]\n    limits: {{max_output_tokens: 7}}\n  oai:\n    targets: [{{provider: oai, model: o}}]\n"
+    );
+    let gw = gateway(&yaml);
+    for route in ["compat", "capped", "oai"] {
+        let got = post(&gw, &format!("/r/{route}/v1/messages"), &messages("x", false)).await;
+        assert_eq!(got.status, 200, "{route}: {}", got.text());
+    }
+    let seen = seen.lock().unwrap();
+    let limits = |i: usize| {
+        (seen[i].2.get("max_tokens").cloned(), seen[i].2.get("max_completion_tokens").cloned())
+    };
+    assert_eq!(limits(0), (Some(serde_json::json!(100)), None), "{}", seen[0].2);
+    assert_eq!(limits(1), (Some(serde_json::json!(7)), None), "{}", seen[1].2);
+    assert_eq!(limits(2), (None, Some(serde_json::json!(100))), "{}", seen[2].2);
 }
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -184,3 +184,48 @@ pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> Option<String> 
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     http_get_with(port, path, &[])
 }
+
+/// What a [`capture_upstream`] was sent: path, headers and JSON body of each request.
+pub type Captured = Arc<std::sync::Mutex<Vec<(String, HeaderMap, serde_json::Value)>>>;
+
+/// An upstream on loopback that records each request and answers a fixed, valid answer in the
+/// wire its path asks for: an Anthropic message on `/v1/messages`, else a chat completion.
+pub async fn capture_upstream() -> (std::net::SocketAddr, Captured) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let seen: Captured = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let log = log.clone();
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let log = log.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let headers = req.headers().clone();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let json = serde_json::from_slice(&body).unwrap_or_default();
+                    log.lock().unwrap().push((path.clone(), headers, json));
+                    let body = if path == "/v1/messages" {
+                        r#"{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#
+                    } else {
+                        r#"{"id":"c1","object":"chat.completion","created":1,"model":"o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#
+                    };
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(body.as_bytes())))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc),
+            );
+        }
+    });
+    (addr, seen)
+}
