@@ -349,12 +349,12 @@ fn routes(
             let Some(provider) = t.provider else {
                 return Err(cx.err(tpath, "expected `provider` (and `model`)"));
             };
-            if !providers.contains_key(&provider) {
+            let Some(spec) = providers.get(&provider) else {
                 return Err(cx.err(
                     format!("{tpath}.provider"),
                     format!("unknown provider {provider:?}; defined: {defined}"),
                 ));
-            }
+            };
             let model = match t.model {
                 Some(m) if !m.trim().is_empty() && header_safe(&m) => m,
                 _ => {
@@ -364,6 +364,12 @@ fn routes(
                     ));
                 }
             };
+            // A mock's model name is its behaviour: a bad directive fails here, not per request.
+            if spec.kind == ProviderKind::Mock
+                && let Err(e) = crate::providers::mock::Behaviour::parse(&model)
+            {
+                return Err(cx.err(format!("{tpath}.model"), e));
+            }
             targets.push(Target { provider, model });
         }
         for m in &r.match_models {

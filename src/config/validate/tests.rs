@@ -243,3 +243,19 @@ fn label_changes_version() {
     assert_ne!(a.version, b.version);
     assert_eq!(b.label.as_deref(), Some("x"));
 }
+
+/// A mock target's model name is checked as the mock reads it: a typo or an absurd count is
+/// a config error at `check`, not a 400 (or, for `chunks`, an abort) at the first request.
+#[test]
+fn mock_targets_directives_are_checked() {
+    for (model, says) in [
+        ("m+typo=1", "unknown mock directive"),
+        ("m+chunks=99999999999", "at most 100000 chunks"),
+        ("m+status=200", "expected a status from 400 to 599"),
+    ] {
+        let e = load_str(&MIN.replace("model: ok", &format!("model: \"{model}\""))).unwrap_err();
+        assert_eq!(e.path, "routes.chat.targets[0].model", "{e}");
+        assert!(e.message.contains(says), "{model}: {e}");
+    }
+    assert!(load_str(&MIN.replace("model: ok", "model: \"ok+chunks=20+delay=5ms\"")).is_ok());
+}

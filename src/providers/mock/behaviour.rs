@@ -94,6 +94,10 @@ impl Default for Behaviour {
     }
 }
 
+/// The most chunks (words) a mock answer has: each is built before it is sent, so an
+/// unbounded count would let one request exhaust memory.
+pub const MAX_CHUNKS: u32 = 100_000;
+
 impl Behaviour {
     /// Parses a model name; `Err` names the bad directive.
     pub fn parse(model: &str) -> Result<Behaviour, String> {
@@ -127,7 +131,14 @@ impl Behaviour {
                 ("no_done", None) => b.no_done = true,
                 ("filter", None) => b.filter = true,
                 ("no_prefill", None) => b.no_prefill = true,
-                ("chunks", v) => b.chunks = count(v)?,
+                ("chunks", v) => {
+                    b.chunks = count(v)?;
+                    if b.chunks > MAX_CHUNKS {
+                        return Err(format!(
+                            "mock directive {part:?}: at most {MAX_CHUNKS} chunks"
+                        ));
+                    }
+                }
                 ("delay", v) => b.delay = dur(v)?,
                 ("latency", v) => b.latency = dur(v)?,
                 ("ttft", v) => b.ttft = dur(v)?,
@@ -192,5 +203,9 @@ mod tests {
         assert!(Behaviour::parse("chunk=3").unwrap_err().contains("chunk=3"));
         assert!(Behaviour::parse("status=200").is_err());
         assert!(Behaviour::parse("delay=5").is_err());
+        // helper-47: 99999999999 chunks aborted the process (an allocation of 100 GB).
+        assert_eq!(Behaviour::parse("m+chunks=100000").unwrap().chunks, 100_000);
+        let e = Behaviour::parse("m+chunks=99999999999").unwrap_err();
+        assert!(e.contains("at most 100000 chunks"), "{e}");
     }
 }
