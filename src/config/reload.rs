@@ -72,6 +72,11 @@ struct Inner {
     /// The file version the persisted pin says is no candidate (`PinRecord::file_version`);
     /// written again without it once the file holds something else.
     persisted_file: Option<String>,
+    /// The file's version parsed but could not be prepared (a key file or CA file missing or
+    /// bad, an environment variable unset): tried again at every reload, since what it lacks
+    /// may appear without the config file changing (Kubernetes syncs a Secret's volume apart
+    /// from the ConfigMap's). The same failure is reported once.
+    retry_prepare: bool,
 }
 
 impl Reloader {
@@ -161,6 +166,7 @@ impl Reloader {
                 persist_warning: None,
                 sources_error: None,
                 persisted_file,
+                retry_prepare: false,
             }),
         });
         if let Some(e) = file_error {
@@ -294,10 +300,12 @@ impl Reloader {
                 return self.reject(inner, None, msg, trigger);
             }
         };
-        if inner.last_seen == version {
+        let retrying = inner.last_seen == version;
+        if retrying && !inner.retry_prepare {
             return ReloadResult::Unchanged;
         }
         inner.last_seen = version.clone();
+        inner.retry_prepare = false;
         if inner.history.active == version {
             // The file is back on the active version: it is good again (an earlier bad file's
             // error no longer holds), candidates seen before are stale, and unpin must not
@@ -317,7 +325,7 @@ impl Reloader {
             let info = VersionInfo::of(&cfg, trigger, Outcome::Deferred);
             // Prepare and drop: a candidate should be as ready to activate as a reload would be.
             if let Err(e) = self.gw.check_prepare(cfg) {
-                return self.reject(inner, Some(version), e, trigger);
+                return self.reject_prepared(inner, version, e, trigger, retrying);
             }
             tracing::info!(%version, label = info.label.as_deref().unwrap_or(""), "config candidate (pinned: not activated)");
             self.remember(inner, info);
@@ -331,7 +339,7 @@ impl Reloader {
         let restart = static_keys::changes(&self.boot_static, &cfg);
         match self.gw.prepare(cfg) {
             Ok(snap) => self.gw.install(snap),
-            Err(e) => return self.reject(inner, Some(version), e, trigger),
+            Err(e) => return self.reject_prepared(inner, version, e, trigger, retrying),
         }
         // The new version read its key and CA files afresh.
         inner.sources_error = None;
@@ -349,6 +357,23 @@ impl Reloader {
         for gone in inner.history.push(info) {
             self.gw.metrics.forget_version(&gone);
         }
+    }
+
+    /// Rejects a version that parsed but could not be prepared, and marks it to be tried
+    /// again. A retry that fails the same way says nothing new: nothing is logged or counted.
+    fn reject_prepared(
+        &self,
+        inner: &mut Inner,
+        version: String,
+        msg: String,
+        trigger: Trigger,
+        retrying: bool,
+    ) -> ReloadResult {
+        inner.retry_prepare = true;
+        if retrying && inner.last_error.as_ref() == Some(&msg) {
+            return ReloadResult::Unchanged;
+        }
+        self.reject(inner, Some(version), msg, trigger)
     }
 
     fn reject(

@@ -74,3 +74,40 @@ async fn key_file_errors_are_reported_once_and_beside_config_errors() {
     assert!(error().contains("is empty"), "{}", error());
     r.shutdown().await;
 }
+
+/// A new version whose key file does not exist yet is rejected, and applied at the next check
+/// once the file appears, with no change to the config file (Kubernetes syncs a Secret's
+/// volume apart from the ConfigMap's, so the config often comes first). helper-47: it stayed
+/// rejected, with a stale error, until the config file changed again. Pinned, it becomes the
+/// candidate the same way. A retry that fails the same way is not reported again.
+#[tokio::test]
+async fn a_version_waiting_for_its_key_file_is_applied_when_the_file_appears() {
+    let dir = TempDir::new("late-key");
+    let (key, path) = (dir.join("api-key"), dir.join("tidegate.yaml"));
+    std::fs::write(&key, "sk-one").unwrap();
+    std::fs::write(&path, config("one", &key)).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    let error = || r.reloader.status().last_error.unwrap_or_default();
+
+    let late = dir.join("late-key");
+    std::fs::write(&path, config("two", &late)).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Rejected(_)));
+    assert!(error().contains("late-key"), "{}", error());
+    assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
+    assert_eq!(metric(&r.gateway, REJECTED), 1.0, "the same failure was reported again");
+
+    std::fs::write(&late, "sk-late").unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Applied(_)));
+    assert_eq!(r.reloader.status().active.label.as_deref(), Some("two"));
+    assert_eq!(r.reloader.status().last_error, None);
+
+    // Pinned: the waiting version becomes a candidate once its file is there.
+    r.reloader.pin(None).await.unwrap();
+    let later = dir.join("later-key");
+    std::fs::write(&path, config("three", &later)).unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Rejected(_)));
+    std::fs::write(&later, "sk-later").unwrap();
+    assert!(matches!(r.reloader.reload_now().await, ReloadResult::Deferred(_)));
+    assert_eq!(r.reloader.status().last_error, None);
+    r.shutdown().await;
+}
