@@ -29,6 +29,23 @@ impl std::fmt::Display for Broken {
 
 impl std::error::Error for Broken {}
 
+/// Set by the task feeding a channel body when the stream must not look complete though its
+/// error event could not be queued (the client stopped reading): once the queued bytes are
+/// out, the body ends with an error, so hyper ends the response without its last chunk (HTTP/1)
+/// or resets the stream (HTTP/2) and the client sees a broken transfer, not a clean end.
+#[derive(Clone, Default)]
+pub struct Abort(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Abort {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The data plane's response body.
 pub struct Body {
     kind: Kind,
@@ -39,7 +56,8 @@ pub struct Body {
 
 enum Kind {
     Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Bytes>),
+    /// Ends when every sender is gone: cleanly, or with an error if [`Abort`] was set.
+    Channel(mpsc::Receiver<Bytes>, Abort),
     /// The mock provider's body served over HTTP (`tidegate mock-provider`), which can break.
     Mock(crate::providers::mock::MockBody),
 }
@@ -54,9 +72,10 @@ impl Body {
         Self { kind: Kind::Full(None), _permit: None }
     }
 
-    /// A body fed chunk by chunk through `rx`; it ends when every sender is dropped.
-    pub fn channel(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self { kind: Kind::Channel(rx), _permit: None }
+    /// A body fed chunk by chunk through `rx`; it ends when every sender is dropped, with an
+    /// error (hyper then aborts the response) if `abort` was set.
+    pub fn channel(rx: mpsc::Receiver<Bytes>, abort: Abort) -> Self {
+        Self { kind: Kind::Channel(rx, abort), _permit: None }
     }
 
     pub fn mock(body: crate::providers::mock::MockBody) -> Self {
@@ -88,7 +107,12 @@ impl HttpBody for Body {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Kind::Channel(rx, abort) => match rx.poll_recv(cx) {
+                Poll::Ready(None) if abort.is_set() => {
+                    Poll::Ready(Some(Err(Broken("the stream was cut".into()))))
+                }
+                polled => polled.map(|o| o.map(|b| Ok(Frame::data(b)))),
+            },
             Kind::Mock(m) => Pin::new(m).poll_frame(cx).map_err(|e| Broken(e.to_string())),
         }
     }
@@ -96,7 +120,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Channel(_) => false,
+            Kind::Channel(..) => false,
             Kind::Mock(m) => m.is_end_stream(),
         }
     }
@@ -105,7 +129,7 @@ impl HttpBody for Body {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Channel(_) => SizeHint::default(),
+            Kind::Channel(..) => SizeHint::default(),
             Kind::Mock(m) => m.size_hint(),
         }
     }
@@ -193,7 +217,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         tx.send(Bytes::from_static(b"a")).await.unwrap();
         drop(tx);
-        let got = Body::channel(rx).collect().await.unwrap().to_bytes();
+        let got = Body::channel(rx, Abort::default()).collect().await.unwrap().to_bytes();
         assert_eq!(got, Bytes::from_static(b"a"));
     }
 }

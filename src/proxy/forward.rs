@@ -80,6 +80,11 @@ pub struct Forward {
     /// The streaming target's credential: an upstream error event that echoes it is redacted
     /// before it reaches the client or the log.
     pub key: Option<crate::providers::Secret>,
+    /// Set to make the response body end with an error rather than cleanly.
+    pub abort: crate::body::Abort,
+    /// The client stopped reading (its connection open) until the deadline passed: the stream
+    /// ends as if the client had gone, but its body is aborted and the record says why.
+    pub(super) stalled: bool,
 }
 
 impl Forward {
@@ -155,7 +160,8 @@ impl Forward {
         match &end {
             End::Complete => self.end_attempt("ok", "ok", Outcome::Success, String::new()),
             End::ClientGone => {
-                self.end_attempt("aborted", "client_gone", Outcome::Neutral, String::new());
+                let reason = if self.stalled { "client_stalled" } else { "client_gone" };
+                self.end_attempt("aborted", reason, Outcome::Neutral, String::new());
             }
             End::Shutdown => {
                 self.end_attempt("aborted", "shutdown", Outcome::Neutral, String::new());
@@ -203,6 +209,21 @@ impl Forward {
                 if let Some(c) = &mut self.rec.idem {
                     c.storable = true;
                 }
+            }
+            End::ClientGone if self.stalled => {
+                // The client is still connected: it must not take what it got for the whole
+                // answer. Its body ends with an error (`abort`), and the record says so.
+                self.rec.outcome = "stream_error";
+                self.rec.status = 200;
+                self.rec
+                    .metrics()
+                    .stream_aborts
+                    .with_label_values(&[&route, "client", "stalled"])
+                    .inc();
+                self.rec.error = Some(
+                    "the client stopped reading the stream until the route's deadline passed: the response was aborted"
+                        .to_owned(),
+                );
             }
             End::ClientGone => {
                 self.rec.outcome = "aborted";
@@ -273,8 +294,16 @@ impl Forward {
             c.push(&chunk);
         }
         // A client that stops reading but keeps the connection open is gone for our purposes
-        // once the deadline passes: the request must end (settle, release its key).
-        matches!(timeout_at(self.deadline, self.tx.send(chunk)).await, Ok(Ok(())))
+        // once the deadline passes: the request must end (settle, release its key). Its error
+        // event cannot be queued, so its body is aborted instead of ending cleanly.
+        match timeout_at(self.deadline, self.tx.send(chunk)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.stalled = true;
+                self.abort.set();
+                false
+            }
+        }
     }
 
     /// Turns one upstream event into client bytes, updating usage and finish reason.

@@ -144,6 +144,7 @@ impl Gateway {
             }
             Opened::Stream(stream) => {
                 let (tx, rx) = mpsc::channel(16);
+                let abort = crate::body::Abort::default();
                 let emitter = Emitter::new(
                     dialect,
                     wire,
@@ -192,12 +193,14 @@ impl Gateway {
                     gw: self.clone(),
                     client_idle: due.idle < route.route.timeouts.idle,
                     key: t.provider.key().cloned(),
+                    abort: abort.clone(),
+                    stalled: false,
                 });
                 forward.prime();
                 tokio::spawn(forward.run());
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 headers.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
-                Ok(with_headers(Body::channel(rx), headers))
+                Ok(with_headers(Body::channel(rx, abort), headers))
             }
         }
     }

@@ -92,8 +92,11 @@ impl super::forward::Forward {
             c.push(&chunk);
         }
         // Briefly: the process is exiting, and a client that stopped reading must not hold it
-        // (the event is lost then, the record is not).
-        let _ = tokio::time::timeout(SHUTDOWN_SEND, self.tx.send(chunk)).await;
+        // (the event is lost then, the record is not, and the body is aborted: the client
+        // must not take what it got for a whole answer).
+        if tokio::time::timeout(SHUTDOWN_SEND, self.tx.send(chunk)).await.is_err() {
+            self.abort.set();
+        }
     }
 }
 

@@ -125,3 +125,39 @@ async fn stream_without_done_after_finish_is_completed() {
     assert_eq!(got.stream_text(), "The tide rises");
     assert_eq!(got.events().last().map(String::as_str), Some("[DONE]"));
 }
+
+/// A client that stops reading (its connection open) while the stream runs past the route's
+/// deadline cannot be sent the error event: its queue is full. Its response is aborted instead
+/// (no terminating chunk, no `[DONE]`), so it cannot take what it got for a whole answer, and
+/// the record says why. helper-45: it ended with a clean `0\r\n\r\n`, logged as the client
+/// having left.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_past_the_deadline_gets_an_aborted_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let yaml = single("m+chunks=100000", "    resume: off\n    timeouts: {total: 3s}\n");
+    let r = start(&yaml).await;
+    let gw = r.gateway.clone();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(r.data_addr).await.unwrap();
+    let body = chat_stream("x");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Not reading, well past the deadline.
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(300)]);
+    assert!(!text.ends_with("\r\n0\r\n\r\n"), "the aborted stream ended cleanly");
+    assert!(!text.contains("[DONE]"));
+    let lines = gw.log_sink.lines();
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["outcome"], "stream_error", "{line}");
+    assert!(line["error"].as_str().unwrap().contains("stopped reading"), "{line}");
+    assert_eq!(line["attempts"][0]["reason"], "client_stalled", "{line}");
+    r.shutdown().await;
+}
