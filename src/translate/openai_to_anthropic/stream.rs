@@ -14,7 +14,9 @@
 //!   summed. The first non-null `stop_reason` → a chunk `{delta: {}, finish_reason}`.
 //! * `message_stop` → (a `finish_reason: "stop"` chunk if none was sent), then with
 //!   `include_usage` a final chunk with `choices: []` and the usage, then [`StreamOut::Done`].
-//! * `ping`, `content_block_stop` and unknown event types → nothing. `error` →
+//! * `content_block_stop` of a tool_use block that sent no arguments → its arguments `{}` (as a
+//!   non-stream answer's, and OpenAI's own; `""` is not JSON); otherwise nothing.
+//! * `ping` and unknown event types → nothing. `error` →
 //!   [`StreamOut::UpstreamError`] with the OpenAI-style type (see
 //!   [`crate::translate::openai_error_from_anthropic`]); later events are ignored.
 //! * Malformed JSON, or content before `message_start`, → [`TranslateError`] (a broken upstream).
@@ -53,7 +55,11 @@ pub enum StreamOut {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Block {
     Text,
-    Tool { ordinal: u64 },
+    /// `args`: some of its arguments were sent (a call with none gets `{}` at its end).
+    Tool {
+        ordinal: u64,
+        args: bool,
+    },
     Other,
 }
 
@@ -162,8 +168,13 @@ impl StreamTranslator {
                 | "message_stop"
                 | "error"
         );
+        if event == "content_block_stop" {
+            // Read leniently: it only closes a tool call that sent no arguments.
+            let data = serde_json::from_slice::<Value>(data).unwrap_or_default();
+            return Ok(if self.started { self.block_stop(&data) } else { Vec::new() });
+        }
         if !known {
-            return Ok(Vec::new()); // ping, content_block_stop, unknown (versioning policy)
+            return Ok(Vec::new()); // ping, unknown (versioning policy)
         }
         if self.fast
             && self.started
@@ -235,14 +246,23 @@ impl StreamTranslator {
             Some("tool_use") => {
                 let ordinal = self.tools;
                 self.tools += 1;
+                // The input normally streams in later (`input_json_delta`); one given whole at
+                // the start is sent as the arguments.
+                let given = block
+                    .get("input")
+                    .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                    .map(Value::to_string);
                 let call = json!({
                     "index": ordinal,
                     "id": block.get("id").and_then(Value::as_str).unwrap_or(""),
                     "type": "function",
-                    "function": { "name": block.get("name").and_then(Value::as_str).unwrap_or(""), "arguments": "" },
+                    "function": {
+                        "name": block.get("name").and_then(Value::as_str).unwrap_or(""),
+                        "arguments": given.as_deref().unwrap_or(""),
+                    },
                 });
                 out.push(self.chunk(json!({ "tool_calls": [call] }), Value::Null));
-                Block::Tool { ordinal }
+                Block::Tool { ordinal, args: given.is_some() }
             }
             _ => Block::Other,
         };
@@ -255,9 +275,32 @@ impl StreamTranslator {
         self.blocks.iter().rev().find(|(i, _)| *i == index).map(|(_, k)| *k)
     }
 
+    /// Notes that the latest tool block with index `index` has sent arguments.
+    fn args_sent(&mut self, index: u64) {
+        if let Some((_, Block::Tool { args, .. })) =
+            self.blocks.iter_mut().rev().find(|(i, _)| *i == index)
+        {
+            *args = true;
+        }
+    }
+
+    /// A tool call that ends having sent no arguments gets `{}`, as a non-stream answer's
+    /// would (and OpenAI's own): `""` is not JSON, and SDKs that parse arguments fail on it.
+    fn block_stop(&mut self, data: &Value) -> Vec<StreamOut> {
+        let Ok(index) = block_index(data) else { return Vec::new() };
+        match self.block_kind(index) {
+            Some(Block::Tool { ordinal, args: false }) => {
+                self.args_sent(index);
+                let call = json!({ "index": ordinal, "function": { "arguments": "{}" } });
+                vec![self.chunk(json!({ "tool_calls": [call] }), Value::Null)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// [`Self::block_delta`] for an event read into [`DeltaEvent`]; `None` when it cannot be
     /// read so (the general road then decides, errors included).
-    fn fast_delta(&self, data: &[u8]) -> Option<Vec<StreamOut>> {
+    fn fast_delta(&mut self, data: &[u8]) -> Option<Vec<StreamOut>> {
         let frame = self.frame.as_ref()?;
         let text = std::str::from_utf8(data).ok()?;
         // Serde reads a struct from an array too; the general road calls that malformed.
@@ -279,12 +322,14 @@ impl StreamTranslator {
                     out.push('}');
                 })]
             }
-            ("input_json_delta", Some(Block::Tool { ordinal }))
+            ("input_json_delta", Some(Block::Tool { ordinal, .. }))
                 if !field(&delta.partial_json).is_empty() =>
             {
                 let call = json!({ "index": ordinal, "function": { "arguments": field(&delta.partial_json) } });
                 let delta = serde_json::to_string(&json!({ "tool_calls": [call] })).ok()?;
-                vec![framed(frame, |out| out.push_str(&delta))]
+                let out = vec![framed(frame, |out| out.push_str(&delta))];
+                self.args_sent(event.index);
+                out
             }
             _ => Vec::new(),
         })
@@ -308,12 +353,14 @@ impl StreamTranslator {
             (Some("text_delta"), Some(Block::Text) | None) if !field("text").is_empty() => {
                 vec![self.chunk(json!({ "content": field("text") }), Value::Null)]
             }
-            (Some("input_json_delta"), Some(Block::Tool { ordinal }))
+            (Some("input_json_delta"), Some(Block::Tool { ordinal, .. }))
                 if !field("partial_json").is_empty() =>
             {
                 let call =
                     json!({ "index": ordinal, "function": { "arguments": field("partial_json") } });
-                vec![self.chunk(json!({ "tool_calls": [call] }), Value::Null)]
+                let out = vec![self.chunk(json!({ "tool_calls": [call] }), Value::Null)];
+                self.args_sent(index);
+                out
             }
             _ => Vec::new(),
         })

@@ -90,6 +90,49 @@ fn tool_call_index_is_the_tool_ordinal_when_text_precedes() {
     assert_eq!(indexes, vec![json!(0), json!(0)]);
 }
 
+/// A tool called with no arguments streams `{}` when its block ends, as its non-stream answer
+/// says (helper-46: it streamed `""`, which the OpenAI SDK's parsing helpers reject); a call
+/// that streamed arguments, or got them whole at its start, gets nothing more.
+#[test]
+fn a_tool_call_without_arguments_streams_an_empty_object() {
+    let tool = |index: u64, id: &str, input: Value| {
+        (
+            "content_block_start",
+            json!({ "index": index, "content_block": { "type": "tool_use", "id": id, "name": "f", "input": input } }),
+        )
+    };
+    let fragment = |index: u64, json: &str| {
+        (
+            "content_block_delta",
+            json!({ "index": index, "delta": { "type": "input_json_delta", "partial_json": json } }),
+        )
+    };
+    let stop = |index: u64| ("content_block_stop", json!({ "index": index }));
+    let events = [
+        start(),
+        tool(0, "none", json!({})),
+        fragment(0, ""),
+        stop(0),
+        tool(1, "streamed", json!({})),
+        fragment(1, "{\"a\":"),
+        fragment(1, "1}"),
+        stop(1),
+        tool(2, "whole", json!({ "b": 2 })),
+        stop(2),
+    ];
+    let (out, _) = o2a_chunks(false, &events);
+    let mut args = vec![String::new(); 3];
+    for o in &out {
+        let StreamOut::Chunk(c) = o else { continue };
+        let c: Value = serde_json::from_str(c).unwrap();
+        if let Some(call) = c["choices"][0]["delta"]["tool_calls"].get(0) {
+            let i = call["index"].as_u64().unwrap() as usize;
+            args[i].push_str(call["function"]["arguments"].as_str().unwrap());
+        }
+    }
+    assert_eq!(args, vec!["{}", "{\"a\":1}", "{\"b\":2}"]);
+}
+
 #[test]
 fn o2a_stream_protocol_violations_are_errors() {
     let mut t = openai_to_anthropic::StreamTranslator::new(false, 0);
