@@ -204,8 +204,9 @@ pub async fn start_boot(boot: Boot, opts: StartOptions) -> Result<Running, Start
         StateDir::At(dir) => PinStore::open(&dir),
         StateDir::InMemory => PinStore::in_memory(),
     };
-    let (gateway, reloader) =
-        Reloader::boot(config, file_error, store, opts.log_sink).map_err(StartError::Config)?;
+    let guarded = token.is_some() || opts.admin_listen.is_some();
+    let (gateway, reloader) = Reloader::boot(config, file_error, store, opts.log_sink, guarded)
+        .map_err(StartError::Config)?;
     let data_listener = bind(opts.listen.unwrap_or(server_cfg.listen)).await?;
     let admin_listener = bind(admin).await?;
     let data_addr = data_listener.local_addr().map_err(|e| StartError::Runtime(e.to_string()))?;

@@ -52,6 +52,10 @@ pub struct Reloader {
     store: PinStore,
     /// Static settings of the running process; a new version that changes them needs a restart.
     boot_static: static_keys::Static,
+    /// The admin plane's exposure is not this file's to decide (a token is set, or the command
+    /// line names the admin address). Otherwise a new version that moves `admin_listen` off
+    /// loopback is rejected: `serve` would refuse it at the next restart.
+    admin_guarded: bool,
     inner: Mutex<Inner>,
 }
 
@@ -92,6 +96,7 @@ impl Reloader {
         file_error: Option<String>,
         store: PinStore,
         log_sink: LogSink,
+        admin_guarded: bool,
     ) -> Result<(Arc<Gateway>, Arc<Reloader>), String> {
         let path = file.source.clone();
         let boot_static = static_keys::Static::of(&file);
@@ -157,6 +162,7 @@ impl Reloader {
             path,
             store,
             boot_static,
+            admin_guarded,
             inner: Mutex::new(Inner {
                 history,
                 pinned,
@@ -320,6 +326,13 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return self.reject(inner, Some(version), e.to_string(), trigger),
         };
+        if !self.admin_guarded
+            && let Err(e) =
+                crate::app::check_admin_exposure(cfg.server.admin_listen, None, &self.path)
+        {
+            let msg = format!("{e} (the next restart would refuse this version)");
+            return self.reject(inner, Some(version), msg, trigger);
+        }
         let m = &self.gw.metrics;
         if inner.pinned {
             let info = VersionInfo::of(&cfg, trigger, Outcome::Deferred);

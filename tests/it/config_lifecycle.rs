@@ -499,3 +499,46 @@ async fn unwritable_state_dir_keeps_pins_in_memory() {
     assert!(doc.state.warning.unwrap().contains("in memory only"));
     r.shutdown().await;
 }
+
+/// A new version that moves `admin_listen` off loopback, with no admin token (and no admin
+/// address on the command line), is rejected: `serve` refuses that at start (SPEC §8), so
+/// applying it would crash-loop the next restart (helper-47). With a token it applies, its
+/// address waiting for a restart.
+#[tokio::test]
+async fn a_reload_that_would_expose_an_open_admin_plane_is_rejected() {
+    let dir = TempDir::new("admin-exposure");
+    let path = dir.join("tidegate.yaml");
+    let port = crate::common::free_port();
+    let with_admin =
+        |addr: &str| format!("server: {{admin_listen: \"{addr}\"}}\n{}", versioned("one", "a"));
+    std::fs::write(&path, with_admin(&format!("127.0.0.1:{port}"))).unwrap();
+    for (token, want_applied) in [("", false), ("s3cret", true)] {
+        let cfg = Config::load(&path).unwrap();
+        let opts = StartOptions {
+            listen: Some(([127, 0, 0, 1], 0).into()),
+            admin_listen: None,
+            log_sink: LogSink::Discard,
+            state_dir: StateDir::InMemory,
+            admin_token: Some(token.to_owned()),
+            watch: false,
+            workers: None,
+        };
+        let r = app::start(cfg, opts).await.unwrap();
+        std::fs::write(&path, with_admin(&format!("0.0.0.0:{port}"))).unwrap();
+        let result = r.reloader.reload_now().await;
+        if want_applied {
+            assert!(matches!(result, ReloadResult::Applied(_)), "{result:?}");
+            let restart = r.reloader.status().restart_required.unwrap_or_default();
+            assert!(restart.contains("admin_listen"), "{restart}");
+        } else {
+            let ReloadResult::Rejected(e) = result else { panic!("{result:?}") };
+            assert!(
+                e.contains("is not a loopback address") && e.contains("TIDEGATE_ADMIN_TOKEN"),
+                "{e}"
+            );
+            assert!(e.contains("tidegate.yaml"), "{e}");
+        }
+        std::fs::write(&path, with_admin(&format!("127.0.0.1:{port}"))).unwrap();
+        r.shutdown().await;
+    }
+}
