@@ -152,11 +152,16 @@ impl RedisUrl {
 
 /// A `redis://` or `redis+unix://` URL (TLS is not compiled in).
 pub fn check_redis_url(url: &str) -> Result<(), String> {
-    if url.starts_with("redis://") || url.starts_with("redis+unix://") {
-        Ok(())
-    } else {
-        Err("expected a redis:// (or redis+unix://) URL; TLS (rediss://) is not supported".into())
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+        return Err(
+            "expected a redis:// (or redis+unix://) URL; TLS (rediss://) is not supported".into()
+        );
     }
+    // As the Redis client will read it at start, so `check` fails what `serve` would (the
+    // client's message does not repeat the URL, which may hold a password).
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| format!("expected a redis://host:port URL the Redis client can read ({e})"))
 }
 
 /// `state.on_error`: per concern, what happens while Redis is unreachable or slow.

@@ -146,9 +146,17 @@ pub(super) fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> 
         }
         Ok(d)
     };
+    let listen = addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?;
+    let admin_listen = addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?;
+    if listen == admin_listen && listen.port() != 0 {
+        return Err(cx.err(
+            "server.admin_listen",
+            format!("{admin_listen} is server.listen's address too; the two planes need their own"),
+        ));
+    }
     Ok(Server {
-        listen: addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?,
-        admin_listen: addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?,
+        listen,
+        admin_listen,
         max_body_bytes: max_body as usize,
         max_concurrent_requests: max_conc as usize,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),

@@ -259,3 +259,25 @@ fn mock_targets_directives_are_checked() {
     }
     assert!(load_str(&MIN.replace("model: ok", "model: \"ok+chunks=20+delay=5ms\"")).is_ok());
 }
+
+/// `check` fails a Redis URL the client cannot read, as `serve` would (helper-47: `check` said
+/// ok and `serve` exited at start); the password is not repeated.
+#[test]
+fn redis_urls_the_client_cannot_read_are_refused() {
+    let with = |url: &str| format!("state: {{backend: redis, url: \"{url}\"}}\n{MIN}");
+    for url in ["redis://127.0.0.1:notaport", "redis://user:pw-s3cret@:x/"] {
+        let e = load_str(&with(url)).unwrap_err();
+        assert_eq!(e.path, "state.url", "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+    assert!(load_str(&with("redis://user:pw@127.0.0.1:6379/2")).is_ok());
+}
+
+#[test]
+fn the_two_planes_need_their_own_addresses() {
+    let e = load_str(&format!(
+        "server: {{listen: \"127.0.0.1:7000\", admin_listen: \"127.0.0.1:7000\"}}\n{MIN}"
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "server.admin_listen", "{e}");
+}
