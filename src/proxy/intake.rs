@@ -10,6 +10,43 @@ use tokio::time::Instant;
 use crate::body::{ReadError, drain, read_limited};
 use crate::error::{ErrorCode, GatewayError};
 
+/// The body's description: JSON (`application/json` or a `+json` type; none said is taken as
+/// JSON), said once, and not encoded (a compressed body would otherwise be read as malformed
+/// JSON, and a wrongly labelled one taken silently).
+fn check_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    if let Some(ct) = types.next() {
+        if types.next().is_some() {
+            return Err(GatewayError::invalid(
+                "send one content-type header, not several",
+                Some("content-type"),
+            ));
+        }
+        if !ct.to_str().is_ok_and(is_json) {
+            return Err(GatewayError::invalid(
+                "content-type must be application/json",
+                Some("content-type"),
+            ));
+        }
+    }
+    for enc in headers.get_all(header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("?").trim();
+        if !(enc.is_empty() || enc.eq_ignore_ascii_case("identity")) {
+            return Err(GatewayError::invalid(
+                format!("content-encoding {enc:?} is not supported: send the body uncompressed"),
+                Some("content-encoding"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a content-type's media type (before any `;` parameters) is JSON.
+fn is_json(ct: &str) -> bool {
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 /// The whole body, at most `limits.0` bytes, arrived by `start + limits.1`.
 pub(super) async fn read_body<B>(
     headers: &HeaderMap,
@@ -21,17 +58,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ok = ct
-            .to_str()
-            .is_ok_and(|s| s.trim_start().to_ascii_lowercase().starts_with("application/json"));
-        if !ok {
-            return Err(GatewayError::invalid(
-                "content-type must be application/json",
-                Some("content-type"),
-            ));
-        }
-    }
+    check_headers(headers)?;
     let (limit, within) = limits;
     let mut body = std::pin::pin!(body);
     let read = {
@@ -71,5 +98,48 @@ where
             ErrorCode::RequestTimeout,
             format!("the request body did not arrive within {within:?} (server.body_read_timeout)"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(pairs: &[(&str, &str)]) -> Result<(), String> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        check_headers(&h).map_err(|e| e.message)
+    }
+
+    /// helper-45: the check was a prefix match (`application/jsonx` passed, the standard
+    /// `application/vnd.api+json` did not), read only the first of two types, and ignored
+    /// `content-encoding` (a gzip body was "malformed JSON", a `br` label on plain JSON taken).
+    #[test]
+    fn the_body_must_be_said_to_be_plain_json() {
+        for ok in [
+            vec![],
+            vec![("content-type", "application/json")],
+            vec![("content-type", " Application/JSON; charset=utf-8")],
+            vec![("content-type", "application/vnd.api+json")],
+            vec![("content-type", "application/json"), ("content-encoding", "identity")],
+        ] {
+            assert_eq!(check(&ok), Ok(()), "{ok:?}");
+        }
+        for (bad, says) in [
+            (vec![("content-type", "application/jsonx")], "must be application/json"),
+            (vec![("content-type", "application/json-patch")], "must be application/json"),
+            (vec![("content-type", "text/plain")], "must be application/json"),
+            (
+                vec![("content-type", "application/json"), ("content-type", "text/plain")],
+                "one content-type",
+            ),
+            (vec![("content-encoding", "gzip")], "\"gzip\" is not supported"),
+            (vec![("content-encoding", "br")], "not supported"),
+        ] {
+            let e = check(&bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 }

@@ -305,6 +305,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messages_need_a_positive_max_tokens() {
+        let parse = |max: &str| {
+            let body = format!(
+                r#"{{"model":"m","max_tokens":{max},"messages":[{{"role":"user","content":"x"}}]}}"#
+            );
+            MessagesRequest::parse(body.as_bytes()).map(|m| m.max_tokens).map_err(|e| e.message)
+        };
+        assert_eq!(parse("1"), Ok(1));
+        for bad in ["0", "-1", "1.5", "\"5\""] {
+            assert!(parse(bad).unwrap_err().contains("max_tokens"), "{bad}");
+        }
+    }
+
+    #[test]
     fn embeddings_input_missing_or_of_the_wrong_type_says_which() {
         let message = |body: &str| EmbeddingsRequest::parse(body.as_bytes()).unwrap_err().message;
         for missing in [r#"{"model":"m"}"#, r#"{"model":"m","input":null}"#] {
@@ -417,6 +431,13 @@ impl<'a> MessagesRequest<'a> {
         let max_tokens = obj
             .typed::<u64>("max_tokens", "a positive integer")?
             .ok_or_else(|| GatewayError::invalid("`max_tokens` is required", Some("max_tokens")))?;
+        if max_tokens == 0 {
+            // Anthropic requires at least 1 (helper-45: 0 went through to an empty answer).
+            return Err(GatewayError::invalid(
+                "`max_tokens` must be at least 1",
+                Some("max_tokens"),
+            ));
+        }
         check_messages(&obj)?;
         Ok(Self { obj, model, stream, max_tokens })
     }
