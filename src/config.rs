@@ -151,6 +151,24 @@ impl RedisUrl {
 }
 
 /// A `redis://` or `redis+unix://` URL (TLS is not compiled in).
+/// The largest config file read: far above any real one (a Kubernetes ConfigMap holds at most
+/// 1 MiB), so a wrong path (`/dev/zero`, a log file) fails at once instead of filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// A config file's bytes, refusing more than [`MAX_CONFIG_BYTES`].
+pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB; is this the config file?",
+            MAX_CONFIG_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
         return Err(
@@ -409,7 +427,7 @@ pub fn version_of(content: &[u8]) -> String {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let content = std::fs::read(path).map_err(|e| ConfigError {
+        let content = read_capped(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             path: String::new(),
             message: format!("cannot read config file: {e}"),

@@ -510,7 +510,7 @@ impl Reloader {
 
 /// The config file's bytes and version, or why it cannot be read (as reported).
 fn read_file(path: &Path) -> Result<(Vec<u8>, String), String> {
-    match std::fs::read(path) {
+    match crate::config::read_capped(path) {
         Ok(bytes) => {
             let version = version_of(&bytes);
             Ok((bytes, version))

@@ -26,9 +26,14 @@ mod sections;
 
 use sections::{breaker, server, state};
 
+/// The longest `label`: a version's name, sent as `x-tidegate-config-label` on every response.
+const MAX_LABEL_BYTES: usize = 256;
+
 pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     let cx = Ctx { file };
     let text = std::str::from_utf8(content).map_err(|_| cx.err("", "file is not valid UTF-8"))?;
+    // A byte-order mark (Windows editors write one) is no part of the YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(cx.err("", "file is empty"));
     }
@@ -58,6 +63,14 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
         return Err(cx.err("providers", "expected at least one provider"));
     }
 
+    if let Some(l) = raw.label.as_deref()
+        && l.len() > MAX_LABEL_BYTES
+    {
+        return Err(cx.err(
+            "label",
+            format!("expected at most {MAX_LABEL_BYTES} bytes (it is sent in a header on every response)"),
+        ));
+    }
     if let Some(l) = raw.label.as_deref()
         && !header_safe(l)
     {

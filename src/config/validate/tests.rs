@@ -281,3 +281,20 @@ fn the_two_planes_need_their_own_addresses() {
     .unwrap_err();
     assert_eq!(e.path, "server.admin_listen", "{e}");
 }
+
+/// helper-47: a file starting with a byte-order mark was refused as "missing field `routes`";
+/// a 70,000-byte label passed and then broke clients on every response's header.
+#[test]
+fn a_byte_order_mark_is_skipped_and_labels_are_bounded() {
+    assert!(load_str(&format!("\u{feff}{MIN}")).is_ok());
+    assert!(load_str(&format!("label: {}\n{MIN}", "x".repeat(256))).is_ok());
+    let e = load_str(&format!("label: {}\n{MIN}", "x".repeat(257))).unwrap_err();
+    assert_eq!(e.path, "label", "{e}");
+}
+
+/// helper-47: `check --config /dev/zero` grew to 8 GB before failing.
+#[test]
+fn config_files_are_read_with_a_cap() {
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.message.contains("larger than 4 MiB"), "{e}");
+}
