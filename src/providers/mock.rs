@@ -155,9 +155,19 @@ pub async fn respond(
     path: &str,
     body: &[u8],
 ) -> Result<Response<MockBody>, Reset> {
+    // Errors in the wire the path speaks: an Anthropic client must get Anthropic's shape.
+    let api = path.strip_prefix("/v1").unwrap_or(path);
+    let error = |status: u16, message: &str, param: Option<&str>| {
+        if api == "/messages" {
+            anthropic_wire::error(status, message)
+        } else {
+            openai_wire::error(status, message, param, None)
+        }
+    };
     let req: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v @ serde_json::Value::Object(_)) => v,
-        _ => return Ok(openai_wire::error(400, "request body is not a JSON object", None, None)),
+        Ok(_) => return Ok(error(400, "request body is not a JSON object", None)),
+        Err(e) => return Ok(error(400, &format!("request body is not valid JSON: {e}"), None)),
     };
     let model = req.get("model").and_then(|m| m.as_str()).unwrap_or("").to_owned();
     let prior_calls = stats.call(&model);
@@ -166,7 +176,7 @@ pub async fn respond(
         Ok(b) => b,
         Err(e) => {
             guard.armed = false;
-            return Ok(openai_wire::error(400, &e, Some("model"), None));
+            return Ok(error(400, &e, Some("model")));
         }
     };
     if b.fail_first.is_some_and(|n| prior_calls >= u64::from(n)) {
@@ -183,18 +193,11 @@ pub async fn respond(
     guard.armed = false;
     drop(guard);
     // Relative to the API root: OpenAI-style bases end in /v1, Anthropic's do not.
-    let script = match path.strip_prefix("/v1").unwrap_or(path) {
+    let script = match api {
         "/chat/completions" => openai_wire::chat(&req, &b),
         "/embeddings" => openai_wire::embeddings(&req, &b),
         "/messages" => anthropic_wire::messages(&req, &b),
-        _ => {
-            return Ok(openai_wire::error(
-                404,
-                &format!("mock has no endpoint {path}"),
-                None,
-                None,
-            ));
-        }
+        _ => return Ok(error(404, &format!("mock has no endpoint {path}"), None)),
     };
     Ok(play(stats.clone(), model, script))
 }

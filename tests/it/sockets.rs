@@ -533,3 +533,23 @@ async fn shutdown_drains_a_stream_and_fails_readiness() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     drain.await.unwrap();
 }
+
+/// `tidegate mock-provider` answers in the wire the path speaks, errors too: an Anthropic
+/// client of the mock gets Anthropic's error shape (helper-45: it got OpenAI's).
+#[tokio::test]
+async fn the_mock_provider_errors_in_the_paths_wire() {
+    let (mock, _) = mock_server().await;
+    let bad_model =
+        r#"{"model":"m+typo=1","max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#;
+    let got = send(mock, "/v1/messages", bad_model).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["type"], "error", "{}", got.text());
+    assert_eq!(got.json()["error"]["type"], "invalid_request_error", "{}", got.text());
+    let got = send(mock, "/v1/messages", "{not json").await;
+    assert_eq!(got.json()["type"], "error", "{}", got.text());
+    assert!(got.json()["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    let got = send(mock, "/v1/chat/completions", bad_model).await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["error"]["param"], "model", "{}", got.text());
+    assert!(got.json().get("type").is_none(), "{}", got.text());
+}

@@ -10,6 +10,11 @@ use super::openai_wire::{
 use super::{Behaviour, Script, Step};
 use crate::sse::encode_event;
 
+/// An error response in Anthropic's shape.
+pub(crate) fn error(status: u16, message: &str) -> http::Response<super::MockBody> {
+    super::play(Default::default(), String::new(), error_script(status, message))
+}
+
 fn error_script(status: u16, message: &str) -> Script {
     let kind = crate::translate::anthropic_error_type_for_status(status);
     let body = json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"});
