@@ -242,7 +242,14 @@ fn error_in_dialect(p: &Passthrough, client: Dialect, wire: Wire) -> Bytes {
         }
         (Dialect::OpenAi, Wire::Anthropic) => {
             let (kind, message) = translate::openai_error_from_anthropic(&v);
-            translate::openai_error_body(&kind, &message, None, None)
+            // Claude's "prompt is too long" is OpenAI's `context_length_exceeded`: clients
+            // that trim their history on that code must see it whichever target refused.
+            let (param, code) = if super::classify::is_context_length(&p.body) {
+                (Some("messages"), Some("context_length_exceeded"))
+            } else {
+                (None, None)
+            };
+            translate::openai_error_body(&kind, &message, param, code)
         }
         (Dialect::Anthropic, Wire::OpenAi) => {
             let (kind, message) =

@@ -339,3 +339,20 @@ async fn an_openai_upstream_413_is_request_too_large_for_anthropic_clients() {
     assert_eq!(got.status, 400, "{}", got.text());
     assert_eq!(got.json()["error"]["type"], "invalid_request_error");
 }
+
+/// Claude's "prompt is too long" reaches an OpenAI client as OpenAI says it:
+/// `code: context_length_exceeded`, `param: messages` (helper-46: both were null, so clients
+/// that trim their history on that code missed Claude routes).
+#[tokio::test(start_paused = true)]
+async fn claudes_context_length_refusal_has_openais_code() {
+    let gw = gateway(
+        "providers:\n  claude: {kind: mock, api: anthropic}\nroutes:\n  r:\n    default: true\n    targets: [{provider: claude, model: \"c+context=5\"}]\n",
+    );
+    let body = r#"{"model":"x","messages":[{"role":"user","content":"Please summarise this long support ticket"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    let err = &got.json()["error"];
+    assert_eq!(err["code"], "context_length_exceeded", "{}", got.text());
+    assert_eq!(err["param"], "messages", "{}", got.text());
+    assert!(err["message"].as_str().unwrap().contains("prompt is too long"), "{}", got.text());
+}
