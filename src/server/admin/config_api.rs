@@ -19,6 +19,9 @@ use crate::config::reload::{ConfigDoc, OpError, Reloader};
 
 /// Largest request body accepted by the admin API.
 const MAX_BODY: usize = 64 * 1024;
+/// How long a pin's body may take to arrive: it is a few bytes, and a client that sends its
+/// head and then nothing must not hold the request open for good.
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The admin API's state: the reloader and the token, if one is required.
 pub struct ConfigApi {
@@ -104,11 +107,27 @@ struct PinBody {
 
 /// The version to pin: `{"version": "..."}`; an empty body or `{}` means the active one.
 async fn read_pin(body: Incoming) -> Result<Option<String>, OpError> {
-    let bytes: Bytes = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| OpError::bad_request(format!("cannot read the request body: {e}")))?
-        .to_bytes();
+    let read = tokio::time::timeout(BODY_WAIT, Limited::new(body, MAX_BODY).collect()).await;
+    let bytes: Bytes = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Err(_) => {
+            return Err(OpError {
+                status: 408,
+                code: "request_timeout",
+                message: format!("the request body did not arrive within {BODY_WAIT:?}"),
+            });
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(OpError {
+                status: 413,
+                code: "request_too_large",
+                message: format!("the request body is larger than {MAX_BODY} bytes"),
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(OpError::bad_request(format!("cannot read the request body: {e}")));
+        }
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

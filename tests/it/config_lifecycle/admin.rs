@@ -87,3 +87,31 @@ async fn cli_status_pin_and_errors() {
     let out = cli(args(&["config", "status", "--admin", &url])).await;
     assert_eq!(out.status.code(), Some(2), "a stopped gateway is a runtime failure");
 }
+
+/// A pin whose body never finishes gets a 408 and does not hang (helper-45: it waited for
+/// good); one over the size cap is a 413, not a 400.
+#[tokio::test(start_paused = true)]
+async fn a_pin_body_that_never_arrives_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("pin-body");
+    let path = dir.join("tidegate.yaml");
+    std::fs::write(&path, versioned("pb", "a")).unwrap();
+    let r = start_file(&path, StateDir::InMemory, "", false).await;
+    let mut s = tokio::net::TcpStream::connect(r.admin_addr).await.unwrap();
+    s.write_all(b"POST /admin/config/pin HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), s.read(&mut buf))
+        .await
+        .expect("no answer to a pin whose body never came")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    let big = format!("{{\"version\": \"{}\"}}", "x".repeat(70_000));
+    let (status, doc) = super::admin(&r, "POST", "/admin/config/pin", &big, None).await;
+    assert_eq!((status, doc["error"]["code"].as_str()), (413, Some("request_too_large")));
+    assert!(!r.reloader.status().pinned);
+    r.shutdown().await;
+}
