@@ -151,6 +151,15 @@ impl ErrorCode {
     }
 }
 
+/// A client-given name or path as an error message quotes it: at most 100 characters, so a
+/// hostile one is not echoed back whole.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &s[..i]).into(),
+        None => s.into(),
+    }
+}
+
 /// An error originated by the gateway (not an upstream answer passed through).
 #[derive(Debug, Clone)]
 pub struct GatewayError {
@@ -316,6 +325,15 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(v["error"]["message"], "[budget_exhausted] spent");
+    }
+
+    #[test]
+    fn quoted_names_are_clipped() {
+        assert_eq!(clip("chat"), "chat");
+        let long = "é".repeat(5000);
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), 101);
+        assert!(clipped.ends_with('…'));
     }
 
     #[test]

@@ -58,7 +58,9 @@ fn split_route_prefix(path: &str) -> (Option<&str>, &str) {
     (None, path)
 }
 
-fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError> {
+/// The endpoint `path` (the part after any `/r/{route}` prefix) names; `full` is the request's
+/// whole path, for the error.
+fn resolve<'a>(method: &Method, path: &'a str, full: &str) -> Result<Call<'a>, GatewayError> {
     let call = match path {
         "/v1/chat/completions" => (Method::POST, Call::Chat),
         "/v1/messages" => (Method::POST, Call::Messages),
@@ -67,9 +69,10 @@ fn resolve<'a>(method: &Method, path: &'a str) -> Result<Call<'a>, GatewayError>
         p => match p.strip_prefix("/v1/models/") {
             Some(id) if !id.is_empty() => (Method::GET, Call::Model(id)),
             _ => {
+                let shown = crate::error::clip(if full.is_empty() { "(no path)" } else { full });
                 return Err(GatewayError::new(
                     ErrorCode::NotFound,
-                    format!("no endpoint at {path}"),
+                    format!("no endpoint at {shown}"),
                 ));
             }
         },
@@ -210,18 +213,26 @@ impl Gateway {
     {
         let (parts, body) = req.into_parts();
         let (path_route, api_path) = split_route_prefix(parts.uri.path());
-        let call = resolve(&parts.method, api_path)?;
+        let call = resolve(&parts.method, api_path, parts.uri.path())?;
         // With `auth.keys`, nothing is read or selected for a caller without a listed key.
         let client = client_auth::identify(snap, &parts.headers)?;
         rec.client = client.as_ref().map(|c| c.name.clone());
-        let header_route = match parts.headers.get(ROUTE_HEADER) {
-            Some(v) => Some(v.to_str().map_err(|_| {
+        let mut named = parts.headers.get_all(ROUTE_HEADER).iter();
+        let header_route = match (named.next(), named.next()) {
+            (Some(_), Some(_)) => {
+                // Which one was meant is not ours to guess (as for `Idempotency-Key`).
+                return Err(GatewayError::invalid(
+                    "send one x-tidegate-route header, not several",
+                    Some("x-tidegate-route"),
+                ));
+            }
+            (Some(v), None) => Some(v.to_str().map_err(|_| {
                 GatewayError::invalid(
                     "x-tidegate-route is not valid ASCII",
                     Some("x-tidegate-route"),
                 )
             })?),
-            None => None,
+            _ => None,
         };
         // A route named by header or path must exist, on the models endpoints too (a mistyped
         // per-route base URL must not look fine to `models.list()`).

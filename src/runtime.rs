@@ -315,7 +315,7 @@ impl Snapshot {
             return self.by_name.get(name).map(|&i| &self.routes[i]).ok_or_else(|| {
                 GatewayError::new(
                     ErrorCode::ModelNotFound,
-                    format!("no route named {name:?} (from {via})"),
+                    format!("no route named {:?} (from {via})", crate::error::clip(name)),
                 )
                 .with_param(if via.starts_with("header") {
                     "x-tidegate-route"

@@ -79,7 +79,10 @@ fn model_one(snap: &Snapshot, id: &str) -> Result<Response<Body>, GatewayError> 
             StatusCode::OK,
             &serde_json::json!({"id": r.route.name, "object": "model", "created": created, "owned_by": "tidegate"}),
         )),
-        None => Err(GatewayError::new(ErrorCode::ModelNotFound, format!("no route named {id:?}"))
-            .with_param("model")),
+        None => Err(GatewayError::new(
+            ErrorCode::ModelNotFound,
+            format!("no route named {:?}", crate::error::clip(id)),
+        )
+        .with_param("model")),
     }
 }

@@ -67,6 +67,29 @@ async fn route_selection_matrix() {
         assert_eq!(got.error_code(), "model_not_found");
         assert_eq!(got.header("x-should-retry"), "false");
     }
+    // Named twice: which was meant is not guessed (helper-45: the first one won).
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-tidegate-route", "alpha")
+        .header("x-tidegate-route", "beta")
+        .body(Full::new(Bytes::from(chat("x"))))
+        .unwrap();
+    let got = call_with(&gw, req).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.json()["error"]["param"], "x-tidegate-route");
+    // Errors quote what was asked, clipped (helper-45: `/r/beta` said "no endpoint at ", and
+    // a 5000-character route name came back whole).
+    let got = post(&gw, "/r/beta", &chat("x")).await;
+    assert_eq!(got.status, 404);
+    assert!(
+        got.json()["error"]["message"].as_str().unwrap().ends_with("at /r/beta"),
+        "{}",
+        got.text()
+    );
+    let long = "a".repeat(5000);
+    let got = post(&gw, &format!("/r/{long}/v1/chat/completions"), &chat("x")).await;
+    assert_eq!(got.status, 404);
+    assert!(got.text().len() < 600, "{}", got.text());
 }
 
 #[tokio::test(start_paused = true)]
