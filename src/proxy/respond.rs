@@ -134,7 +134,10 @@ impl Gateway {
                 {
                     self.shared.answers.put(key, CachedAnswer { text, model });
                 }
-                let body = translate_body(body, dialect, wire)?;
+                let mut body = translate_body(body, dialect, wire)?;
+                if usage.is_none() && dialect == Dialect::Anthropic {
+                    body = with_usage(body, rec.spend.request_usage(None));
+                }
                 if rec.log_content {
                     rec.completion = Some(String::from_utf8_lossy(&body).into_owned());
                 }
@@ -204,6 +207,17 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An Anthropic answer whose upstream reported no usage, with tidegate's estimate (the one it
+/// bills) in its `usage`: the field is required there, and the translation's 0/0 would
+/// undercount for clients that meter from it.
+fn with_usage(body: Bytes, estimate: crate::proxy::peek::Usage) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else { return body };
+    let Some(usage) = v.get_mut("usage").and_then(Value::as_object_mut) else { return body };
+    usage.insert("input_tokens".into(), estimate.input.into());
+    usage.insert("output_tokens".into(), estimate.output.into());
+    serde_json::to_vec(&v).map_or(body, Bytes::from)
 }
 
 /// `x-tidegate-cost-usd`, and `x-tidegate-cost-estimated: true` when estimated: the request's

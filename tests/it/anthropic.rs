@@ -356,3 +356,32 @@ async fn claudes_context_length_refusal_has_openais_code() {
     assert_eq!(err["param"], "messages", "{}", got.text());
     assert!(err["message"].as_str().unwrap().contains("prompt is too long"), "{}", got.text());
 }
+
+/// An OpenAI-wire upstream that reports no usage: an Anthropic client's `usage` (a required
+/// field) carries tidegate's estimate, the one it bills, not a confident 0 (helper-46: 0/0
+/// non-stream, output 0 on streams after words were sent).
+#[tokio::test(start_paused = true)]
+async fn anthropic_clients_get_the_estimate_when_the_upstream_reports_no_usage() {
+    let gw = gateway(
+        "providers:\n  oai: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets: [{provider: oai, model: \"o+no_usage+chunks=8\"}]\n",
+    );
+    let got = post(&gw, "/v1/messages", &messages("x", false)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let usage = &got.json()["usage"];
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["output_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(got.header("x-tidegate-cost-estimated"), "true");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(usage["input_tokens"], line["input_tokens"], "{line}");
+    assert_eq!(usage["output_tokens"], line["output_tokens"], "{line}");
+
+    let got = post(&gw, "/v1/messages", &messages("x", true)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let events = anthropic_events(&got);
+    let (_, delta) = events.iter().find(|(n, _)| n == "message_delta").expect("message_delta");
+    assert!(delta["usage"]["output_tokens"].as_u64().unwrap() > 0, "{delta}");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(delta["usage"]["output_tokens"], line["output_tokens"], "{line}");
+}

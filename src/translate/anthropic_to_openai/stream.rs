@@ -14,7 +14,8 @@
 //! * `finish_reason` is remembered; `usage` (the `choices: []` chunk, or usage on any chunk) keeps
 //!   the latest value.
 //! * [`StreamTranslator::finish`] (on a clean `[DONE]`) closes the open block and emits
-//!   `message_delta` (`stop_reason`, and usage: the upstream's final counts, SPEC §3) and
+//!   `message_delta` (`stop_reason`, and usage: the upstream's final counts, SPEC §3, or when
+//!   it reported none tidegate's estimate, the one it bills: never a confident 0) and
 //!   `message_stop`. A stream that never sent a `finish_reason` ends with `end_turn` (some
 //!   OpenAI-compatible servers omit it; `[DONE]` is the clean-end signal). A stream with no chunk
 //!   at all is an error.
@@ -74,6 +75,9 @@ pub struct StreamTranslator {
     usage: Option<Usage>,
     error: Option<(String, String)>,
     finished: bool,
+    /// Bytes of answer text and tool arguments streamed: the output estimate when the
+    /// upstream reports no usage (3 bytes a token, as tidegate bills it).
+    streamed: u64,
 }
 
 impl StreamTranslator {
@@ -91,12 +95,19 @@ impl StreamTranslator {
             usage: None,
             error: None,
             finished: false,
+            streamed: 0,
         }
     }
 
-    /// The upstream's usage when it reported one, else the input estimate and 0 output.
+    /// The upstream's usage when it reported one, else tidegate's estimate (what it bills):
+    /// the prompt's count, and the output from the bytes streamed. Anthropic's `usage` is
+    /// required, and a confident 0 would undercount for clients that meter from it.
     pub fn usage(&self) -> Usage {
-        self.usage.unwrap_or(Usage { input: self.input_estimate, ..Usage::default() })
+        self.usage.unwrap_or(Usage {
+            input: self.input_estimate,
+            output: self.streamed.div_ceil(3),
+            ..Usage::default()
+        })
     }
 
     /// Whether the upstream reported usage (if not, [`Self::usage`] is an estimate).
@@ -172,7 +183,7 @@ impl StreamTranslator {
     /// The `content_block_delta` event's data, serialized, that [`Self::on_chunk`] would give
     /// for `data` when it only adds text to the open text block (and changes nothing else);
     /// `None` for anything else, which then takes `on_chunk`.
-    pub fn text_delta(&self, data: &[u8]) -> Option<Vec<u8>> {
+    pub fn text_delta(&mut self, data: &[u8]) -> Option<Vec<u8>> {
         let Some(Open::Text { index }) = self.open else { return None };
         if self.id.is_none() || self.stop_reason.is_some() || self.finished || self.error.is_some()
         {
@@ -191,6 +202,7 @@ impl StreamTranslator {
         serde_json::to_writer(&mut out, text).ok()?;
         write!(out, r#","type":"text_delta"}},"index":{index},"type":"content_block_delta"}}"#)
             .ok()?;
+        self.streamed += text.len() as u64;
         Some(out)
     }
 
@@ -241,6 +253,7 @@ impl StreamTranslator {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<AnthropicEvent>) {
+        self.streamed += text.len() as u64;
         let index = match self.open {
             Some(Open::Text { index }) => index,
             _ => {
@@ -262,6 +275,9 @@ impl StreamTranslator {
         call: &Value,
         out: &mut Vec<AnthropicEvent>,
     ) -> Result<(), TranslateError> {
+        if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
+            self.streamed += args.len() as u64;
+        }
         let call_id = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
         let key = match call.get("index").and_then(Value::as_u64) {
             Some(i) => ToolKey::Index(i),
