@@ -69,13 +69,34 @@ enum ConfigAction {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TIDEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("TIDEGATE_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    // A setting that cannot be read is said, once the subscriber is up, not silently dropped.
+    let mut unread = Vec::new();
+    let filter = match std::env::var("TIDEGATE_LOG") {
+        Err(_) => EnvFilter::new("info"),
+        Ok(v) => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            unread.push(format!("TIDEGATE_LOG={v:?} cannot be read ({e}); logging at info"));
+            EnvFilter::new("info")
+        }),
+    };
+    // Colour only for a terminal: Kubernetes keeps stderr in files, where escapes are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match std::env::var("TIDEGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => {
+            unread.push(format!(
+                "TIDEGATE_LOG_FORMAT={other:?} is neither json nor text; logging as text"
+            ));
+            builder.init();
+        }
+    }
+    for u in unread {
+        tracing::warn!("{u}");
     }
 }
 
