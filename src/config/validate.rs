@@ -194,8 +194,29 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
         }
         (_, Some(u)) => {
             let u = u.trim_end_matches('/').to_owned();
+            let uri = u.parse::<http::Uri>().ok();
+            if uri
+                .as_ref()
+                .and_then(|uri| uri.authority())
+                .is_some_and(|a| a.as_str().contains('@'))
+            {
+                // Not echoed: it holds a credential, and `check` output lands in CI logs.
+                return Err(cx.err(
+                    format!("{path}.base_url"),
+                    "expected no credentials in the URL (they would not be sent); give the key with api_key_env or api_key_file",
+                ));
+            }
             let ok = (u.starts_with("http://") || u.starts_with("https://"))
-                && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some());
+                && uri.is_some_and(|uri| {
+                    // `Uri::port` reads an out-of-range port as none: look at the text.
+                    let port = uri
+                        .authority()
+                        .and_then(|a| a.as_str().rsplit_once(':'))
+                        .map(|(_, p)| p)
+                        .filter(|p| !p.contains(']'));
+                    uri.host().is_some_and(|h| !h.is_empty())
+                        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+                });
             if !ok {
                 return Err(cx.err(
                     format!("{path}.base_url"),

@@ -298,3 +298,26 @@ fn config_files_are_read_with_a_cap() {
     let e = Config::load(Path::new("/dev/zero")).unwrap_err();
     assert!(e.message.contains("larger than 4 MiB"), "{e}");
 }
+
+/// helper-47: a base URL with credentials was printed by `check` (into CI logs) and its
+/// credentials never sent; a port over 65535 passed and every request failed to connect.
+#[test]
+fn base_urls_with_credentials_or_bad_ports_are_refused() {
+    let with = |url: &str| {
+        MIN.replace(
+            "sim: {kind: mock}",
+            &format!("sim: {{kind: openai_compatible, base_url: \"{url}\"}}"),
+        )
+    };
+    let e = load_str(&with("http://user:pw-s3cret@127.0.0.1:8000/v1")).unwrap_err();
+    assert_eq!(e.path, "providers.sim.base_url", "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    for bad in ["http://127.0.0.1:99999/v1", "http://127.0.0.1:0/v1", "http://"] {
+        let e = load_str(&with(bad)).unwrap_err();
+        assert_eq!(e.path, "providers.sim.base_url", "{bad}: {e}");
+    }
+    assert!(load_str(&with("http://127.0.0.1:8000/v1")).is_ok());
+    assert!(load_str(&with("https://api.example.com/v1")).is_ok());
+    assert!(load_str(&with("http://[::1]:8000/v1")).is_ok());
+    assert!(load_str(&with("http://[::1]/v1")).is_ok());
+}
