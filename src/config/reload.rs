@@ -383,6 +383,9 @@ impl Reloader {
         retrying: bool,
     ) -> ReloadResult {
         inner.retry_prepare = true;
+        // Errors name their file (SPEC §2); preparing reports only the key path.
+        let file = self.path.display().to_string();
+        let msg = if msg.starts_with(&file) { msg } else { format!("{file}: {msg}") };
         if retrying && inner.last_error.as_ref() == Some(&msg) {
             return ReloadResult::Unchanged;
         }

@@ -93,6 +93,7 @@ async fn a_version_waiting_for_its_key_file_is_applied_when_the_file_appears() {
     std::fs::write(&path, config("two", &late)).unwrap();
     assert!(matches!(r.reloader.reload_now().await, ReloadResult::Rejected(_)));
     assert!(error().contains("late-key"), "{}", error());
+    assert!(error().starts_with(&path.display().to_string()), "names the file: {}", error());
     assert_eq!(r.reloader.reload_now().await, ReloadResult::Unchanged);
     assert_eq!(metric(&r.gateway, REJECTED), 1.0, "the same failure was reported again");
 
