@@ -26,6 +26,43 @@ mod sections;
 
 use sections::{breaker, server, state};
 
+/// The deepest nesting of `[` and `{` a config may have (serde_yaml's own recursion limit).
+const MAX_DEPTH: usize = 128;
+
+/// The deepest nesting of flow collections (`[`, `{`) in YAML text, outside quoted scalars and
+/// comments: a scan in linear time. (Block nesting needs a line's worth of indentation per
+/// level, so the file size cap already bounds it.)
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b'\n';
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        match (quote, b) {
+            _ if comment => comment = b != b'\n',
+            (Some(b'"'), b'\\') if !escaped => {
+                escaped = true;
+                prev = b;
+                continue;
+            }
+            (Some(q), _) if b == q && !escaped => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'#') if prev.is_ascii_whitespace() => comment = true,
+            (None, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        escaped = false;
+        prev = b;
+    }
+    max
+}
+
 /// The longest `label`: a version's name, sent as `x-tidegate-config-label` on every response.
 const MAX_LABEL_BYTES: usize = 256;
 
@@ -36,6 +73,11 @@ pub fn load(file: &Path, content: &[u8]) -> Result<Config, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(cx.err("", "file is empty"));
+    }
+    if flow_depth(text) > MAX_DEPTH {
+        // The YAML parser's time grows with the square of the depth (100,000 levels: 20 s),
+        // and its deserializer refuses over 128 levels anyway: refuse before parsing.
+        return Err(cx.err("", format!("nested deeper than {MAX_DEPTH} levels")));
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {

@@ -321,3 +321,18 @@ fn base_urls_with_credentials_or_bad_ports_are_refused() {
     assert!(load_str(&with("http://[::1]:8000/v1")).is_ok());
     assert!(load_str(&with("http://[::1]/v1")).is_ok());
 }
+
+/// helper-47: 100,000 levels of `[` took the YAML parser 21 s (its time grows with the square
+/// of the depth), holding reloads and the admin lifecycle calls behind it.
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    let deep = |n: usize| format!("{MIN}label: {}{}\n", "[".repeat(n), "]".repeat(n));
+    let t0 = std::time::Instant::now();
+    let e = load_str(&deep(1_000_000)).unwrap_err();
+    assert!(e.message.contains("nested deeper than 128"), "{e}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Brackets in quotes and comments do not count; ordinary nesting passes.
+    let quoted = format!("{MIN}label: \"{}\" # {}\n", "[".repeat(200), "{".repeat(500));
+    assert!(load_str(&quoted).is_ok(), "{:?}", load_str(&quoted).err());
+    assert_eq!(flow_depth("a: [1, {b: [2]}, 'x[[[', \"y\\\"[[\"]"), 3);
+}
