@@ -248,8 +248,14 @@ impl Gateway {
             client_auth::allow(client.as_deref(), r)?;
         }
         match call {
-            Call::Models => return Ok(models::list(snap, fixed, client.as_deref(), rec)),
-            Call::Model(id) => return models::one(snap, id, fixed, client.as_deref(), rec),
+            Call::Models => {
+                let shape = models::Shape::of(&parts.headers);
+                return Ok(models::list(snap, fixed, client.as_deref(), shape, rec));
+            }
+            Call::Model(id) => {
+                let shape = models::Shape::of(&parts.headers);
+                return models::one(snap, id, fixed, client.as_deref(), shape, rec);
+            }
             Call::Chat | Call::Messages | Call::Embeddings => {}
         }
         let permit = self.limiter.clone().try_acquire_owned().map_err(|_| {

@@ -342,4 +342,10 @@ impl Snapshot {
     pub fn route_by_name(&self, name: &str) -> Option<&RouteRuntime> {
         self.by_name.get(name).map(|&i| &self.routes[i])
     }
+
+    /// The route a request naming `model` lands on by name or by `match_models` (not the
+    /// default route's catch-all).
+    pub fn route_for_model(&self, model: &str) -> Option<&RouteRuntime> {
+        self.by_name.get(model).or_else(|| self.by_model.get(model)).map(|&i| &self.routes[i])
+    }
 }

@@ -1,6 +1,9 @@
 //! `GET /v1/models` and `/v1/models/{id}`: the routes, listed as models (SPEC §3). Under a
 //! route's base URL (`/r/{route}`) that route is the one model there is; with client auth, a
-//! client sees the routes it may use.
+//! client sees the routes it may use. A model a route matches (`match_models`) can be fetched
+//! by that name too: a chat request naming it is served, so the SDK's `models.retrieve` must
+//! not say it does not exist. Answers come in the shape of the SDK that asks: Anthropic's when
+//! the request carries `anthropic-version` (its SDK always does), OpenAI's otherwise.
 
 use http::{Response, StatusCode};
 
@@ -11,18 +14,80 @@ use crate::config::auth::Client;
 use crate::error::{ErrorCode, GatewayError};
 use crate::runtime::{RouteRuntime, Snapshot};
 
+/// Which SDK's model objects to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+impl Shape {
+    pub(super) fn of(headers: &http::HeaderMap) -> Self {
+        if headers.contains_key("anthropic-version") { Self::Anthropic } else { Self::OpenAi }
+    }
+
+    fn model(self, id: &str, created: u64) -> serde_json::Value {
+        match self {
+            Self::OpenAi => serde_json::json!({
+                "id": id, "object": "model", "created": created, "owned_by": "tidegate",
+            }),
+            Self::Anthropic => serde_json::json!({
+                "type": "model", "id": id, "display_name": id, "created_at": rfc3339(created),
+                "lifecycle": "active",
+            }),
+        }
+    }
+
+    fn list(self, data: Vec<serde_json::Value>) -> serde_json::Value {
+        match self {
+            Self::OpenAi => serde_json::json!({"object": "list", "data": data}),
+            Self::Anthropic => {
+                let id = |v: Option<&serde_json::Value>| v.map(|m| m["id"].clone());
+                serde_json::json!({
+                    "data": &data,
+                    "has_more": false,
+                    "first_id": id(data.first()),
+                    "last_id": id(data.last()),
+                })
+            }
+        }
+    }
+}
+
+/// `secs` since the Unix epoch as RFC 3339 UTC (`2026-11-29T22:40:00Z`), the form Anthropic's
+/// `created_at` takes. Days to a civil date by Howard Hinnant's `civil_from_days`.
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
 /// `GET /v1/models`.
 pub(super) fn list(
     snap: &Snapshot,
     fixed: Option<&RouteRuntime>,
     client: Option<&Client>,
+    shape: Shape,
     rec: &mut RequestRecord,
 ) -> Response<Body> {
     rec.outcome = "ok";
     rec.status = 200;
     let visible =
         |i: usize| fixed.is_none_or(|r| r.index == i) && client.is_none_or(|c| c.may_use(i));
-    let mut resp = models_list(snap, visible);
+    let mut resp = models_list(snap, visible, shape);
     if let Some(r) = fixed {
         resp.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
     }
@@ -35,6 +100,7 @@ pub(super) fn one(
     id: &str,
     fixed: Option<&RouteRuntime>,
     client: Option<&Client>,
+    shape: Shape,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, GatewayError> {
     if let Some(r) = fixed
@@ -46,10 +112,10 @@ pub(super) fn one(
         )
         .with_param("model"));
     }
-    if let Some(r) = snap.route_by_name(id) {
+    if let Some(r) = snap.route_for_model(id) {
         client_auth::allow(client, r)?;
     }
-    let mut one = model_one(snap, id)?;
+    let mut one = model_one(snap, id, shape)?;
     if let Some(r) = fixed {
         one.headers_mut().insert(ROUTE_HEADER, r.name_header.clone());
     }
@@ -58,31 +124,43 @@ pub(super) fn one(
     Ok(one)
 }
 
-fn models_list(snap: &Snapshot, visible: impl Fn(usize) -> bool) -> Response<Body> {
-    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+fn created(snap: &Snapshot) -> u64 {
+    snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn models_list(snap: &Snapshot, visible: impl Fn(usize) -> bool, shape: Shape) -> Response<Body> {
+    let created = created(snap);
     let data: Vec<serde_json::Value> = snap
         .config
         .routes
         .iter()
         .enumerate()
         .filter(|(i, _)| visible(*i))
-        .map(|(_, r)| r)
-        .map(|r| serde_json::json!({"id": r.name, "object": "model", "created": created, "owned_by": "tidegate"}))
+        .map(|(_, r)| shape.model(&r.name, created))
         .collect();
-    json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
+    json_response(StatusCode::OK, &shape.list(data))
 }
 
-fn model_one(snap: &Snapshot, id: &str) -> Result<Response<Body>, GatewayError> {
-    let created = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match snap.route_by_name(id) {
-        Some(r) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({"id": r.route.name, "object": "model", "created": created, "owned_by": "tidegate"}),
-        )),
+fn model_one(snap: &Snapshot, id: &str, shape: Shape) -> Result<Response<Body>, GatewayError> {
+    match snap.route_for_model(id) {
+        Some(_) => Ok(json_response(StatusCode::OK, &shape.model(id, created(snap)))),
         None => Err(GatewayError::new(
             ErrorCode::ModelNotFound,
-            format!("no route named {:?}", crate::error::clip(id)),
+            format!("no route named {:?} or matching it", crate::error::clip(id)),
         )
         .with_param("model")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn timestamps_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_583_425), "2026-12-29T22:30:25Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
     }
 }

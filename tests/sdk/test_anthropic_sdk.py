@@ -77,6 +77,22 @@ def test_messages_errors_are_anthropic_errors(gateway):
     assert e.value.status_code == 502
 
 
+def test_models_in_anthropics_shape(gateway):
+    """The Anthropic SDK's model objects (`ModelInfo`: type, display_name, created_at), not
+    OpenAI's (helper-46: created_at and display_name came back None)."""
+    c = aclient(gateway)
+    models = list(c.models.list())
+    assert "chat" in [m.id for m in models]
+    for m in models:
+        assert anthropic.types.ModelInfo.model_validate(m.model_dump()) == m
+        assert m.type == "model" and m.display_name == m.id and m.lifecycle == "active"
+        assert m.created_at.year >= 2026
+    one = c.models.retrieve("claude-haiku-4-5")
+    assert one.id == "claude-haiku-4-5" and one.created_at.isoformat()
+    with pytest.raises(anthropic.NotFoundError):
+        c.models.retrieve("no-such-model")
+
+
 @pytest.fixture(scope="module")
 def own_gateway():
     """A gateway of this module's own: the demo budget is spent here without touching the shared

@@ -51,6 +51,10 @@ def test_models_list_and_retrieve(gateway):
     ids = sorted(m.id for m in c.models.list())
     assert ids == ["budget", "capped", "chat", "claude", "down", "echo", "embeddings", "flaky", "weather", "weather-claude"]
     assert c.models.retrieve("echo").id == "echo"
+    # A name a route matches is served, so it exists (helper-46: 404 for a served model).
+    assert c.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("no-such-model")
 
 
 def test_embeddings_default_base64_request(gateway):
