@@ -55,6 +55,26 @@ fn frame_event_json(out: &mut BytesMut, name: &str, v: &serde_json::Value) {
     frame_json(out, v);
 }
 
+/// An OpenAI usage chunk (`choices: []`) for `usage`, with the id, `created` and model of the
+/// stream's `first` chunk: what an OpenAI client that asked for usage gets when the upstream
+/// reported none.
+pub fn usage_chunk(first: &[u8], usage: crate::proxy::peek::Usage, out: &mut BytesMut) {
+    let first: serde_json::Value = serde_json::from_slice(first).unwrap_or_default();
+    let chunk = serde_json::json!({
+        "id": first.get("id").cloned().unwrap_or_else(|| "chatcmpl-tidegate".into()),
+        "object": "chat.completion.chunk",
+        "created": first.get("created").cloned().unwrap_or(0.into()),
+        "model": first.get("model").cloned().unwrap_or_else(|| "".into()),
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.input,
+            "completion_tokens": usage.output,
+            "total_tokens": usage.input.saturating_add(usage.output),
+        },
+    });
+    frame_json(out, &chunk);
+}
+
 impl Emitter {
     /// Picks the emitter for a client dialect and an upstream wire.
     pub fn new(

@@ -82,6 +82,9 @@ pub struct Forward {
     pub key: Option<crate::providers::Secret>,
     /// Set to make the response body end with an error rather than cleanly.
     pub abort: crate::body::Abort,
+    /// The stream's first chunk, kept when an OpenAI client asked for usage from an OpenAI-wire
+    /// upstream: if the upstream sends none, the estimate's chunk takes its id and model.
+    pub(super) first_chunk: Option<bytes::Bytes>,
     /// The client stopped reading (its connection open) until the deadline passed: the stream
     /// ends as if the client had gone, but its body is aborted and the record says why.
     pub(super) stalled: bool,
@@ -319,6 +322,11 @@ impl Forward {
             Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
             Some(ChunkPeek::Done) => true,
             Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, .. }) => {
+                if self.first_chunk.is_none()
+                    && matches!(self.emitter, Emitter::OpenAiPass { include_usage: true })
+                {
+                    self.first_chunk = Some(bytes::Bytes::copy_from_slice(data));
+                }
                 if self.resume.is_some() || self.rec.log_content {
                     self.in_tool |= tool;
                     if let Some(t) = &text {
@@ -363,6 +371,14 @@ impl Forward {
         self.stream.body.mark_complete();
         self.rec.usage = self.stream.usage.or(self.rec.usage);
         self.rec.finish = self.stream.finish.clone();
+        // The client asked for usage and the upstream sent none: the estimate tidegate bills,
+        // in the chunk the client waits for (the log line counts the same).
+        if self.stream.usage.is_none()
+            && let Some(first) = &self.first_chunk
+        {
+            let estimate = self.rec.spend.request_usage(None);
+            super::emit::usage_chunk(first, estimate, &mut self.out);
+        }
         if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {
             return upstream("malformed", e.0);
         }

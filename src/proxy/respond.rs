@@ -198,6 +198,7 @@ impl Gateway {
                     key: t.provider.key().cloned(),
                     abort: abort.clone(),
                     stalled: false,
+                    first_chunk: None,
                 });
                 forward.prime();
                 tokio::spawn(forward.run());

@@ -40,6 +40,29 @@ async fn usage_chunk_kept_when_asked() {
     assert_eq!(usage["model"], "m+chunks=3");
 }
 
+/// An upstream that sends no usage chunk: a client that asked for one gets tidegate's estimate
+/// (the one it bills and logs) in the stream's own id and model (helper-46: no usage chunk at
+/// all); one that did not ask gets none.
+#[tokio::test(start_paused = true)]
+async fn usage_chunk_estimated_when_the_upstream_sends_none() {
+    let gw = gateway(&single("m+chunks=8+no_usage", ""));
+    let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    let events = got.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{}", got.text());
+    let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]), "{usage}");
+    assert_eq!((&usage["id"], &usage["model"]), (&first["id"], &first["model"]));
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["usage"]["completion_tokens"], line["output_tokens"], "{line}");
+    assert_eq!(usage["usage"]["prompt_tokens"], line["input_tokens"], "{line}");
+    let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+    assert!(!got.text().contains("\"usage\":{"), "{}", got.text());
+}
+
 #[tokio::test(start_paused = true)]
 async fn cut_after_content_ends_with_error_event_and_no_done() {
     let gw = gateway(&single("m+chunks=6+cut=2", "    resume: off\n"));
