@@ -52,6 +52,8 @@ pub struct Body {
     /// Keeps the load-shedding permit alive until the body is finished or dropped, so a long
     /// stream counts against `max_concurrent_requests` for as long as it runs.
     _permit: Option<OwnedSemaphorePermit>,
+    /// Anything else that must live as long as the body (a connection's open-stream count).
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 enum Kind {
@@ -65,21 +67,21 @@ enum Kind {
 impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)), _permit: None }
+        Self { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)), _permit: None, _guard: None }
     }
 
     pub fn empty() -> Self {
-        Self { kind: Kind::Full(None), _permit: None }
+        Self { kind: Kind::Full(None), _permit: None, _guard: None }
     }
 
     /// A body fed chunk by chunk through `rx`; it ends when every sender is dropped, with an
     /// error (hyper then aborts the response) if `abort` was set.
     pub fn channel(rx: mpsc::Receiver<Bytes>, abort: Abort) -> Self {
-        Self { kind: Kind::Channel(rx, abort), _permit: None }
+        Self { kind: Kind::Channel(rx, abort), _permit: None, _guard: None }
     }
 
     pub fn mock(body: crate::providers::mock::MockBody) -> Self {
-        Self { kind: Kind::Mock(body), _permit: None }
+        Self { kind: Kind::Mock(body), _permit: None, _guard: None }
     }
 
     /// The bytes of a whole (non-streaming) body.
@@ -92,6 +94,12 @@ impl Body {
 
     pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
         self._permit = permit;
+        self
+    }
+
+    /// Keeps `guard` until the body is finished or dropped.
+    pub fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> Self {
+        self._guard = Some(guard);
         self
     }
 }

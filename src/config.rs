@@ -84,7 +84,8 @@ pub struct Server {
     pub shutdown_delay: Duration,
     /// Time a client has to send the request headers (a connection's first request: counted
     /// from its accept). Also the idle limit of a connection with no request under way (an
-    /// HTTP/2 one is shut down once a whole period passes without a request). Default 10 s.
+    /// HTTP/2 one is shut down once a whole period passes with no request begun and none
+    /// open). Default 10 s.
     pub header_read_timeout: Duration,
     /// Time a client has to send the whole request body, counted from its headers; a body
     /// still arriving then gets a 408 `request_timeout` and its connection is closed, so a

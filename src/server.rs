@@ -121,6 +121,19 @@ struct Activity {
     requests: std::sync::atomic::AtomicU64,
     /// Told once, by the first request.
     first: tokio::sync::Notify,
+    /// The connection speaks HTTP/2 (its requests say so).
+    h2: std::sync::atomic::AtomicBool,
+    /// HTTP/2 requests whose response has not ended (or been dropped) yet.
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one HTTP/2 request as open until its response body is finished or dropped.
+struct OpenStream(Arc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<H: Handler> Connections<H> {
@@ -146,17 +159,28 @@ impl<H: Handler> Connections<H> {
     /// with them the process's file descriptors). So, on top of hyper's rules:
     /// - a connection whose first request's head has not arrived within `header_read_timeout`
     ///   of its accept is closed, and so is one with no request yet when the drain begins;
-    /// - an HTTP/2 connection is shut down gracefully (GOAWAY; streams under way finish) once
-    ///   no request began in a whole `header_read_timeout` period: between one and two periods
-    ///   after its last request (an HTTP/1 one reaches hyper's limit first).
+    /// - an HTTP/2 connection is shut down gracefully (GOAWAY) once a whole
+    ///   `header_read_timeout` period passes with no request begun and none open (a long
+    ///   stream keeps its connection). HTTP/1 keep-alive connections are left to hyper, which
+    ///   closes them at that time after their last response: shutting one down from here while
+    ///   a request runs would close it after the response without saying so
+    ///   (`connection: close`), and the client might send its next request into it.
     fn serve_then(&self, stream: TcpStream, done: impl FnOnce() + Send + 'static) {
+        use std::sync::atomic::Ordering::Relaxed;
         let h = self.handler.clone();
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
-        let svc = service_fn(move |req| {
-            if seen.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        let svc = service_fn(move |req: Request<Incoming>| {
+            if seen.requests.fetch_add(1, Relaxed) == 0 {
                 seen.first.notify_one();
             }
+            // HTTP/2 only (an HTTP/1 request pays nothing for it): counted open until its
+            // response body is done.
+            let open = (req.version() == http::Version::HTTP_2).then(|| {
+                seen.h2.store(true, Relaxed);
+                seen.open.fetch_add(1, Relaxed);
+                OpenStream(seen.clone())
+            });
             let fut = h.call(req);
             async move {
                 let r: Result<Response<Body>, Broken> =
@@ -164,7 +188,10 @@ impl<H: Handler> Connections<H> {
                         Ok(r) => r,
                         Err(_) => Err(Broken("handler panicked".into())),
                     };
-                r
+                match open {
+                    Some(open) => r.map(|resp| resp.map(|b| b.with_guard(Box::new(open)))),
+                    None => r,
+                }
             }
         });
         let conn =
@@ -217,7 +244,8 @@ impl<H: Handler> Connections<H> {
 }
 
 /// Polls a connection that has had a request until it closes: shut down gracefully when the
-/// drain begins or when it has been idle (no request begun) for a whole `idle` period.
+/// drain begins or, for HTTP/2, when it has been idle (no request begun, none open) for a
+/// whole `idle` period.
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     activity: &Activity,
@@ -241,7 +269,9 @@ async fn drive<C>(
             }
             () = &mut tick, if !shut => {
                 let now = count();
-                if now == seen {
+                let h2 = activity.h2.load(std::sync::atomic::Ordering::Relaxed);
+                let open = activity.open.load(std::sync::atomic::Ordering::Relaxed);
+                if h2 && open == 0 && now == seen {
                     conn.as_mut().graceful_shutdown();
                     shut = true;
                 } else {

@@ -376,13 +376,14 @@ async fn connections_without_a_request_are_closed_at_the_header_timeout() {
     gw.shutdown().await;
 }
 
-/// An HTTP/2 connection is shut down gracefully (GOAWAY) once it has been idle for a whole
-/// `header_read_timeout` period, as HTTP/1 keep-alive connections are closed by hyper; one in
-/// use is not. Real time: under paused time hyper's HTTP/2 server answers only when the clock
-/// next jumps, which would test the clock, not the gateway.
+/// An HTTP/2 connection is shut down gracefully (GOAWAY) once a whole `header_read_timeout`
+/// period passes with no request begun and none open; one in use (requests coming, or one long
+/// stream and nothing else) is not. Real time: under paused time hyper's HTTP/2 server answers
+/// only when the clock next jumps, which would test the clock, not the gateway.
 #[tokio::test]
 async fn idle_http2_connections_are_shut_down() {
-    let gw = start(&format!("server: {{header_read_timeout: 2s}}\n{}", single("m", ""))).await;
+    let cfg = "server: {header_read_timeout: 2s}\nproviders:\n  sim: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets: [{provider: sim, model: m}]\n  slow:\n    targets: [{provider: sim, model: \"s+chunks=25+delay=200ms\"}]\n";
+    let gw = start(cfg).await;
     let sock = TcpStream::connect(gw.data_addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -391,22 +392,35 @@ async fn idle_http2_connections_are_shut_down() {
     .await
     .unwrap();
     let conn = tokio::spawn(conn);
+    let ask = |path: &str, body: String| {
+        Request::post(format!("http://{}{path}", gw.data_addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
     let t0 = tokio::time::Instant::now();
     let mut last_sent = t0;
     // Busy: requests 100 ms apart for 4 s (two periods) keep it open.
     while t0.elapsed() < Duration::from_secs(4) {
         last_sent = tokio::time::Instant::now();
-        let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(chat("x"))))
-            .unwrap();
-        let resp = tx.send_request(req).await.unwrap_or_else(|e| {
-            panic!("the busy connection was closed at {:?}: {e}", t0.elapsed())
-        });
+        let resp =
+            tx.send_request(ask("/v1/chat/completions", chat("x"))).await.unwrap_or_else(|e| {
+                panic!("the busy connection was closed at {:?}: {e}", t0.elapsed())
+            });
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One 5 s stream (over two periods) and nothing else: still in use.
+    let resp = tx.send_request(ask("/r/slow/v1/chat/completions", chat_stream("x"))).await.unwrap();
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("[DONE]"), "{text:?}");
+    last_sent = tokio::time::Instant::now();
+    let resp = tx
+        .send_request(ask("/v1/chat/completions", chat("x")))
+        .await
+        .expect("the connection was shut down under a stream in flight");
+    resp.into_body().collect().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), conn)
         .await
         .expect("the idle HTTP/2 connection was not shut down")
