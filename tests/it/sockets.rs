@@ -399,10 +399,8 @@ async fn idle_http2_connections_are_shut_down() {
             .unwrap()
     };
     let t0 = tokio::time::Instant::now();
-    let mut last_sent = t0;
     // Busy: requests 100 ms apart for 4 s (two periods) keep it open.
     while t0.elapsed() < Duration::from_secs(4) {
-        last_sent = tokio::time::Instant::now();
         let resp =
             tx.send_request(ask("/v1/chat/completions", chat("x"))).await.unwrap_or_else(|e| {
                 panic!("the busy connection was closed at {:?}: {e}", t0.elapsed())
@@ -415,7 +413,7 @@ async fn idle_http2_connections_are_shut_down() {
     let resp = tx.send_request(ask("/r/slow/v1/chat/completions", chat_stream("x"))).await.unwrap();
     let text = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&text).contains("[DONE]"), "{text:?}");
-    last_sent = tokio::time::Instant::now();
+    let last_sent = tokio::time::Instant::now();
     let resp = tx
         .send_request(ask("/v1/chat/completions", chat("x")))
         .await
