@@ -37,6 +37,9 @@ fn flow_depth(text: &str) -> usize {
     let mut quote: Option<u8> = None;
     let mut comment = false;
     let mut prev = b'\n';
+    // The last byte that was not a space or tab: a quote opens a quoted scalar only where a
+    // scalar can start (`it's` in plain text is an apostrophe).
+    let mut last = b'\n';
     let mut escaped = false;
     for &b in text.as_bytes() {
         match (quote, b) {
@@ -48,7 +51,11 @@ fn flow_depth(text: &str) -> usize {
             }
             (Some(q), _) if b == q && !escaped => quote = None,
             (Some(_), _) => {}
-            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'"' | b'\'')
+                if matches!(last, b'\n' | b':' | b'-' | b'[' | b'{' | b',' | b'?') =>
+            {
+                quote = Some(b);
+            }
             (None, b'#') if prev.is_ascii_whitespace() => comment = true,
             (None, b'[' | b'{') => {
                 depth += 1;
@@ -59,6 +66,9 @@ fn flow_depth(text: &str) -> usize {
         }
         escaped = false;
         prev = b;
+        if b != b' ' && b != b'\t' {
+            last = b;
+        }
     }
     max
 }
@@ -237,11 +247,12 @@ fn provider(cx: &Ctx<'_>, name: &str, p: RawProvider) -> Result<ProviderSpec, Co
         (_, Some(u)) => {
             let u = u.trim_end_matches('/').to_owned();
             let uri = u.parse::<http::Uri>().ok();
-            if uri
-                .as_ref()
-                .and_then(|uri| uri.authority())
-                .is_some_and(|a| a.as_str().contains('@'))
-            {
+            // Read as text, before any parse (one that fails would echo the URL): everything
+            // between `://` and the next `/` (a `#` or `?` in a password must not hide it).
+            let authority = u
+                .split_once("://")
+                .map_or(u.as_str(), |(_, rest)| rest.split('/').next().unwrap_or(""));
+            if authority.contains('@') {
                 // Not echoed: it holds a credential, and `check` output lands in CI logs.
                 return Err(cx.err(
                     format!("{path}.base_url"),

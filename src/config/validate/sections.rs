@@ -148,7 +148,12 @@ pub(super) fn server(cx: &Ctx<'_>, s: RawServer) -> Result<Server, ConfigError> 
     };
     let listen = addr(cx, "server.listen", s.listen, "127.0.0.1:8080")?;
     let admin_listen = addr(cx, "server.admin_listen", s.admin_listen, "127.0.0.1:9090")?;
-    if listen == admin_listen && listen.port() != 0 {
+    // The same port on one address, or on any address and another: the second bind fails.
+    let clash = listen.port() == admin_listen.port()
+        && (listen.ip() == admin_listen.ip()
+            || listen.ip().is_unspecified()
+            || admin_listen.ip().is_unspecified());
+    if clash && listen.port() != 0 {
         return Err(cx.err(
             "server.admin_listen",
             format!("{admin_listen} is server.listen's address too; the two planes need their own"),

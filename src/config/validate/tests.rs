@@ -275,11 +275,16 @@ fn redis_urls_the_client_cannot_read_are_refused() {
 
 #[test]
 fn the_two_planes_need_their_own_addresses() {
-    let e = load_str(&format!(
-        "server: {{listen: \"127.0.0.1:7000\", admin_listen: \"127.0.0.1:7000\"}}\n{MIN}"
-    ))
-    .unwrap_err();
-    assert_eq!(e.path, "server.admin_listen", "{e}");
+    let with = |listen: &str, admin: &str| {
+        load_str(&format!("server: {{listen: \"{listen}\", admin_listen: \"{admin}\"}}\n{MIN}"))
+    };
+    for (listen, admin) in
+        [("127.0.0.1:7000", "127.0.0.1:7000"), ("0.0.0.0:7000", "127.0.0.1:7000")]
+    {
+        let e = with(listen, admin).unwrap_err();
+        assert_eq!(e.path, "server.admin_listen", "{e}");
+    }
+    assert!(with("127.0.0.1:7000", "127.0.0.2:7000").is_ok());
 }
 
 /// helper-47: a file starting with a byte-order mark was refused as "missing field `routes`";
@@ -309,9 +314,17 @@ fn base_urls_with_credentials_or_bad_ports_are_refused() {
             &format!("sim: {{kind: openai_compatible, base_url: \"{url}\"}}"),
         )
     };
-    let e = load_str(&with("http://user:pw-s3cret@127.0.0.1:8000/v1")).unwrap_err();
-    assert_eq!(e.path, "providers.sim.base_url", "{e}");
-    assert!(!e.to_string().contains("s3cret"), "{e}");
+    // helper-48: a password that makes the URL unparseable (`{`, a space, `#`) was echoed.
+    for url in [
+        "http://user:pw-s3cret@127.0.0.1:8000/v1",
+        "http://user:pw{s3cret@127.0.0.1:8000/v1",
+        "http://user:pw s3cret@127.0.0.1:8000/v1",
+        "http://user:pw#s3cret@127.0.0.1:8000/v1",
+    ] {
+        let e = load_str(&with(url)).unwrap_err();
+        assert_eq!(e.path, "providers.sim.base_url", "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
     for bad in ["http://127.0.0.1:99999/v1", "http://127.0.0.1:0/v1", "http://"] {
         let e = load_str(&with(bad)).unwrap_err();
         assert_eq!(e.path, "providers.sim.base_url", "{bad}: {e}");
@@ -327,10 +340,11 @@ fn base_urls_with_credentials_or_bad_ports_are_refused() {
 #[test]
 fn deep_nesting_is_refused_before_parsing() {
     let deep = |n: usize| format!("{MIN}label: {}{}\n", "[".repeat(n), "]".repeat(n));
-    let t0 = std::time::Instant::now();
     let e = load_str(&deep(1_000_000)).unwrap_err();
     assert!(e.message.contains("nested deeper than 128"), "{e}");
-    assert!(t0.elapsed() < std::time::Duration::from_secs(2), "{:?}", t0.elapsed());
+    // helper-48: an apostrophe in plain text opened a fake quote that hid what followed.
+    let e = load_str(&format!("label: it's v2\n{}", deep(100_000))).unwrap_err();
+    assert!(e.message.contains("nested deeper than 128"), "{e}");
     // Brackets in quotes and comments do not count; ordinary nesting passes.
     let quoted = format!("{MIN}label: \"{}\" # {}\n", "[".repeat(200), "{".repeat(500));
     assert!(load_str(&quoted).is_ok(), "{:?}", load_str(&quoted).err());
