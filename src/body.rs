@@ -29,20 +29,33 @@ impl std::fmt::Display for Broken {
 
 impl std::error::Error for Broken {}
 
-/// Set by the task feeding a channel body when the stream must not look complete though its
-/// error event could not be queued (the client stopped reading): once the queued bytes are
-/// out, the body ends with an error, so hyper ends the response without its last chunk (HTTP/1)
-/// or resets the stream (HTTP/2) and the client sees a broken transfer, not a clean end.
+/// How the task feeding a channel body ended it. A body whose senders are all gone ends
+/// cleanly only if the task said so ([`Abort::end_cleanly`]); otherwise (it panicked, its
+/// runtime went away, or it [`Abort::set`] because its error event could not be queued to a
+/// client that stopped reading) the body ends with an error once the queued bytes are out, so
+/// hyper ends the response without its last chunk (HTTP/1) or resets the stream (HTTP/2) and
+/// the client sees a broken transfer, never a clean-looking truncated answer.
 #[derive(Clone, Default)]
-pub struct Abort(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct Abort(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+const RUNNING: u8 = 0;
+const CLEAN: u8 = 1;
+const ABORTED: u8 = 2;
 
 impl Abort {
+    /// The stream must not look complete.
     pub fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        self.0.store(ABORTED, std::sync::atomic::Ordering::Release);
     }
 
-    fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+    /// The task ended the stream on purpose (unless it was aborted).
+    pub fn end_cleanly(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let _ = self.0.compare_exchange(RUNNING, CLEAN, AcqRel, Acquire);
+    }
+
+    fn ended_cleanly(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == CLEAN
     }
 }
 
@@ -116,7 +129,7 @@ impl HttpBody for Body {
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Channel(rx, abort) => match rx.poll_recv(cx) {
-                Poll::Ready(None) if abort.is_set() => {
+                Poll::Ready(None) if !abort.ended_cleanly() => {
                     Poll::Ready(Some(Err(Broken("the stream was cut".into()))))
                 }
                 polled => polled.map(|o| o.map(|b| Ok(Frame::data(b)))),
@@ -208,6 +221,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A channel body ends cleanly only when its task said so: one whose task panicked or was
+    /// dropped (helper-48), or that was aborted, ends with an error after its bytes.
+    #[tokio::test]
+    async fn a_channel_body_ends_cleanly_only_when_told() {
+        for (how, clean) in [("told", true), ("never told", false), ("aborted", false)] {
+            let (tx, rx) = mpsc::channel(4);
+            let abort = Abort::default();
+            tx.send(Bytes::from_static(b"data: x\n\n")).await.unwrap();
+            match how {
+                "told" => abort.end_cleanly(),
+                "aborted" => {
+                    abort.set();
+                    abort.end_cleanly();
+                }
+                _ => {}
+            }
+            drop(tx);
+            let mut body = Body::channel(rx, abort);
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&first[..], b"data: x\n\n", "{how}");
+            let end = body.frame().await;
+            assert_eq!(end.is_none(), clean, "{how}");
+        }
+    }
     use http_body_util::Full;
 
     #[tokio::test]
@@ -225,7 +263,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         tx.send(Bytes::from_static(b"a")).await.unwrap();
         drop(tx);
-        let got = Body::channel(rx, Abort::default()).collect().await.unwrap().to_bytes();
+        let abort = Abort::default();
+        abort.end_cleanly();
+        let got = Body::channel(rx, abort).collect().await.unwrap().to_bytes();
         assert_eq!(got, Bytes::from_static(b"a"));
     }
 }

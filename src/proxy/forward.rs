@@ -129,6 +129,9 @@ impl Forward {
     /// argument and as the `mut` binding), which the runtime copies when it moves the task.
     pub async fn run(mut self: Box<Self>) {
         self.respond().await;
+        // Every end `respond` makes is deliberate (an aborted one stays aborted); a panic or
+        // the task being dropped never gets here, and the body then ends with an error.
+        self.abort.end_cleanly();
         // The client has its answer and the request is recorded (on drop); what remains of a
         // complete upstream body is waited out here to keep its connection.
         let tail = self.stream.body.take_tail();
@@ -163,7 +166,7 @@ impl Forward {
         match &end {
             End::Complete => self.end_attempt("ok", "ok", Outcome::Success, String::new()),
             End::ClientGone => {
-                let reason = if self.stalled { "client_stalled" } else { "client_gone" };
+                let reason = self.client_left();
                 self.end_attempt("aborted", reason, Outcome::Neutral, String::new());
             }
             End::Shutdown => {
@@ -195,7 +198,7 @@ impl Forward {
         }
         // A resume the client left (or the shutdown cut) in the middle of opening.
         if self.rec.attempt_in_flight().is_some() {
-            let reason = if matches!(end, End::Shutdown) { "shutdown" } else { "client_gone" };
+            let reason = if matches!(end, End::Shutdown) { "shutdown" } else { self.client_left() };
             self.end_attempt("aborted", reason, Outcome::Neutral, String::new());
         }
         let route = self.rec.route_name().to_owned();
@@ -259,6 +262,12 @@ impl Forward {
         }
     }
 
+    /// The attempt reason for a client that is no longer taking the stream: gone, or still
+    /// connected but not reading until the deadline passed.
+    pub(super) fn client_left(&self) -> &'static str {
+        if self.stalled { "client_stalled" } else { "client_gone" }
+    }
+
     /// Anthropic clients: counts the content blocks the emitter just wrote (from `from` on).
     fn count_blocks(&mut self, from: usize) {
         if self.dialect != Dialect::Anthropic || self.resume.is_none() {
@@ -297,9 +306,11 @@ impl Forward {
             c.push(&chunk);
         }
         // A client that stops reading but keeps the connection open is gone for our purposes
-        // once the deadline passes: the request must end (settle, release its key). Its error
-        // event cannot be queued, so its body is aborted instead of ending cleanly.
-        match timeout_at(self.deadline, self.tx.send(chunk)).await {
+        // once the deadline passes (and a moment more, so the error event a deadline ends the
+        // stream with is not lost to a queue that is only briefly full): the request must end
+        // (settle, release its key). Its error event cannot be queued, so its body is aborted
+        // instead of ending cleanly.
+        match timeout_at(self.deadline + SEND_GRACE, self.tx.send(chunk)).await {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
                 self.stalled = true;
@@ -507,6 +518,9 @@ impl Forward {
         }
     }
 }
+
+/// How long past the deadline a send to the client may wait for room in its queue.
+const SEND_GRACE: Duration = Duration::from_millis(500);
 
 /// Frames one drain may take, so a firehose upstream still reaches the client in pieces.
 const DRAIN_FRAMES: usize = 64;

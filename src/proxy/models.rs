@@ -103,8 +103,9 @@ pub(super) fn one(
     shape: Shape,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, GatewayError> {
+    // Under a route's base URL: that route, by its name or a model it matches.
     if let Some(r) = fixed
-        && r.route.name != id
+        && snap.route_for_model(id).is_none_or(|m| m.index != r.index)
     {
         return Err(GatewayError::new(
             ErrorCode::ModelNotFound,

@@ -483,7 +483,8 @@ pub async fn resume(fwd: &mut Forward, broke: &'static str) -> Option<Resumed> {
                             return Some(Resumed::Complete);
                         }
                         Ok(Resumed::ClientGone) => {
-                            fwd.end_attempt("aborted", "client_gone", Outcome::Neutral, detail);
+                            let reason = fwd.client_left();
+                            fwd.end_attempt("aborted", reason, Outcome::Neutral, detail);
                             return Some(Resumed::ClientGone);
                         }
                         Ok(Resumed::Shutdown) => {

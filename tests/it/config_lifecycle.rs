@@ -508,10 +508,10 @@ async fn unwritable_state_dir_keeps_pins_in_memory() {
 async fn a_reload_that_would_expose_an_open_admin_plane_is_rejected() {
     let dir = TempDir::new("admin-exposure");
     let path = dir.join("tidegate.yaml");
-    let port = crate::common::free_port();
+    // Port 0: the admin plane binds the address the config names, wherever the OS puts it.
     let with_admin =
         |addr: &str| format!("server: {{admin_listen: \"{addr}\"}}\n{}", versioned("one", "a"));
-    std::fs::write(&path, with_admin(&format!("127.0.0.1:{port}"))).unwrap();
+    std::fs::write(&path, with_admin("127.0.0.1:0")).unwrap();
     for (token, want_applied) in [("", false), ("s3cret", true)] {
         let cfg = Config::load(&path).unwrap();
         let opts = StartOptions {
@@ -524,7 +524,7 @@ async fn a_reload_that_would_expose_an_open_admin_plane_is_rejected() {
             workers: None,
         };
         let r = app::start(cfg, opts).await.unwrap();
-        std::fs::write(&path, with_admin(&format!("0.0.0.0:{port}"))).unwrap();
+        std::fs::write(&path, with_admin("0.0.0.0:0")).unwrap();
         let result = r.reloader.reload_now().await;
         if want_applied {
             assert!(matches!(result, ReloadResult::Applied(_)), "{result:?}");
@@ -538,7 +538,7 @@ async fn a_reload_that_would_expose_an_open_admin_plane_is_rejected() {
             );
             assert!(e.contains("tidegate.yaml"), "{e}");
         }
-        std::fs::write(&path, with_admin(&format!("127.0.0.1:{port}"))).unwrap();
+        std::fs::write(&path, with_admin("127.0.0.1:0")).unwrap();
         r.shutdown().await;
     }
 }

@@ -180,7 +180,17 @@ async fn models_list_and_one() {
     let beta = get(&gw, "/r/beta/v1/models/beta").await;
     assert_eq!((beta.status.as_u16(), beta.header("x-tidegate-route")), (200, "beta"));
     assert_eq!(via_prefix.header("x-tidegate-route"), "beta");
-    for path in ["/r/nope/v1/models", "/r/nope/v1/models/beta", "/r/beta/v1/models/alpha"] {
+    // A model a route matches, by the name a chat request gives, there and at the root.
+    for path in ["/v1/models/gpt-4o-mini", "/r/alpha/v1/models/gpt-4o-mini"] {
+        let got = get(&gw, path).await;
+        assert_eq!((got.status.as_u16(), got.json()["id"].as_str()), (200, Some("gpt-4o-mini")));
+    }
+    for path in [
+        "/r/nope/v1/models",
+        "/r/nope/v1/models/beta",
+        "/r/beta/v1/models/alpha",
+        "/r/beta/v1/models/gpt-4o-mini",
+    ] {
         let got = get(&gw, path).await;
         assert_eq!(got.status, 404, "{path}");
         assert_eq!(got.error_code(), "model_not_found");
@@ -190,9 +200,10 @@ async fn models_list_and_one() {
     let ok = format!(
         "tidegate_requests_total{{config_version=\"{version}\",outcome=\"ok\",route=\"\"}}"
     );
-    assert_eq!(metric(&gw, &ok), 2.0);
+    assert_eq!(metric(&gw, &ok), 3.0);
     // Those under a route's base URL count under that route.
     assert_eq!(metric(&gw, &ok.replace("route=\"\"", "route=\"beta\"")), 2.0);
+    assert_eq!(metric(&gw, &ok.replace("route=\"\"", "route=\"alpha\"")), 1.0);
     let aborted = ok.replace("\"ok\"", "\"aborted\"");
     assert_eq!(metric(&gw, &aborted), 0.0);
 }

@@ -138,7 +138,8 @@ async fn provider_keys_echoed_by_the_upstream_are_redacted_everywhere() {
             );
         }
     });
-    let key_file = std::env::temp_dir().join(format!("tidegate-redact-{}", std::process::id()));
+    let dir = crate::config_lifecycle::TempDir::new("redact");
+    let key_file = dir.join("key");
     std::fs::write(&key_file, KEY).unwrap();
     let yaml = format!(
         "providers:\n  up: {{kind: openai_compatible, base_url: \"http://{up}/v1\", api_key_file: {key_file:?}}}\nroutes:\n  r:\n    default: true\n    resume: off\n    retries: {{per_target: 0}}\n    targets: [{{provider: up, model: m}}]\n"
@@ -150,7 +151,6 @@ async fn provider_keys_echoed_by_the_upstream_are_redacted_everywhere() {
     assert_eq!(streamed.status, 200, "{}", streamed.text());
     let messages = r#"{"model":"stream","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let anthropic = post(&gw, "/v1/messages", messages).await;
-    std::fs::remove_file(&key_file).unwrap();
     for (what, text) in [
         ("the refusal", refused.text()),
         ("the OpenAI stream", streamed.text()),

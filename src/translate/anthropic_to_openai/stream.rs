@@ -75,8 +75,8 @@ pub struct StreamTranslator {
     usage: Option<Usage>,
     error: Option<(String, String)>,
     finished: bool,
-    /// Bytes of answer text and tool arguments streamed: the output estimate when the
-    /// upstream reports no usage (3 bytes a token, as tidegate bills it).
+    /// Bytes of answer text streamed: the output estimate when the upstream reports no usage
+    /// (3 bytes a token, counted as tidegate bills it: the text, not tool arguments).
     streamed: u64,
 }
 
@@ -275,9 +275,6 @@ impl StreamTranslator {
         call: &Value,
         out: &mut Vec<AnthropicEvent>,
     ) -> Result<(), TranslateError> {
-        if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str) {
-            self.streamed += args.len() as u64;
-        }
         let call_id = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
         let key = match call.get("index").and_then(Value::as_u64) {
             Some(i) => ToolKey::Index(i),
