@@ -43,8 +43,12 @@ fn check_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
 
 /// Whether a content-type's media type (before any `;` parameters) is JSON.
 fn is_json(ct: &str) -> bool {
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let (kind, subtype) = media.split_once('/').unwrap_or((media, ""));
+    let tail = subtype.len().checked_sub(5).and_then(|i| subtype.get(i..));
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || tail.is_some_and(|t| t.eq_ignore_ascii_case("+json")))
 }
 
 /// The whole body, at most `limits.0` bytes, arrived by `start + limits.1`.
