@@ -21,7 +21,7 @@ pub mod triggers;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use history::{ConfigDoc, OpError, Outcome, StateInfo, Trigger, VersionInfo};
+pub use history::{ConfigDoc, OpError, Outcome, StateInfo, Trigger, VersionInfo, rfc3339};
 use history::{History, resolve};
 
 use super::{Config, version_of};

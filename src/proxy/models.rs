@@ -11,6 +11,7 @@ use super::record::RequestRecord;
 use super::{ROUTE_HEADER, client_auth, json_response};
 use crate::body::Body;
 use crate::config::auth::Client;
+use crate::config::reload::rfc3339;
 use crate::error::{ErrorCode, GatewayError};
 use crate::runtime::{RouteRuntime, Snapshot};
 
@@ -32,7 +33,7 @@ impl Shape {
                 "id": id, "object": "model", "created": created, "owned_by": "tidegate",
             }),
             Self::Anthropic => serde_json::json!({
-                "type": "model", "id": id, "display_name": id, "created_at": rfc3339(created),
+                "type": "model", "id": id, "display_name": id, "created_at": rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(created)),
                 "lifecycle": "active",
             }),
         }
@@ -52,27 +53,6 @@ impl Shape {
             }
         }
     }
-}
-
-/// `secs` since the Unix epoch as RFC 3339 UTC (`2026-11-29T22:40:00Z`), the form Anthropic's
-/// `created_at` takes. Days to a civil date by Howard Hinnant's `civil_from_days`.
-fn rfc3339(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
 }
 
 /// `GET /v1/models`.
@@ -150,18 +130,5 @@ fn model_one(snap: &Snapshot, id: &str, shape: Shape) -> Result<Response<Body>, 
             format!("no route named {:?} or matching it", crate::error::clip(id)),
         )
         .with_param("model")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn timestamps_read_as_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_798_583_425), "2026-12-29T22:30:25Z");
-        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
     }
 }

@@ -369,6 +369,14 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_815_605);
         assert_eq!(rfc3339(t), "2026-11-27T21:40:05Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // Leap days and a century that is not a leap year (the models endpoint's dates too).
+        for (secs, want) in [
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_798_583_425, "2026-12-29T22:30:25Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)), want);
+        }
     }
 
     #[test]
