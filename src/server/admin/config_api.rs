@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::body::Body;
+use crate::body::{Body, ReadError, read_limited};
 use crate::config::reload::{ConfigDoc, OpError, Reloader};
 
 /// Largest request body accepted by the admin API.
@@ -107,24 +106,25 @@ struct PinBody {
 
 /// The version to pin: `{"version": "..."}`; an empty body or `{}` means the active one.
 async fn read_pin(body: Incoming) -> Result<Option<String>, OpError> {
-    let read = tokio::time::timeout(BODY_WAIT, Limited::new(body, MAX_BODY).collect()).await;
+    let body = std::pin::pin!(body);
+    let read = tokio::time::timeout(BODY_WAIT, read_limited(body, MAX_BODY)).await;
     let bytes: Bytes = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Err(_) => {
+        Ok(Ok(bytes)) => bytes,
+        Err(_) | Ok(Err(ReadError::TimedOut)) => {
             return Err(OpError {
                 status: 408,
                 code: "request_timeout",
                 message: format!("the request body did not arrive within {BODY_WAIT:?}"),
             });
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+        Ok(Err(ReadError::TooLarge)) => {
             return Err(OpError {
                 status: 413,
                 code: "request_too_large",
                 message: format!("the request body is larger than {MAX_BODY} bytes"),
             });
         }
-        Ok(Err(e)) => {
+        Ok(Err(ReadError::Broken(e))) => {
             return Err(OpError::bad_request(format!("cannot read the request body: {e}")));
         }
     };
