@@ -297,19 +297,31 @@ async fn load_shedding_answers_503_fast() {
     gw.shutdown().await;
 }
 
-/// Over HTTP/2 too: a client still sending a body far over the limit gets the 413 (then the
-/// stream is reset with NO_ERROR, as RFC 9113 8.1 allows once the response is complete).
-#[tokio::test]
-async fn oversize_body_gets_its_413_over_http2() {
-    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
-    let sock = TcpStream::connect(gw.data_addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+/// An HTTP/2 (prior knowledge) client connection to `addr`, and the task driving it (it ends
+/// when the connection does).
+async fn http2_client<B>(
+    addr: SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<B>, tokio::task::JoinHandle<hyper::Result<()>>)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let sock = TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(sock),
     )
     .await
     .unwrap();
-    tokio::spawn(conn);
+    (tx, tokio::spawn(conn))
+}
+
+/// Over HTTP/2 too: a client still sending a body far over the limit gets the 413 (then the
+/// stream is reset with NO_ERROR, as RFC 9113 8.1 allows once the response is complete).
+#[tokio::test]
+async fn oversize_body_gets_its_413_over_http2() {
+    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
+    let (mut tx, _conn) = http2_client(gw.data_addr).await;
     let chunks = futures_util::stream::iter((0..80).map(|_| {
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
             b' ';
@@ -384,14 +396,7 @@ async fn connections_without_a_request_are_closed_at_the_header_timeout() {
 async fn idle_http2_connections_are_shut_down() {
     let cfg = "server: {header_read_timeout: 2s}\nproviders:\n  sim: {kind: mock}\nroutes:\n  r:\n    default: true\n    targets: [{provider: sim, model: m}]\n  slow:\n    targets: [{provider: sim, model: \"s+chunks=25+delay=200ms\"}]\n";
     let gw = start(cfg).await;
-    let sock = TcpStream::connect(gw.data_addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(sock),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut tx, conn) = http2_client(gw.data_addr).await;
     let ask = |path: &str, body: String| {
         Request::post(format!("http://{}{path}", gw.data_addr))
             .header("content-type", "application/json")
