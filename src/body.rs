@@ -161,8 +161,11 @@ impl HttpBody for Body {
 pub enum ReadError {
     /// More than the limit arrived.
     TooLarge,
-    /// The body errored (client reset, upstream cut).
+    /// The body errored (a malformed chunk, an upstream cut).
     Broken(String),
+    /// The client went away before its body was whole: the connection closed or was reset,
+    /// or it reset the HTTP/2 stream. Nobody is left to answer.
+    Gone,
     /// The read did not finish in time.
     TimedOut,
 }
@@ -171,7 +174,7 @@ pub enum ReadError {
 pub async fn read_limited<B>(mut body: Pin<&mut B>, limit: usize) -> Result<Bytes, ReadError>
 where
     B: HttpBody<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge);
@@ -179,7 +182,9 @@ where
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ReadError::Broken(e.to_string()))?;
+        let frame = frame.map_err(|e| {
+            if client_left(&e) { ReadError::Gone } else { ReadError::Broken(e.to_string()) }
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
         if total > limit {
@@ -196,6 +201,35 @@ where
         }
     }
     Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Whether a request body's error means the client left (rather than sent something broken,
+/// such as a malformed chunk, which is `InvalidInput`/`InvalidData`): hyper's "incomplete" (an
+/// HTTP/1 connection closed before the body's length), a connection reset, or an HTTP/2 reset
+/// or GOAWAY from the client.
+fn client_left(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let io_gone = |e: &std::io::Error| {
+        matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+    };
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && (h2.is_remote() || h2.get_io().is_some_and(io_gone))
+        {
+            return true;
+        }
+        if e.downcast_ref::<std::io::Error>().is_some_and(io_gone) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// After a 413, reads and discards what the client keeps sending, up to `bound` bytes or `time`,

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request body did not arrive within `server.body_read_timeout` (408).
     RequestTimeout,
+    /// The client went away before its request body was whole: logged and counted as
+    /// `aborted` with nginx's 499; the answer it would get has nobody to read it.
+    ClientClosed,
 }
 
 impl ErrorCode {
@@ -75,6 +78,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
+            Self::ClientClosed => "client_closed",
         }
     }
 
@@ -95,6 +99,7 @@ impl ErrorCode {
             Self::ContractViolation | Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -110,7 +115,8 @@ impl ErrorCode {
             | Self::ModelNotFound
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::RequestTimeout => "invalid_request_error",
+            | Self::RequestTimeout
+            | Self::ClientClosed => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",
             Self::ContractViolation | Self::UpstreamUnavailable => "upstream_error",
@@ -128,7 +134,9 @@ impl ErrorCode {
             | Self::IdempotencyKeyReused
             | Self::IdempotencyInFlight => "invalid_request_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
-            Self::MethodNotAllowed | Self::RequestTimeout => "invalid_request_error",
+            Self::MethodNotAllowed | Self::RequestTimeout | Self::ClientClosed => {
+                "invalid_request_error"
+            }
             Self::Unauthorized => "authentication_error",
             Self::RequestTooLarge => "request_too_large",
             Self::BudgetExhausted | Self::RateLimited => "rate_limit_error",

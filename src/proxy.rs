@@ -130,7 +130,7 @@ impl Gateway {
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B::Error: std::error::Error + 'static,
     {
         let snap = self.snapshot();
         let rid = request_id(req.headers());
@@ -209,7 +209,7 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B::Error: std::error::Error + 'static,
     {
         let (parts, body) = req.into_parts();
         let (path_route, api_path) = split_route_prefix(parts.uri.path());
@@ -376,6 +376,7 @@ fn outcome_of(code: ErrorCode) -> &'static str {
         | ErrorCode::IdempotencyInFlight => "rejected",
         ErrorCode::ContractViolation | ErrorCode::UpstreamUnavailable => "upstream_error",
         ErrorCode::DeadlineExceeded => "timeout",
+        ErrorCode::ClientClosed => "aborted",
     }
 }
 

@@ -60,7 +60,7 @@ pub(super) async fn read_body<B>(
 ) -> Result<Bytes, GatewayError>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     check_headers(headers)?;
     let (limit, within) = limits;
@@ -98,6 +98,10 @@ where
         Err(ReadError::Broken(e)) => {
             Err(GatewayError::invalid(format!("could not read the request body: {e}"), None))
         }
+        Err(ReadError::Gone) => Err(GatewayError::new(
+            ErrorCode::ClientClosed,
+            "the client went away before its request body was whole",
+        )),
         Err(ReadError::TimedOut) => Err(GatewayError::new(
             ErrorCode::RequestTimeout,
             format!("the request body did not arrive within {within:?} (server.body_read_timeout)"),

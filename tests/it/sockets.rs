@@ -1,5 +1,6 @@
 //! End-to-end over real loopback sockets: the gateway in front of `mock-provider` over HTTP,
-//! disconnects, oversize bodies, load shedding, slow clients, the admin plane and draining.
+//! disconnects, load shedding, slow clients, the admin plane and draining. Request bodies
+//! (oversize, stalled, cut off) are in `uploads.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
+
+mod uploads;
 
 pub(crate) async fn mock_server() -> (SocketAddr, Arc<MockStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -234,47 +237,6 @@ async fn client_disconnect_over_sockets_cancels_upstream_within_a_second() {
 }
 
 #[tokio::test]
-async fn oversize_body_gets_its_413_while_the_client_keeps_sending() {
-    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
-    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
-    let total = 4 << 20;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {total}\r\n\r\n"
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let (mut rd, mut wr) = sock.into_split();
-    let writer = tokio::spawn(async move {
-        let chunk = vec![b' '; 64 << 10];
-        let mut sent = 0;
-        while sent < total {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-            sent += chunk.len();
-        }
-    });
-    let mut resp = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut resp)).await;
-    let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-    assert!(text.contains("request_too_large"));
-    writer.abort();
-
-    // A client that waits to be asked for its body gets the 413 at once, not `100 Continue`.
-    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {total}\r\n\r\n"
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut resp)).await;
-    assert!(read.is_ok(), "the connection stayed open");
-    let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-    gw.shutdown().await;
-}
-
-#[tokio::test]
 async fn load_shedding_answers_503_fast() {
     let gw = start(&format!(
         "server: {{max_concurrent_requests: 1}}\n{}",
@@ -314,32 +276,6 @@ where
     .await
     .unwrap();
     (tx, tokio::spawn(conn))
-}
-
-/// Over HTTP/2 too: a client still sending a body far over the limit gets the 413 (then the
-/// stream is reset with NO_ERROR, as RFC 9113 8.1 allows once the response is complete).
-#[tokio::test]
-async fn oversize_body_gets_its_413_over_http2() {
-    let gw = start(&format!("server: {{max_body_bytes: 64KiB}}\n{}", single("m", ""))).await;
-    let (mut tx, _conn) = http2_client(gw.data_addr).await;
-    let chunks = futures_util::stream::iter((0..80).map(|_| {
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
-            b' ';
-            64 << 10
-        ])))
-    }));
-    let req = Request::post(format!("http://{}/v1/chat/completions", gw.data_addr))
-        .header("content-type", "application/json")
-        .body(http_body_util::StreamBody::new(chunks))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
-        .await
-        .expect("no answer in 10 s")
-        .expect("no response: the stream was reset before it");
-    assert_eq!(resp.status(), 413);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("request_too_large"), "{body:?}");
-    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -432,34 +368,6 @@ async fn idle_http2_connections_are_shut_down() {
     // At least a whole period after its last request began.
     let idle = last_sent.elapsed();
     assert!(idle >= Duration::from_secs(2), "closed {idle:?} after the last request");
-    gw.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_stalled_body_gets_a_408_and_frees_its_place() {
-    // One place in all: a client that sends its headers and part of its body, then nothing,
-    // holds it only until the body read timeout, and then hears why.
-    let cfg = "server: {body_read_timeout: 2s, max_concurrent_requests: 1}\n";
-    let gw = start(&format!("{cfg}{}", single("m", ""))).await;
-    let mut sock = TcpStream::connect(gw.data_addr).await.unwrap();
-    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"").await.unwrap();
-    // The place is taken while the body is awaited (once the gateway has the headers).
-    let taken = async {
-        while send(gw.data_addr, "/v1/chat/completions", &chat("x")).await.status != 503 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(1), taken).await.expect("the place was not taken");
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the connection of a stalled body was not closed");
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.contains("x-tidegate-error-code: request_timeout"), "{text}");
-    assert!(text.contains("connection: close"), "{text}");
-    assert!(text.contains("server.body_read_timeout"), "{text}");
-    let got = send(gw.data_addr, "/v1/chat/completions", &chat("x")).await;
-    assert_eq!(got.status, 200, "{}", got.text());
     gw.shutdown().await;
 }
 

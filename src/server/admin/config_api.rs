@@ -124,6 +124,9 @@ async fn read_pin(body: Incoming) -> Result<Option<String>, OpError> {
                 message: format!("the request body is larger than {MAX_BODY} bytes"),
             });
         }
+        Ok(Err(ReadError::Gone)) => {
+            return Err(OpError::bad_request("the client went away before its body was whole"));
+        }
         Ok(Err(ReadError::Broken(e))) => {
             return Err(OpError::bad_request(format!("cannot read the request body: {e}")));
         }
