@@ -33,32 +33,58 @@ impl Secret {
     }
 
     /// `text` with every echo of the key replaced by `[redacted]`, or `None` if it has none.
-    /// An upstream may echo the key inside JSON, where `/` can be written `\/` and `/`, `+`
-    /// and `=` as `\u002f`-style escapes (HTML-safe encoders): those forms count too. A key
-    /// under 8 bytes is not looked for (it would match ordinary text by chance).
+    /// An upstream may echo the key inside JSON, where any character can be written as a
+    /// `\u00XX` escape (HTML-safe encoders escape `/`, `+`, `=`) and `/` as `\/`: each of
+    /// the key's characters may come in any of its forms, mixed. A key under 8 bytes is not
+    /// looked for (it would match ordinary text by chance).
     pub fn redact(&self, text: &str) -> Option<String> {
-        let key = self.expose();
+        let key = self.expose().as_bytes();
         if key.len() < 8 {
             return None;
         }
-        let escaped = |slash: &str, plus: &str, eq: &str| {
-            key.replace('/', slash).replace('+', plus).replace('=', eq)
-        };
-        let mut forms = vec![key.to_owned()];
-        if key.contains(['/', '+', '=']) {
-            forms.push(escaped("\\/", "+", "="));
-            forms.push(escaped("\\u002f", "\\u002b", "\\u003d"));
-            forms.push(escaped("\\u002F", "\\u002B", "\\u003D"));
-        }
-        let mut out: Option<String> = None;
-        for form in &forms {
-            let current = out.as_deref().unwrap_or(text);
-            if current.contains(form.as_str()) {
-                out = Some(current.replace(form.as_str(), "[redacted]"));
+        let bytes = text.as_bytes();
+        let mut out = String::new();
+        let (mut copied, mut at) = (0, 0);
+        // A match begins at an ASCII byte or at the key's own first byte, so at a character
+        // boundary, and ends after a whole character: the slices below are on boundaries.
+        while at < bytes.len() {
+            match echo_end(bytes, at, key) {
+                Some(end) => {
+                    out.push_str(&text[copied..at]);
+                    out.push_str("[redacted]");
+                    (copied, at) = (end, end);
+                }
+                None => at += 1,
             }
         }
-        out
+        if copied == 0 {
+            return None;
+        }
+        out.push_str(&text[copied..]);
+        Some(out)
     }
+}
+
+/// Where an echo of `key` starting at `at` ends, each key byte as itself, as `\/` for `/`, or
+/// as a `\uXXXX` escape of an ASCII byte.
+fn echo_end(text: &[u8], mut at: usize, key: &[u8]) -> Option<usize> {
+    for &k in key {
+        match text.get(at..)? {
+            [b, ..] if *b == k => at += 1,
+            [b'\\', b'/', ..] if k == b'/' => at += 2,
+            [b'\\', b'u', hex @ ..] if k.is_ascii() => {
+                let hex = hex.get(..4)?;
+                let code =
+                    hex.iter().try_fold(0u32, |n, d| Some(n * 16 + (*d as char).to_digit(16)?));
+                if code != Some(u32::from(k)) {
+                    return None;
+                }
+                at += 6;
+            }
+            _ => return None,
+        }
+    }
+    Some(at)
 }
 
 impl std::fmt::Debug for Secret {
@@ -324,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_redacted_as_sent_and_json_escaped() {
+    fn keys_are_redacted_as_sent_and_json_escaped_in_any_mix() {
         let key = Secret("sk-live/KEY+x==".into());
         for (text, want) in [
             ("bad key sk-live/KEY+x== here", Some("bad key [redacted] here")),
@@ -334,6 +360,13 @@ mod tests {
                 r"sk-live\u002FKEY\u002Bx\u003D\u003D and sk-live/KEY+x==",
                 Some("[redacted] and [redacted]"),
             ),
+            // Forms mixed, and letters escaped too.
+            (r"sk-live\/KEY\u002bx=\u003D!", Some("[redacted]!")),
+            (r"\u0073k-live/K\u0045Y+x==", Some("[redacted]")),
+            ("é sk-live/KEY+x==é", Some("é [redacted]é")),
+            (r"sk-live/KEY+x=\u003", None),
+            (r"sk-live/KEY+x=\u+03d", None),
+            ("sk-live/KEY+x=", None),
             ("nothing to see", None),
         ] {
             assert_eq!(key.redact(text).as_deref(), want, "{text}");
