@@ -5,26 +5,26 @@
 //! stripped when the client did not ask for it. An upstream failure after the commit point ends
 //! the stream with an error event and no `[DONE]`, never a clean-looking truncation. A client
 //! disconnect (the body's receiver dropped) is noticed even while the upstream is silent, and
-//! drops the upstream connection at once.
+//! drops the upstream connection at once. The loop that moves frames is in `pump.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
-use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
+
+mod pump;
 
 use super::attempt::{self, OpenStream};
 use super::emit::Emitter;
 use super::peek::{self, ChunkPeek};
 use super::record::RequestRecord;
 use super::resume::{self, ResumeKit, Resumed};
-use super::stream_end::{End, RESUMABLE, stream_verdict, timer_reason, upstream};
+use super::stream_end::{End, RESUMABLE, stream_verdict, upstream};
 use crate::cache::AnswerCache;
 use crate::config::Wire;
-use crate::error::{Dialect, ErrorCode, GatewayError};
+use crate::error::{Dialect, GatewayError};
 use crate::routing::health::Outcome;
 
 /// A streamed answer being collected for the cache tier.
@@ -400,179 +400,7 @@ impl Forward {
         }
         if self.flush().await { End::Complete } else { End::ClientGone }
     }
-
-    async fn pump(&mut self) -> End {
-        if !self.stream.held.is_empty() {
-            self.prime();
-        }
-        match self.primed.take() {
-            Some(Ok(())) => return self.finish(true).await,
-            Some(Err(end)) => return end,
-            None => {}
-        }
-        let mut now = Instant::now();
-        let mut last_event = now;
-        // Every timer ends at the request's deadline or the attempt's limit, whichever is first.
-        let limit = self.deadline.min(self.stream.attempt_end);
-        let mut idle = Box::pin(tokio::time::sleep_until((now + self.idle).min(limit)));
-        // The shutdown that cuts open streams when `shutdown_grace` ends: made (and
-        // registered as a waiter) once, polled only while no frame is ready, and checked (an
-        // atomic load) before each wait, so a stream whose frames are always ready is cut too.
-        let stop_token = self.gw.stop_streams.clone();
-        let mut stop = std::pin::pin!(stop_token.cancelled());
-        // The end of the upstream body (or its error) met while draining ready frames: handled
-        // after the events before it are queued.
-        let mut ended = None;
-        loop {
-            loop {
-                let ev = match self.stream.decoder.next_event() {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => break,
-                    Err(e) => return upstream("malformed", e.to_string()),
-                };
-                match self.queue(ev.event.as_deref(), &ev.data) {
-                    Ok(true) => return self.finish(true).await,
-                    Ok(false) => {}
-                    Err(end) => return end,
-                }
-            }
-            // The clock read after each wait also starts the next one and marks the last
-            // event for the idle deadline.
-            if !self.out.is_empty() {
-                let before = Instant::now();
-                let sent = self.send_out().await;
-                now = Instant::now();
-                self.rec.client_wait += now - before;
-                self.last_sent = now;
-                if !sent {
-                    return End::ClientGone;
-                }
-            }
-            let frame = if let Some(end) = ended.take() {
-                Ok(end)
-            } else {
-                if stop_token.is_cancelled() {
-                    return End::Shutdown;
-                }
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = self.tx.closed() => return End::ClientGone,
-                        f = self.stream.body.frame() => break Ok(f),
-                        () = &mut stop => return End::Shutdown,
-                        () = &mut idle => {
-                            // The timer is armed lazily: it fires at most once per idle
-                            // period and is pushed back to the real end (last event + idle)
-                            // if events came.
-                            let t = Instant::now();
-                            let end = (last_event + self.idle).min(limit);
-                            if t >= end {
-                                break Err(());
-                            }
-                            idle.as_mut().reset(end);
-                        }
-                    }
-                }
-            };
-            let after = Instant::now();
-            self.rec.upstream_wait += after - now;
-            now = after;
-            let silent = after - last_event;
-            last_event = after;
-            match frame {
-                // The route's limits, not the target's doing while it was still delivering
-                // (`stream_verdict`); a target silent that long before had stalled.
-                Err(_) => {
-                    let reason = timer_reason(after, self.deadline, limit, silent, self.idle);
-                    return match reason {
-                        "deadline" | "deadline_stalled" => End::Upstream {
-                            reason,
-                            detail: format!(
-                                "the route's total deadline passed, the upstream silent for {silent:?}"
-                            ),
-                            code: ErrorCode::DeadlineExceeded,
-                        },
-                        "timeout_idle" => upstream(reason, format!("no event for {:?}", self.idle)),
-                        _ => upstream(
-                            reason,
-                            format!(
-                                "the attempt's limit (timeouts.attempt) passed, the upstream silent for {silent:?}"
-                            ),
-                        ),
-                    };
-                }
-                // A stream that ends after its finish reason is complete; `[DONE]` is only a
-                // terminator, so tidegate supplies it.
-                Ok(None) if self.stream.finish.is_some() => return self.finish(false).await,
-                Ok(None) => {
-                    return upstream("cut", "the stream ended before the answer finished".into());
-                }
-                Ok(Some(Err(e))) => return upstream("cut", e.to_string()),
-                Ok(Some(Ok(f))) => {
-                    if let Ok(data) = f.into_data() {
-                        self.stream.decoder.feed(&data);
-                    }
-                    ended = self.drain_ready().await;
-                }
-            }
-        }
-    }
 }
 
 /// How long past the deadline a send to the client may wait for room in its queue.
 const SEND_GRACE: Duration = Duration::from_millis(500);
-
-/// Frames one drain may take, so a firehose upstream still reaches the client in pieces.
-const DRAIN_FRAMES: usize = 64;
-
-type Polled = Option<Result<hyper::body::Frame<Bytes>, crate::body::BoxError>>;
-
-impl Forward {
-    /// Feeds the decoder the frames the upstream connection already has, so events that came
-    /// in one read leave in one client write (one wake and one system call, not one per
-    /// event). The connection task hands over one frame at a time, so it gets one turn to
-    /// decode its next; nothing waits for the network. Returns the body's end if it was met.
-    async fn drain_ready(&mut self) -> Option<Polled> {
-        let mut yielded = false;
-        let mut taken = 0;
-        while taken < DRAIN_FRAMES {
-            match self.stream.body.frame().now_or_never() {
-                Some(Some(Ok(f))) => {
-                    if let Ok(data) = f.into_data() {
-                        self.stream.decoder.feed(&data);
-                    }
-                    taken += 1;
-                    yielded = false;
-                }
-                Some(end) => return Some(end),
-                None if !yielded => {
-                    YieldNow(false).await;
-                    yielded = true;
-                }
-                None => break,
-            }
-        }
-        None
-    }
-}
-
-/// Lets the tasks already woken run, then resumes. Unlike `tokio::task::yield_now`, which
-/// defers the task until the I/O driver has been polled (an `epoll_wait` per call), this
-/// reschedules at once: the connection task woken by the frame just taken runs first.
-struct YieldNow(bool);
-
-impl std::future::Future for YieldNow {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
