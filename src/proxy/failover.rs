@@ -80,267 +80,340 @@ fn context_of(config: &Config, t: &TargetRuntime) -> Option<u64> {
     config.models.get(&t.target.model).and_then(|m| m.context)
 }
 
+/// What one run of the loop has learned so far.
+#[derive(Default)]
+struct Tally {
+    /// Attempts made (bounded by `retries.total`).
+    attempts: u32,
+    /// Why the first target did not serve.
+    first_reason: Option<&'static str>,
+    /// After a context-length failure: only targets with a larger (or unknown) window.
+    min_context: Option<u64>,
+    /// One line per target tried or passed over, for the error message.
+    failures: Vec<String>,
+    untranslatable: Option<TranslateError>,
+    /// A target was passed over by the cost ceiling.
+    ceiling_skipped: bool,
+    /// Targets passed over for what the request is (untranslatable, an endpoint their API
+    /// lacks, over the cost ceiling): when that is every target, the request is the problem
+    /// (a 400); when some other target was only unavailable for now (breaker, cooldown), it
+    /// is not.
+    refused_for_request: usize,
+    /// A target was passed over by its budget, which resets after this long.
+    budget_reset: Option<Duration>,
+    /// The last failure was the prompt's length, and every target after it was passed over
+    /// for its window: the client hears that refusal (its request is the problem, not the
+    /// route), unless the route has free tiers to answer instead. A later target that is not
+    /// passed over for its window (tried, skipped otherwise, or left untried when the
+    /// attempts run out) clears it.
+    too_long: Option<Failed>,
+}
+
+impl Tally {
+    /// Why the first target did not serve, when target `ti` is a later one.
+    fn fallback(&self, ti: usize) -> Option<&'static str> {
+        if ti > 0 { self.first_reason } else { None }
+    }
+
+    fn refused(&self, ti: usize) -> Refused {
+        Refused { target: ti, attempts: self.attempts, fallback_reason: self.fallback(ti) }
+    }
+}
+
+/// How trying one target ended.
+enum Tried {
+    /// It answered.
+    Served(Served),
+    /// The request ends here, in failure.
+    Failed(Failed),
+    /// On to the next target.
+    Next,
+    /// No attempt is left.
+    OutOfAttempts,
+}
+
 impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     pub async fn run(&self, rec: &mut RequestRecord) -> Result<Served, Failed> {
+        let mut tally = Tally::default();
+        self.retry_budget.record_request();
+        for (ti, t) in self.route.targets.iter().enumerate() {
+            let Some(body) = self.body_for_target(t, &mut tally) else { continue };
+            match self.try_target(ti, t, &body, &mut tally, rec).await {
+                Tried::Served(served) => return Ok(served),
+                Tried::Failed(failed) => return Err(failed),
+                Tried::Next => {}
+                Tried::OutOfAttempts => break,
+            }
+        }
+        Err(self.exhausted(tally))
+    }
+
+    /// The upstream body for `t`, or `None` when `t` is passed over for what the request is:
+    /// its context window is too small after a context-length failure, its API lacks the
+    /// endpoint, or it cannot express the request.
+    fn body_for_target(&self, t: &TargetRuntime, tally: &mut Tally) -> Option<Bytes> {
+        if let (Some(floor), Some(ctx)) = (tally.min_context, context_of(self.config, t))
+            && ctx <= floor
+        {
+            tally.failures.push(format!(
+                "{}/{}: skipped (context window {ctx} not larger than {floor})",
+                t.target.provider, t.target.model
+            ));
+            return None;
+        }
+        tally.too_long = None;
+        let (p, m) = (&t.target.provider, &t.target.model);
+        if self.endpoint.path(t.provider.spec.wire).is_none() {
+            // This target's API has no such endpoint (embeddings on the Anthropic wire): no
+            // call is made; another target might serve it.
+            tally.failures.push(format!("{p}/{m}: its API has no {} endpoint", self.endpoint));
+            tally.untranslatable.get_or_insert_with(|| TranslateError {
+                message: format!(
+                    "no target of route {:?} serves {} (Anthropic-wire providers have no embeddings API)",
+                    self.route.route.name, self.endpoint
+                ),
+                param: Some("model".to_owned()),
+            });
+            tally.first_reason.get_or_insert("unsupported");
+            tally.refused_for_request += 1;
+            return None;
+        }
+        match (self.body_for)(t) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // This target cannot express the request; another target might.
+                tally.failures.push(format!("{p}/{m}: untranslatable ({e})"));
+                tally.untranslatable.get_or_insert(e);
+                // A later target serving it is a fallback, and says so.
+                tally.first_reason.get_or_insert("untranslatable");
+                tally.refused_for_request += 1;
+                None
+            }
+        }
+    }
+
+    /// Attempts on target `ti`, retried while `retries` and the retry budget allow.
+    async fn try_target(
+        &self,
+        ti: usize,
+        t: &TargetRuntime,
+        body: &Bytes,
+        tally: &mut Tally,
+        rec: &mut RequestRecord,
+    ) -> Tried {
         let route = &self.route.route;
         let retries = route.retries;
-        let mut attempts = 0u32;
-        let mut first_reason: Option<&'static str> = None;
-        // After a context-length failure: only targets with a larger (or unknown) window.
-        let mut min_context: Option<u64> = None;
-        let mut failures: Vec<String> = Vec::new();
-        let mut untranslatable: Option<TranslateError> = None;
-        // Targets passed over by the cost ceiling or the budget (the latter with its reset).
-        let mut ceiling_skipped = false;
-        // Targets passed over for what the request is (untranslatable, an endpoint their API
-        // lacks, over the cost ceiling): when that is every target, the request is the problem
-        // (a 400); when some other target was only unavailable for now (breaker, cooldown),
-        // it is not.
-        let mut refused_for_request = 0usize;
-        let mut budget_reset: Option<Duration> = None;
-        // The last failure was the prompt's length, and every target after it was passed over
-        // for its window: the client hears that refusal (its request is the problem, not the
-        // route), unless the route has free tiers to answer instead. A later target that is
-        // not passed over for its window (tried, skipped otherwise, or left untried when the
-        // attempts run out) clears it.
-        let mut too_long: Option<Failed> = None;
-        self.retry_budget.record_request();
-        'targets: for (ti, t) in self.route.targets.iter().enumerate() {
-            if let (Some(floor), Some(ctx)) = (min_context, context_of(self.config, t))
-                && ctx <= floor
+        let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
+        let mut tries = 0u32;
+        // Why the next attempt on this target is a retry; counted once it is made.
+        let mut retrying: Option<&'static str> = None;
+        loop {
+            if tally.attempts >= retries.total {
+                return Tried::OutOfAttempts;
+            }
+            // Cost and budget first: a breaker's half-open probe must not be spent on a
+            // target the budget then refuses.
+            if let Err(skip) =
+                super::admit::target(self.route, ti, t, self.ask, self.shared, rec).await
             {
-                failures.push(format!(
-                    "{}/{}: skipped (context window {ctx} not larger than {floor})",
-                    t.target.provider, t.target.model
-                ));
-                continue;
-            }
-            too_long = None;
-            if self.endpoint.path(t.provider.spec.wire).is_none() {
-                // This target's API has no such endpoint (embeddings on the Anthropic wire): no
-                // call is made; another target might serve it.
-                let (p, m) = (&t.target.provider, &t.target.model);
-                failures.push(format!("{p}/{m}: its API has no {} endpoint", self.endpoint));
-                untranslatable.get_or_insert_with(|| TranslateError {
-                    message: format!(
-                        "no target of route {:?} serves {} (Anthropic-wire providers have no embeddings API)",
-                        route.name, self.endpoint
-                    ),
-                    param: Some("model".to_owned()),
-                });
-                first_reason.get_or_insert("unsupported");
-                refused_for_request += 1;
-                continue;
-            }
-            let body = match (self.body_for)(t) {
-                Ok(b) => b,
-                Err(e) => {
-                    // This target cannot express the request; another target might.
-                    failures.push(format!(
-                        "{}/{}: untranslatable ({})",
-                        t.target.provider, t.target.model, e
-                    ));
-                    untranslatable.get_or_insert(e);
-                    // A later target serving it is a fallback, and says so.
-                    first_reason.get_or_insert("untranslatable");
-                    refused_for_request += 1;
-                    continue;
+                tally.first_reason.get_or_insert(skip.reason());
+                tally.failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
+                match skip {
+                    Skip::CostCeiling => {
+                        tally.ceiling_skipped = true;
+                        tally.refused_for_request += 1;
+                    }
+                    Skip::Budget(reset) => tally.budget_reset = Some(reset),
                 }
+                return Tried::Next;
+            }
+            let admission = self.health.admit(p, m);
+            if let Admission::Skip { reason, retry_in } = admission {
+                tally.first_reason.get_or_insert(reason);
+                // Open: until it may be probed; half-open: until the probe under way answers
+                // (it may close the breaker sooner), so "at most".
+                let secs = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+                tally
+                    .failures
+                    .push(format!("{p}/{m}: skipped ({reason}, for at most {secs} s more)"));
+                return Tried::Next;
+            }
+            tally.attempts += 1;
+            if let Some(reason) = retrying.take() {
+                rec.metrics().retries.with_label_values(&[&route.name, p, reason]).inc();
+            }
+            let mut f = match self.attempt(t, body, admission, rec).await {
+                Ok(opened) => {
+                    let fallback_reason = tally.fallback(ti);
+                    let attempts = tally.attempts;
+                    return Tried::Served(Served { target: ti, opened, attempts, fallback_reason });
+                }
+                Err(f) => f,
             };
-            let mut tries = 0u32;
-            // Why the next attempt on this target is a retry; counted once it is made.
-            let mut retrying: Option<&'static str> = None;
-            loop {
-                if attempts >= retries.total {
-                    break 'targets;
+            self.note_failure(ti, t, &mut f, tally, rec);
+            if is_final(&f) {
+                let refused = tally.refused(ti);
+                return Tried::Failed(self.final_failure(f, &tally.failures, t, refused));
+            }
+            match f.next {
+                // `Stop` already returned through `is_final`.
+                Next::Stop | Next::NextTarget => return Tried::Next,
+                Next::ContextLength => {
+                    let floor = context_of(self.config, t).unwrap_or(0);
+                    tally.min_context = Some(tally.min_context.map_or(floor, |m| m.max(floor)));
+                    return Tried::Next;
                 }
-                let (p, m) = (t.target.provider.as_str(), t.target.model.as_str());
-                // Cost and budget first: a breaker's half-open probe must not be spent on a
-                // target the budget then refuses.
-                if let Err(skip) =
-                    super::admit::target(self.route, ti, t, self.ask, self.shared, rec).await
-                {
-                    first_reason.get_or_insert(skip.reason());
-                    failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
-                    match skip {
-                        Skip::CostCeiling => {
-                            ceiling_skipped = true;
-                            refused_for_request += 1;
-                        }
-                        Skip::Budget(reset) => budget_reset = Some(reset),
+                Next::Retry => {
+                    // No attempt left to retry with: do not wait for one.
+                    if tally.attempts >= retries.total {
+                        return Tried::OutOfAttempts;
                     }
-                    continue 'targets;
-                }
-                let admission = self.health.admit(p, m);
-                if let Admission::Skip { reason, retry_in } = admission {
-                    first_reason.get_or_insert(reason);
-                    // Open: until it may be probed; half-open: until the probe under way
-                    // answers (it may close the breaker sooner), so "at most".
-                    let secs = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
-                    failures
-                        .push(format!("{p}/{m}: skipped ({reason}, for at most {secs} s more)"));
-                    continue 'targets;
-                }
-                attempts += 1;
-                if let Some(reason) = retrying.take() {
-                    rec.metrics().retries.with_label_values(&[&route.name, p, reason]).inc();
-                }
-                let attempt = Attempt {
-                    target: t,
-                    endpoint: self.endpoint,
-                    body: body.clone(),
-                    stream: self.stream,
-                    timeouts: &route.timeouts,
-                    deadline: self.deadline,
-                    pass_on: &self.ask.pass_on,
-                };
-                let mut waited = Waited::default();
-                rec.begin_attempt(&t.series);
-                let result = attempt.run(&mut waited).await;
-                rec.upstream_wait += waited.upstream;
-                rec.upstream_request_id(waited.upstream_request_id.take());
-                if let Some(ft) = waited.first_token {
-                    t.series.ttft.observe(ft.as_secs_f64());
-                }
-                let mut f = match result {
-                    // A stream's attempt lasts as long as the stream: the forwarding task logs
-                    // it and tells the breaker how it ended (a stream cut after the commit
-                    // point is the target's failure).
-                    Ok(opened @ Opened::Stream(_)) => {
-                        // A half-open breaker's probe: an answer that began is the target back
-                        // (it must not stay out of rotation for the stream's whole length);
-                        // how the stream ends is reported too.
-                        if admission == Admission::Probe {
-                            tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
-                        }
-                        return Ok(Served {
-                            target: ti,
-                            opened,
-                            attempts,
-                            fallback_reason: if ti > 0 { first_reason } else { None },
-                        });
+                    if tries >= retries.per_target {
+                        return Tried::Next;
                     }
-                    Ok(opened) => {
-                        tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
-                        rec.end_attempt("ok", "ok", Some(200), String::new());
-                        return Ok(Served {
-                            target: ti,
-                            opened,
-                            attempts,
-                            fallback_reason: if ti > 0 { first_reason } else { None },
-                        });
-                    }
-                    Err(f) => f,
-                };
-                let verdict = failure_verdict(&f, self.client_bound);
-                tell_breaker(self.health, rec.metrics(), &t.series, verdict);
-                rec.end_attempt("error", f.reason, f.status, redact(&f.detail, t));
-                first_reason.get_or_insert(f.reason);
-                failures.push(describe(t, &f));
-                let refusal = (f.next == Next::ContextLength).then(|| f.passthrough.take());
-                too_long = refusal.flatten().map(|mut p| {
-                    p.body = redact_bytes(p.body, t);
-                    let fallback_reason = if ti > 0 { first_reason } else { None };
-                    let refused = Refused { target: ti, attempts, fallback_reason };
-                    Failed::Passthrough(p, t.provider.spec.wire, refused)
-                });
-                if billable(&f) {
-                    let route = rec.route.clone();
-                    rec.spend.charge_failed(&t.series, route.as_deref());
-                }
-                if f.next == Next::NextTarget && f.reason == "auth" {
-                    tracing::error!(
-                        provider = p,
-                        model = m,
-                        "upstream rejected our credentials (status {:?}): check the provider's key",
-                        f.status
-                    );
-                }
-                if is_final(&f) {
-                    let refused = Refused {
-                        target: ti,
-                        attempts,
-                        fallback_reason: if ti > 0 { first_reason } else { None },
+                    let delay = match f.retry_after {
+                        Some(ra) if ra > retries.max_retry_after => return Tried::Next,
+                        Some(ra) => ra,
+                        None => backoff(retries.backoff, tries),
                     };
-                    return Err(self.final_failure(f, &failures, t, refused));
-                }
-                match f.next {
-                    // `Stop` already returned through `is_final`.
-                    Next::Stop | Next::NextTarget => continue 'targets,
-                    Next::ContextLength => {
-                        let floor = context_of(self.config, t).unwrap_or(0);
-                        min_context = Some(min_context.map_or(floor, |m| m.max(floor)));
-                        continue 'targets;
+                    let wake = Instant::now() + delay;
+                    // The retry budget is spent only on a retry that will be made.
+                    if wake >= self.deadline || !self.retry_budget.try_retry() {
+                        return Tried::Next;
                     }
-                    Next::Retry => {
-                        // No attempt left to retry with: do not wait for one.
-                        if attempts >= retries.total {
-                            break 'targets;
-                        }
-                        if tries >= retries.per_target || !self.retry_budget.try_retry() {
-                            continue 'targets;
-                        }
-                        let delay = match f.retry_after {
-                            Some(ra) if ra > retries.max_retry_after => continue 'targets,
-                            Some(ra) => ra,
-                            None => backoff(retries.backoff, tries),
-                        };
-                        let wake = Instant::now() + delay;
-                        if wake >= self.deadline {
-                            continue 'targets;
-                        }
-                        retrying = Some(f.reason);
-                        let slept = Instant::now();
-                        sleep_until(wake).await;
-                        // Backoff is waiting on the upstream's recovery, not gateway work.
-                        rec.upstream_wait += slept.elapsed();
-                        tries += 1;
-                    }
+                    retrying = Some(f.reason);
+                    let slept = Instant::now();
+                    sleep_until(wake).await;
+                    // Backoff is waiting on the upstream's recovery, not gateway work.
+                    rec.upstream_wait += slept.elapsed();
+                    tries += 1;
                 }
             }
         }
-        if attempts == 0 {
+    }
+
+    /// One attempt on `t`. An answer is reported to the breaker; a stream's attempt lasts as
+    /// long as the stream, so the forwarding task logs it and tells the breaker how it ended
+    /// (a stream cut after the commit point is the target's failure).
+    async fn attempt(
+        &self,
+        t: &TargetRuntime,
+        body: &Bytes,
+        admission: Admission,
+        rec: &mut RequestRecord,
+    ) -> Result<Opened, AttemptFailure> {
+        let attempt = Attempt {
+            target: t,
+            endpoint: self.endpoint,
+            body: body.clone(),
+            stream: self.stream,
+            timeouts: &self.route.route.timeouts,
+            deadline: self.deadline,
+            pass_on: &self.ask.pass_on,
+        };
+        let mut waited = Waited::default();
+        rec.begin_attempt(&t.series);
+        let result = attempt.run(&mut waited).await;
+        rec.upstream_wait += waited.upstream;
+        rec.upstream_request_id(waited.upstream_request_id.take());
+        if let Some(ft) = waited.first_token {
+            t.series.ttft.observe(ft.as_secs_f64());
+        }
+        match &result {
+            // A half-open breaker's probe: an answer that began is the target back (it must
+            // not stay out of rotation for the stream's whole length); how the stream ends is
+            // reported too.
+            Ok(Opened::Stream(_)) if admission == Admission::Probe => {
+                tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
+            }
+            Ok(Opened::Stream(_)) | Err(_) => {}
+            Ok(_) => {
+                tell_breaker(self.health, rec.metrics(), &t.series, Outcome::Success);
+                rec.end_attempt("ok", "ok", Some(200), String::new());
+            }
+        }
+        result
+    }
+
+    /// Records a failed attempt on target `ti`: its breaker, its log entry, its cost if the
+    /// provider may have billed it, and a context-length refusal the client may hear.
+    fn note_failure(
+        &self,
+        ti: usize,
+        t: &TargetRuntime,
+        f: &mut AttemptFailure,
+        tally: &mut Tally,
+        rec: &mut RequestRecord,
+    ) {
+        let verdict = failure_verdict(f, self.client_bound);
+        tell_breaker(self.health, rec.metrics(), &t.series, verdict);
+        rec.end_attempt("error", f.reason, f.status, redact(&f.detail, t));
+        tally.first_reason.get_or_insert(f.reason);
+        tally.failures.push(describe(t, f));
+        let refusal = (f.next == Next::ContextLength).then(|| f.passthrough.take());
+        tally.too_long = refusal.flatten().map(|mut p| {
+            p.body = redact_bytes(p.body, t);
+            Failed::Passthrough(p, t.provider.spec.wire, tally.refused(ti))
+        });
+        if billable(f) {
+            let route = rec.route.clone();
+            rec.spend.charge_failed(&t.series, route.as_deref());
+        }
+        if f.next == Next::NextTarget && f.reason == "auth" {
+            tracing::error!(
+                provider = %t.target.provider,
+                model = %t.target.model,
+                "upstream rejected our credentials (status {:?}): check the provider's key",
+                f.status
+            );
+        }
+    }
+
+    /// Why no target answered, once the targets or the attempts ran out.
+    fn exhausted(&self, tally: Tally) -> Failed {
+        let route = &self.route.route;
+        if tally.attempts == 0 {
             let name = &route.name;
-            if let Some(reset) = budget_reset {
+            if let Some(reset) = tally.budget_reset {
                 // Free tiers may still answer; the error is for when none does.
                 let error = GatewayError::new(
                     ErrorCode::BudgetExhausted,
                     format!(
                         "route {name:?} has spent its budget for this window: {}",
-                        failures.join("; ")
+                        tally.failures.join("; ")
                     ),
                 )
                 .with_retry_after(crate::limits::rate::retry_after_secs(reset));
-                return Err(Failed::Exhausted { error, reason: "budget_exhausted" });
+                return Failed::Exhausted { error, reason: "budget_exhausted" };
             }
-            let for_request = refused_for_request == self.route.targets.len();
-            if ceiling_skipped && for_request {
-                return Err(Failed::Gateway(GatewayError::new(
+            let for_request = tally.refused_for_request == self.route.targets.len();
+            if tally.ceiling_skipped && for_request {
+                return Failed::Gateway(GatewayError::new(
                     ErrorCode::CostCeilingExceeded,
                     format!(
                         "no target of route {name:?} fits its max_request_usd for this request (its worst case: input tokens x input price + max output x output price); lower max_tokens or shorten the prompt"
                     ),
-                )));
+                ));
             }
-            if let Some(e) = untranslatable.filter(|_| for_request) {
+            if let Some(e) = tally.untranslatable.filter(|_| for_request) {
                 // No target could take the request at all: the request is the problem (SPEC §3).
-                return Err(Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref())));
+                return Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref()));
             }
         }
-        if let Some(refusal) = too_long
+        if let Some(refusal) = tally.too_long
             && route.free_tiers.is_empty()
         {
-            return Err(refusal);
+            return refusal;
         }
         let code = if Instant::now() >= self.deadline {
             ErrorCode::DeadlineExceeded
         } else {
             ErrorCode::UpstreamUnavailable
         };
-        Err(Failed::Exhausted {
-            error: all_failed(code, &route.name, &failures, self.client_bound),
-            reason: first_reason.unwrap_or("no_target"),
-        })
+        Failed::Exhausted {
+            error: all_failed(code, &route.name, &tally.failures, self.client_bound),
+            reason: tally.first_reason.unwrap_or("no_target"),
+        }
     }
 
     fn final_failure(

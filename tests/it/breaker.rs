@@ -89,6 +89,30 @@ async fn the_retry_budget_stops_a_retry_storm() {
     );
 }
 
+/// helper-49: a retry that is not made (its Retry-After over `max_retry_after`) must not spend
+/// the process-wide retry budget: four such requests spent all of it (its floor, 3 a second over
+/// 10 s), and another route's request could not make its two retries.
+#[tokio::test(start_paused = true)]
+async fn retries_not_made_leave_the_retry_budget_alone() {
+    // Route a: 10 targets, each a 503 asking for 10 s: 40 retries not made in 4 requests, more
+    // than the budget's floor (3 a second over 10 s).
+    let retries = "    retries: {per_target: 2, total: 20, backoff: 0s, max_retry_after: 2s}\n";
+    let targets: Vec<String> = (0..10)
+        .map(|i| format!("{{provider: sim, model: \"p{i}+status=503+retry_after=10\"}}"))
+        .collect();
+    let gw = gateway(&format!(
+        "providers:\n  sim: {{kind: mock}}\nroutes:\n  a:\n    default: true\n    targets: [{}]\n{retries}  b:\n    targets: [{{provider: sim, model: \"q+status=503+fail_first=2\"}}]\n{retries}",
+        targets.join(", ")
+    ));
+    for _ in 0..4 {
+        let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+        assert_eq!((got.status.as_u16(), got.header("x-tidegate-attempts")), (502, "10"));
+    }
+    let got = post(&gw, "/r/b/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-tidegate-attempts"), "3");
+}
+
 /// A stream that breaks after the commit point is its target's failure: the attempt is logged
 /// and counted with the cause (not `ok`), and five in a row open the breaker. Its logged
 /// duration is the whole stream's, not the time to its headers.
