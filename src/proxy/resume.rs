@@ -271,7 +271,8 @@ async fn forward_rest(
                     s.decoder.feed(&d);
                 }
             }
-            Ok(None) if finish.is_some() => break 'stream,
+            // Whole once its finish came, whatever happens to the stream after it.
+            Ok(None | Some(Err(_))) | Err(_) if finish.is_some() => break 'stream,
             Ok(None | Some(Err(_))) => return Err("cut"),
             Err(_) => {
                 let now = Instant::now();

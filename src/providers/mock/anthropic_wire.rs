@@ -169,6 +169,9 @@ pub(crate) fn messages(req: &Value, b: &Behaviour) -> Script {
     steps.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
     let usage = if b.no_usage { json!({}) } else { json!({"output_tokens": output}) };
     steps.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": usage})));
+    if let Some(tail) = b.after_finish {
+        return sse_script(super::openai_wire::after_finish(steps, tail));
+    }
     if !b.no_done {
         steps.push(ev("message_stop", json!({"type": "message_stop"})));
     }

@@ -52,6 +52,9 @@ pub struct Behaviour {
     pub no_usage: bool,
     /// Stream: end after the finish chunk without `[DONE]` / `message_stop`.
     pub no_done: bool,
+    /// Stream: after the finish chunk (OpenAI wire) or `message_delta` (Anthropic wire), break
+    /// the connection or stop sending instead of ending: the answer is whole, its end is not.
+    pub after_finish: Option<Tail>,
     /// Context window in tokens: longer prompts get a context-length 400.
     pub context: Option<u64>,
     /// Refuse with a content-filter error.
@@ -86,12 +89,22 @@ impl Default for Behaviour {
             empty: false,
             no_usage: false,
             no_done: false,
+            after_finish: None,
             context: None,
             filter: false,
             no_prefill: false,
             tool: None,
         }
     }
+}
+
+/// How a stream that has sent its finish goes on (`after_finish=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The connection breaks.
+    Cut,
+    /// Nothing more is sent; the connection stays open.
+    Stall,
 }
 
 /// The most chunks (words) a mock answer has: each is built before it is sent, so an
@@ -159,6 +172,13 @@ impl Behaviour {
                 ("stall", v) => b.stall = Some(count(v)?),
                 ("error_after", v) => b.error_after = Some(count(v)?),
                 ("context", v) => b.context = Some(num(v)?),
+                ("after_finish", Some("cut")) => b.after_finish = Some(Tail::Cut),
+                ("after_finish", Some("stall")) => b.after_finish = Some(Tail::Stall),
+                ("after_finish", _) => {
+                    return Err(format!(
+                        "mock directive {part:?}: expected after_finish=cut|stall"
+                    ));
+                }
                 (_, Some(_)) => return Err(format!("unknown mock directive {part:?}")),
                 // A bare word is the model's display label.
                 (_, None) => {}

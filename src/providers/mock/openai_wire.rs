@@ -374,6 +374,9 @@ fn stream(
         return sse_script(steps);
     }
     steps.push(Step::Send(chunk(id, model, json!({}), Some(finish))));
+    if let Some(tail) = b.after_finish {
+        return sse_script(after_finish(steps, tail));
+    }
     if let Some(u) = usage {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": CREATED, "model": model, "choices": [], "usage": u});
         steps.push(Step::Send(crate::sse::encode_data(c.to_string().as_bytes())));
@@ -382,6 +385,15 @@ fn stream(
         steps.push(Step::Send(Bytes::from_static(crate::sse::DONE)));
     }
     sse_script(steps)
+}
+
+/// A stream's steps ended as `after_finish` says.
+pub(crate) fn after_finish(mut steps: Vec<Step>, tail: super::behaviour::Tail) -> Vec<Step> {
+    match tail {
+        super::behaviour::Tail::Cut => steps.extend([Step::Sleep(FLUSH), Step::Cut]),
+        super::behaviour::Tail::Stall => steps.push(Step::Stall),
+    }
+    steps
 }
 
 pub(crate) fn sse_script(steps: Vec<Step>) -> Script {

@@ -92,6 +92,14 @@ impl Forward {
             let silent = after - last_event;
             last_event = after;
             match frame {
+                // The answer is whole once its finish came: a break or a silence after it (in
+                // place of the usage chunk and `[DONE]`, or `message_stop`) ends it as if the
+                // stream had ended; resuming would send text after the finish.
+                Err(()) | Ok(Some(Err(_))) if self.stream.finish.is_some() => {
+                    // Its connection is not worth waiting on for the rest.
+                    self.stream.body.close();
+                    return self.finish(false).await;
+                }
                 // The route's limits, not the target's doing while it was still delivering
                 // (`stream_verdict`); a target silent that long before had stalled.
                 Err(_) => {

@@ -50,6 +50,39 @@ async fn s11_missing_done_after_finish_is_supplied() {
     assert_eq!(calls(&gw, "backup", BACKUP), 0);
 }
 
+/// helper-49: a stream whose connection breaks (or goes silent) after its finish, before its
+/// usage and `[DONE]` (an Anthropic stream: after `message_delta`), is a complete answer too,
+/// on either wire. It was taken for a stream broken mid-answer and resumed: the client got more
+/// text after its finish and a second finish (with `resume: off`, an error event).
+#[tokio::test(start_paused = true)]
+async fn s11b_a_break_after_the_finish_is_a_complete_answer() {
+    for provider in ["sim", "claude"] {
+        for (tail, resume) in [("cut", "auto"), ("stall", "auto"), ("cut", "off")] {
+            let primary = format!("p+chunks=3+after_finish={tail}");
+            let extra = format!("    resume: {resume}\n    timeouts: {{idle: 2s}}\n");
+            let gw = gateway(&route(&[(provider, &primary), ("backup", BACKUP)], &extra));
+            let got = post(&gw, "/v1/chat/completions", &request(true)).await;
+            let ctx = format!("{provider} {tail} resume {resume}: {}", got.text());
+            assert_eq!(got.status, 200, "{ctx}");
+            let events = got.events();
+            assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1, "{ctx}");
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{ctx}");
+            assert_eq!(got.stream_text(), ANSWER, "{ctx}");
+            let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            assert!(chunks.iter().all(|c| c.get("error").is_none()), "{ctx}");
+            let finish = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str());
+            assert_eq!(finish.collect::<Vec<_>>(), ["stop"], "{ctx}");
+            assert_eq!(calls(&gw, "backup", BACKUP), 0, "{ctx}");
+            let line: serde_json::Value =
+                serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+            assert_eq!(line["outcome"], "ok", "{ctx}");
+        }
+    }
+}
+
 /// Scenario 12: a context-length 400 is never resent to the same target; the next target with the
 /// same (known) window is skipped without a call; the one with a larger window answers.
 #[tokio::test(start_paused = true)]
