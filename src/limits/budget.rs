@@ -43,8 +43,12 @@ impl BudgetLimit {
 /// Held by a request from admission until it settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
+    /// The start of the window it was made in (seconds since the Unix epoch).
     pub window: u64,
     pub amount: u64,
+    /// Which of the memory ledger's windows holds it (0 on the Redis backend, whose windows
+    /// are keyed by `window`).
+    pub generation: u64,
 }
 
 /// The reservation did not fit.
@@ -56,7 +60,11 @@ pub struct Exhausted {
 
 #[derive(Debug, Default)]
 struct Window {
+    /// Counts the windows this ledger has begun: a reservation settles into its own.
+    generation: u64,
     start: u64,
+    /// The window's length in seconds: a reload may change it.
+    per: u64,
     spent: u64,
     reserved: u64,
 }
@@ -68,10 +76,17 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    fn current(&self, start: u64) -> std::sync::MutexGuard<'_, Window> {
+    /// The window of `now`. After a reload changed `per`, what the last window holds (its
+    /// spend and its reservations) carries into the new-length window of `now` if it began
+    /// within it (`per` lengthened: that spend is this window's); otherwise a new window begins.
+    fn current(&self, now: Duration, limit: &BudgetLimit) -> std::sync::MutexGuard<'_, Window> {
+        let (start, per) = (limit.window_of(now), limit.per.as_secs().max(1));
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        if start > w.start {
-            *w = Window { start, spent: 0, reserved: 0 };
+        let carried = w.per != per && w.start >= start && w.start - start < per;
+        if carried {
+            (w.start, w.per) = (start, per);
+        } else if start > w.start || w.per != per {
+            *w = Window { generation: w.generation + 1, start, per, spent: 0, reserved: 0 };
         }
         w
     }
@@ -83,20 +98,19 @@ impl Ledger {
         limit: &BudgetLimit,
         amount: u64,
     ) -> Result<Reservation, Exhausted> {
-        let start = limit.window_of(now);
-        let mut w = self.current(start);
+        let mut w = self.current(now, limit);
         let committed = w.spent.saturating_add(w.reserved);
         if committed.saturating_add(amount) > limit.limit {
             return Err(Exhausted { retry_after: limit.until_reset(now) });
         }
         w.reserved += amount;
-        Ok(Reservation { window: start, amount })
+        Ok(Reservation { window: w.start, amount, generation: w.generation })
     }
 
     /// Replaces a reservation with the actual cost.
     pub fn settle(&self, r: Reservation, actual: u64) {
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        if w.start == r.window {
+        if w.generation == r.generation {
             w.reserved = w.reserved.saturating_sub(r.amount);
             w.spent = w.spent.saturating_add(actual);
         }
@@ -104,7 +118,7 @@ impl Ledger {
 
     /// `(spent, reserved)` in the window of `now`.
     pub fn status(&self, now: Duration, limit: &BudgetLimit) -> (u64, u64) {
-        let w = self.current(limit.window_of(now));
+        let w = self.current(now, limit);
         (w.spent, w.reserved)
     }
 
@@ -173,6 +187,37 @@ mod tests {
         assert_eq!(l.status(later, &b), (0, 1000));
         l.settle(r, 10);
         assert_eq!(l.status(later, &b), (10, 0));
+    }
+
+    /// helper-51: a reload that lengthened `per` left every reservation unsettled (settling
+    /// matched the window's start, which the new length had moved), so the route was refused
+    /// with most of its budget unspent. Lengthened: this window's spend and reservations carry
+    /// over and settle. Shortened: a new window begins; the old reservations settle nowhere.
+    #[test]
+    fn a_reload_that_changes_per_keeps_reservations_settling() {
+        let short = BudgetLimit { limit: 1000, per: Duration::from_secs(10) };
+        let long = BudgetLimit { limit: 1000, per: HOUR };
+        let l = Ledger::default();
+        let now = Duration::from_secs(10 * 3600 + 1234);
+        let before = l.reserve(now, &short, 100).unwrap();
+        l.settle(l.reserve(now, &short, 50).unwrap(), 20);
+        let after = l.reserve(now, &long, 300).unwrap();
+        assert_eq!(l.status(now, &long), (20, 400));
+        l.settle(before, 10);
+        l.settle(after, 30);
+        assert_eq!(l.status(now, &long), (60, 0));
+        // Each reserves 100 and settles 10: they fit until spend passes 900.
+        let mut fitted = 0;
+        while let Ok(r) = l.reserve(now, &long, 100) {
+            l.settle(r, 10);
+            fitted += 1;
+        }
+        assert_eq!((fitted, l.remaining(now, &long)), (85, 90));
+        // Shortened: the window of now under 10 s begins after the hour's start.
+        let old = l.reserve(now, &long, 0).unwrap();
+        assert_eq!(l.status(now, &short), (0, 0));
+        l.settle(old, 500);
+        assert_eq!(l.status(now, &short), (0, 0));
     }
 
     #[test]

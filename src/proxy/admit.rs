@@ -255,7 +255,7 @@ pub async fn target(
         let hold = Hold::new(worst, route.route.timeouts.total + HOLD_MARGIN);
         match store.budget_reserve(&route.route.name, window, ttl, limit.limit, &hold).await {
             Ok(Ok(())) => {
-                let reservation = Reservation { window, amount: worst };
+                let reservation = Reservation { window, amount: worst, generation: 0 };
                 let redis = Some((store.clone(), Arc::from(route.route.name.as_str()), hold));
                 let held = Held {
                     ledger: ledger.clone(),
