@@ -300,17 +300,13 @@ impl Attempt<'_> {
                     Some(ChunkPeek::Error(m)) => {
                         return Err(AttemptFailure::retry("error_event", m));
                     }
+                    // The end before any content or finish (which open the stream): an empty
+                    // answer, retried like an empty body (SPEC §5).
                     Some(ChunkPeek::Done) => {
-                        waited.first_token = Some(start.elapsed());
-                        held.push((ev.event, ev.data));
-                        return Ok(Opened::Stream(Box::new(OpenStream {
-                            body,
-                            decoder,
-                            held,
-                            usage,
-                            finish: None,
-                            attempt_end: start + self.timeouts.attempt,
-                        })));
+                        return Err(AttemptFailure::retry(
+                            "malformed",
+                            "the stream ended before any content or finish reason",
+                        ));
                     }
                     Some(ChunkPeek::Chunk { content, finish, usage: u, .. }) => {
                         usage = peek::merge_usage(usage, u);

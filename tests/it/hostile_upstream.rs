@@ -167,3 +167,21 @@ async fn provider_keys_echoed_by_the_upstream_are_redacted_everywhere() {
     }
     assert!(lines[1].contains("[redacted]"), "{}", lines[1]);
 }
+
+/// helper-50: a stream that is nothing but its end (`[DONE]`, or an Anthropic `message_start`
+/// and `message_stop`) is an empty answer, retried on the next target like an empty body. It
+/// was committed: an OpenAI client got a 200 with no chunks, an Anthropic-wire one an error
+/// event "after the answer began".
+#[tokio::test(start_paused = true)]
+async fn a_stream_of_only_its_end_fails_over() {
+    for api in ["openai", "anthropic"] {
+        let gw = gateway(&format!(
+            "providers:\n  sim: {{kind: mock, api: {api}}}\n  backup: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: [{{provider: sim, model: \"p+done_only\"}}, {{provider: backup, model: \"b+chunks=3\"}}]\n"
+        ));
+        let got = post(&gw, "/v1/chat/completions", &chat_stream("x")).await;
+        assert_eq!(got.status, 200, "{api}: {}", got.text());
+        assert_eq!(got.header("x-tidegate-provider"), "backup", "{api}: {}", got.text());
+        assert_eq!(got.header("x-tidegate-fallback"), "target;reason=malformed", "{api}");
+        assert_eq!(got.stream_text(), "The tide rises", "{api}");
+    }
+}

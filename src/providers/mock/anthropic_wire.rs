@@ -135,6 +135,11 @@ pub(crate) fn messages(req: &Value, b: &Behaviour) -> Script {
         ),
         Step::Sleep(b.ttft),
     ];
+    if b.done_only {
+        steps.truncate(1);
+        steps.push(ev("message_stop", json!({"type": "message_stop"})));
+        return sse_script(steps);
+    }
     let (stop, output) = if let Some(name) = tool {
         steps.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
         let (a, z) = TOOL_ARGS.split_at(TOOL_ARGS.len() / 2);

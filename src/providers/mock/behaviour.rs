@@ -55,6 +55,9 @@ pub struct Behaviour {
     /// Stream: after the finish chunk (OpenAI wire) or `message_delta` (Anthropic wire), break
     /// the connection or stop sending instead of ending: the answer is whole, its end is not.
     pub after_finish: Option<Tail>,
+    /// Stream: nothing but the stream's end (`[DONE]`; Anthropic wire: `message_start` and
+    /// `message_stop`), an empty answer with no finish.
+    pub done_only: bool,
     /// Context window in tokens: longer prompts get a context-length 400.
     pub context: Option<u64>,
     /// Refuse with a content-filter error.
@@ -90,6 +93,7 @@ impl Default for Behaviour {
             no_usage: false,
             no_done: false,
             after_finish: None,
+            done_only: false,
             context: None,
             filter: false,
             no_prefill: false,
@@ -142,6 +146,7 @@ impl Behaviour {
                 ("empty", None) => b.empty = true,
                 ("no_usage", None) => b.no_usage = true,
                 ("no_done", None) => b.no_done = true,
+                ("done_only", None) => b.done_only = true,
                 ("filter", None) => b.filter = true,
                 ("no_prefill", None) => b.no_prefill = true,
                 ("chunks", v) => {

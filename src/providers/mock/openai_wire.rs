@@ -339,6 +339,9 @@ fn stream(
     usage: Option<Value>,
     b: &Behaviour,
 ) -> Script {
+    if b.done_only {
+        return sse_script(vec![Step::Send(Bytes::from_static(crate::sse::DONE))]);
+    }
     let mut steps =
         vec![Step::Send(chunk(id, model, json!({"role": "assistant", "content": ""}), None))];
     steps.push(Step::Sleep(b.ttft));
