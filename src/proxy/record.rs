@@ -264,7 +264,9 @@ impl RequestRecord {
 
     /// Records one attempt in the log and its metrics.
     fn attempt(&mut self, series: &TargetSeries, log: AttemptLog) {
-        if log.outcome == "ok" {
+        // The common case's series is held ready; any other (a resumed stream's finishing
+        // attempt is ok/stream_resume) is looked up.
+        if log.outcome == "ok" && log.reason == "ok" {
             series.attempts_ok.inc();
         } else {
             let labels = [&*log.provider, &*log.model, log.outcome, log.reason];

@@ -25,6 +25,17 @@ async fn continuation_on_the_same_target() {
     );
     let log = gw.log_sink.lines().join("\n");
     assert!(log.contains("resume by continuation") && log.contains("\"outcome\":\"ok\""), "{log}");
+    // The metric says what the log says (helper-51: it counted the finishing attempt as ok/ok).
+    let attempts = |outcome: &str, reason: &str| {
+        metric(
+            &gw,
+            &format!(
+                "tidegate_upstream_attempts_total{{model=\"p+chunks=6+cut=2+fail_first=1\",outcome=\"{outcome}\",provider=\"sim\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    let got = [attempts("error", "cut"), attempts("ok", "stream_resume"), attempts("ok", "ok")];
+    assert_eq!(got, [1.0, 1.0, 0.0]);
 }
 
 #[tokio::test(start_paused = true)]
