@@ -307,7 +307,12 @@ impl Gateway {
         );
         match begin.await? {
             idem::Begin::Answer(resp) => {
-                rec.outcome = "ok";
+                // As the answer it replays was counted (helper-49: a stored 400 counted ok).
+                rec.outcome = match resp.status().as_u16() {
+                    200..=299 => "ok",
+                    400..=499 => "client_error",
+                    _ => "upstream_error",
+                };
                 rec.status = resp.status().as_u16();
                 return Ok(resp);
             }

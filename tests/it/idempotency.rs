@@ -130,6 +130,28 @@ async fn a_retryable_failure_releases_the_key() {
     assert_eq!(metric(&gw, "tidegate_idempotency_total{result=\"released\",route=\"r\"}"), 1.0);
 }
 
+/// A refusal the upstream gave (not retryable) is stored and replayed, and the replay counts as
+/// what it replays (helper-49: a replayed 400 counted as ok).
+#[tokio::test(start_paused = true)]
+async fn a_replayed_refusal_counts_as_one() {
+    let gw = gateway(&single("m+filter", ""));
+    for replay in ["", "true"] {
+        let got = keyed(&gw, "k", &chat("x"), None).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        assert_eq!(got.header("x-tidegate-idempotent-replay"), replay);
+    }
+    assert_eq!(calls(&gw), 1);
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    let count = |outcome: &str| {
+        let series = text.lines().find(|l| {
+            l.starts_with("tidegate_requests_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        });
+        series.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    assert_eq!((count("client_error"), count("ok")), (2.0, 0.0), "{text}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn answers_expire_after_the_ttl_and_scopes_are_per_client_and_route() {
     let gw = gateway(&single("m", "    idempotency: {ttl: 1m}\n"));
