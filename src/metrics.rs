@@ -167,7 +167,7 @@ impl Metrics {
             ceiling_rejections: counter(
                 &r,
                 "tidegate_ceiling_rejections_total",
-                "Requests or targets refused by a limit (input_tokens, max_n, cost_ceiling, budget, rpm, tpm).",
+                "Requests refused by a limit (input_tokens, max_n, rpm, tpm), or targets passed over (cost_ceiling, budget).",
                 &["route", "kind"],
             ),
             budget_remaining,

@@ -147,9 +147,6 @@ fn larger_than_budget(route: &RouteRuntime, ask: &Prepared<'_>) -> Option<Gatewa
         // Every target is above the cost ceiling, none above the budget: the ceiling's refusal.
         return None;
     }
-    // What the client can lower: `n`, its own output limit, else the prompt (the route's
-    // `max_output_tokens` is not the client's to change).
-    let param = if ask.n() > 1 { "n" } else { ask.output_limit_field().unwrap_or("messages") };
     Some(
         GatewayError::new(
             ErrorCode::CostCeilingExceeded,
@@ -163,7 +160,7 @@ fn larger_than_budget(route: &RouteRuntime, ask: &Prepared<'_>) -> Option<Gatewa
                 budget.per.as_secs()
             ),
         )
-        .with_param(param),
+        .with_param(ask.cost_param()),
     )
 }
 

@@ -96,6 +96,12 @@ impl<'a> Prepared<'a> {
         }
     }
 
+    /// The field a cost refusal names: what the client can lower to fit, `n`, its own output
+    /// limit, else the prompt (the route's `max_output_tokens` is not the client's to change).
+    pub fn cost_param(&self) -> &'static str {
+        if self.n() > 1 { "n" } else { self.output_limit_field().unwrap_or("messages") }
+    }
+
     /// Choices asked for (`n`; 1 unless the client set it).
     pub fn n(&self) -> u64 {
         match &self.ask {

@@ -393,7 +393,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     format!(
                         "no target of route {name:?} fits its max_request_usd for this request (its worst case: input tokens x input price + max output x output price); lower max_tokens or shorten the prompt"
                     ),
-                ));
+                )
+                .with_param(self.ask.cost_param()));
             }
             if let Some(e) = tally.untranslatable.filter(|_| for_request) {
                 // No target could take the request at all: the request is the problem (SPEC §3).

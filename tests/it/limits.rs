@@ -133,7 +133,10 @@ async fn cost_ceiling_skips_expensive_targets_and_refuses_when_none_fits() {
     let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
     assert_eq!(got.status, 400);
     assert_eq!(got.error_code(), "cost_ceiling_exceeded");
+    // helper-51: it named no field; the prompt is what this client can change.
+    assert_eq!(got.json()["error"]["param"], "messages");
     assert_eq!(got.header("x-should-retry"), "false");
+    // Counted per target passed over, as documented.
     assert_eq!(
         metric(&gw, "tidegate_ceiling_rejections_total{kind=\"cost_ceiling\",route=\"r\"}"),
         2.0
