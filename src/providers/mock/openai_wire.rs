@@ -87,14 +87,16 @@ pub(crate) fn answer_pieces(req: &Value, b: &Behaviour) -> (Vec<String>, &'stati
         .iter()
         .find_map(|k| req.get(*k).and_then(Value::as_u64))
         .unwrap_or(u64::MAX);
-    let finish = if (words.len() as u64) > cap { "length" } else { "stop" };
     let pieces: Vec<String> = words
         .into_iter()
-        .take(usize::try_from(cap).unwrap_or(usize::MAX))
         .enumerate()
         .map(|(i, w)| if i == 0 { w } else { format!(" {w}") })
         .collect();
-    (continue_after_prefill(req, pieces), finish)
+    // A prefill is continued first: the limit counts what is generated after it.
+    let mut pieces = continue_after_prefill(req, pieces);
+    let finish = if (pieces.len() as u64) > cap { "length" } else { "stop" };
+    pieces.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    (pieces, finish)
 }
 
 pub(crate) fn error(
@@ -447,5 +449,28 @@ pub(crate) fn embeddings(req: &Value, b: &Behaviour) -> Script {
         status: 200,
         headers: vec![("content-type", "application/json".into())],
         steps: vec![Step::Sleep(b.ttft), Step::Send(Bytes::from(body.to_string()))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// helper-51: the limit was applied before the prefill was continued, so a prefill longer
+    /// than `max_tokens` was no longer a prefix and the whole answer came back from its start.
+    #[test]
+    fn a_prefill_is_continued_then_limited() {
+        let b = Behaviour::parse("m+chunks=8").unwrap();
+        let ask = |max: Option<u64>| {
+            let mut req = json!({"messages": [{"role": "user", "content": "x"},
+                {"role": "assistant", "content": "The tide rises"}]});
+            if let Some(m) = max {
+                req["max_tokens"] = m.into();
+            }
+            answer_pieces(&req, &b)
+        };
+        assert_eq!(ask(Some(2)), (vec![" and".to_owned(), " the".to_owned()], "length"));
+        assert_eq!(ask(Some(5)).1, "stop");
+        assert_eq!(ask(None).0.concat(), " and the gate holds steady");
     }
 }
