@@ -8,7 +8,9 @@
 //! a retryable failure, a stream cut short or abandoned by its client) releases the key so a
 //! retry executes. With `state.backend: redis` the record lives in Redis, so every replica
 //! sees it; when Redis fails, `state.on_error.idempotency` decides: `local` falls back to this
-//! replica's memory store, `reject` answers 503.
+//! replica's memory store, `reject` answers 503. Each replica also claims (and stores) its own
+//! keys in its memory store, before Redis: a duplicate on the same replica is deduplicated even
+//! when Redis fails during the first request, or went down after it.
 
 use std::time::Duration;
 
@@ -49,6 +51,9 @@ enum Owner {
         owner: String,
         ttl: Duration,
         keeper: redis::ClaimKeeper,
+        /// The key's claim in this replica's own store too: a duplicate on this replica waits
+        /// for it even when Redis fails meanwhile, and finds the answer while Redis is down.
+        local: Lease,
     },
 }
 
@@ -130,7 +135,12 @@ impl Capture {
                 lease.complete(answer);
             }
             Owner::Memory(lease) => lease.release(),
-            Owner::Redis { store, key, owner, ttl, keeper } => {
+            Owner::Redis { store, key, owner, ttl, keeper, local } => {
+                if keep {
+                    local.complete(answer.clone());
+                } else {
+                    local.release();
+                }
                 // No renewal may follow: a late one is a no-op anyway (the record is done or
                 // gone by then), but there is no reason to send it.
                 drop(keeper);
@@ -253,51 +263,14 @@ pub async fn begin(
         cap,
         over: false,
     };
-    if let Some(store) = &shared.state.redis {
-        match in_redis(store, &hex(&scope), &hex(&fp), redis::CLAIM_LEASE, cfg.wait, deadline).await
-        {
-            Ok(InRedis::Run(key, owner)) => {
-                let ttl = cfg.ttl;
-                let keeper = store.keep_claim(&key, &owner, redis::CLAIM_LEASE);
-                return Ok(Begin::Run(Some(capture(Owner::Redis {
-                    store: store.clone(),
-                    key,
-                    owner,
-                    ttl,
-                    keeper,
-                }))));
-            }
-            Ok(InRedis::Replay(a)) => {
-                count("replayed");
-                return Ok(Begin::Answer(replay(&a)));
-            }
-            Ok(InRedis::Error(e)) => {
-                count(if e.code == ErrorCode::IdempotencyKeyReused {
-                    "mismatch"
-                } else {
-                    "in_flight"
-                });
-                return Err(e);
-            }
-            Err(e) => {
-                if shared.state.failed("idempotency", &e) == Policy::Reject {
-                    count("unavailable");
-                    return Err(GatewayError::new(
-                        ErrorCode::Overloaded,
-                        "idempotency records are unavailable (shared state down); retry shortly",
-                    )
-                    .with_retry_after(Duration::from_secs(1)));
-                }
-            }
-        }
-    }
+    // This replica's own store first, whatever the backend: a duplicate on this replica
+    // waits here (or replays what this replica stored), even while Redis is down.
+    let mut local = None;
     for _ in 0..RECLAIMS {
         match shared.state.idem.claim(scope, fp, cfg.ttl) {
             Claim::Execute(lease) => {
-                if !lease.is_tracked() {
-                    count("untracked");
-                }
-                return Ok(Begin::Run(Some(capture(Owner::Memory(lease)))));
+                local = Some(lease);
+                break;
             }
             Claim::Replay(a) => {
                 count("replayed");
@@ -318,8 +291,58 @@ pub async fn begin(
             },
         }
     }
-    count("in_flight");
-    Err(in_flight())
+    let Some(local) = local else {
+        count("in_flight");
+        return Err(in_flight());
+    };
+    if !local.is_tracked() {
+        count("untracked");
+    }
+    if let Some(store) = &shared.state.redis {
+        match in_redis(store, &hex(&scope), &hex(&fp), redis::CLAIM_LEASE, cfg.wait, deadline).await
+        {
+            Ok(InRedis::Run(key, owner)) => {
+                let ttl = cfg.ttl;
+                let keeper = store.keep_claim(&key, &owner, redis::CLAIM_LEASE);
+                return Ok(Begin::Run(Some(capture(Owner::Redis {
+                    store: store.clone(),
+                    key,
+                    owner,
+                    ttl,
+                    keeper,
+                    local,
+                }))));
+            }
+            // Another replica's answer (or refusal): this replica's claim is let go, so its
+            // own duplicates ask Redis in turn.
+            Ok(InRedis::Replay(a)) => {
+                local.release();
+                count("replayed");
+                return Ok(Begin::Answer(replay(&a)));
+            }
+            Ok(InRedis::Error(e)) => {
+                local.release();
+                count(if e.code == ErrorCode::IdempotencyKeyReused {
+                    "mismatch"
+                } else {
+                    "in_flight"
+                });
+                return Err(e);
+            }
+            Err(e) => {
+                if shared.state.failed("idempotency", &e) == Policy::Reject {
+                    local.release();
+                    count("unavailable");
+                    return Err(GatewayError::new(
+                        ErrorCode::Overloaded,
+                        "idempotency records are unavailable (shared state down); retry shortly",
+                    )
+                    .with_retry_after(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+    Ok(Begin::Run(Some(capture(Owner::Memory(local)))))
 }
 
 /// The Redis side of [`begin`].

@@ -180,7 +180,20 @@ async fn two_replicas_share_keys_budgets_and_limits_through_redis() {
 
     // Redis stops: both keep answering on local state, and say so in a metric.
     let before_errors = state_errors(&a).await + state_errors(&b).await;
+    // Redis stops while a keyed request it claimed is running: a duplicate on the same
+    // replica waits for it (helper-49: it ran too, a second call and a second bill).
+    let before = calls(&stats);
+    let data = a.data;
+    let path = "/r/r/v1/chat/completions";
+    let first =
+        tokio::spawn(async move { send(data, "POST", path, &chat("x"), Some("mid")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     redis.take();
+    let dup = chat_to(&a, "r", Some("mid")).await;
+    let first = first.await.unwrap().expect("the first request was answered");
+    assert_eq!((first.status.as_u16(), dup.status.as_u16()), (200, 200), "{}", dup.text());
+    assert_eq!(first.body, dup.body);
+    assert_eq!(calls(&stats) - before, 1, "a duplicate ran beside its owner when Redis went down");
     let t0 = Instant::now();
     for (i, r) in [&a, &b, &a, &b].into_iter().enumerate() {
         let got = chat_to(r, "r", Some(&format!("down-{i}"))).await;
@@ -188,6 +201,18 @@ async fn two_replicas_share_keys_budgets_and_limits_through_redis() {
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "requests must not hang on a dead Redis");
     assert!(state_errors(&a).await + state_errors(&b).await > before_errors);
+    // Keys are still deduplicated per replica (helper-49: a duplicate on the same replica ran
+    // too): one call for two at once, and a replay of what this replica answered.
+    let before = calls(&stats);
+    let (g1, g2) =
+        tokio::join!(chat_to(&a, "r", Some("down-dup")), chat_to(&a, "r", Some("down-dup")));
+    assert_eq!((g1.status.as_u16(), g2.status.as_u16()), (200, 200), "{}", g2.text());
+    assert_eq!(g1.body, g2.body);
+    assert_eq!(
+        chat_to(&a, "r", Some("down-0")).await.header("x-tidegate-idempotent-replay"),
+        "true"
+    );
+    assert_eq!(calls(&stats) - before, 1, "one call for a key on one replica while Redis is down");
 
     // Redis returns on the same port (empty): sharing resumes by itself.
     let _back = TestServer::start_on(port).await.unwrap_or_else(|e| panic!("{e}"));
@@ -205,6 +230,11 @@ async fn two_replicas_share_keys_budgets_and_limits_through_redis() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     one_call_for_a_key_across_replicas(&a, &b, &stats, "after-restart").await;
+    // What a replica answered while Redis was down is still its answer there.
+    let before = calls(&stats);
+    let got = chat_to(&a, "r", Some("down-dup")).await;
+    assert_eq!(got.header("x-tidegate-idempotent-replay"), "true", "{}", got.text());
+    assert_eq!(calls(&stats), before);
 }
 
 /// Sends SIGSTOP or SIGCONT to the test's redis-server.
