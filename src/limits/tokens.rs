@@ -9,7 +9,8 @@
 //! A chat request counts like OpenAI's own recipe: 3 tokens priming the reply, 4 per message
 //! plus its content, name and tool calls; tool definitions and response schemas count as their
 //! JSON text; each image counts a flat [`IMAGE_TOKENS`] (the largest a single image costs on
-//! either provider), since its real cost depends on pixels tidegate does not decode.
+//! either provider), since its real cost depends on pixels tidegate does not decode, and a
+//! document or file given by URL or id a flat [`REFERENCE_TOKENS`].
 //! Vocabularies load on first use (about 70 ms and 50-70 MiB each), so a config without token
 //! limits or budgets never loads one; see [`warm`]. Counts of long texts (256 bytes and up) are
 //! remembered in a small bounded table, since system prompts and conversation history come back
@@ -23,6 +24,10 @@ use serde_json::Value;
 
 /// Tokens charged for one image, whatever its size.
 pub const IMAGE_TOKENS: u64 = 1600;
+/// Tokens charged for a document or file the request only points to (by URL or file id):
+/// its size is unknowable before the call, and a PDF of Anthropic's 100-page limit runs to
+/// tens of thousands of tokens, so this stands for a large one.
+pub const REFERENCE_TOKENS: u64 = 100_000;
 /// Estimate for models without a public tokenizer: `o200k` count x 13 / 10, rounded up.
 const ESTIMATE_NUM: u64 = 13;
 const ESTIMATE_DEN: u64 = 10;
@@ -223,7 +228,14 @@ fn part(base: Base, p: &Value) -> u64 {
         Some("tool_use") => json_text(base, &p["name"]) + json_text(base, &p["input"]),
         Some("tool_result") => content(base, p.get("content")),
         Some("thinking") => json_text(base, &p["thinking"]),
-        // Anything else (documents, audio, future types): its JSON text, a conservative stand-in.
+        // Content the request points to rather than holds: an Anthropic document by URL or
+        // file id, an OpenAI file by id.
+        Some("document") if matches!(p["source"]["type"].as_str(), Some("url" | "file")) => {
+            REFERENCE_TOKENS
+        }
+        Some("file") if p["file"].get("file_id").is_some() => REFERENCE_TOKENS,
+        // Anything else (inline documents, audio, future types): its JSON text, a
+        // conservative stand-in (base64 data counts far more than the content it encodes).
         _ => json_text(base, p),
     }
 }

@@ -123,12 +123,12 @@ impl<'a> Prepared<'a> {
     /// A cheap upper bound of [`Self::input_tokens`] before [`Family::scale`], without
     /// tokenizing, when one holds: a byte-level BPE token is at least one byte and every
     /// message's JSON is longer than its fixed overhead, so the body's size bounds the count.
-    /// Images count a flat [`tokens::IMAGE_TOKENS`] whatever their JSON size, so a body that
-    /// may hold one has no bound.
+    /// Images and documents or files given by reference count a flat amount whatever their
+    /// JSON size, so a body that may hold one has no bound.
     pub fn input_bound(&self) -> Option<u64> {
-        // A JSON escape could spell `image` without these bytes: no bound then either.
-        if self.raw.windows(6).any(|w| w == b"\"image") || self.raw.windows(2).any(|w| w == b"\\u")
-        {
+        // A JSON escape could spell these names without their bytes: no bound then either.
+        let holds = |needle: &[u8]| memchr::memmem::find(self.raw, needle).is_some();
+        if [&b"\"image"[..], b"\"file", b"\"url\"", b"\\u"].into_iter().any(holds) {
             return None;
         }
         Some(self.raw.len() as u64 + 3)

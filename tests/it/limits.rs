@@ -75,6 +75,24 @@ async fn clamps_survive_translation_to_the_other_wire() {
     assert_eq!(v["usage"]["completion_tokens"], 2);
 }
 
+/// A document or file the request only points to counts 100,000 tokens (helper-51: a PDF by
+/// URL passed a 60-token limit as its few bytes of JSON, and a budget reserved nothing for it).
+#[tokio::test(start_paused = true)]
+async fn documents_given_by_reference_count_as_large() {
+    let gw = gateway(&single("m", "    limits: {max_input_tokens: 60}\n"));
+    let pdf = r#"{"model":"x","max_tokens":5,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"url","url":"https://x/a.pdf"}}]}]}"#;
+    let got = post(&gw, "/v1/messages", pdf).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("input_tokens_exceeded"), "{}", got.text());
+    let file = r#"{"model":"x","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#;
+    assert_eq!(post(&gw, "/v1/chat/completions", file).await.error_code(), "input_tokens_exceeded");
+    // The same parts inline are their text.
+    let inline = r#"{"model":"x","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,aGk=","filename":"a.pdf"}}]}]}"#;
+    let got = post(&gw, "/v1/chat/completions", inline).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(gw.mock_stats("sim").total().calls, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn input_tokens_and_n_over_their_limits_are_refused_before_any_call() {
     let gw = gateway(&single("m", "    limits: {max_input_tokens: 20, max_n: 1}\n"));
