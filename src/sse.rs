@@ -26,7 +26,8 @@ pub enum SseError {
 
 impl std::fmt::Display for SseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("server-sent event exceeds the size cap")
+        // Every decoder on the request path has the default cap.
+        write!(f, "a server-sent event over tidegate's cap of {} MiB per event", DEFAULT_MAX >> 20)
     }
 }
 
