@@ -179,11 +179,21 @@ pub struct GatewayError {
     pub retry_after: Option<Duration>,
     /// Sent as `Allow` on a 405: the methods the endpoint takes (RFC 9110 §15.5.6).
     pub allow: Option<&'static str>,
+    /// Anthropic shape only: `error.details`, a machine-readable reason the anthropic SDK
+    /// acts on (`thread_unsupported_request`). The OpenAI shape has no such member.
+    pub details: Option<serde_json::Value>,
 }
 
 impl GatewayError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), param: None, retry_after: None, allow: None }
+        Self {
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            allow: None,
+            details: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
@@ -222,6 +232,7 @@ impl GatewayError {
                 error: AnthropicError {
                     kind: self.code.anthropic_type(),
                     message: &format!("[{}] {}", self.code.as_str(), self.message),
+                    details: self.details.as_ref(),
                 },
             }),
         };
@@ -310,6 +321,8 @@ struct AnthropicError<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -116,17 +116,35 @@ pub struct TranslateError {
     pub message: String,
     /// The offending field as a path, e.g. `messages[3].tool_calls[0].function.arguments`.
     pub param: Option<String>,
+    /// A machine-readable reason for an Anthropic client, sent as `error.details` (the
+    /// anthropic SDK recovers from some refusals by what it finds there).
+    pub details: Option<serde_json::Value>,
 }
 
 impl TranslateError {
     /// An error about the field at `param`.
     pub fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { message: message.into(), param: Some(param.into()) }
+        Self { message: message.into(), param: Some(param.into()), details: None }
     }
 
     /// An error about the body as a whole (no single field to blame).
     pub fn body(message: impl Into<String>) -> Self {
-        Self { message: message.into(), param: None }
+        Self { message: message.into(), param: None, details: None }
+    }
+
+    /// With `error.details` for an Anthropic client.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// A request no target can take: 400 `invalid_request` naming the field.
+impl From<TranslateError> for crate::error::GatewayError {
+    fn from(e: TranslateError) -> Self {
+        let mut out = Self::invalid(e.message, e.param.as_deref());
+        out.details = e.details;
+        out
     }
 }
 

@@ -167,12 +167,14 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             // This target's API has no such endpoint (embeddings on the Anthropic wire): no
             // call is made; another target might serve it.
             tally.failures.push(format!("{p}/{m}: its API has no {} endpoint", self.endpoint));
-            tally.untranslatable.get_or_insert_with(|| TranslateError {
-                message: format!(
-                    "no target of route {:?} serves {} (Anthropic-wire providers have no embeddings API)",
-                    self.route.route.name, self.endpoint
-                ),
-                param: Some("model".to_owned()),
+            tally.untranslatable.get_or_insert_with(|| {
+                TranslateError::field(
+                    "model",
+                    format!(
+                        "no target of route {:?} serves {} (Anthropic-wire providers have no embeddings API)",
+                        self.route.route.name, self.endpoint
+                    ),
+                )
             });
             tally.first_reason.get_or_insert("unsupported");
             tally.refused_for_request += 1;
@@ -398,7 +400,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             }
             if let Some(e) = tally.untranslatable.filter(|_| for_request) {
                 // No target could take the request at all: the request is the problem (SPEC §3).
-                return Failed::Gateway(GatewayError::invalid(e.message, e.param.as_deref()));
+                return Failed::Gateway(e.into());
             }
         }
         if let Some(refusal) = tally.too_long

@@ -25,6 +25,9 @@
 //!   server tools (`tools[i]` with a `type` other than `custom`), document/search-result/server-tool
 //!   blocks, images inside tool results, and every unknown field (`container`, `mcp_servers`,
 //!   `context_management`, ...).
+//! * **always rejected**, whatever the route says: `thread` (a stored conversation the upstream
+//!   does not have), with `error.details.error_code: thread_unsupported_request` so the
+//!   anthropic SDK re-sends the turn with the full history and no thread.
 //! * Message rules are in `anthropic_to_openai/messages.rs`.
 
 mod messages;
@@ -109,6 +112,7 @@ pub fn request(body: &Value, opts: &RequestOptions) -> Result<Value, TranslateEr
                 }
             }
             "thinking" | "service_tier" | "cache_control" => {}
+            "thread" => return Err(thread_unsupported()),
             other => unsupported(opts, other, TARGET)?,
         }
     }
@@ -119,6 +123,22 @@ pub fn request(body: &Value, opts: &RequestOptions) -> Result<Value, TranslateEr
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `thread` (the anthropic SDK's message threads, sent by `tool_runner()` by default): a
+/// `continue` thread makes `messages` only the turn's new messages, and `system` and `tools`
+/// are left out, so an OpenAI-wire upstream would answer without the conversation. Never
+/// dropped, even with `drop_unsupported_params`; the SDK reads `error.details` and re-sends
+/// the turn with the full history and no thread.
+fn thread_unsupported() -> TranslateError {
+    TranslateError::field(
+        "thread",
+        format!(
+            "`thread` has no equivalent in the {TARGET} API (no upstream-stored conversation); \
+             send the full message history without `thread`"
+        ),
+    )
+    .with_details(json!({ "error_code": "thread_unsupported_request", "unsupported": ["thread"] }))
 }
 
 /// `{name, description?, input_schema}` → `{type: function, function: {name, description?, parameters}}`.

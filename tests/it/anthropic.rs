@@ -26,6 +26,9 @@ routes:
   claude-lenient:
     drop_unsupported_params: true
     targets: [{provider: claude, model: "c"}]
+  oai-lenient:
+    drop_unsupported_params: true
+    targets: [{provider: oai, model: "o"}]
   claude-broken:
     resume: off
     targets: [{provider: claude, model: "c+chunks=6+error_after=2"}]
@@ -384,4 +387,45 @@ async fn anthropic_clients_get_the_estimate_when_the_upstream_reports_no_usage()
     let line: serde_json::Value =
         serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
     assert_eq!(delta["usage"]["output_tokens"], line["output_tokens"], "{line}");
+}
+
+/// The anthropic SDK's `tool_runner()` threads by default: `thread` turns later `messages`
+/// into a delta against a stored conversation, which no OpenAI-wire upstream holds. It is
+/// never dropped (the upstream would answer without the conversation), and the 400 carries
+/// the `error.details` the SDK reads to re-send the full history unthreaded
+/// (`lib/threads/_thread_state.py::_unsupported_features`).
+#[tokio::test(start_paused = true)]
+async fn thread_is_refused_in_the_shape_the_sdk_recovers_from() {
+    let gw = gateway(CONFIG);
+    for (route, thread) in [
+        ("via-oai", r#"{"type":"create"}"#),
+        ("oai-lenient", r#"{"type":"create"}"#),
+        ("oai-lenient", r#"{"type":"continue","previous_message_id":"msg_1"}"#),
+    ] {
+        let body = messages(route, false).replacen('{', &format!(r#"{{"thread":{thread},"#), 1);
+        let got = post(&gw, "/v1/messages", &body).await;
+        assert_eq!(got.status, 400, "{route}: {}", got.text());
+        let v = got.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("[invalid_request] "), "{v}");
+        assert!(message.contains("`thread`"), "{v}");
+        assert_eq!(
+            v["error"]["details"],
+            serde_json::json!({"error_code": "thread_unsupported_request", "unsupported": ["thread"]}),
+            "{route}: {v}"
+        );
+        assert_eq!(got.header("x-should-retry"), "false");
+    }
+    assert_eq!(gw.mock_stats("oai").total().calls, 0);
+    // `thread: null` is "not given".
+    let body = messages("via-oai", false).replacen('{', r#"{"thread":null,"#, 1);
+    assert_eq!(post(&gw, "/v1/messages", &body).await.status, 200);
+    // A route that fails over from an Anthropic wire to an OpenAI one does not drop it there.
+    let body =
+        messages("claude-then-oai", false).replacen('{', r#"{"thread":{"type":"create"},"#, 1);
+    let got = post(&gw, "/v1/messages", &body).await;
+    assert_ne!(got.status, 200, "{}", got.text());
+    assert_eq!(gw.mock_stats("oai").get("o+chunks=3").calls, 0);
 }

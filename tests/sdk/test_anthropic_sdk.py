@@ -67,6 +67,26 @@ def test_tool_use_round_trip(gateway, model):
     assert second.content[0].text.startswith("The tide")
 
 
+def test_tool_runner_threads_fall_back_to_full_history(gateway):
+    """`tool_runner()` threads by default; an OpenAI-wire route refuses `thread` with the
+    details the SDK recovers from, and the loop completes unthreaded."""
+    ran = []
+
+    @anthropic.beta_tool
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        ran.append(city)
+        return "sunny, 21C"
+
+    c = aclient(gateway)
+    final = c.beta.messages.tool_runner(model="weather", max_tokens=100, system="You are a weather bot.",
+                                        tools=[get_weather], messages=[{"role": "user", "content": "Weather in Paris?"}]
+                                        ).until_done()
+    assert ran == ["Paris"]
+    assert final.stop_reason == "end_turn"
+    assert final.content[0].text.startswith("The tide")
+
+
 def test_messages_errors_are_anthropic_errors(gateway):
     c = aclient(gateway)
     with pytest.raises(anthropic.NotFoundError) as e:

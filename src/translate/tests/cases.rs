@@ -67,6 +67,24 @@ fn unknown_fields_rejected_or_dropped_with_the_flag() {
     assert!(out.get("frobnicate").is_none());
 }
 
+/// `thread` makes `messages` a delta against a stored conversation: dropping it would send the
+/// upstream a conversation cut short, so even the drop flag refuses it, with the details the
+/// anthropic SDK reads to re-send the full history unthreaded.
+#[test]
+fn thread_is_refused_even_with_drop() {
+    for drop in [false, true] {
+        let body = json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": "hi" }],
+            "thread": { "type": "continue", "previous_message_id": "msg_1" } });
+        let e = anthropic_to_openai::request(&body, &opts(drop)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("thread"), "drop {drop}");
+        assert_eq!(
+            e.details,
+            Some(json!({ "error_code": "thread_unsupported_request", "unsupported": ["thread"] })),
+            "drop {drop}"
+        );
+    }
+}
+
 #[test]
 fn neutral_values_of_untranslatable_fields_are_accepted() {
     let body = json!({ "messages": [{ "role": "user", "content": "hi" }], "logprobs": false, "top_logprobs": 0,
