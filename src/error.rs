@@ -3,7 +3,8 @@
 //! Every error the gateway itself originates is a [`GatewayError`] carrying an [`ErrorCode`]
 //! (the SPEC's public code), a human message and, where there is one, the offending `param`.
 //! [`GatewayError::into_response`] renders it in the dialect of the front door the client used,
-//! so an OpenAI SDK gets `{"error":{...}}` and an Anthropic SDK gets `{"type":"error",...}`.
+//! so an OpenAI SDK gets `{"error":{...}}` and an Anthropic SDK gets `{"type":"error",...}`
+//! (whose message names the `param`, since that shape has no member for it).
 
 use std::time::Duration;
 
@@ -231,13 +232,26 @@ impl GatewayError {
                 kind: "error",
                 error: AnthropicError {
                     kind: self.code.anthropic_type(),
-                    message: &format!("[{}] {}", self.code.as_str(), self.message),
+                    message: &self.anthropic_message(),
                     details: self.details.as_ref(),
                 },
             }),
         };
         // Serializing these plain structs cannot fail; fall back to a fixed body regardless.
         Bytes::from(json.unwrap_or_else(|_| br#"{"error":{"message":"internal error"}}"#.to_vec()))
+    }
+
+    /// The Anthropic `error.message`: the code first (`[budget_exhausted] ...`), then the
+    /// offending field when there is one (the shape has no `param`), unless the message already
+    /// quotes it.
+    fn anthropic_message(&self) -> String {
+        let code = self.code.as_str();
+        match self.param.as_deref() {
+            Some(p) if !self.message.contains(&format!("`{p}`")) => {
+                format!("[{code}] `{p}`: {}", self.message)
+            }
+            _ => format!("[{code}] {}", self.message),
+        }
     }
 
     /// The one error-to-response mapping.
@@ -346,6 +360,28 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(v["error"]["message"], "[budget_exhausted] spent");
+    }
+
+    /// The Anthropic shape has no `param`: its message names the field instead (SPEC §3), once.
+    #[test]
+    fn anthropic_shape_names_the_param_in_the_message() {
+        let e = GatewayError::invalid(
+            "required field is missing",
+            Some("messages[0].content[0].source"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "[invalid_request] `messages[0].content[0].source`: required field is missing"
+        );
+        assert!(v["error"].get("param").is_none(), "{v}");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["message"], "required field is missing", "OpenAI shape unchanged");
+        assert_eq!(v["error"]["param"], "messages[0].content[0].source");
+        // A message that already quotes its field is not prefixed again.
+        let e = GatewayError::invalid("`top_k` has no equivalent", Some("top_k"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["error"]["message"], "[invalid_request] `top_k` has no equivalent");
     }
 
     #[test]

@@ -429,3 +429,22 @@ async fn thread_is_refused_in_the_shape_the_sdk_recovers_from() {
     assert_ne!(got.status, 200, "{}", got.text());
     assert_eq!(gw.mock_stats("oai").get("o+chunks=3").calls, 0);
 }
+
+/// The Anthropic error shape has no `param`, so the message names the field (SPEC §3: "a 400
+/// naming the field"); helper-46: "required field is missing" did not say which.
+#[tokio::test(start_paused = true)]
+async fn anthropic_errors_name_the_offending_field() {
+    let gw = gateway(CONFIG);
+    for (content, field) in [
+        (r#"[{"type":"image"}]"#, "`messages[0].content[0].source`"),
+        (r#"[{"type":"text"}]"#, "`messages[0].content[0].text`"),
+    ] {
+        let body = format!(
+            r#"{{"model":"via-oai","max_tokens":10,"messages":[{{"role":"user","content":{content}}}]}}"#
+        );
+        let got = post(&gw, "/v1/messages", &body).await;
+        assert_eq!(got.status, 400, "{}", got.text());
+        let message = got.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with(&format!("[invalid_request] {field}: ")), "{message}");
+    }
+}
