@@ -16,7 +16,10 @@
 //! The reverse map (OpenAI upstream → Anthropic client): `stop` → `end_turn` (OpenAI does not say
 //! whether a stop sequence matched, so `stop_sequence` is never produced), `length` →
 //! `max_tokens`, `tool_calls` and the deprecated `function_call` → `tool_use`, `content_filter` →
-//! `refusal`, anything else → `end_turn`.
+//! `refusal`, anything else → `end_turn`. A message with `tool_use` blocks whose reason would be
+//! `end_turn` ends with `tool_use` instead ([`anthropic_stop_reason_for`]): OpenAI answers a forced
+//! tool choice with `stop` (so do vLLM and SGLang), and an Anthropic client's tool runner treats
+//! `end_turn` as final and never runs the tools.
 
 /// OpenAI `finish_reason` for an Anthropic `stop_reason`.
 pub fn openai_finish_reason(anthropic_stop_reason: &str) -> &'static str {
@@ -37,5 +40,13 @@ pub fn anthropic_stop_reason(openai_finish_reason: &str) -> &'static str {
         "content_filter" => "refusal",
         // stop, and unknown reasons
         _ => "end_turn",
+    }
+}
+
+/// Anthropic `stop_reason` for a message, given whether it has `tool_use` blocks.
+pub fn anthropic_stop_reason_for(openai_finish_reason: &str, has_tool_use: bool) -> &'static str {
+    match anthropic_stop_reason(openai_finish_reason) {
+        "end_turn" if has_tool_use => "tool_use",
+        other => other,
     }
 }

@@ -10,6 +10,7 @@ mod maps;
 mod roads;
 mod robustness;
 mod streams;
+mod tool_calls;
 
 use serde_json::Value;
 

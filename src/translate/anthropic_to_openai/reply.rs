@@ -11,7 +11,8 @@
 //!   produced and can fail its own validation; inventing `{}` would run the tool with no input.
 //! * Tool-call ids are kept, with characters Anthropic rejects mapped to `_`; a missing id becomes
 //!   `toolu_<response id>_<ordinal>`.
-//! * `stop_reason`: see [`crate::translate::finish`]; `stop_sequence` is always `null` (OpenAI
+//! * `stop_reason`: see [`crate::translate::finish`] (`tool_use` whenever there are tool_use
+//!   blocks and the finish reason is `stop` or missing); `stop_sequence` is always `null` (OpenAI
 //!   does not say which sequence matched). `usage`: `input_tokens = prompt_tokens - cached -
 //!   cache writes`, `cache_read_input_tokens = cached_tokens`, `output_tokens = completion_tokens`.
 //!
@@ -26,7 +27,7 @@ use std::io::Write;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::translate::finish::anthropic_stop_reason;
+use crate::translate::finish::{anthropic_stop_reason, anthropic_stop_reason_for};
 use crate::translate::util::{anthropic_tool_id, body_object, prefixed};
 use crate::translate::{Nothing, Object, Str, TranslateError, Usage};
 
@@ -71,7 +72,11 @@ pub fn response(body: &Value) -> Result<Value, TranslateError> {
         }
     }
     let finish = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop");
-    let stop_reason = if refusal.is_some() { "refusal" } else { anthropic_stop_reason(finish) };
+    let has_tool_use = content.iter().any(|b| b.get("type") == Some(&json!("tool_use")));
+    let stop_reason = match refusal {
+        Some(_) => "refusal",
+        None => anthropic_stop_reason_for(finish, has_tool_use),
+    };
     Ok(json!({
         "id": id,
         "type": "message",

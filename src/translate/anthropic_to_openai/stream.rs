@@ -17,7 +17,8 @@
 //!   `message_delta` (`stop_reason`, and usage: the upstream's final counts, SPEC §3, or when
 //!   it reported none tidegate's estimate, the one it bills: never a confident 0) and
 //!   `message_stop`. A stream that never sent a `finish_reason` ends with `end_turn` (some
-//!   OpenAI-compatible servers omit it; `[DONE]` is the clean-end signal). A stream with no chunk
+//!   OpenAI-compatible servers omit it; `[DONE]` is the clean-end signal), or `tool_use` when it
+//!   streamed tool calls, as does one that finished with `stop` (a forced tool choice). A stream with no chunk
 //!   at all is an error.
 //! * A chunk with an `error` key → an `error` event (`{"type":"error","error":{type, message}}`,
 //!   type mapped by [`crate::translate::anthropic_error_from_openai`]); the caller sends it and
@@ -216,7 +217,11 @@ impl StreamTranslator {
         }
         let mut out = Vec::new();
         self.close(&mut out);
-        let stop = if self.refusal { "refusal" } else { self.stop_reason.unwrap_or("end_turn") };
+        let stop = match (self.refusal, self.stop_reason) {
+            (true, _) => "refusal",
+            (false, None | Some("end_turn")) if !self.tools_seen.is_empty() => "tool_use",
+            (false, reason) => reason.unwrap_or("end_turn"),
+        };
         out.push(ev(
             "message_delta",
             json!({
