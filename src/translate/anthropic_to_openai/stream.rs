@@ -6,7 +6,12 @@
 //! * `delta.content` (and `delta.refusal`, which also makes the stop reason `refusal`) → a text
 //!   block: `content_block_start` on the first fragment, then `text_delta`s.
 //! * `delta.tool_calls[]`: a fragment for a new tool call closes the open block and starts a
-//!   `tool_use` block (`id`, `name`, `input: {}`); its `arguments` fragments → `input_json_delta`s.
+//!   `tool_use` block (`id`, `name`, `input: {}`), once a fragment has named it (at its close if
+//!   none does). Its `arguments` fragments (strings, or objects, merged) are held and sent as one
+//!   `input_json_delta` at the block's close: the JSON when it parses to an object, else
+//!   `{"_raw_arguments": "<the text>"}` as the non-stream road does (the SDK's stream helper
+//!   parses each tool block's JSON and raises on anything else; OpenAI's arguments are not
+//!   guaranteed to be JSON).
 //!   Content indexes are assigned sequentially across text and tool blocks. A fragment without
 //!   `index` belongs to the open tool call unless it carries a different `id`. A fragment for a tool
 //!   call whose block was already closed cannot be expressed (Anthropic blocks are sequential) and
@@ -34,7 +39,7 @@
 use std::io::Write;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::reply::{message_id, tool_id};
 use crate::translate::errors::{anthropic_error_body, anthropic_error_from_openai};
@@ -50,8 +55,44 @@ pub struct AnthropicEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Open {
-    Text { index: u64 },
-    Tool { index: u64, key: ToolKey },
+    Text {
+        index: u64,
+    },
+    /// What is known of it is in [`StreamTranslator::tool`].
+    Tool {
+        key: ToolKey,
+    },
+}
+
+/// The tool call whose block is open. Its arguments are held and sent whole at its close, as
+/// JSON that parses to an object (the Anthropic SDK parses every tool block's JSON and raises
+/// on anything else); its `content_block_start` waits for a name (some servers send it in a
+/// later fragment than the first).
+#[derive(Debug, Clone, Default)]
+struct OpenTool {
+    /// The block's content index, once its `content_block_start` was sent.
+    index: Option<u64>,
+    id: String,
+    name: String,
+    args: String,
+    /// `arguments` sent as an object (a server quirk the non-stream road reads too), merged.
+    args_object: Map<String, Value>,
+}
+
+impl OpenTool {
+    /// The block's `input` as JSON, as the non-stream road reads `arguments`: none (`{}`) when
+    /// empty, the text when it parses to an object, else `{"_raw_arguments": <the text>}`.
+    fn input_json(&self) -> Option<String> {
+        let args = self.args.trim();
+        if args.is_empty() {
+            return (!self.args_object.is_empty())
+                .then(|| Value::Object(self.args_object.clone()).to_string());
+        }
+        match serde_json::from_str::<Value>(args) {
+            Ok(Value::Object(_)) => Some(args.to_owned()),
+            _ => Some(json!({ "_raw_arguments": self.args }).to_string()),
+        }
+    }
 }
 
 /// Identity of an OpenAI tool call within the stream: its `index`, or a synthetic number for
@@ -70,6 +111,7 @@ pub struct StreamTranslator {
     next_index: u64,
     open: Option<Open>,
     open_tool_id: Option<String>,
+    tool: OpenTool,
     tools_seen: Vec<ToolKey>,
     stop_reason: Option<&'static str>,
     refusal: bool,
@@ -90,6 +132,7 @@ impl StreamTranslator {
             next_index: 0,
             open: None,
             open_tool_id: None,
+            tool: OpenTool::default(),
             tools_seen: Vec::new(),
             stop_reason: None,
             refusal: false,
@@ -293,43 +336,45 @@ impl StreamTranslator {
                 _ => ToolKey::Synthetic(self.tools_seen.len()),
             },
         };
-        let index = match &self.open {
-            Some(Open::Tool { index, key: open_key }) if *open_key == key => *index,
-            _ => {
-                if self.tools_seen.contains(&key) {
-                    return Err(TranslateError::body(
-                        "upstream interleaved tool call fragments; cannot translate",
-                    ));
-                }
-                self.close(out);
-                let func = call.get("function");
-                let name = func.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
-                let id = tool_id(
-                    call.get("id"),
-                    self.id.as_deref().unwrap_or(""),
-                    self.tools_seen.len(),
-                );
-                let block = json!({ "type": "tool_use", "id": id, "name": name, "input": {} });
-                let index = self.start_block(block, out);
-                self.tools_seen.push(key.clone());
-                self.open = Some(Open::Tool { index, key });
-                self.open_tool_id = call_id.map(str::to_owned);
-                index
+        if !matches!(&self.open, Some(Open::Tool { key: open }) if *open == key) {
+            if self.tools_seen.contains(&key) {
+                return Err(TranslateError::body(
+                    "upstream interleaved tool call fragments; cannot translate",
+                ));
             }
-        };
-        let args = call
-            .get("function")
-            .and_then(|f| f.get("arguments"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !args.is_empty() {
-            let delta = json!({ "type": "input_json_delta", "partial_json": args });
-            out.push(ev(
-                "content_block_delta",
-                json!({ "type": "content_block_delta", "index": index, "delta": delta }),
-            ));
+            self.close(out);
+            let id =
+                tool_id(call.get("id"), self.id.as_deref().unwrap_or(""), self.tools_seen.len());
+            self.tools_seen.push(key.clone());
+            self.open = Some(Open::Tool { key });
+            self.open_tool_id = call_id.map(str::to_owned);
+            self.tool = OpenTool { id, ..OpenTool::default() };
+        }
+        let func = call.get("function");
+        if self.tool.index.is_none()
+            && let Some(name) =
+                func.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|n| !n.is_empty())
+        {
+            self.tool.name = name.to_owned();
+            self.start_tool(out);
+        }
+        match func.and_then(|f| f.get("arguments")) {
+            Some(Value::String(s)) => self.tool.args.push_str(s),
+            Some(Value::Object(o)) => {
+                self.tool.args_object.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())))
+            }
+            _ => {}
         }
         Ok(())
+    }
+
+    /// `content_block_start` of the open tool call; its index.
+    fn start_tool(&mut self, out: &mut Vec<AnthropicEvent>) -> u64 {
+        let block =
+            json!({ "type": "tool_use", "id": self.tool.id, "name": self.tool.name, "input": {} });
+        let index = self.start_block(block, out);
+        self.tool.index = Some(index);
+        index
     }
 
     fn start_block(&mut self, block: Value, out: &mut Vec<AnthropicEvent>) -> u64 {
@@ -345,7 +390,21 @@ impl StreamTranslator {
     fn close(&mut self, out: &mut Vec<AnthropicEvent>) {
         if let Some(open) = self.open.take() {
             let index = match open {
-                Open::Text { index } | Open::Tool { index, .. } => index,
+                Open::Text { index } => index,
+                Open::Tool { .. } => {
+                    let index = match self.tool.index {
+                        Some(index) => index,
+                        None => self.start_tool(out), // it never got a name
+                    };
+                    if let Some(json) = self.tool.input_json() {
+                        let delta = json!({ "type": "input_json_delta", "partial_json": json });
+                        out.push(ev(
+                            "content_block_delta",
+                            json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+                        ));
+                    }
+                    index
+                }
             };
             out.push(ev(
                 "content_block_stop",

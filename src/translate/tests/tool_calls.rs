@@ -103,3 +103,76 @@ fn tool_calls_end_with_tool_use_whatever_the_finish_reason() {
     let (_, stop) = streamed(&[chunk(json!({ "content": "hi" }), Some("stop"))]);
     assert_eq!(stop, "end_turn");
 }
+
+/// OpenAI's `arguments` "is not guaranteed to be valid JSON". The non-stream road keeps broken
+/// ones as `{"_raw_arguments": ...}`; the stream road streamed them raw, and the SDK's stream
+/// helper raised mid-stream, losing the text already received. Each tool block's arguments
+/// now arrive as one `input_json_delta` at its close, JSON that always parses to an object.
+#[test]
+fn streamed_tool_arguments_always_assemble_to_an_object() {
+    let frag = |i: u64, id: Option<&str>, name: Option<&str>, args: Value| {
+        let mut f = json!({ "index": i, "function": { "arguments": args } });
+        if let Some(id) = id {
+            f["id"] = json!(id);
+        }
+        if let Some(name) = name {
+            f["function"]["name"] = json!(name);
+        }
+        chunk(json!({ "tool_calls": [f] }), None)
+    };
+    let (content, stop) = streamed(&[
+        chunk(json!({ "content": "Let me check." }), None),
+        frag(0, Some("call_a"), Some("get_weather"), json!("{city:")),
+        frag(0, None, None, json!(" Paris}")),
+        frag(1, Some("call_b"), Some("get_time"), json!("{\"tz\":")),
+        frag(1, None, None, json!(" \"CET\"}")),
+        chunk(json!({}), Some("tool_calls")),
+    ]);
+    assert_eq!(stop, "tool_use");
+    assert_eq!(content[0]["text"], "Let me check.");
+    assert_eq!(content[1]["input"], json!({ "_raw_arguments": "{city: Paris}" }));
+    assert_eq!(content[2]["input"], json!({ "tz": "CET" }));
+    // The same broken arguments non-stream: the two roads agree.
+    let v = reply(
+        json!({ "role": "assistant", "tool_calls": [call("call_a", "get_weather", json!("{city: Paris}"))] }),
+        Some("tool_calls"),
+    );
+    assert_eq!(v["content"][0]["input"], content[1]["input"]);
+    // Valid JSON that is not an object, and arguments cut by the end of the stream.
+    for (args, want) in [
+        ("[1, 2]", json!({ "_raw_arguments": "[1, 2]" })),
+        ("{\"a\": 1", json!({ "_raw_arguments": "{\"a\": 1" })),
+        ("", json!({})),
+    ] {
+        let (content, _) = streamed(&[frag(0, Some("x"), Some("f"), json!(args))]);
+        assert_eq!(content[0]["input"], want, "{args:?}");
+    }
+}
+
+/// Two fragment shapes some servers send, which the non-stream road already reads: `arguments`
+/// as an object, and the function name in a later fragment than the first.
+#[test]
+fn object_arguments_and_late_names_stream_as_non_stream() {
+    let (content, _) = streamed(&[chunk(
+        json!({ "tool_calls": [{ "index": 0, "id": "x", "function": { "name": "f", "arguments": { "a": 1 } } }] }),
+        Some("tool_calls"),
+    )]);
+    assert_eq!(content[0]["input"], json!({ "a": 1 }));
+    let v = reply(json!({ "tool_calls": [call("x", "f", json!({ "a": 1 }))] }), Some("tool_calls"));
+    assert_eq!(v["content"][0]["input"], content[0]["input"]);
+
+    let (content, _) = streamed(&[
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "id": "x", "function": { "arguments": "" } }] }),
+            None,
+        ),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "function": { "name": "get_weather" } }] }),
+            None,
+        ),
+        chunk(json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "{}" } }] }), None),
+    ]);
+    assert_eq!(content[0]["name"], "get_weather", "{content:?}");
+    assert_eq!(content[0]["id"], "x");
+    assert_eq!(content.len(), 1);
+}
