@@ -2,7 +2,7 @@
 //!
 //! * `id`: `msg_` + the upstream id (`chatcmpl-abc` → `msg_chatcmpl-abc`); `model`: the upstream's.
 //! * `content`: a text block (when the text is non-empty), then one `tool_use` block per function
-//!   tool call. A `refusal` string becomes the text when there is no other text, and sets
+//!   tool call (or for the deprecated `message.function_call`, when there are no `tool_calls`). A `refusal` string becomes the text when there is no other text, and sets
 //!   `stop_reason: refusal`. Non-standard `reasoning_content` is dropped (an unsigned thinking block
 //!   could not be sent back to Anthropic).
 //! * Tool-call `arguments` are parsed into `input`. An empty string means `{}`. Arguments that are
@@ -57,7 +57,15 @@ pub fn response(body: &Value) -> Result<Value, TranslateError> {
     if !text.is_empty() {
         content.push(json!({ "type": "text", "text": text }));
     }
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+    // The deprecated `function_call` (older compatible servers) is one call without an id.
+    let legacy =
+        message.get("function_call").filter(|f| f.is_object()).map(|f| json!([{ "function": f }]));
+    if let Some(calls) = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .filter(|calls| !calls.is_empty())
+        .or(legacy.as_ref().and_then(Value::as_array))
+    {
         for call in calls {
             if let Some(func) = call.get("function") {
                 let ordinal =

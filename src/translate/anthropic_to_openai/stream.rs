@@ -11,7 +11,7 @@
 //!   `input_json_delta` at the block's close: the JSON when it parses to an object, else
 //!   `{"_raw_arguments": "<the text>"}` as the non-stream road does (the SDK's stream helper
 //!   parses each tool block's JSON and raises on anything else; OpenAI's arguments are not
-//!   guaranteed to be JSON).
+//!   guaranteed to be JSON). The deprecated `delta.function_call` fragments are one such call.
 //!   Content indexes are assigned sequentially across text and tool blocks. A fragment without
 //!   `index` belongs to the open tool call unless it carries a different `id`. A fragment for a tool
 //!   call whose block was already closed cannot be expressed (Anthropic blocks are sequential) and
@@ -216,6 +216,10 @@ impl StreamTranslator {
                 for call in calls {
                     self.tool_fragment(call, &mut out)?;
                 }
+            }
+            if let Some(f) = delta.get("function_call").filter(|f| f.is_object()) {
+                // The deprecated form: fragments of one call, without index or id.
+                self.tool_fragment(&json!({ "function": f }), &mut out)?;
             }
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {

@@ -176,3 +176,35 @@ fn object_arguments_and_late_names_stream_as_non_stream() {
     assert_eq!(content[0]["id"], "x");
     assert_eq!(content.len(), 1);
 }
+
+/// The deprecated `function_call` (older compatible servers) is one tool call: it was dropped,
+/// leaving `stop_reason: tool_use` with no tool_use block to run.
+#[test]
+fn a_legacy_function_call_is_one_tool_use_block() {
+    let v = reply(
+        json!({ "role": "assistant", "content": null,
+            "function_call": { "name": "get_weather", "arguments": "{\"city\":\"Paris\"}" } }),
+        Some("function_call"),
+    );
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(v["content"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["content"][0]["type"], "tool_use");
+    assert_eq!(v["content"][0]["name"], "get_weather");
+    assert_eq!(v["content"][0]["input"], json!({ "city": "Paris" }));
+    assert!(v["content"][0]["id"].as_str().unwrap().starts_with("toolu_"), "{v}");
+
+    let (content, stop) = streamed(&[
+        chunk(
+            json!({ "role": "assistant", "function_call": { "name": "get_weather", "arguments": "" } }),
+            None,
+        ),
+        chunk(json!({ "function_call": { "arguments": "{\"city\":" } }), None),
+        chunk(json!({ "function_call": { "arguments": "\"Paris\"}" } }), None),
+        chunk(json!({}), Some("function_call")),
+    ]);
+    assert_eq!(stop, "tool_use");
+    assert_eq!(content.len(), 1, "{content:?}");
+    assert_eq!(content[0]["name"], "get_weather");
+    assert_eq!(content[0]["input"], json!({ "city": "Paris" }));
+    assert_eq!(content[0]["id"], v["content"][0]["id"], "both roads make the same id");
+}
