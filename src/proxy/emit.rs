@@ -149,6 +149,19 @@ impl Emitter {
         Ok(())
     }
 
+    /// The upstream reported no usage: an OpenAI client served by an Anthropic-wire upstream
+    /// gets `usage` (tidegate's estimate, what it bills) in its usage chunk.
+    pub fn estimate_usage(&mut self, usage: crate::proxy::peek::Usage) {
+        if let Self::OpenAiFromAnthropic(t) = self {
+            t.set_usage_estimate(crate::translate::Usage {
+                input: usage.input,
+                output: usage.output,
+                cached_input: usage.cached_input,
+                ..Default::default()
+            });
+        }
+    }
+
     /// The upstream ended cleanly (`[DONE]`, `message_stop`, or end of body after a finish
     /// reason): whatever closes the client's stream.
     pub fn finish(

@@ -371,11 +371,20 @@ impl Forward {
             }
         };
         if done {
+            self.estimate_usage();
             self.emitter
                 .event(name, data, false, &mut self.out)
                 .map_err(|e| upstream("error_event", e.0))?;
         }
         Ok(done)
+    }
+
+    /// Before the end of a stream whose upstream reported no usage: the estimate tidegate bills
+    /// goes to a translated usage chunk too (the log line counts the same).
+    fn estimate_usage(&mut self) {
+        if self.stream.usage.is_none() {
+            self.emitter.estimate_usage(self.rec.spend.request_usage(None));
+        }
     }
 
     async fn finish(&mut self, upstream_sent_stop: bool) -> End {
@@ -390,6 +399,7 @@ impl Forward {
             let estimate = self.rec.spend.request_usage(None);
             super::emit::usage_chunk(first, estimate, &mut self.out);
         }
+        self.estimate_usage();
         if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {
             return upstream("malformed", e.0);
         }

@@ -135,8 +135,8 @@ impl Gateway {
                     self.shared.answers.put(key, CachedAnswer { text, model });
                 }
                 let mut body = translate_body(body, dialect, wire)?;
-                if usage.is_none() && dialect == Dialect::Anthropic {
-                    body = with_usage(body, rec.spend.request_usage(None));
+                if usage.is_none() && (dialect == Dialect::Anthropic || wire == Wire::Anthropic) {
+                    body = with_usage(body, dialect, rec.spend.request_usage(None));
                 }
                 if rec.log_content {
                     rec.completion = Some(String::from_utf8_lossy(&body).into_owned());
@@ -210,14 +210,22 @@ impl Gateway {
     }
 }
 
-/// An Anthropic answer whose upstream reported no usage, with tidegate's estimate (the one it
-/// bills) in its `usage`: the field is required there, and the translation's 0/0 would
-/// undercount for clients that meter from it.
-fn with_usage(body: Bytes, estimate: crate::proxy::peek::Usage) -> Bytes {
+/// A translated answer whose upstream reported no usage, with tidegate's estimate (the one it
+/// bills) in its `usage`: the translation's 0/0 would undercount for clients that meter from
+/// it (Anthropic's `usage` is required; an OpenAI client's answer from an Anthropic-wire
+/// upstream has one too, counted by tidegate).
+fn with_usage(body: Bytes, dialect: Dialect, estimate: crate::proxy::peek::Usage) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<Value>(&body) else { return body };
     let Some(usage) = v.get_mut("usage").and_then(Value::as_object_mut) else { return body };
-    usage.insert("input_tokens".into(), estimate.input.into());
-    usage.insert("output_tokens".into(), estimate.output.into());
+    let (input, output) = match dialect {
+        Dialect::Anthropic => ("input_tokens", "output_tokens"),
+        Dialect::OpenAi => ("prompt_tokens", "completion_tokens"),
+    };
+    usage.insert(input.into(), estimate.input.into());
+    usage.insert(output.into(), estimate.output.into());
+    if dialect == Dialect::OpenAi {
+        usage.insert("total_tokens".into(), estimate.input.saturating_add(estimate.output).into());
+    }
     serde_json::to_vec(&v).map_or(body, Bytes::from)
 }
 

@@ -448,3 +448,41 @@ async fn anthropic_errors_name_the_offending_field() {
         assert!(message.starts_with(&format!("[invalid_request] {field}: ")), "{message}");
     }
 }
+
+/// The other direction: an Anthropic-wire upstream that reports no usage (some compatible
+/// servers) gives an OpenAI client tidegate's estimate, the one it bills and logs, in `usage`
+/// and in the `include_usage` chunk, not a confident 0/0 (helper-46, finding 7).
+#[tokio::test(start_paused = true)]
+async fn openai_clients_get_the_estimate_when_the_anthropic_upstream_reports_no_usage() {
+    let gw = gateway(
+        "providers:\n  claude: {kind: mock, api: anthropic}\nroutes:\n  r:\n    default: true\n    targets: [{provider: claude, model: \"c+no_usage+chunks=8\"}]\n",
+    );
+    let got = post(&gw, "/v1/chat/completions", &chat("x")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let usage = &got.json()["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(got.header("x-tidegate-cost-estimated"), "true");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(usage["prompt_tokens"], line["input_tokens"], "{line}");
+    assert_eq!(usage["completion_tokens"], line["output_tokens"], "{line}");
+
+    let body = r#"{"model":"x","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello there"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let events = got.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let chunk: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(chunk["choices"], serde_json::json!([]), "{chunk}");
+    let usage = &chunk["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(usage["prompt_tokens"], line["input_tokens"], "{line}");
+    assert_eq!(usage["completion_tokens"], line["output_tokens"], "{line}");
+}

@@ -127,11 +127,16 @@ pub(crate) fn messages(req: &Value, b: &Behaviour) -> Script {
         };
     }
     let ev = |name: &str, v: Value| Step::Send(encode_event(name, v.to_string().as_bytes()));
+    let start_usage = if b.no_usage {
+        json!({})
+    } else {
+        json!({"input_tokens": input, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})
+    };
     let mut steps = vec![
         ev(
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}}),
+            "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
         ),
         Step::Sleep(b.ttft),
     ];

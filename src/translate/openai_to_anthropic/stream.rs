@@ -13,7 +13,8 @@
 //! * `message_delta`: `usage` is **cumulative**: the latest value replaces the previous one, never
 //!   summed. The first non-null `stop_reason` → a chunk `{delta: {}, finish_reason}`.
 //! * `message_stop` → (a `finish_reason: "stop"` chunk if none was sent), then with
-//!   `include_usage` a final chunk with `choices: []` and the usage, then [`StreamOut::Done`].
+//!   `include_usage` a final chunk with `choices: []` and the usage (tidegate's estimate when
+//!   the caller set one: the upstream reported none), then [`StreamOut::Done`].
 //! * `content_block_stop` of a tool_use block that sent no arguments → its arguments `{}` (as a
 //!   non-stream answer's, and OpenAI's own; `""` is not JSON); otherwise nothing.
 //! * `ping` and unknown event types → nothing. `error` →
@@ -85,6 +86,9 @@ pub struct StreamTranslator {
     frame: Option<(String, String)>,
     /// Whether content chunks take the fast road (tests turn it off to compare).
     fast: bool,
+    /// tidegate's estimate for the usage chunk, set by the caller when the upstream reported
+    /// no usage (some Anthropic-compatible servers): the count it bills, not a confident 0.
+    estimate: Option<Usage>,
 }
 
 /// A `content_block_delta` event as the fast road reads it. Only the fields it reads are
@@ -134,6 +138,7 @@ impl StreamTranslator {
             failed: false,
             frame: None,
             fast: true,
+            estimate: None,
         }
     }
 
@@ -147,6 +152,11 @@ impl StreamTranslator {
     /// Usage so far (input from `message_start`, updated by later cumulative counts).
     pub fn usage(&self) -> Usage {
         Usage::from_anthropic(&Value::Object(self.usage.clone()))
+    }
+
+    /// The usage the final chunk reports instead of the upstream's, which reported none.
+    pub fn set_usage_estimate(&mut self, usage: Usage) {
+        self.estimate = Some(usage);
     }
 
     /// True once `message_stop` arrived (a clean end); false after an upstream error.
@@ -390,7 +400,7 @@ impl StreamTranslator {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": self.usage().to_openai(),
+                "usage": self.estimate.unwrap_or_else(|| self.usage()).to_openai(),
             })));
         }
         out.push(StreamOut::Done);
