@@ -330,7 +330,10 @@ impl Forward {
                     "a stream event that is not a valid chunk".into(),
                 ));
             }
-            Some(ChunkPeek::Error(m)) => return Err(upstream("error_event", m)),
+            Some(ChunkPeek::Error(m)) => {
+                let code = peek::error_code(data);
+                return Err(End::Upstream { reason: "error_event", detail: m, code });
+            }
             Some(ChunkPeek::Done) => true,
             Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, .. }) => {
                 if self.first_chunk.is_none()

@@ -61,6 +61,25 @@ struct ErrorWire<'a> {
     message: Option<Str<'a>>,
 }
 
+/// What an upstream's error event says of its kind (read only when one came): overloaded and
+/// rate-limited upstreams keep their meaning for the client, whose SDK tells them from a real
+/// failure by `error.type` (an Anthropic `overloaded_error`, OpenAI's `rate_limit_exceeded`);
+/// anything else is `upstream_unavailable`.
+pub fn error_code(data: &[u8]) -> crate::error::ErrorCode {
+    use crate::error::ErrorCode;
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let e = &v["error"];
+    let said = |k: &str| e[k].as_str().unwrap_or("").to_ascii_lowercase();
+    let (kind, code) = (said("type"), said("code"));
+    if kind.contains("overloaded") || code.contains("overloaded") {
+        ErrorCode::Overloaded
+    } else if kind.starts_with("rate_limit") || code.starts_with("rate_limit") {
+        ErrorCode::RateLimited
+    } else {
+        ErrorCode::UpstreamUnavailable
+    }
+}
+
 /// One `data:` payload of an OpenAI chat stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChunkPeek<'a> {

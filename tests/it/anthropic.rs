@@ -238,11 +238,16 @@ async fn anthropic_error_event_after_content() {
     let gw = gateway(CONFIG);
     let got = post(&gw, "/v1/chat/completions", &chat_stream("claude-broken")).await;
     assert_eq!(got.stream_text(), "The tide");
-    assert!(got.events().last().unwrap().contains("\"error\""));
+    let last: serde_json::Value = serde_json::from_str(got.events().last().unwrap()).unwrap();
+    // The upstream was overloaded, and the client's SDK can tell (helper-50: it read as a
+    // plain upstream failure).
+    assert_eq!(last["error"]["type"], "overloaded_error", "{last}");
     assert!(!got.text().contains("[DONE]"));
     let got = post(&gw, "/v1/messages", &messages("claude-broken", true)).await;
     let events = anthropic_events(&got);
-    assert_eq!(events.last().unwrap().0, "error", "{}", got.text());
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{}", got.text());
+    assert_eq!(data["error"]["type"], "overloaded_error", "{data}");
     assert!(!events.iter().any(|(n, _)| n == "message_stop"));
 }
 

@@ -222,3 +222,29 @@ mod bench_body {
         );
     }
 }
+
+#[test]
+fn error_events_keep_an_overloaded_or_rate_limited_upstream() {
+    use crate::error::ErrorCode;
+    for (data, want) in [
+        (
+            &br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#[..],
+            ErrorCode::Overloaded,
+        ),
+        (
+            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+            ErrorCode::RateLimited,
+        ),
+        (
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"x"}}"#,
+            ErrorCode::RateLimited,
+        ),
+        (
+            br#"{"error":{"message":"boom","type":"server_error","code":null}}"#,
+            ErrorCode::UpstreamUnavailable,
+        ),
+        (b"not json", ErrorCode::UpstreamUnavailable),
+    ] {
+        assert_eq!(super::error_code(data), want, "{}", String::from_utf8_lossy(data));
+    }
+}
