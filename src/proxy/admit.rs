@@ -222,8 +222,10 @@ pub async fn target(
     let reject = |kind: &str| {
         rec.metrics().ceiling_rejections.with_label_values(&[&route.route.name, kind]).inc();
     };
+    // The ceiling holds for the request as a whole: what its earlier attempts cost (a timeout's
+    // input, a broken stream's part of the answer) counts against it.
     if let Some(ceiling) = limits.max_request_usd
-        && worst > ceiling
+        && worst.saturating_add(rec.spend.prior()) > ceiling
     {
         reject("cost_ceiling");
         tracing::debug!(
