@@ -247,102 +247,131 @@ pub async fn begin(
         GatewayError::invalid(format!("bad Idempotency-Key: {why}"), Some("Idempotency-Key"))
     })?;
     let name = &route.route.name;
-    let scope = scope(&client_identity(caller.client, caller.headers), name, key);
-    let fp = fingerprint(body, endpoint);
-    let cap = shared.state.idem_cap;
-    let count = |result: &str| metrics.idempotency.with_label_values(&[name, result]).inc();
-    let capture = |owner| Capture {
-        owner,
-        route: name.clone(),
-        metrics: metrics.clone(),
-        status: 0,
-        headers: Vec::new(),
-        body: BytesMut::new(),
-        stream: false,
-        storable: false,
-        cap,
-        over: false,
+    let k = Keyed {
+        scope: scope(&client_identity(caller.client, caller.headers), name, key),
+        fp: fingerprint(body, endpoint),
+        cfg,
+        deadline,
+        route: name,
+        metrics,
     };
-    // This replica's own store first, whatever the backend: a duplicate on this replica
-    // waits here (or replays what this replica stored), even while Redis is down.
-    let mut local = None;
-    for _ in 0..RECLAIMS {
-        match shared.state.idem.claim(scope, fp, cfg.ttl) {
-            Claim::Execute(lease) => {
-                local = Some(lease);
-                break;
-            }
-            Claim::Replay(a) => {
-                count("replayed");
-                return Ok(Begin::Answer(replay(&a)));
-            }
-            Claim::Mismatch => {
-                count("mismatch");
-                return Err(mismatch());
-            }
-            Claim::InFlight(_) if !cfg.wait => break,
-            Claim::InFlight(w) => match timeout_at(deadline, w.wait()).await {
-                Ok(WaitOutcome::Done(a)) => {
-                    count("replayed");
-                    return Ok(Begin::Answer(replay(&a)));
-                }
-                Ok(WaitOutcome::Released) => continue,
-                Err(_) => break,
-            },
+    let local = match k.claim_here(shared).await? {
+        Ok(lease) => lease,
+        Err(answer) => return Ok(answer),
+    };
+    if let Some(store) = &shared.state.redis {
+        return k.claim_in_redis(shared, store, local).await;
+    }
+    Ok(Begin::Run(Some(k.capture(Owner::Memory(local), shared))))
+}
+
+/// A request's key, looked up.
+struct Keyed<'a> {
+    scope: [u8; 32],
+    fp: [u8; 32],
+    cfg: crate::config::Idempotency,
+    deadline: Instant,
+    route: &'a String,
+    metrics: &'a std::sync::Arc<Metrics>,
+}
+
+impl Keyed<'_> {
+    fn count(&self, result: &str) {
+        self.metrics.idempotency.with_label_values(&[self.route, result]).inc();
+    }
+
+    fn capture(&self, owner: Owner, shared: &Shared) -> Capture {
+        Capture {
+            owner,
+            route: self.route.clone(),
+            metrics: self.metrics.clone(),
+            status: 0,
+            headers: Vec::new(),
+            body: BytesMut::new(),
+            stream: false,
+            storable: false,
+            cap: shared.state.idem_cap,
+            over: false,
         }
     }
-    let Some(local) = local else {
-        count("in_flight");
-        return Err(in_flight());
-    };
-    if !local.is_tracked() {
-        count("untracked");
+
+    /// This replica's own store first, whatever the backend: a duplicate on this replica
+    /// waits here (or replays what this replica stored), even while Redis is down. `Ok(Err)`:
+    /// the answer to send at once.
+    async fn claim_here(&self, shared: &Shared) -> Result<Result<Lease, Begin>, GatewayError> {
+        for _ in 0..RECLAIMS {
+            match shared.state.idem.claim(self.scope, self.fp, self.cfg.ttl) {
+                Claim::Execute(lease) => {
+                    if !lease.is_tracked() {
+                        self.count("untracked");
+                    }
+                    return Ok(Ok(lease));
+                }
+                Claim::Replay(a) => {
+                    self.count("replayed");
+                    return Ok(Err(Begin::Answer(replay(&a))));
+                }
+                Claim::Mismatch => {
+                    self.count("mismatch");
+                    return Err(mismatch());
+                }
+                Claim::InFlight(_) if !self.cfg.wait => break,
+                Claim::InFlight(w) => match timeout_at(self.deadline, w.wait()).await {
+                    Ok(WaitOutcome::Done(a)) => {
+                        self.count("replayed");
+                        return Ok(Err(Begin::Answer(replay(&a))));
+                    }
+                    Ok(WaitOutcome::Released) => continue,
+                    Err(_) => break,
+                },
+            }
+        }
+        self.count("in_flight");
+        Err(in_flight())
     }
-    if let Some(store) = &shared.state.redis {
-        match in_redis(store, &hex(&scope), &hex(&fp), redis::CLAIM_LEASE, cfg.wait, deadline).await
-        {
+
+    /// Then Redis, which decides across replicas; when it fails, `state.on_error.idempotency`
+    /// says whether this replica's claim is enough (`local`) or the request is refused.
+    async fn claim_in_redis(
+        &self,
+        shared: &Shared,
+        store: &RedisStore,
+        local: Lease,
+    ) -> Result<Begin, GatewayError> {
+        let (key, fp) = (hex(&self.scope), hex(&self.fp));
+        match in_redis(store, &key, &fp, redis::CLAIM_LEASE, self.cfg.wait, self.deadline).await {
             Ok(InRedis::Run(key, owner)) => {
-                let ttl = cfg.ttl;
+                let ttl = self.cfg.ttl;
                 let keeper = store.keep_claim(&key, &owner, redis::CLAIM_LEASE);
-                return Ok(Begin::Run(Some(capture(Owner::Redis {
-                    store: store.clone(),
-                    key,
-                    owner,
-                    ttl,
-                    keeper,
-                    local,
-                }))));
+                let store = store.clone();
+                let owner = Owner::Redis { store, key, owner, ttl, keeper, local };
+                Ok(Begin::Run(Some(self.capture(owner, shared))))
             }
             // Another replica's answer (or refusal): this replica's claim is let go, so its
             // own duplicates ask Redis in turn.
             Ok(InRedis::Replay(a)) => {
                 local.release();
-                count("replayed");
-                return Ok(Begin::Answer(replay(&a)));
+                self.count("replayed");
+                Ok(Begin::Answer(replay(&a)))
             }
             Ok(InRedis::Error(e)) => {
                 local.release();
-                count(if e.code == ErrorCode::IdempotencyKeyReused {
-                    "mismatch"
-                } else {
-                    "in_flight"
-                });
-                return Err(e);
+                let mismatched = e.code == ErrorCode::IdempotencyKeyReused;
+                self.count(if mismatched { "mismatch" } else { "in_flight" });
+                Err(e)
             }
-            Err(e) => {
-                if shared.state.failed("idempotency", &e) == Policy::Reject {
-                    local.release();
-                    count("unavailable");
-                    return Err(GatewayError::new(
-                        ErrorCode::Overloaded,
-                        "idempotency records are unavailable (shared state down); retry shortly",
-                    )
-                    .with_retry_after(Duration::from_secs(1)));
-                }
+            Err(e) if shared.state.failed("idempotency", &e) == Policy::Reject => {
+                local.release();
+                self.count("unavailable");
+                Err(GatewayError::new(
+                    ErrorCode::Overloaded,
+                    "idempotency records are unavailable (shared state down); retry shortly",
+                )
+                .with_retry_after(Duration::from_secs(1)))
             }
+            Err(_) => Ok(Begin::Run(Some(self.capture(Owner::Memory(local), shared)))),
         }
     }
-    Ok(Begin::Run(Some(capture(Owner::Memory(local)))))
 }
 
 /// The Redis side of [`begin`].
