@@ -76,16 +76,26 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// The window of `now`. After a reload changed `per`, what the last window holds (its
-    /// spend and its reservations) carries into the new-length window of `now` if it began
-    /// within it (`per` lengthened: that spend is this window's); otherwise a new window begins.
+    /// The window of `now` for a caller whose config says `limit.per`. Callers of two config
+    /// versions meet after a reload that changed `per` (a request admitted before it settles
+    /// after it), so a different `per` never wipes a window that holds the caller's time:
+    /// - the caller's window holds the current one's start (`per` lengthened): the current
+    ///   window's spend and reservations carry into it;
+    /// - the current window holds the caller's time (`per` shortened, or a caller of the
+    ///   older, shorter version): it goes on, so a shortened `per` applies from its end;
+    /// - otherwise the caller's window is a new one.
+    ///
+    /// Windows only ever grow or move on: spend is never forgotten within a window, so the
+    /// budget holds across any mix of versions.
     fn current(&self, now: Duration, limit: &BudgetLimit) -> std::sync::MutexGuard<'_, Window> {
         let (start, per) = (limit.window_of(now), limit.per.as_secs().max(1));
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let carried = w.per != per && w.start >= start && w.start - start < per;
-        if carried {
+        let holds = |from: u64, len: u64, t: u64| t >= from && t - from < len;
+        if w.per != per && holds(start, per, w.start) {
             (w.start, w.per) = (start, per);
-        } else if start > w.start || w.per != per {
+        } else if w.per != per && holds(w.start, w.per, start) {
+            // The current window goes on.
+        } else if start > w.start {
             *w = Window { generation: w.generation + 1, start, per, spent: 0, reserved: 0 };
         }
         w
@@ -192,9 +202,10 @@ mod tests {
     /// helper-51: a reload that lengthened `per` left every reservation unsettled (settling
     /// matched the window's start, which the new length had moved), so the route was refused
     /// with most of its budget unspent. Lengthened: this window's spend and reservations carry
-    /// over and settle. Shortened: a new window begins; the old reservations settle nowhere.
+    /// over and settle. review-54: a request of the older version settling afterwards (its
+    /// `per` the old one) must not wipe the window, or the budget is spent again.
     #[test]
-    fn a_reload_that_changes_per_keeps_reservations_settling() {
+    fn a_reload_that_lengthens_per_keeps_the_window_whole() {
         let short = BudgetLimit { limit: 1000, per: Duration::from_secs(10) };
         let long = BudgetLimit { limit: 1000, per: HOUR };
         let l = Ledger::default();
@@ -204,20 +215,36 @@ mod tests {
         let after = l.reserve(now, &long, 300).unwrap();
         assert_eq!(l.status(now, &long), (20, 400));
         l.settle(before, 10);
+        // What an old request's settling asks for its gauge: the window goes on.
+        assert_eq!(l.remaining(now + Duration::from_secs(30), &short), 1000 - 30 - 300);
         l.settle(after, 30);
         assert_eq!(l.status(now, &long), (60, 0));
-        // Each reserves 100 and settles 10: they fit until spend passes 900.
+        // Each reserves 100 and settles 10: they fit until spend passes 900, whichever
+        // version's `per` they come with.
         let mut fitted = 0;
-        while let Ok(r) = l.reserve(now, &long, 100) {
+        while let Ok(r) = l.reserve(now, if fitted % 2 == 0 { &long } else { &short }, 100) {
             l.settle(r, 10);
             fitted += 1;
         }
-        assert_eq!((fitted, l.remaining(now, &long)), (85, 90));
-        // Shortened: the window of now under 10 s begins after the hour's start.
-        let old = l.reserve(now, &long, 0).unwrap();
-        assert_eq!(l.status(now, &short), (0, 0));
-        l.settle(old, 500);
-        assert_eq!(l.status(now, &short), (0, 0));
+        assert_eq!((fitted, l.status(now, &long)), (85, (910, 0)));
+    }
+
+    /// A shortened `per` applies from the end of the window under way, which keeps its spend.
+    #[test]
+    fn a_reload_that_shortens_per_applies_from_the_windows_end() {
+        let short = BudgetLimit { limit: 1000, per: Duration::from_secs(10) };
+        let long = BudgetLimit { limit: 1000, per: HOUR };
+        let l = Ledger::default();
+        let now = Duration::from_secs(10 * 3600 + 1234);
+        l.settle(l.reserve(now, &long, 500).unwrap(), 500);
+        assert_eq!(l.status(now, &short), (500, 0));
+        assert!(l.reserve(now, &short, 501).is_err());
+        let next_hour = Duration::from_secs(11 * 3600 + 5);
+        assert_eq!(l.status(next_hour, &short), (0, 0));
+        // A request of the older version then makes the window an hour again: never shorter.
+        l.settle(l.reserve(next_hour, &short, 100).unwrap(), 100);
+        assert_eq!(l.status(next_hour, &long), (100, 0));
+        assert_eq!(l.status(next_hour + Duration::from_secs(20), &short), (100, 0));
     }
 
     #[test]
