@@ -88,9 +88,20 @@ pub struct Forward {
     /// The client stopped reading (its connection open) until the deadline passed: the stream
     /// ends as if the client had gone, but its body is aborted and the record says why.
     pub(super) stalled: bool,
+    /// Choices the client asked for (`n`), and how many have finished: the answer is whole
+    /// once every one has ([`Forward::whole`]).
+    pub(super) choices: u32,
+    pub(super) finished: u32,
 }
 
 impl Forward {
+    /// Every choice has its finish: whatever the stream does next (breaks, goes silent, sends
+    /// an error or garbage instead of its usage and `[DONE]`), the answer is whole, and
+    /// resuming it would send text after its finish.
+    pub(super) fn whole(&self) -> bool {
+        self.stream.finish.is_some() && self.finished >= self.choices
+    }
+
     /// Queues the events held at the commit point and hands them to the response body before
     /// the response is returned, so the head and the first events leave in one write. Call
     /// before spawning [`Forward::run`].
@@ -335,7 +346,8 @@ impl Forward {
                 return Err(End::Upstream { reason: "error_event", detail: m, code });
             }
             Some(ChunkPeek::Done) => true,
-            Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, .. }) => {
+            Some(ChunkPeek::Chunk { finish, usage, usage_only, text, tool, finishes, .. }) => {
+                self.finished = self.finished.saturating_add(finishes);
                 if self.first_chunk.is_none()
                     && matches!(self.emitter, Emitter::OpenAiPass { include_usage: true })
                 {

@@ -98,6 +98,9 @@ pub enum ChunkPeek<'a> {
         text: Option<Cow<'a, str>>,
         /// The event is part of a tool call (resume never splices inside one).
         tool: bool,
+        /// Choices this event finishes (a `finish_reason` each; `n > 1` streams finish one
+        /// choice at a time).
+        finishes: u32,
     },
 }
 
@@ -166,6 +169,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
     let mut finish = None;
     let mut text = None;
     let mut tool = false;
+    let mut finishes = 0;
     for c in choices {
         if let Some(d) = c.delta {
             tool |= d.tool_calls.is_some_and(|r| r.get() != "null")
@@ -180,6 +184,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         if let Some(f) = c.finish_reason {
             content = true;
             finish = Some(f.owned());
+            finishes += 1;
         }
     }
     Some(ChunkPeek::Chunk {
@@ -189,6 +194,7 @@ pub fn chunk(data: &[u8]) -> Option<ChunkPeek<'_>> {
         usage: w.usage.and_then(|u| u.0).and_then(UsageWire::usage),
         text,
         tool,
+        finishes,
     })
 }
 
@@ -323,6 +329,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
     let chunk = |content, finish: Option<String>, usage| {
         Some(ChunkPeek::Chunk {
             content,
+            finishes: u32::from(finish.is_some()),
             finish,
             usage,
             usage_only: false,
@@ -341,6 +348,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
         "content_block_start" => {
             let tool = w.content_block.and_then(|b| b.kind).is_some_and(|k| &*k == "tool_use");
             Some(ChunkPeek::Chunk {
+                finishes: 0,
                 content: tool,
                 finish: None,
                 usage: None,
@@ -355,6 +363,7 @@ pub fn anthropic_event<'a>(name: Option<&str>, data: &'a [u8]) -> Option<ChunkPe
                 d.partial_json.is_some() || d.kind.is_some_and(|k| &*k == "input_json_delta");
             let text = d.text.filter(|t| !t.is_empty()).map(Str::cow);
             Some(ChunkPeek::Chunk {
+                finishes: 0,
                 content: tool || text.is_some(),
                 finish: None,
                 usage: None,

@@ -162,7 +162,8 @@ impl Gateway {
                     model: t.target.model.clone(),
                     tainted: false,
                 });
-                let resume = route.route.resume.then(|| ResumeKit {
+                // Resuming continues one text: never with `n > 1` choices.
+                let resume = (route.route.resume && ask.n() == 1).then(|| ResumeKit {
                     snap: snap.clone(),
                     route: route.index,
                     target: served.target,
@@ -199,6 +200,8 @@ impl Gateway {
                     abort: abort.clone(),
                     stalled: false,
                     first_chunk: None,
+                    choices: u32::try_from(ask.n()).unwrap_or(u32::MAX),
+                    finished: 0,
                 });
                 forward.prime();
                 tokio::spawn(forward.run());

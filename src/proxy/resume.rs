@@ -194,7 +194,12 @@ async fn forward_rest(
     let mut stop = std::pin::pin!(stop_token.cancelled());
     'stream: loop {
         for (name, data) in events.drain(..) {
-            match attempt::classify(wire, name.as_deref(), &data).ok_or("malformed")? {
+            let peeked = attempt::classify(wire, name.as_deref(), &data);
+            // Whole once its finish came, whatever the stream sends after it.
+            if finish.is_some() && matches!(peeked, None | Some(ChunkPeek::Error(_))) {
+                break 'stream;
+            }
+            match peeked.ok_or("malformed")? {
                 ChunkPeek::Error(_) => return Err("error_event"),
                 ChunkPeek::Done => break 'stream,
                 ChunkPeek::Chunk { text, finish: f, usage: u, tool, .. } => {
@@ -246,6 +251,7 @@ async fn forward_rest(
             match s.decoder.next_event() {
                 Ok(Some(ev)) => events.push((ev.event, ev.data)),
                 Ok(None) => break,
+                Err(_) if finish.is_some() => break 'stream,
                 Err(_) => return Err("malformed"),
             }
         }

@@ -185,3 +185,79 @@ async fn a_stream_of_only_its_end_fails_over() {
         assert_eq!(got.stream_text(), "The tide rises", "{api}");
     }
 }
+
+/// An upstream that answers each request with a chunked SSE body of `events`, then breaks the
+/// connection mid-chunk (the body errors rather than ends).
+async fn events_then_break(events: Vec<String>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                // The request: its head, then as many body bytes as it says.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+                    if let Some(end) = head_end {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut out = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+                for e in &events {
+                    let e = format!("{e}\n\n");
+                    out.push_str(&format!("{:x}\r\n{e}\r\n", e.len()));
+                }
+                out.push_str("40\r\ndata: {");
+                let _ = sock.write_all(out.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// review-54: with `n: 2`, the first choice's finish is not the answer's end: a break while the
+/// second choice is still streaming ends with the error event, not a clean `[DONE]` (a silent
+/// truncation logged ok), and is never resumed.
+#[tokio::test]
+async fn a_break_before_every_choice_finished_is_not_a_whole_answer() {
+    let chunk = |choices: &str| {
+        format!(
+            r#"data: {{"id":"c1","object":"chat.completion.chunk","created":1,"model":"up","choices":[{choices}]}}"#
+        )
+    };
+    let up = events_then_break(vec![
+        chunk(
+            r#"{"index":0,"delta":{"role":"assistant","content":"A"},"finish_reason":null},{"index":1,"delta":{"role":"assistant","content":"B"},"finish_reason":null}"#,
+        ),
+        chunk(r#"{"index":0,"delta":{},"finish_reason":"stop"}"#),
+        chunk(r#"{"index":1,"delta":{"content":" and more"},"finish_reason":null}"#),
+    ])
+    .await;
+    let gw = gateway(&format!(
+        "providers:\n  up: {{kind: openai_compatible, base_url: \"http://{up}/v1\"}}\n  backup: {{kind: mock}}\nroutes:\n  r:\n    default: true\n    retries: {{per_target: 0}}\n    targets: [{{provider: up, model: up}}, {{provider: backup, model: \"b+chunks=3\"}}]\n"
+    ));
+    let body = r#"{"model":"x","stream":true,"n":2,"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = post(&gw, "/v1/chat/completions", body).await;
+    assert!(!got.text().contains("[DONE]"), "{}", got.text());
+    assert!(got.events().last().unwrap().contains("\"error\""), "{}", got.text());
+    assert_eq!(gw.mock_stats("backup").total().calls, 0, "resumed");
+    let line: serde_json::Value =
+        serde_json::from_str(gw.log_sink.lines().last().unwrap()).unwrap();
+    assert_eq!(line["outcome"], "stream_error", "{line}");
+}

@@ -180,7 +180,9 @@ pub(crate) fn messages(req: &Value, b: &Behaviour) -> Script {
     let usage = if b.no_usage { json!({}) } else { json!({"output_tokens": output}) };
     steps.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": usage})));
     if let Some(tail) = b.after_finish {
-        return sse_script(super::openai_wire::after_finish(steps, tail));
+        let error = json!({"type": "error", "error": {"type": "api_error", "message": "Internal server error"}});
+        let error = encode_event("error", error.to_string().as_bytes());
+        return sse_script(super::openai_wire::after_finish(steps, tail, error));
     }
     if !b.no_done {
         steps.push(ev("message_stop", json!({"type": "message_stop"})));

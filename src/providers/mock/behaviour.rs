@@ -109,6 +109,10 @@ pub enum Tail {
     Cut,
     /// Nothing more is sent; the connection stays open.
     Stall,
+    /// An error event, then the end.
+    Error,
+    /// An event that is not valid JSON, then the end.
+    Garbage,
 }
 
 /// The most chunks (words) a mock answer has: each is built before it is sent, so an
@@ -179,9 +183,11 @@ impl Behaviour {
                 ("context", v) => b.context = Some(num(v)?),
                 ("after_finish", Some("cut")) => b.after_finish = Some(Tail::Cut),
                 ("after_finish", Some("stall")) => b.after_finish = Some(Tail::Stall),
+                ("after_finish", Some("error")) => b.after_finish = Some(Tail::Error),
+                ("after_finish", Some("garbage")) => b.after_finish = Some(Tail::Garbage),
                 ("after_finish", _) => {
                     return Err(format!(
-                        "mock directive {part:?}: expected after_finish=cut|stall"
+                        "mock directive {part:?}: expected after_finish=cut|stall|error|garbage"
                     ));
                 }
                 (_, Some(_)) => return Err(format!("unknown mock directive {part:?}")),

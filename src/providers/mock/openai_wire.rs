@@ -380,7 +380,8 @@ fn stream(
     }
     steps.push(Step::Send(chunk(id, model, json!({}), Some(finish))));
     if let Some(tail) = b.after_finish {
-        return sse_script(after_finish(steps, tail));
+        let error = br#"{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}"#;
+        return sse_script(after_finish(steps, tail, crate::sse::encode_data(error)));
     }
     if let Some(u) = usage {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": CREATED, "model": model, "choices": [], "usage": u});
@@ -392,11 +393,18 @@ fn stream(
     sse_script(steps)
 }
 
-/// A stream's steps ended as `after_finish` says.
-pub(crate) fn after_finish(mut steps: Vec<Step>, tail: super::behaviour::Tail) -> Vec<Step> {
+/// A stream's steps ended as `after_finish` says; `error` is the wire's error event.
+pub(crate) fn after_finish(
+    mut steps: Vec<Step>,
+    tail: super::behaviour::Tail,
+    error: Bytes,
+) -> Vec<Step> {
+    use super::behaviour::Tail;
     match tail {
-        super::behaviour::Tail::Cut => steps.extend([Step::Sleep(FLUSH), Step::Cut]),
-        super::behaviour::Tail::Stall => steps.push(Step::Stall),
+        Tail::Cut => steps.extend([Step::Sleep(FLUSH), Step::Cut]),
+        Tail::Stall => steps.push(Step::Stall),
+        Tail::Error => steps.push(Step::Send(error)),
+        Tail::Garbage => steps.push(Step::Send(Bytes::from_static(b"data: {not json\n\n"))),
     }
     steps
 }

@@ -40,11 +40,13 @@ impl Forward {
                 let ev = match self.stream.decoder.next_event() {
                     Ok(Some(ev)) => ev,
                     Ok(None) => break,
+                    Err(_) if self.whole() => return self.end_whole().await,
                     Err(e) => return upstream("malformed", e.to_string()),
                 };
                 match self.queue(ev.event.as_deref(), &ev.data) {
                     Ok(true) => return self.finish(true).await,
                     Ok(false) => {}
+                    Err(_) if self.whole() => return self.end_whole().await,
                     Err(end) => return end,
                 }
             }
@@ -95,11 +97,7 @@ impl Forward {
                 // The answer is whole once its finish came: a break or a silence after it (in
                 // place of the usage chunk and `[DONE]`, or `message_stop`) ends it as if the
                 // stream had ended; resuming would send text after the finish.
-                Err(()) | Ok(Some(Err(_))) if self.stream.finish.is_some() => {
-                    // Its connection is not worth waiting on for the rest.
-                    self.stream.body.close();
-                    return self.finish(false).await;
-                }
+                Err(()) | Ok(Some(Err(_))) if self.whole() => return self.end_whole().await,
                 // The route's limits, not the target's doing while it was still delivering
                 // (`stream_verdict`); a target silent that long before had stalled.
                 Err(_) => {
@@ -123,7 +121,7 @@ impl Forward {
                 }
                 // A stream that ends after its finish reason is complete; `[DONE]` is only a
                 // terminator, so tidegate supplies it.
-                Ok(None) if self.stream.finish.is_some() => return self.finish(false).await,
+                Ok(None) if self.whole() => return self.finish(false).await,
                 Ok(None) => {
                     return upstream("cut", "the stream ended before the answer finished".into());
                 }
@@ -136,6 +134,13 @@ impl Forward {
                 }
             }
         }
+    }
+
+    /// Ends a whole answer whose stream went wrong after its finish: as if it had ended
+    /// there, its connection closed rather than waited on for the rest.
+    async fn end_whole(&mut self) -> End {
+        self.stream.body.close();
+        self.finish(false).await
     }
 
     /// Feeds the decoder the frames the upstream connection already has, so events that came

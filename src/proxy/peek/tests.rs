@@ -24,7 +24,8 @@ mod openai {
                 usage: Some(Usage { input: 3, output: 4, cached_input: 1 }),
                 usage_only: true,
                 text: None,
-                tool: false
+                tool: false,
+                finishes: 0,
             })
         );
         assert_eq!(chunk(b"{\"choi"), None);
@@ -132,14 +133,15 @@ mod anthropic {
                 usage: Some(Usage { input: 15, output: 1, cached_input: 5 }),
                 usage_only: false,
                 text: None,
-                tool: false
+                tool: false,
+                finishes: 0,
             })
         );
         let text = anthropic_event(Some("content_block_delta"), br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#);
         assert!(matches!(text, Some(ChunkPeek::Chunk { content: true, .. })));
         let delta = anthropic_event(Some("message_delta"), br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#);
         assert!(
-            matches!(delta, Some(ChunkPeek::Chunk { content: true, finish: Some(ref f), .. }) if f == "end_turn")
+            matches!(delta, Some(ChunkPeek::Chunk { content: true, finish: Some(ref f), finishes: 1, .. }) if f == "end_turn")
         );
         assert_eq!(
             anthropic_event(Some("message_stop"), br#"{"type":"message_stop"}"#),

@@ -50,14 +50,22 @@ async fn s11_missing_done_after_finish_is_supplied() {
     assert_eq!(calls(&gw, "backup", BACKUP), 0);
 }
 
-/// helper-49: a stream whose connection breaks (or goes silent) after its finish, before its
-/// usage and `[DONE]` (an Anthropic stream: after `message_delta`), is a complete answer too,
+/// helper-49: a stream whose connection breaks (or goes silent, or sends an error or garbage:
+/// review-54) after its finish, before its usage and `[DONE]` (an Anthropic stream: after
+/// `message_delta`), is a complete answer too,
 /// on either wire. It was taken for a stream broken mid-answer and resumed: the client got more
 /// text after its finish and a second finish (with `resume: off`, an error event).
 #[tokio::test(start_paused = true)]
 async fn s11b_a_break_after_the_finish_is_a_complete_answer() {
     for provider in ["sim", "claude"] {
-        for (tail, resume) in [("cut", "auto"), ("stall", "auto"), ("cut", "off")] {
+        for (tail, resume) in [
+            ("cut", "auto"),
+            ("stall", "auto"),
+            ("error", "auto"),
+            ("garbage", "auto"),
+            ("cut", "off"),
+            ("error", "off"),
+        ] {
             let primary = format!("p+chunks=3+after_finish={tail}");
             let extra = format!("    resume: {resume}\n    timeouts: {{idle: 2s}}\n");
             let gw = gateway(&route(&[(provider, &primary), ("backup", BACKUP)], &extra));
