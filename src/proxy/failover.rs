@@ -229,6 +229,13 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 }
                 return Tried::Next;
             }
+            // A retry takes its token from the process-wide budget only now, once the budget
+            // and the ceiling let it through; none left: on to the next target. (The breaker,
+            // asked next so a half-open probe is never granted to a retry that then gives up,
+            // can still skip it: only if it opened during the backoff.)
+            if retrying.is_some() && !self.retry_budget.try_retry() {
+                return Tried::Next;
+            }
             let admission = self.health.admit(p, m);
             if let Admission::Skip { reason, retry_in } = admission {
                 tally.first_reason.get_or_insert(reason);
@@ -279,8 +286,8 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                         None => backoff(retries.backoff, tries),
                     };
                     let wake = Instant::now() + delay;
-                    // The retry budget is spent only on a retry that will be made.
-                    if wake >= self.deadline || !self.retry_budget.try_retry() {
+                    // No wait for a retry the budget would refuse.
+                    if wake >= self.deadline || !self.retry_budget.can_retry() {
                         return Tried::Next;
                     }
                     retrying = Some(f.reason);

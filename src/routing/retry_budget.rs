@@ -92,6 +92,22 @@ impl RetryBudget {
     pub fn try_retry(&self) -> bool {
         let sec = self.sec();
         let mut buckets = self.lock();
+        if !self.allows(&buckets, sec) {
+            return false;
+        }
+        if let Some(b) = current(&mut buckets, sec) {
+            b.retries = b.retries.saturating_add(1);
+        }
+        true
+    }
+
+    /// Whether a retry would be granted now, taking nothing (checked before a backoff, so a
+    /// request does not wait for a retry it will not get; [`Self::try_retry`] still decides).
+    pub fn can_retry(&self) -> bool {
+        self.allows(&self.lock(), self.sec())
+    }
+
+    fn allows(&self, buckets: &[Bucket], sec: u64) -> bool {
         let n = buckets.len() as u64;
         let (mut requests, mut retries) = (0u64, 0u64);
         for b in buckets.iter().filter(|b| b.sec <= sec && sec - b.sec < n) {
@@ -100,13 +116,7 @@ impl RetryBudget {
         }
         // Small epsilon so that e.g. 0.2 × 1000 admits exactly 200 despite rounding.
         let allowed = self.ratio * requests as f64 + self.reserve + 1e-9;
-        if (retries + 1) as f64 > allowed {
-            return false;
-        }
-        if let Some(b) = current(&mut buckets, sec) {
-            b.retries = b.retries.saturating_add(1);
-        }
-        true
+        (retries + 1) as f64 <= allowed
     }
 
     fn lock(&self) -> MutexGuard<'_, Box<[Bucket]>> {
@@ -151,6 +161,18 @@ mod tests {
         assert!(!b.try_retry());
         advance(Duration::from_secs(1)).await;
         assert_eq!(take_all(&b), 30);
+    }
+
+    /// Asking before a backoff takes nothing: a retry that is then not made (its target
+    /// skipped after the wait) leaves the budget whole.
+    #[tokio::test(start_paused = true)]
+    async fn asking_takes_nothing() {
+        let b = RetryBudget::default();
+        for _ in 0..100 {
+            assert!(b.can_retry());
+        }
+        assert_eq!(take_all(&b), 30);
+        assert!(!b.can_retry());
     }
 
     #[tokio::test(start_paused = true)]
