@@ -302,7 +302,8 @@ impl Keyed<'_> {
         for _ in 0..RECLAIMS {
             match shared.state.idem.claim(self.scope, self.fp, self.cfg.ttl) {
                 Claim::Execute(lease) => {
-                    if !lease.is_tracked() {
+                    // With Redis, whether the key is tracked is Redis's to say.
+                    if !lease.is_tracked() && shared.state.redis.is_none() {
                         self.count("untracked");
                     }
                     return Ok(Ok(lease));
@@ -369,7 +370,12 @@ impl Keyed<'_> {
                 )
                 .with_retry_after(Duration::from_secs(1)))
             }
-            Err(_) => Ok(Begin::Run(Some(self.capture(Owner::Memory(local), shared)))),
+            Err(_) => {
+                if !local.is_tracked() {
+                    self.count("untracked");
+                }
+                Ok(Begin::Run(Some(self.capture(Owner::Memory(local), shared))))
+            }
         }
     }
 }
