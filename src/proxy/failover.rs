@@ -379,8 +379,14 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
     }
 
     /// Why no target answered, once the targets or the attempts ran out.
-    fn exhausted(&self, tally: Tally) -> Failed {
+    fn exhausted(&self, mut tally: Tally) -> Failed {
         let route = &self.route.route;
+        // A refusal the client's SDK recovers from by itself, re-sending the request another
+        // way (`thread`: the anthropic SDK's full, unthreaded history), wins even after other
+        // targets failed: as sent, the request cannot go to every target; re-sent, it can.
+        if let Some(e) = tally.untranslatable.take_if(|e| e.details.is_some()) {
+            return Failed::Gateway(e.into());
+        }
         if tally.attempts == 0 {
             let name = &route.name;
             if let Some(reset) = tally.budget_reset {

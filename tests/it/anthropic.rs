@@ -427,11 +427,15 @@ async fn thread_is_refused_in_the_shape_the_sdk_recovers_from() {
     // `thread: null` is "not given".
     let body = messages("via-oai", false).replacen('{', r#"{"thread":null,"#, 1);
     assert_eq!(post(&gw, "/v1/messages", &body).await.status, 200);
-    // A route that fails over from an Anthropic wire to an OpenAI one does not drop it there.
+    // A route that fails over from an Anthropic wire to an OpenAI one does not drop it there;
+    // after the Anthropic target failed, the client still hears the refusal it recovers from
+    // (review-54: it got a 502, and the SDK could not fall back to the full history).
     let body =
         messages("claude-then-oai", false).replacen('{', r#"{"thread":{"type":"create"},"#, 1);
     let got = post(&gw, "/v1/messages", &body).await;
-    assert_ne!(got.status, 200, "{}", got.text());
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.json()["error"]["details"]["error_code"], "thread_unsupported_request");
+    assert_eq!(gw.mock_stats("claude").get("c+status=529").calls, 2);
     assert_eq!(gw.mock_stats("oai").get("o+chunks=3").calls, 0);
 }
 
