@@ -138,6 +138,16 @@ pub fn metric(gw: &Gateway, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `tidegate_requests_total` summed over every series (route, version) with this outcome.
+pub fn requests_with_outcome(gw: &Gateway, outcome: &str) -> f64 {
+    let text = String::from_utf8(gw.metrics.render()).unwrap();
+    let label = format!("outcome=\"{outcome}\"");
+    text.lines()
+        .filter(|l| l.starts_with("tidegate_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `event:` names and parsed `data:` payloads of an Anthropic stream.
 pub fn anthropic_events(got: &Got) -> Vec<(String, serde_json::Value)> {
     got.text()

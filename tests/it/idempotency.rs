@@ -141,15 +141,8 @@ async fn a_replayed_refusal_counts_as_one() {
         assert_eq!(got.header("x-tidegate-idempotent-replay"), replay);
     }
     assert_eq!(calls(&gw), 1);
-    let text = String::from_utf8(gw.metrics.render()).unwrap();
-    let count = |outcome: &str| {
-        let series = text.lines().find(|l| {
-            l.starts_with("tidegate_requests_total{")
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        });
-        series.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
-    };
-    assert_eq!((count("client_error"), count("ok")), (2.0, 0.0), "{text}");
+    let count = |outcome| requests_with_outcome(&gw, outcome);
+    assert_eq!((count("client_error"), count("ok")), (2.0, 0.0));
 }
 
 #[tokio::test(start_paused = true)]
