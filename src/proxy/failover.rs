@@ -12,11 +12,15 @@ use super::classify::{AttemptFailure, Next, Passthrough};
 use super::record::RequestRecord;
 use crate::config::{Config, Wire};
 use crate::error::{ErrorCode, GatewayError};
-use crate::metrics::Metrics;
 use crate::routing::health::{Admission, Health, Outcome};
 use crate::routing::retry_budget::RetryBudget;
-use crate::runtime::{RouteRuntime, TargetRuntime, TargetSeries};
+use crate::runtime::{RouteRuntime, TargetRuntime};
 use crate::translate::TranslateError;
+
+mod verdict;
+
+use verdict::{all_failed, describe, redact, redact_bytes};
+pub(super) use verdict::{billable, failure_verdict, tell_breaker};
 
 /// The attempt that answered.
 pub struct Served {
@@ -118,6 +122,20 @@ impl Tally {
     fn refused(&self, ti: usize) -> Refused {
         Refused { target: ti, attempts: self.attempts, fallback_reason: self.fallback(ti) }
     }
+
+    /// Target `t` was passed over by the cost ceiling or the budget.
+    fn skipped(&mut self, t: &TargetRuntime, skip: Skip) {
+        self.first_reason.get_or_insert(skip.reason());
+        let (p, m) = (&t.target.provider, &t.target.model);
+        self.failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
+        match skip {
+            Skip::CostCeiling => {
+                self.ceiling_skipped = true;
+                self.refused_for_request += 1;
+            }
+            Skip::Budget(reset) => self.budget_reset = Some(reset),
+        }
+    }
 }
 
 /// How trying one target ended.
@@ -218,15 +236,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
             if let Err(skip) =
                 super::admit::target(self.route, ti, t, self.ask, self.shared, rec).await
             {
-                tally.first_reason.get_or_insert(skip.reason());
-                tally.failures.push(format!("{p}/{m}: skipped ({})", skip.reason()));
-                match skip {
-                    Skip::CostCeiling => {
-                        tally.ceiling_skipped = true;
-                        tally.refused_for_request += 1;
-                    }
-                    Skip::Budget(reset) => tally.budget_reset = Some(reset),
-                }
+                tally.skipped(t, skip);
                 return Tried::Next;
             }
             // A retry takes its token from the process-wide budget only now, once the budget
@@ -241,10 +251,9 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 tally.first_reason.get_or_insert(reason);
                 // Open: until it may be probed; half-open: until the probe under way answers
                 // (it may close the breaker sooner), so "at most".
-                let secs = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
-                tally
-                    .failures
-                    .push(format!("{p}/{m}: skipped ({reason}, for at most {secs} s more)"));
+                let secs = retry_in.as_secs_f64().ceil();
+                let skipped = format!("{p}/{m}: skipped ({reason}, for at most {secs} s more)");
+                tally.failures.push(skipped);
                 return Tried::Next;
             }
             tally.attempts += 1;
@@ -277,19 +286,7 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                     if tally.attempts >= retries.total {
                         return Tried::OutOfAttempts;
                     }
-                    if tries >= retries.per_target {
-                        return Tried::Next;
-                    }
-                    let delay = match f.retry_after {
-                        Some(ra) if ra > retries.max_retry_after => return Tried::Next,
-                        Some(ra) => ra,
-                        None => backoff(retries.backoff, tries),
-                    };
-                    let wake = Instant::now() + delay;
-                    // No wait for a retry the budget would refuse.
-                    if wake >= self.deadline || !self.retry_budget.can_retry() {
-                        return Tried::Next;
-                    }
+                    let Some(wake) = self.retry_at(&f, tries) else { return Tried::Next };
                     retrying = Some(f.reason);
                     let slept = Instant::now();
                     sleep_until(wake).await;
@@ -299,6 +296,24 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 }
             }
         }
+    }
+
+    /// When to retry the same target after `f` (its `tries`-th retry), or `None`: its retries
+    /// spent, a `Retry-After` over `max_retry_after`, a wake past the deadline, or a retry
+    /// budget that would refuse it (asked, not taken: no wait for a retry that will not be
+    /// made).
+    fn retry_at(&self, f: &AttemptFailure, tries: u32) -> Option<Instant> {
+        let retries = self.route.route.retries;
+        if tries >= retries.per_target {
+            return None;
+        }
+        let delay = match f.retry_after {
+            Some(ra) if ra > retries.max_retry_after => return None,
+            Some(ra) => ra,
+            None => backoff(retries.backoff, tries),
+        };
+        let wake = Instant::now() + delay;
+        (wake < self.deadline && self.retry_budget.can_retry()).then_some(wake)
     }
 
     /// One attempt on `t`. An answer is reported to the breaker; a stream's attempt lasts as
@@ -454,91 +469,5 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 reason: f.reason,
             },
         }
-    }
-}
-
-/// How a failed attempt counts for its target's circuit breaker. `client_bound`: the attempt's
-/// deadline was the client's read timeout (cut short before the target ran out of its time).
-pub(super) fn failure_verdict(f: &AttemptFailure, client_bound: bool) -> Outcome {
-    match f {
-        // A 429 cools the target down for its Retry-After; without one there is nothing to
-        // honour (and the same-target retry after backoff must not find it cooling down).
-        f if f.reason == "rate_limited" => {
-            f.retry_after.map_or(Outcome::Neutral, Outcome::RateLimited)
-        }
-        // The request's fault, not the target's; or its client's read timeout ran out before
-        // the target had run out of its own time.
-        f if matches!(f.next, Next::Stop | Next::ContextLength)
-            || f.reason == "unsupported"
-            || (f.deadline && client_bound) =>
-        {
-            Outcome::Neutral
-        }
-        _ => Outcome::Failure,
-    }
-}
-
-/// Tells `t`'s circuit breaker how an attempt went; an opened or closed breaker is shown in
-/// `tidegate_circuit_open` and logged.
-pub(super) fn tell_breaker(health: &Health, metrics: &Metrics, t: &TargetSeries, outcome: Outcome) {
-    let (p, m) = (&*t.provider, &*t.model);
-    let Some(opened) = health.record(p, m, outcome) else { return };
-    metrics.circuit_open.with_label_values(&[p, m]).set(if opened { 1.0 } else { 0.0 });
-    if opened {
-        tracing::warn!(
-            provider = p,
-            model = m,
-            "circuit breaker opened: skipping this target for a while"
-        );
-    } else {
-        tracing::info!(provider = p, model = m, "circuit breaker closed: the probe succeeded");
-    }
-}
-
-/// A failure after the provider had the request and may have generated (and billed) for it:
-/// timeouts, a stream cut, or a 200 that turned out not to be an answer. Refusals by status
-/// are not billed.
-pub(super) fn billable(f: &AttemptFailure) -> bool {
-    // `timeout_upstream` is the provider's own 408: a refusal by status, not billed.
-    (f.reason.starts_with("timeout") && f.reason != "timeout_upstream")
-        || f.reason == "deadline"
-        || f.reason == "cut"
-        || (f.status.is_some_and(|s| (200..300).contains(&s))
-            && matches!(f.reason, "malformed" | "error_event" | "error_body" | "content_type"))
-}
-
-fn describe(t: &TargetRuntime, f: &AttemptFailure) -> String {
-    let status = f.status.map(|s| format!(" (status {s})")).unwrap_or_default();
-    format!("{}/{}: {}{status}", t.target.provider, t.target.model, f.reason)
-}
-
-/// `client_bound`: the deadline was the client's read timeout, not the route's total.
-fn all_failed(
-    code: ErrorCode,
-    route: &str,
-    failures: &[String],
-    client_bound: bool,
-) -> GatewayError {
-    let what = if code == ErrorCode::DeadlineExceeded && client_bound {
-        "the client's read timeout (x-stainless-read-timeout, plus 1 s) passed"
-    } else if code == ErrorCode::DeadlineExceeded {
-        "the route's total deadline passed"
-    } else {
-        "every target failed"
-    };
-    let list =
-        if failures.is_empty() { "no attempt was made".to_owned() } else { failures.join("; ") };
-    GatewayError::new(code, format!("route {route:?}: {what}: {list}"))
-}
-
-/// Removes any echo of the provider's key from upstream text.
-fn redact(text: &str, t: &TargetRuntime) -> String {
-    t.provider.key().and_then(|k| k.redact(text)).unwrap_or_else(|| text.to_owned())
-}
-
-fn redact_bytes(body: Bytes, t: &TargetRuntime) -> Bytes {
-    match (t.provider.key(), std::str::from_utf8(&body)) {
-        (Some(k), Ok(s)) => k.redact(s).map_or(body, Bytes::from),
-        _ => body,
     }
 }

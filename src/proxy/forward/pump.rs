@@ -100,25 +100,7 @@ impl Forward {
                 Err(()) | Ok(Some(Err(_))) if self.whole() => return self.end_whole().await,
                 // The route's limits, not the target's doing while it was still delivering
                 // (`stream_verdict`); a target silent that long before had stalled.
-                Err(_) => {
-                    let reason = timer_reason(after, self.deadline, limit, silent, self.idle);
-                    return match reason {
-                        "deadline" | "deadline_stalled" => End::Upstream {
-                            reason,
-                            detail: format!(
-                                "the route's total deadline passed, the upstream silent for {silent:?}"
-                            ),
-                            code: ErrorCode::DeadlineExceeded,
-                        },
-                        "timeout_idle" => upstream(reason, format!("no event for {:?}", self.idle)),
-                        _ => upstream(
-                            reason,
-                            format!(
-                                "the attempt's limit (timeouts.attempt) passed, the upstream silent for {silent:?}"
-                            ),
-                        ),
-                    };
-                }
+                Err(_) => return self.timer_end(after, limit, silent),
                 // A stream that ends after its finish reason is complete; `[DONE]` is only a
                 // terminator, so tidegate supplies it.
                 Ok(None) if self.whole() => return self.finish(false).await,
@@ -133,6 +115,29 @@ impl Forward {
                     ended = self.drain_ready().await;
                 }
             }
+        }
+    }
+
+    /// How a stream that a timer ended (at `now`, the upstream `silent` that long) ends: the
+    /// route's deadline, the idle gap or the attempt's limit (`limit`: whichever of the last
+    /// two comes first).
+    fn timer_end(&self, now: Instant, limit: Instant, silent: std::time::Duration) -> End {
+        let reason = timer_reason(now, self.deadline, limit, silent, self.idle);
+        match reason {
+            "deadline" | "deadline_stalled" => End::Upstream {
+                reason,
+                detail: format!(
+                    "the route's total deadline passed, the upstream silent for {silent:?}"
+                ),
+                code: ErrorCode::DeadlineExceeded,
+            },
+            "timeout_idle" => upstream(reason, format!("no event for {:?}", self.idle)),
+            _ => upstream(
+                reason,
+                format!(
+                    "the attempt's limit (timeouts.attempt) passed, the upstream silent for {silent:?}"
+                ),
+            ),
         }
     }
 
