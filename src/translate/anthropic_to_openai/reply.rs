@@ -125,8 +125,8 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
-/// `arguments` → `input` (see the module doc for broken arguments).
-fn tool_input(arguments: Option<&Value>) -> Value {
+/// `arguments` → `input` (see the module doc for broken arguments); the stream road's rule too.
+pub(super) fn tool_input(arguments: Option<&Value>) -> Value {
     match arguments {
         Some(Value::Object(o)) => Value::Object(o.clone()),
         Some(Value::String(s)) if s.trim().is_empty() => json!({}),

@@ -88,10 +88,8 @@ impl OpenTool {
             return (!self.args_object.is_empty())
                 .then(|| Value::Object(self.args_object.clone()).to_string());
         }
-        match serde_json::from_str::<Value>(args) {
-            Ok(Value::Object(_)) => Some(args.to_owned()),
-            _ => Some(json!({ "_raw_arguments": self.args }).to_string()),
-        }
+        let text = Value::String(self.args.clone());
+        Some(super::reply::tool_input(Some(&text)).to_string())
     }
 }
 
