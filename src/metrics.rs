@@ -6,6 +6,8 @@
 //! so dashboards see zeros rather than gaps.
 
 use std::sync::Arc;
+
+mod names;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::{
@@ -56,6 +58,8 @@ pub struct Metrics {
     /// leaves the history ([`Metrics::forget_version`]): its requests still in flight then do
     /// not bring its series back.
     retired: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<AtomicBool>>>,
+    /// The latest version that had each route and target ([`names`]).
+    names: std::sync::Mutex<names::Names>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -267,6 +271,7 @@ impl Metrics {
             cost_usd,
             circuit_open,
             retired: Default::default(),
+            names: Default::default(),
             registry: r,
         }
     }
@@ -280,8 +285,10 @@ impl Metrics {
 
     /// Drops the `tidegate_requests_total` series of a config version that is gone from the
     /// history (a long-running process reloaded often would otherwise export every version it
-    /// ever ran, for every route and outcome).
+    /// ever ran, for every route and outcome), and those of the routes and targets it was the
+    /// last version to have.
     pub fn forget_version(&self, version: &str) {
+        self.forget_names(version);
         let mut flags = self.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(flag) = flags.remove(version) {
             flag.store(true, Ordering::Relaxed);

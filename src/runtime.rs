@@ -170,6 +170,7 @@ impl Sources {
 
 /// Resolving the series also creates them, so dashboards see zeros rather than gaps.
 fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
+    m.note_route(route, version);
     RouteSeries {
         name: route.into(),
         version: version.clone(),
@@ -182,8 +183,15 @@ fn route_series(m: &Metrics, route: &str, version: &Arc<str>) -> RouteSeries {
     }
 }
 
-fn target_series(m: &Metrics, route: &str, t: &Target, config: &Config) -> TargetSeries {
+fn target_series(
+    m: &Metrics,
+    route: &str,
+    t: &Target,
+    config: &Config,
+    version: &Arc<str>,
+) -> TargetSeries {
     let (p, model) = (t.provider.as_str(), t.model.as_str());
+    m.note_target(route, p, model, version);
     // Created at 0 for every target (a breaker open now keeps its 1): an alert on it sees the
     // series before the first opening.
     m.circuit_open.with_label_values(&[p, model]);
@@ -252,7 +260,7 @@ impl Snapshot {
                     model_header: header(&t.model)?,
                     model_json: serde_json::Value::from(t.model.as_str()).to_string(),
                     provider_header: header(&t.provider)?,
-                    series: Arc::new(target_series(metrics, &route.name, t, &config)),
+                    series: Arc::new(target_series(metrics, &route.name, t, &config, &version)),
                     target: t.clone(),
                     provider,
                     client,

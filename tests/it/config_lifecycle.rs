@@ -5,6 +5,7 @@
 mod admin;
 mod restart;
 mod rollback;
+mod series;
 mod sources;
 mod watch;
 
@@ -269,63 +270,6 @@ async fn bad_files_keep_the_running_version() {
 }
 
 /// A change to `server.*` applies the rest and says a restart is needed.
-/// The request series of versions gone from the history (10 kept) are dropped: a process
-/// reloaded often does not export every version it ever ran.
-#[tokio::test]
-async fn metric_series_of_retired_versions_are_dropped() {
-    let dir = TempDir::new("series");
-    let path = dir.join("tidegate.yaml");
-    std::fs::write(&path, versioned("v0", "a")).unwrap();
-    let r = start_file(&path, StateDir::InMemory, "", false).await;
-    let versions = |r: &Running| {
-        let text = String::from_utf8(r.gateway.metrics.render()).unwrap();
-        let mut seen: Vec<String> = text
-            .lines()
-            .filter(|l| l.starts_with("tidegate_requests_total{"))
-            .filter_map(|l| {
-                l.split("config_version=\"").nth(1)?.split('"').next().map(String::from)
-            })
-            .collect();
-        seen.sort();
-        seen.dedup();
-        seen
-    };
-    let first = version_of(&versioned("v0", "a"));
-    assert!(post(&r.gateway, "/v1/chat/completions", &chat("x")).await.status == 200);
-    assert!(versions(&r).contains(&first));
-    // A stream of the first version still running while it is retired.
-    let req = http::Request::post("/r/slow/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(chat_stream("x"))))
-        .unwrap();
-    let mut stream = r.gateway.handle(req).await.into_body();
-    assert!(http_body_util::BodyExt::frame(&mut stream).await.is_some());
-    for i in 1..=15 {
-        let yaml = versioned(&format!("v{i}"), "a");
-        std::fs::write(&path, &yaml).unwrap();
-        assert_eq!(r.reloader.reload_now().await, ReloadResult::Applied(version_of(&yaml)));
-    }
-    // Its client leaves: its outcome (aborted) does not bring the retired version's series back.
-    drop(stream);
-    // Its record is done once the stream is no longer in flight.
-    let inflight = "tidegate_inflight_requests{route=\"slow\"}";
-    let settled = async {
-        while metric(&r.gateway, inflight) != 0.0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), settled).await.expect("the stream never ended");
-    let aborted = format!(
-        "tidegate_requests_total{{config_version=\"{first}\",outcome=\"aborted\",route=\"slow\"}}"
-    );
-    assert_eq!(metric(&r.gateway, &aborted), 0.0);
-    let left = versions(&r);
-    assert_eq!(left.len(), 10, "{left:?}");
-    assert!(!left.contains(&first), "{left:?}");
-    assert!(left.contains(&version_of(&versioned("v15", "a"))), "{left:?}");
-    r.shutdown().await;
-}
-
 #[tokio::test]
 async fn static_changes_are_reported() {
     let dir = TempDir::new("static");
