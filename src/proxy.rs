@@ -217,23 +217,7 @@ impl Gateway {
         // With `auth.keys`, nothing is read or selected for a caller without a listed key.
         let client = client_auth::identify(snap, &parts.headers)?;
         rec.client = client.as_ref().map(|c| c.name.clone());
-        let mut named = parts.headers.get_all(ROUTE_HEADER).iter();
-        let header_route = match (named.next(), named.next()) {
-            (Some(_), Some(_)) => {
-                // Which one was meant is not ours to guess (as for `Idempotency-Key`).
-                return Err(GatewayError::invalid(
-                    "send one x-tidegate-route header, not several",
-                    Some("x-tidegate-route"),
-                ));
-            }
-            (Some(v), None) => Some(v.to_str().map_err(|_| {
-                GatewayError::invalid(
-                    "x-tidegate-route is not valid ASCII",
-                    Some("x-tidegate-route"),
-                )
-            })?),
-            _ => None,
-        };
+        let header_route = header_route(&parts.headers)?;
         // A route named by header or path must exist, on the models endpoints too (a mistyped
         // per-route base URL must not look fine to `models.list()`).
         let fixed = match (header_route, path_route) {
@@ -361,6 +345,22 @@ impl Gateway {
             }
             Err(f) => respond::failed(f, ask.dialect(), route, rec),
         }
+    }
+}
+
+/// The route named by `x-tidegate-route`, if any: sent once, in ASCII.
+fn header_route(headers: &http::HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut named = headers.get_all(ROUTE_HEADER).iter();
+    match (named.next(), named.next()) {
+        // Which one was meant is not ours to guess (as for `Idempotency-Key`).
+        (Some(_), Some(_)) => Err(GatewayError::invalid(
+            "send one x-tidegate-route header, not several",
+            Some("x-tidegate-route"),
+        )),
+        (Some(v), None) => v.to_str().map(Some).map_err(|_| {
+            GatewayError::invalid("x-tidegate-route is not valid ASCII", Some("x-tidegate-route"))
+        }),
+        _ => Ok(None),
     }
 }
 
