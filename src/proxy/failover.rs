@@ -240,14 +240,17 @@ impl<F: Fn(&TargetRuntime) -> Result<Bytes, TranslateError>> Plan<'_, F> {
                 return Tried::Next;
             }
             // A retry takes its token from the process-wide budget only now, once the budget
-            // and the ceiling let it through; none left: on to the next target. (The breaker,
-            // asked next so a half-open probe is never granted to a retry that then gives up,
-            // can still skip it: only if it opened during the backoff.)
+            // and the ceiling let it through; none left: on to the next target. The breaker is
+            // asked next (a half-open probe is never granted to a retry that then gives up); a
+            // breaker that opened during the backoff gives the token back.
             if retrying.is_some() && !self.retry_budget.try_retry() {
                 return Tried::Next;
             }
             let admission = self.health.admit(p, m);
             if let Admission::Skip { reason, retry_in } = admission {
+                if retrying.is_some() {
+                    self.retry_budget.refund();
+                }
                 tally.first_reason.get_or_insert(reason);
                 // Open: until it may be probed; half-open: until the probe under way answers
                 // (it may close the breaker sooner), so "at most".

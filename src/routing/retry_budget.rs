@@ -101,6 +101,15 @@ impl RetryBudget {
         true
     }
 
+    /// Gives back a retry [`Self::try_retry`] granted that was then not made.
+    pub fn refund(&self) {
+        let sec = self.sec();
+        let mut buckets = self.lock();
+        if let Some(b) = current(&mut buckets, sec) {
+            b.retries = b.retries.saturating_sub(1);
+        }
+    }
+
     /// Whether a retry would be granted now, taking nothing (checked before a backoff, so a
     /// request does not wait for a retry it will not get; [`Self::try_retry`] still decides).
     pub fn can_retry(&self) -> bool {
@@ -163,16 +172,19 @@ mod tests {
         assert_eq!(take_all(&b), 30);
     }
 
-    /// Asking before a backoff takes nothing: a retry that is then not made (its target
-    /// skipped after the wait) leaves the budget whole.
+    /// Asking before a backoff takes nothing, and a retry granted but then not made is given
+    /// back: either way the budget stays whole for retries that are made.
     #[tokio::test(start_paused = true)]
-    async fn asking_takes_nothing() {
+    async fn asking_takes_nothing_and_refunds_give_back() {
         let b = RetryBudget::default();
         for _ in 0..100 {
             assert!(b.can_retry());
         }
         assert_eq!(take_all(&b), 30);
         assert!(!b.can_retry());
+        b.refund();
+        assert!(b.try_retry());
+        assert!(!b.try_retry());
     }
 
     #[tokio::test(start_paused = true)]
