@@ -63,20 +63,16 @@ struct ErrorWire<'a> {
 
 /// What an upstream's error event says of its kind (read only when one came): overloaded and
 /// rate-limited upstreams keep their meaning for the client, whose SDK tells them from a real
-/// failure by `error.type` (an Anthropic `overloaded_error`, OpenAI's `rate_limit_exceeded`);
-/// anything else is `upstream_unavailable`.
+/// failure by `error.type`; anything else is `upstream_unavailable`. Either wire's event is
+/// classed as the dialect translation classes it
+/// ([`crate::translate::errors::anthropic_error_from_openai`] reads both shapes).
 pub fn error_code(data: &[u8]) -> crate::error::ErrorCode {
     use crate::error::ErrorCode;
     let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
-    let e = &v["error"];
-    let said = |k: &str| e[k].as_str().unwrap_or("").to_ascii_lowercase();
-    let (kind, code) = (said("type"), said("code"));
-    if kind.contains("overloaded") || code.contains("overloaded") {
-        ErrorCode::Overloaded
-    } else if kind.starts_with("rate_limit") || code.starts_with("rate_limit") {
-        ErrorCode::RateLimited
-    } else {
-        ErrorCode::UpstreamUnavailable
+    match crate::translate::errors::anthropic_error_from_openai(&v).0.as_str() {
+        "overloaded_error" => ErrorCode::Overloaded,
+        "rate_limit_error" => ErrorCode::RateLimited,
+        _ => ErrorCode::UpstreamUnavailable,
     }
 }
 
