@@ -414,7 +414,10 @@ impl Forward {
             let estimate = self.rec.spend.request_usage(None);
             super::emit::usage_chunk(first, estimate, &mut self.out);
         }
-        self.estimate_usage();
+        // An upstream that sent its stop had it handed over in `queue`, before that event.
+        if !upstream_sent_stop {
+            self.estimate_usage();
+        }
         if let Err(e) = self.emitter.finish(upstream_sent_stop, &mut self.out) {
             return upstream("malformed", e.0);
         }
