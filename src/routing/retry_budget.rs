@@ -80,11 +80,7 @@ impl RetryBudget {
 
     /// Count one request (a first attempt) — deposits `ratio` of a retry for the window.
     pub fn record_request(&self) {
-        let sec = self.sec();
-        let mut buckets = self.lock();
-        if let Some(b) = current(&mut buckets, sec) {
-            b.requests = b.requests.saturating_add(1);
-        }
+        self.in_current(|b| b.requests = b.requests.saturating_add(1));
     }
 
     /// Take one retry if the budget allows; false means "do not retry, move on / fail".
@@ -103,10 +99,14 @@ impl RetryBudget {
 
     /// Gives back a retry [`Self::try_retry`] granted that was then not made.
     pub fn refund(&self) {
+        self.in_current(|b| b.retries = b.retries.saturating_sub(1));
+    }
+
+    /// Updates the bucket of the second now.
+    fn in_current(&self, update: impl FnOnce(&mut Bucket)) {
         let sec = self.sec();
-        let mut buckets = self.lock();
-        if let Some(b) = current(&mut buckets, sec) {
-            b.retries = b.retries.saturating_sub(1);
+        if let Some(b) = current(&mut self.lock(), sec) {
+            update(b);
         }
     }
 
